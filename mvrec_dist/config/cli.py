@@ -1,0 +1,112 @@
+"""Command-line parsing shared by every job: ``--config preset.yaml``, flag aliases, dotted overrides.
+
+A job names its config class and a few flag aliases (``--resume`` -> ``train.resume``); everything
+else is a ``section.key=value`` override. ``--help`` lists every key with its type and doc, read
+from the dataclass schema, so help never drifts from the code.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Mapping, Sequence, TypeVar
+
+from mvrec_dist.config.fields import ConfigError
+from mvrec_dist.config.load import config_to_yaml, describe_config, load_config
+
+__all__ = ["JobArgs", "parse_job_args"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class JobArgs:
+    """What a job's command line resolved to."""
+
+    config: object
+    """The validated top-level config."""
+    preset: str | None
+    """The YAML preset given with ``--config`` (None when defaults only)."""
+    overrides: tuple[str, ...]
+    """Dotted overrides in the order applied, aliases already expanded."""
+    print_config: bool
+    """``--print-config`` was given: print the resolved config and exit."""
+
+
+def parse_job_args(cls: type[T], argv: Sequence[str], *, prog: str, description: str,
+                   aliases: Mapping[str, str] | None = None) -> JobArgs:
+    """Parse a job's argv into a validated config.
+
+    Args:
+        cls: Top-level config dataclass of the job.
+        argv: Arguments without the program name.
+        prog: Program name shown in usage.
+        description: First lines of ``--help``.
+        aliases: Flag name (without dashes) -> dotted key, e.g. ``{"resume": "train.resume"}``.
+
+    Returns:
+        A ``JobArgs``; exits with status 0 after ``--help`` and 2 on a config error.
+    """
+    aliases = dict(aliases or {})
+    preset: str | None = None
+    overrides: list[str] = []
+    print_config = False
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in ("-h", "--help"):
+            print(_help(cls, prog, description, aliases))
+            raise SystemExit(0)
+        if a == "--print-config":
+            print_config = True
+        elif a.startswith("--"):
+            name, eq, value = a[2:].partition("=")
+            if not eq:
+                if i + 1 >= len(args):
+                    _fail(prog, f"{a} needs a value")
+                i += 1
+                value = args[i]
+            if name == "config":
+                preset = value
+            elif name in aliases:
+                overrides.append(f"{aliases[name]}={value}")
+            else:
+                known = ", ".join(["--config", "--print-config"] + [f"--{k}" for k in aliases])
+                _fail(prog, f"unknown flag {a}; known flags: {known}; other settings go as key=value")
+        elif "=" in a:
+            overrides.append(a)
+        else:
+            _fail(prog, f"unexpected argument {a!r}: settings are given as section.key=value")
+        i += 1
+    try:
+        cfg = load_config(cls, preset, overrides)
+    except FileNotFoundError:
+        _fail(prog, f"preset {preset!r} does not exist")
+    except ConfigError as exc:
+        _fail(prog, str(exc))
+    return JobArgs(config=cfg, preset=preset, overrides=tuple(overrides), print_config=print_config)
+
+
+def _fail(prog: str, message: str) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _help(cls: type, prog: str, description: str, aliases: Mapping[str, str]) -> str:
+    lines = [f"usage: {prog} [--config PRESET.yaml] [--print-config] [section.key=value ...]", "",
+             description.strip(), "", "flags:",
+             "  --config PATH       YAML preset (jobs/configs/...); overrides apply on top of it",
+             "  --print-config      print the resolved config as YAML and exit"]
+    for flag, key in aliases.items():
+        lines.append(f"  --{flag:<17} same as {key}=VALUE")
+    lines += ["", "settings (section.key=value):"]
+    for key, tp, doc in describe_config(cls):
+        lines.append(f"  {key}  ({tp})")
+        lines.append(f"      {doc}")
+    return "\n".join(lines)
+
+
+def resolved_yaml(cfg: object) -> str:
+    """The resolved config as commented YAML (what ``--print-config`` prints)."""
+    return config_to_yaml(cfg)

@@ -1,0 +1,30 @@
+"""Evaluation settings (MicroLens protocol: leave-one-out, full ranking, history excluded)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mvrec_dist.config.fields import Problems, setting
+
+__all__ = ["EvalConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """How and how often validation and test are scored."""
+
+    ks: tuple[int, ...] = setting((10, 20), doc="Cut-offs K of HR@K and NDCG@K.")
+    select_metric: str = setting("ndcg@10", doc="Validation metric used for early stopping and the best checkpoint.")
+    batch_size: int = setting(2048, doc="Users scored per chunk on each rank.")
+    every_epochs: int = setting(1, doc="Validate every N epochs.")
+
+    def __post_init__(self) -> None:
+        p = Problems()
+        p.check(len(self.ks) >= 1 and all(k >= 1 for k in self.ks), "ks",
+                f"must be a non-empty list of positive ints, got {list(self.ks)}")
+        metric, _, k = self.select_metric.partition("@")
+        p.check(metric in ("hr", "ndcg") and k.isdigit() and int(k) in self.ks, "select_metric",
+                f"must be hr@K or ndcg@K with K in ks {list(self.ks)}, got {self.select_metric!r}")
+        p.check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        p.check(self.every_epochs >= 1, "every_epochs", f"must be >= 1, got {self.every_epochs}")
+        p.raise_if_any()

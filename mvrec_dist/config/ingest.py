@@ -1,0 +1,85 @@
+"""Settings of the ingestion job: raw MicroLens files -> Ray Data -> webdataset shards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from mvrec_dist.config.fields import Problems, setting
+
+__all__ = ["IngestConfig", "SyntheticConfig", "VideoIngestConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestConfig:
+    """Where the raw interactions are, how to read them, and how to write the shards."""
+
+    input: str = setting("", doc="Interactions: a file, a directory or a glob; local path or a pyarrow/fsspec URI.")
+    format: Literal["auto", "pairs_tsv", "pairs_csv"] = setting(
+        "auto", doc="Input format; 'auto' decides from the file suffix (.tsv: user<TAB>items, .csv: user,item,timestamp).")
+    titles: str | None = setting(None, doc="Titles CSV (header 'item,title'); null writes items without titles.")
+    output_dir: str = setting("data/shards/demo", doc="Dataset directory to create; it gets manifest.json, shards and id maps.")
+    min_seq_len: int = setting(5, doc="Users with fewer interactions are dropped and counted (paper: 5).")
+    shard_max_samples: int = setting(10_000, doc="Most samples per tar shard (users for splits, items for the item table).")
+    on_bad_rows: Literal["error", "quarantine"] = setting(
+        "error", doc="'error' stops at the first malformed row naming file, line and reason; 'quarantine' sets them aside.")
+    overwrite: bool = setting(False, doc="Replace an output directory that already holds a different dataset.")
+    read_block_bytes: int = setting(64 << 20, doc="Byte range each read task parses; large files are split on line boundaries.")
+    group_partitions: int = setting(0, doc="Hash partitions for grouping interactions by user; 0 picks from input size and cores.")
+    progress: bool = setting(True, doc="Show Ray Data progress bars on the driver (off in CI quiet mode).")
+
+    def __post_init__(self) -> None:
+        p = Problems()
+        p.check(self.min_seq_len >= 3, "min_seq_len",
+                f"must be >= 3 so that train keeps at least one item before valid/test, got {self.min_seq_len}")
+        p.check(self.shard_max_samples >= 1, "shard_max_samples", f"must be >= 1, got {self.shard_max_samples}")
+        p.check(self.read_block_bytes >= 1 << 16, "read_block_bytes", f"must be >= 65536, got {self.read_block_bytes}")
+        p.check(self.group_partitions >= 0, "group_partitions", f"must be >= 0, got {self.group_partitions}")
+        p.check(bool(self.output_dir), "output_dir", "must be set")
+        p.raise_if_any()
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyntheticConfig:
+    """A MicroLens-shaped synthetic interaction file generated before ingestion (demo, tests, scale)."""
+
+    enabled: bool = setting(False, doc="Generate the synthetic csv first and ingest it instead of ingest.input.")
+    output: str = setting("data/raw/synthetic", doc="Directory that receives the generated csv part files.")
+    users: int = setting(20_000, doc="Number of users (MicroLens full: 34,492,051).")
+    items: int = setting(5_000, doc="Number of items (MicroLens full: 1,142,528).")
+    interactions: int = setting(150_000, doc="Target number of interactions (MicroLens full: 1,006,528,709).")
+    seed: int = setting(0, doc="Seed of the generator; the same seed gives byte-identical files.")
+    chunk_users: int = setting(250_000, doc="Users per generated part file; parts are produced in parallel tasks.")
+
+    def __post_init__(self) -> None:
+        p = Problems()
+        p.check(self.users >= 1, "users", f"must be >= 1, got {self.users}")
+        p.check(self.items >= 2, "items", f"must be >= 2, got {self.items}")
+        p.check(self.interactions >= 5 * self.users, "interactions",
+                f"must be >= 5 x users ({5 * self.users}) so every user can reach min_seq_len, got {self.interactions}")
+        p.check(self.chunk_users >= 1, "chunk_users", f"must be >= 1, got {self.chunk_users}")
+        p.raise_if_any()
+
+
+@dataclass(frozen=True, kw_only=True)
+class VideoIngestConfig:
+    """Decoding raw videos into item-content shards (frames as uint8 arrays)."""
+
+    enabled: bool = setting(False, doc="Decode videos into the item-content shards.")
+    videos: str = setting("", doc="Directory (local or URI) holding <raw_item_id>.mp4 files.")
+    frames: int = setting(5, doc="Frames sampled per video, uniform over the duration (paper: 5).")
+    mode: Literal["uniform", "clips"] = setting("uniform", doc="'uniform' frames, or 'clips' of consecutive frames (FRAME: 4 clips).")
+    clips: int = setting(4, doc="Clips per video in 'clips' mode.")
+    frames_per_clip: int = setting(2, doc="Consecutive frames per clip in 'clips' mode.")
+    size: int = setting(224, doc="Frames are resized (short side) and center-cropped to size x size.")
+    on_missing: Literal["id_only", "error"] = setting(
+        "id_only", doc="A missing/unreadable video: keep the item ID-only and list it in the manifest, or stop.")
+
+    def __post_init__(self) -> None:
+        p = Problems()
+        p.check(self.frames >= 1, "frames", f"must be >= 1, got {self.frames}")
+        p.check(self.size >= 8, "size", f"must be >= 8, got {self.size}")
+        p.check(self.clips >= 1 and self.frames_per_clip >= 1, "clips",
+                "clips and frames_per_clip must be >= 1")
+        p.check(not self.enabled or bool(self.videos), "videos", "must be set when video.enabled is true")
+        p.raise_if_any()

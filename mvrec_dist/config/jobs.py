@@ -1,0 +1,57 @@
+"""Top-level configs of the jobs: one nested dataclass per job, one section per concern."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mvrec_dist.config import content as _content  # noqa: F401  (registers content-encoder variants)
+from mvrec_dist.config.data import DataConfig
+from mvrec_dist.config.eval import EvalConfig
+from mvrec_dist.config.fields import Problems, setting
+from mvrec_dist.config.ingest import IngestConfig, SyntheticConfig, VideoIngestConfig
+from mvrec_dist.config.model import ModelConfig
+from mvrec_dist.config.parallel import ParallelConfig
+from mvrec_dist.config.runtime import RayConfig
+from mvrec_dist.config.train import TrainConfig
+
+__all__ = ["IngestJobConfig", "TrainJobConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestJobConfig:
+    """``jobs/ingest_microlens.py``: raw MicroLens (or synthetic) interactions -> webdataset shards."""
+
+    ingest: IngestConfig = setting(factory=IngestConfig, doc="Input files, reading and shard writing.")
+    synthetic: SyntheticConfig = setting(factory=SyntheticConfig, doc="Optional synthetic MicroLens-shaped input.")
+    video: VideoIngestConfig = setting(factory=VideoIngestConfig, doc="Optional decoding of raw videos into item-content shards.")
+    ray: RayConfig = setting(factory=RayConfig, doc="Ray cluster to run on.")
+
+    def __post_init__(self) -> None:
+        p = Problems()
+        p.check(self.synthetic.enabled or bool(self.ingest.input), "ingest.input",
+                "must be set (or enable synthetic.enabled to generate a synthetic input)")
+        p.raise_if_any()
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainJobConfig:
+    """``jobs/train_videorec.py``: distributed training, validation and test of a recommender."""
+
+    data: DataConfig = setting(factory=DataConfig, doc="Dataset and batching.")
+    model: ModelConfig = setting(factory=ModelConfig, doc="Item tower, user encoder and loss.")
+    parallel: ParallelConfig = setting(factory=ParallelConfig, doc="Workers, sharding and ZeRO.")
+    train: TrainConfig = setting(factory=TrainConfig, doc="Optimisation, cadence and checkpoints.")
+    eval: EvalConfig = setting(factory=EvalConfig, doc="Validation and test.")
+    ray: RayConfig = setting(factory=RayConfig, doc="Ray cluster to run on.")
+
+    def __post_init__(self) -> None:
+        p = Problems()
+        p.check(self.train.batch_size % self.parallel.num_workers == 0, "train.batch_size",
+                f"{self.train.batch_size} does not split evenly over parallel.num_workers="
+                f"{self.parallel.num_workers}")
+        p.raise_if_any()
+
+    @property
+    def batch_size_per_worker(self) -> int:
+        """Training sequences each worker takes per step."""
+        return self.train.batch_size // self.parallel.num_workers

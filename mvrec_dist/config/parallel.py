@@ -1,0 +1,48 @@
+"""Distribution settings: workers, devices, TorchRec sharding of ID tables, DeepSpeed ZeRO for dense parts.
+
+Which sharding types and optimizers work on which device is knowledge of ``mvrec_dist.parallel``
+(it checks them before training starts); this schema only names the choices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from mvrec_dist.config.fields import Problems, setting
+
+__all__ = ["ParallelConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParallelConfig:
+    """How a run is spread over Ray Train workers."""
+
+    num_workers: int = setting(2, doc="Ray Train workers (ranks); one per GPU on GPU clusters.")
+    use_gpu: bool = setting(False, doc="One GPU per worker, nccl, fbgemm-gpu kernels; false runs on CPU with gloo.")
+    cpus_per_worker: int = setting(1, doc="CPUs Ray reserves per worker; also the torch intra-op threads of a CPU worker.")
+    sharding_type: Literal["auto", "table_wise", "row_wise", "column_wise", "data_parallel"] = setting(
+        "auto", doc="TorchRec sharding of the item ID table; 'auto' lets EmbeddingShardingPlanner choose.")
+    embedding_optimizer: Literal["rowwise_adagrad", "adagrad", "sgd", "adam"] = setting(
+        "rowwise_adagrad", doc="Optimizer fused into the embedding backward ('adam' needs GPU).")
+    embedding_lr: float = setting(0.05, doc="Learning rate of the fused embedding optimizer.")
+    embedding_eps: float = setting(1e-8, doc="Epsilon of the fused embedding optimizer.")
+    embedding_weight_decay: float = setting(0.0, doc="Weight decay of the fused embedding optimizer.")
+    zero_stage: int = setting(1, doc="DeepSpeed ZeRO stage for the dense parameters: 0, 1, 2 or 3.")
+    precision: Literal["fp32", "bf16"] = setting("fp32", doc="Dense compute precision; bf16 uses DeepSpeed bf16 and CUDA autocast.")
+    offload_optimizer: bool = setting(False, doc="ZeRO optimizer-state offload to CPU memory (stage >= 1).")
+    pipeline: Literal["auto", "simple", "sparse_dist"] = setting(
+        "auto", doc="Train step: 'sparse_dist' overlaps input dist and H2D copy (TrainPipelineSparseDist, CUDA); 'auto' picks by device.")
+    timeout_s: int = setting(1800, doc="Collective-operation timeout of the process group, in seconds.")
+
+    def __post_init__(self) -> None:
+        p = Problems()
+        p.check(self.num_workers >= 1, "num_workers", f"must be >= 1, got {self.num_workers}")
+        p.check(self.cpus_per_worker >= 1, "cpus_per_worker", f"must be >= 1, got {self.cpus_per_worker}")
+        p.check(self.zero_stage in (0, 1, 2, 3), "zero_stage",
+                f"DeepSpeed ZeRO has stages 0, 1, 2 and 3; got {self.zero_stage}")
+        p.check(self.embedding_lr > 0, "embedding_lr", f"must be > 0, got {self.embedding_lr}")
+        p.check(not (self.offload_optimizer and self.zero_stage == 0), "offload_optimizer",
+                "needs zero_stage >= 1")
+        p.check(self.timeout_s >= 10, "timeout_s", f"must be >= 10, got {self.timeout_s}")
+        p.raise_if_any()
