@@ -1,0 +1,196 @@
+"""Checks of the paths a job is given, each failing with one line that says what to do.
+
+* ``check_storage_path``: a run directory (or a dataset every worker reads) must be reachable from
+  every node of the cluster.
+* ``check_dataset_dir``: the dataset directory must hold a finished ingestion (its manifest).
+* ``check_manifest_path``: a relative path read from a manifest must stay inside its dataset.
+
+How a shared mount is told from a local disk: a path with a URI scheme other than ``file://``
+(``s3://``, ``gs://``, ``hdfs://``, ...) names an object store or a distributed filesystem and is
+shared by construction. A local path is resolved (symlinks included) and looked up in the mount
+table of the node running the check (``/proc/self/mounts``, the longest mount point containing
+it); it counts as shared when that mount's filesystem type is a network or cluster filesystem
+(``SHARED_FS_TYPES``: NFS, SMB, Lustre, CephFS, GPFS, GCS/S3 FUSE, ...). A Kubernetes
+ReadWriteMany volume shows up as one of these (EFS and Filestore as ``nfs4``). Local disks
+(``ext4``, ``xfs``, ``overlay``, ``tmpfs``, ...) are not shared. The check sees only the driver's
+node: it cannot prove the same mount exists on every other node, and it rejects a local disk that
+happens to be kept identical on every node by other means.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from typing import Iterable
+
+from mvrec_dist.data.manifest import MANIFEST_NAME
+
+__all__ = ["PathError", "SHARED_FS_TYPES", "check_storage_path", "check_dataset_dir",
+           "check_manifest_path"]
+
+# Filesystem types (as /proc/self/mounts names them) whose contents every client node sees.
+SHARED_FS_TYPES = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "ceph", "glusterfs", "gpfs", "beegfs",
+    "wekafs", "panfs", "fuse.gcsfuse", "fuse.s3fs", "fuse.mountpoint-s3", "fuse.juicefs",
+    "fuse.ceph-fuse", "fuse.glusterfs", "fuse.blobfuse2", "fuse.goofys", "fuse.geesefs",
+})
+
+_MOUNTS_FILE = "/proc/self/mounts"
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class PathError(ValueError):
+    """A path given to a job cannot be used; the message is one actionable line."""
+
+
+def check_storage_path(path: str, *, num_nodes: int, key: str = "train.storage_path",
+                       mounts: str | None = None,
+                       shared_fs_types: Iterable[str] = SHARED_FS_TYPES) -> str:
+    """Check that ``path`` is reachable from every node of a cluster of ``num_nodes`` nodes.
+
+    Args:
+        path: Local path, ``file://`` URI, or a URI of an object store / distributed filesystem.
+        num_nodes: Nodes the run may span. Pass more than one whenever workers can land on
+            another node than the driver (an autoscaling cluster that has not scaled up yet
+            counts as multi-node).
+        key: The config key the path came from, named in the error.
+        mounts: Text of a mount table in ``/proc/self/mounts`` format; ``None`` reads this
+            node's table.
+        shared_fs_types: Filesystem types that count as shared.
+
+    Returns:
+        The path to use: URIs unchanged, local paths made absolute.
+
+    Raises:
+        PathError: when a multi-node run is given a path on a node-local filesystem, or when the
+            mount table cannot be read to tell.
+    """
+    if not path:
+        raise PathError(f"{key} is empty; set it to a shared filesystem mount or an s3:// / gs:// URI")
+    if _URI.match(path) and not path.startswith("file://"):
+        return path
+    local = os.path.abspath(path[len("file://"):] if path.startswith("file://") else path)
+    if num_nodes <= 1:
+        return local
+    if mounts is None:
+        try:
+            with open(_MOUNTS_FILE, encoding="utf-8") as f:
+                mounts = f.read()
+        except OSError:
+            raise PathError(f"{key}={path}: cannot read {_MOUNTS_FILE} to tell whether it is shared "
+                            f"by the cluster's {num_nodes} nodes; use an s3:// / gs:// URI") from None
+    mount_point, fs_type = _mount_of(os.path.realpath(local), mounts)
+    if fs_type in frozenset(shared_fs_types):
+        return local
+    raise PathError(f"{key}={path} is a local path ({fs_type} filesystem mounted at {mount_point}) "
+                    f"but the cluster has {num_nodes} nodes; use a shared filesystem mount "
+                    f"(NFS, Lustre, a ReadWriteMany volume) or an s3:// / gs:// URI")
+
+
+def check_dataset_dir(path: str, *, key: str = "data.dataset_dir") -> str:
+    """Check that ``path`` is a finished ingested dataset (it holds ``manifest.json``).
+
+    Args:
+        path: Local directory or URI of the dataset.
+        key: The config key the path came from, named in the error.
+
+    Returns:
+        The path to use: URIs unchanged, local paths made absolute.
+
+    Raises:
+        PathError: when the directory or its manifest is missing.
+    """
+    ingest = ("run the ingest job first: python jobs/ingest_microlens.py --config "
+              f"jobs/configs/<dataset>/ingest.yaml ingest.output_dir={path}")
+    if not path:
+        raise PathError(f"{key} is empty; set it to the ingest job's ingest.output_dir")
+    if _URI.match(path) and not path.startswith("file://"):
+        import pyarrow.fs as pafs
+
+        from mvrec_dist.data.fs import resolve
+
+        fs, inner = resolve(path)
+        root = fs.get_file_info(inner).type
+        has_manifest = fs.get_file_info(f"{inner.rstrip('/')}/{MANIFEST_NAME}").type == pafs.FileType.File
+        exists, is_dir = root != pafs.FileType.NotFound, root == pafs.FileType.Directory
+        # Object stores have no real directories: a prefix "exists" once any key is under it.
+        if not exists and has_manifest:
+            exists = is_dir = True
+        resolved = path
+    else:
+        resolved = os.path.abspath(path[len("file://"):] if path.startswith("file://") else path)
+        exists, is_dir = os.path.exists(resolved), os.path.isdir(resolved)
+        has_manifest = os.path.isfile(os.path.join(resolved, MANIFEST_NAME))
+    if not exists:
+        raise PathError(f"{key}={path} does not exist; {ingest}")
+    if not is_dir:
+        raise PathError(f"{key}={path} is a file, not a dataset directory; point it at the ingest "
+                        f"job's ingest.output_dir")
+    if not has_manifest:
+        raise PathError(f"{key}={path} has no {MANIFEST_NAME} (ingestion unfinished, or not a dataset "
+                        f"directory; the manifest is written last); {ingest}")
+    return resolved
+
+
+def check_manifest_path(dataset_dir: str, relative: str, *, where: str = "a path") -> str:
+    """Join a path read from a dataset's manifest onto the dataset directory, refusing escapes.
+
+    Args:
+        dataset_dir: The dataset directory (local path or URI) the manifest belongs to.
+        relative: The path as written in the manifest (e.g. ``train/train-00000.tar``).
+        where: Where in the manifest the path was read (e.g. ``splits.train.shards[3].path``).
+
+    Returns:
+        ``dataset_dir/relative`` with ``relative`` normalised.
+
+    Raises:
+        PathError: when ``relative`` is empty, absolute, a URI, holds a backslash or NUL, climbs
+            out of the dataset with ``..``, or (local datasets) resolves through a symlink to a
+            place outside it.
+    """
+    def refuse(problem: str) -> PathError:
+        return PathError(f"{dataset_dir}/{MANIFEST_NAME}: {where} {relative!r} {problem}; manifest "
+                         f"paths must be relative and stay inside the dataset, so the manifest is "
+                         f"corrupt or was edited; re-run the ingest job")
+
+    if not relative:
+        raise refuse("is empty")
+    if "\x00" in relative or "\\" in relative:
+        raise refuse("holds a NUL or backslash")
+    if _URI.match(relative) or relative.startswith("/") or re.match(r"^[A-Za-z]:", relative):
+        raise refuse("is absolute")
+    normal = posixpath.normpath(relative)
+    if normal in (".", "..") or normal.startswith("../"):
+        raise refuse("does not name a file inside the dataset directory")
+    local_root = None
+    if not _URI.match(dataset_dir):
+        local_root = dataset_dir
+    elif dataset_dir.startswith("file://"):
+        local_root = dataset_dir[len("file://"):]
+    if local_root is not None:
+        real_root = os.path.realpath(local_root)
+        real = os.path.realpath(os.path.join(local_root, normal))
+        if os.path.commonpath([real_root, real]) != real_root:
+            raise refuse(f"resolves through a symlink to {real}, outside the dataset directory")
+    return f"{dataset_dir.rstrip('/')}/{normal}"
+
+
+def _mount_of(real_path: str, mounts: str) -> tuple[str, str]:
+    """The ``(mount point, filesystem type)`` of the longest mount point containing ``real_path``."""
+    best, best_type = "", "unknown"
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = _unescape(fields[1])
+        inside = real_path == point or real_path.startswith(point.rstrip("/") + "/")
+        # Later entries for the same mount point shadow earlier ones, as in the kernel's view.
+        if inside and len(point) >= len(best):
+            best, best_type = point, fields[2]
+    return best or "/", best_type
+
+
+def _unescape(field: str) -> str:
+    # The kernel writes space, tab, newline and backslash in mount points as octal escapes.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
