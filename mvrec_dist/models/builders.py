@@ -1,0 +1,133 @@
+"""Build a ``SequentialRecommender`` from a ``ModelConfig``.
+
+Builders are plain functions with no side effects besides creating modules; seeding is the
+caller's job (``torch.manual_seed`` before building). This module imports every built-in component
+module, so that their builders are registered whenever ``mvrec_dist.models`` is imported.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchrec import EmbeddingCollection, EmbeddingConfig
+
+# Registration of the built-in components: imported for their @register side effect, in one place.
+import mvrec_dist.models.losses  # noqa: F401
+import mvrec_dist.models.user_encoders  # noqa: F401
+from mvrec_dist.config.model import FullSoftmaxConfig, ModelConfig, SampledSoftmaxConfig
+from mvrec_dist.data.batch import negative_sampling_probs
+from mvrec_dist.models.item_tower import ItemTower
+from mvrec_dist.models.recommender import ITEM_FEATURE, ITEM_TABLE, DenseTower, SequentialRecommender
+from mvrec_dist.models.registry import CONTENT_ENCODERS, LOSSES, USER_ENCODERS
+
+__all__ = ["build_recommender", "item_embedding_collection", "init_item_rows_", "collate_options"]
+
+
+def init_item_rows_(weight: Tensor, *, std: float, num_rows: int) -> Tensor:
+    """Initialise ID rows ~ N(0, std), the padding row 0 zero.
+
+    Used as the table's TorchRec ``init_fn``. When a sharded table calls it on a shard that does not
+    hold the whole table (row-wise sharding), row 0 cannot be identified and every row is drawn from
+    N(0, std); that is harmless, because row 0 is never a candidate or a target and, with
+    right-padded causal encoders, padding never reaches a valid position.
+
+    Args:
+        weight: ``[rows, D]`` the table or a shard of it (modified in place).
+        std: Standard deviation.
+        num_rows: N+1, rows of the whole table.
+
+    Returns:
+        ``weight``.
+    """
+    with torch.no_grad():
+        weight.normal_(0.0, std)
+        if weight.shape[0] == num_rows:
+            weight[0].zero_()
+    return weight
+
+
+def item_embedding_collection(*, num_items: int, embedding_dim: int, init_std: float,
+                              device: str | torch.device = "cpu") -> EmbeddingCollection:
+    """The ID table: one table ``item`` with N+1 rows of width D, read by feature ``item_id``.
+
+    Args:
+        num_items: N.
+        embedding_dim: D.
+        init_std: Std of the row init (``init_item_rows_``).
+        device: ``'meta'`` to defer allocation to the parallel layer (sharding), else a real device.
+
+    Returns:
+        The ``EmbeddingCollection``.
+    """
+    table = EmbeddingConfig(name=ITEM_TABLE, embedding_dim=embedding_dim, num_embeddings=num_items + 1,
+                            feature_names=[ITEM_FEATURE],
+                            init_fn=functools.partial(init_item_rows_, std=init_std, num_rows=num_items + 1))
+    return EmbeddingCollection(tables=[table], device=torch.device(device))
+
+
+def _counts(item_train_counts: np.ndarray | Tensor, num_items: int) -> np.ndarray:
+    counts = np.asarray(item_train_counts)
+    if counts.shape != (num_items + 1,) or not np.issubdtype(counts.dtype, np.integer):
+        raise ValueError(f"item_train_counts must be an integer array of shape [N+1] = [{num_items + 1}], "
+                         f"got {counts.dtype} {counts.shape}")
+    if (counts < 0).any():
+        raise ValueError("item_train_counts has negative entries")
+    return counts
+
+
+def build_recommender(cfg: ModelConfig, *, num_items: int, item_train_counts: np.ndarray | Tensor,
+                      max_seq_len: int, device: str = "cpu") -> SequentialRecommender:
+    """Build the model a config describes.
+
+    Args:
+        cfg: The model settings.
+        num_items: N (ids 1..N; 0 is padding).
+        item_train_counts: ``[N+1]`` interactions per item in the train split (logQ corrections,
+            popularity sampling).
+        max_seq_len: L.
+        device: Device of the ID table (``'meta'`` for sharding); dense parts are always built on cpu.
+
+    Returns:
+        The ``SequentialRecommender``.
+    """
+    if num_items < 1:
+        raise ValueError(f"num_items must be >= 1, got {num_items}")
+    if max_seq_len < 1:
+        raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
+    counts = _counts(item_train_counts, num_items)
+    dim = cfg.embedding_dim
+    item_ids = None
+    if cfg.item_tower != "content":
+        item_ids = item_embedding_collection(num_items=num_items, embedding_dim=dim, init_std=cfg.init_std,
+                                             device=device)
+    content_encoder = CONTENT_ENCODERS.build(cfg.content_encoder) if cfg.item_tower != "id" else None
+    item_tower = ItemTower(mode=cfg.item_tower, embedding_dim=dim, content_encoder=content_encoder,
+                           fusion=cfg.fusion, init_std=cfg.init_std)
+    user_encoder = USER_ENCODERS.build(cfg.user_encoder, embedding_dim=dim, max_seq_len=max_seq_len,
+                                       init_std=cfg.init_std)
+    loss = LOSSES.build(cfg.loss, num_items=num_items, item_train_counts=counts)
+    return SequentialRecommender(item_ids=item_ids,
+                                 dense=DenseTower(item_tower=item_tower, user_encoder=user_encoder, loss=loss))
+
+
+def collate_options(cfg: ModelConfig, item_train_counts: np.ndarray | Tensor) -> dict[str, Any]:
+    """The ``collate_train`` keyword arguments the configured loss needs.
+
+    Args:
+        cfg: The model settings.
+        item_train_counts: ``[N+1]`` interactions per item in the train split.
+
+    Returns:
+        ``{'all_items': bool, 'negatives': int, 'sampler_probs': np.ndarray | None}``: every item for
+        the full softmax, K negatives from the loss's distribution for the sampled softmax.
+    """
+    counts = _counts(item_train_counts, len(np.asarray(item_train_counts)) - 1)
+    loss = cfg.loss
+    if isinstance(loss, SampledSoftmaxConfig):
+        return {"all_items": False, "negatives": loss.num_negatives,
+                "sampler_probs": negative_sampling_probs(loss.sampler, counts)}
+    return {"all_items": isinstance(loss, FullSoftmaxConfig), "negatives": 0, "sampler_probs": None}

@@ -1,0 +1,119 @@
+"""Tests of mvrec_dist.models.recommender: the unsharded step, dedup, casting, eval helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mvrec_dist.config.model import (FullSoftmaxConfig, InBatchSoftmaxConfig, ModelConfig, SampledSoftmaxConfig,
+                                     SASRecConfig)
+from mvrec_dist.data.batch import collate_train, dummy_batch, training_windows
+from mvrec_dist.models import build_recommender, collate_options
+from mvrec_dist.models.recommender import ITEM_FEATURE, SequentialRecommender
+from tests.models.tiny_content import TinyContentConfig
+
+N, L, D = 30, 5, 8
+COUNTS = np.r_[0, np.arange(1, N + 1)]
+
+
+def _model(loss=None, **kw) -> SequentialRecommender:
+    torch.manual_seed(0)
+    cfg = ModelConfig(embedding_dim=D, loss=loss or InBatchSoftmaxConfig(), **kw)
+    return build_recommender(cfg, num_items=N, item_train_counts=COUNTS, max_seq_len=L).eval()
+
+
+def _batch(cfg_loss=None, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    windows = [w for _ in range(6) for w in training_windows(rng.integers(1, N + 1, size=rng.integers(2, 12)), L, "all")]
+    cfg = ModelConfig(embedding_dim=D, loss=cfg_loss or InBatchSoftmaxConfig())
+    return collate_train(windows, np.arange(len(windows)), max_seq_len=L, num_items=N,
+                         generator=torch.Generator().manual_seed(seed), **collate_options(cfg, COUNTS))
+
+
+@pytest.mark.parametrize("loss", [FullSoftmaxConfig(), InBatchSoftmaxConfig(), SampledSoftmaxConfig(num_negatives=7)])
+def test_forward_equals_the_step_written_out_without_dedup(loss):
+    model, batch = _model(loss), _batch(loss)
+    out = model(batch)
+    table = model.item_ids.embeddings["item"].weight
+    states = model.dense.user_encoder(table[batch.items[:, :-1]], batch.lengths.clamp(max=L))  # no dedup
+    rows, cols = [], []
+    for b, n in enumerate(batch.lengths.tolist()):
+        for j in range(n - 1):
+            rows.append(b)
+            cols.append(j)
+    rows, cols = torch.tensor(rows), torch.tensor(cols)
+    expected = model.dense.loss(states[rows, cols], table[batch.unique_items], batch.inverse[rows, cols + 1], rows, batch)
+    torch.testing.assert_close(out.loss_sum, expected.loss_sum, atol=1e-5, rtol=1e-5)
+    assert out.num_targets.item() == int((batch.lengths - 1).sum()) == len(rows)
+    assert out.num_sequences.item() == batch.items.shape[0]
+
+
+def test_id_features_and_lookup():
+    model = _model()
+    ids = torch.tensor([0, 5, 3, 5])
+    kjt = SequentialRecommender.id_features(ids)
+    assert kjt.keys() == [ITEM_FEATURE] and kjt.lengths().tolist() == [1, 1, 1, 1]
+    torch.testing.assert_close(model.lookup(ids), model.item_ids.embeddings["item"].weight[ids], atol=0, rtol=0)
+
+
+def test_user_states_take_the_last_valid_position():
+    model = _model()
+    seq = torch.randn(3, L, D)
+    lengths = torch.tensor([5, 2, 1])
+    full = model.dense.user_encoder(seq, lengths)
+    torch.testing.assert_close(model.dense.user_states(seq, lengths), full[torch.arange(3), lengths - 1])
+
+
+def test_bf16_dense_tower_casts_inputs_and_keeps_the_loss_fp32():
+    model, batch = _model(), _batch()
+    ref = model(batch)
+    model.dense.to(torch.bfloat16)
+    out = model(batch)  # fp32 embeddings from the table, bf16 dense tower
+    assert out.loss_sum.dtype == torch.float32
+    assert out.loss_sum.item() == pytest.approx(ref.loss_sum.item(), rel=2e-2)
+    seq = torch.randn(2, L, D)
+    assert model.dense.user_states(seq, torch.tensor([3, 5])).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("loss", [FullSoftmaxConfig(), InBatchSoftmaxConfig(), SampledSoftmaxConfig(num_negatives=3)])
+def test_dummy_batch_gives_zero_loss_and_zero_gradients(loss):
+    model = _model(loss).train()
+    batch = dummy_batch(L, num_items=N, all_items=isinstance(loss, FullSoftmaxConfig))
+    out = model(batch)
+    assert out.loss_sum.item() == 0.0 and out.num_targets.item() == 0 and out.num_sequences.item() == 0
+    out.loss_sum.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and (p.grad == 0).all(), name
+
+
+def test_training_step_updates_only_looked_up_rows():
+    model, batch = _model().train(), _batch()
+    out = model(batch)
+    (out.loss_sum / out.num_targets).backward()
+    grad = model.item_ids.embeddings["item"].weight.grad
+    touched = (grad != 0).any(dim=1).nonzero().flatten()
+    assert set(touched.tolist()) <= set(batch.unique_items.tolist()) - {0}
+
+
+def test_content_only_tower_trains_end_to_end():
+    torch.manual_seed(0)
+    cfg = ModelConfig(embedding_dim=D, item_tower="content", content_encoder=TinyContentConfig(),
+                      loss=InBatchSoftmaxConfig(), user_encoder=SASRecConfig(dropout=0.0, attention_dropout=0.0))
+    model = build_recommender(cfg, num_items=N, item_train_counts=COUNTS, max_seq_len=L)
+    assert model.item_ids is None and model.lookup(torch.tensor([1])) is None
+    batch = _batch()
+    frames = torch.randn(N + 1, 2, 3, generator=torch.Generator().manual_seed(1))
+    batch.content = frames[batch.unique_items]  # U,F,3
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(3):
+        out = model(batch)
+        losses.append(out.loss_sum.item() / out.num_targets.item())
+        opt.zero_grad()
+        (out.loss_sum / out.num_targets).backward()
+        opt.step()
+    assert losses[2] < losses[1] < losses[0], losses
+    batch.content = None
+    with pytest.raises(ValueError, match="needs item content"):
+        model(batch)
