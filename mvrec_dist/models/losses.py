@@ -58,6 +58,40 @@ def _own_items(batch: SequenceBatch, rows: Tensor, num_slots: int) -> Tensor:
     return own[rows]  # T,U
 
 
+class _FusedSoftmaxCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of ``states @ candidates.T`` with one ``[T, C]`` buffer.
+
+    ``F.cross_entropy(states @ candidates.T, labels, reduction='sum', label_smoothing=eps)`` keeps
+    the logits, their log-softmax, a zero-filled gradient and the logits' gradient, four ``[T, C]``
+    tensors; with C = N items that is most of a full-softmax step. Here the logits buffer becomes
+    the softmax in place and then the gradient. Tested against the unfused expression.
+    """
+
+    @staticmethod
+    def forward(ctx, states: Tensor, candidates: Tensor, labels: Tensor, eps: float) -> Tensor:
+        probs = states @ candidates.T  # T,C
+        lse = torch.logsumexp(probs, dim=1)  # T
+        loss = (lse - probs.gather(1, labels[:, None]).squeeze(1)).sum()
+        if eps:
+            loss = (1 - eps) * loss + eps * (lse - probs.mean(dim=1)).sum()
+        probs.sub_(lse[:, None]).exp_()  # T,C softmax, in the logits' buffer
+        ctx.save_for_backward(states, candidates, labels, probs)
+        ctx.eps = eps
+        ctx.used = False
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        if ctx.used:
+            raise RuntimeError("full softmax: backward through the fused loss twice (retain_graph) is unsupported")
+        ctx.used = True
+        states, candidates, labels, grad = ctx.saved_tensors
+        if ctx.eps:
+            grad.sub_(ctx.eps / grad.shape[1])
+        grad[torch.arange(grad.shape[0], device=grad.device), labels] -= 1 - ctx.eps  # T,C d loss / d logits
+        return (grad @ candidates) * grad_out, (grad.T @ states) * grad_out, None, None
+
+
 class FullSoftmaxLoss(nn.Module):
     """Cross-entropy over every item 1..N (ID item tower; needs ``unique_items == arange(N + 1)``).
 
@@ -77,8 +111,8 @@ class FullSoftmaxLoss(nn.Module):
         if item_repr.shape[0] != self.num_items + 1:
             raise ValueError(f"full softmax needs the representations of all {self.num_items + 1} ids 0..N, got "
                              f"{item_repr.shape[0]}: collate batches with all_items=True")
-        logits = states.float() @ item_repr[1:].float().T  # T,N
-        loss = F.cross_entropy(logits, labels - 1, reduction="sum", label_smoothing=self.label_smoothing)
+        loss = _FusedSoftmaxCrossEntropy.apply(states.float(), item_repr[1:].float(), labels - 1,
+                                               self.label_smoothing)
         return LossOutput(loss, torch.tensor(labels.shape[0], device=labels.device))
 
 
@@ -123,7 +157,7 @@ class InBatchSoftmaxLoss(nn.Module):
     def forward(self, states: Tensor, item_repr: Tensor, labels: Tensor, rows: Tensor,
                 batch: SequenceBatch) -> LossOutput:
         """See the module docstring."""
-        logits = states.float() @ item_repr[1:].float().T / self.temperature  # T,U-1
+        logits = (states.float() / self.temperature) @ item_repr[1:].float().T  # T,U-1
         if self.logq_correction:
             logits = logits - torch.log(self.counts[batch.unique_items[1:]].double() / self.total).float()
         if self.mask_own_items:
@@ -175,9 +209,9 @@ class SampledSoftmaxLoss(nn.Module):
                 batch: SequenceBatch) -> LossOutput:
         """See the module docstring."""
         negatives = batch.negatives  # K
-        states = states.float()
-        pos = (states * item_repr[labels].float()).sum(-1, keepdim=True) / self.temperature  # T,1
-        neg = states @ item_repr[negatives].float().T / self.temperature  # T,K
+        states = states.float() / self.temperature
+        pos = (states * item_repr[labels].float()).sum(-1, keepdim=True)  # T,1
+        neg = states @ item_repr[negatives].float().T  # T,K
         if self.logq_correction:
             q = self.weights[batch.unique_items[negatives]].double() / self.total  # K
             neg = neg - torch.log(q * negatives.shape[0]).float()

@@ -49,6 +49,34 @@ def test_full_softmax_hand_case():
     assert smooth.loss_sum.item() == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_full_softmax_fused_matches_unfused_cross_entropy(eps):
+    g = torch.Generator().manual_seed(0)
+    n, d = 50, 6
+    item_repr = torch.randn(n + 1, d, generator=g, requires_grad=True)
+    states = torch.randn(9, d, generator=g, requires_grad=True)
+    labels = torch.randint(1, n + 1, (9,), generator=g)
+    out = FullSoftmaxLoss(num_items=n, label_smoothing=eps)(states, item_repr, labels, torch.zeros(9, dtype=torch.long),
+                                                            None)
+    (out.loss_sum * 3.0).backward()
+    got = (out.loss_sum.detach(), states.grad.clone(), item_repr.grad.clone())
+    states.grad, item_repr.grad = None, None
+    ref = F.cross_entropy(states @ item_repr[1:].T, labels - 1, reduction="sum", label_smoothing=eps)
+    (ref * 3.0).backward()
+    torch.testing.assert_close(got[0], ref.detach(), **TOL)
+    torch.testing.assert_close(got[1], states.grad, **TOL)
+    torch.testing.assert_close(got[2], item_repr.grad, **TOL)
+    assert (got[2][0] == 0).all()  # the padding row is no candidate
+
+
+def test_full_softmax_fused_refuses_a_second_backward():
+    states = torch.randn(2, 3, requires_grad=True)
+    out = FullSoftmaxLoss(num_items=4)(states, torch.randn(5, 3), torch.tensor([1, 2]), torch.zeros(2), None)
+    out.loss_sum.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="twice"):
+        out.loss_sum.backward()
+
+
 def test_full_softmax_needs_every_item():
     with pytest.raises(ValueError, match="all_items=True"):
         FullSoftmaxLoss(num_items=5)(torch.zeros(1, 2), torch.zeros(3, 2), torch.tensor([1]), torch.tensor([0]), None)
