@@ -5,7 +5,6 @@ service cluster-internal. Also: no literal token anywhere under cluster/."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import yaml
