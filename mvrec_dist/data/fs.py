@@ -10,6 +10,7 @@ import glob as _glob
 import os
 from typing import IO
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 __all__ = ["resolve", "open_input_file", "open_output_stream", "expand_inputs", "is_local"]
@@ -34,7 +35,7 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
         return pafs.LocalFileSystem(), os.path.abspath(local)
     try:
         return pafs.FileSystem.from_uri(path)
-    except (pafs.ArrowInvalid, ValueError, TypeError):
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, TypeError):
         import fsspec
 
         fs, inner = fsspec.core.url_to_fs(path)

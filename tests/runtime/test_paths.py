@@ -134,10 +134,6 @@ def test_missing_uri_dataset_is_checked_through_its_filesystem():
         check_dataset_dir("mock:///ds")
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="mvrec_dist/data/fs.py resolve() catches pafs.ArrowInvalid, which pyarrow.fs "
-                          "does not define, so every fsspec-only URI (memory://, az://, ...) fails; "
-                          "remove this mark when fs.py catches pyarrow.ArrowInvalid")
 def test_uri_datasets_are_checked_through_their_filesystem():
     # fsspec's in-process memory filesystem stands in for an object store.
     mem = fsspec.filesystem("memory")
