@@ -164,7 +164,6 @@ class VideoMAE(VideoEncoder):
 
 _HF_LAYER = {  # ours (under layers.i.) -> HF (under encoder.layer.i.)
     "norm1.weight": "layernorm_before.weight", "norm1.bias": "layernorm_before.bias",
-    "attn.q_bias": "attention.attention.q_bias", "attn.v_bias": "attention.attention.v_bias",
     "attn.proj.weight": "attention.output.dense.weight", "attn.proj.bias": "attention.output.dense.bias",
     "norm2.weight": "layernorm_after.weight", "norm2.bias": "layernorm_after.bias",
     "mlp.fc1.weight": "intermediate.dense.weight", "mlp.fc1.bias": "intermediate.dense.bias",
@@ -177,8 +176,12 @@ def videomae_key_map(model: VideoMAE, layout: str, public_keys: list[str]) -> Ke
 
     ``'hf'``: transformers ``VideoMAEModel`` files (keys ``embeddings.*``, ``encoder.layer.i.*``) or
     ``VideoMAEForPreTraining`` / ``VideoMAEForVideoClassification`` files (the same under
-    ``videomae.``). ``'mcg'``: the MCG-NJU release, fine-tuned (``patch_embed.*``, ``blocks.i.*``)
-    or pre-trained (the same under ``encoder.``). The prefix is read off the file's keys.
+    ``videomae.``). The attention biases are ``q_bias``/``v_bias`` in the files on the HF hub
+    (MCG-NJU/videomae-*) and ``query.bias``/``key.bias``/``value.bias`` in files saved by
+    transformers 5; a key bias is dropped exactly (it adds ``q . b`` to all of a query's scores,
+    which the softmax cancels). ``'mcg'``: the MCG-NJU release, fine-tuned (``patch_embed.*``,
+    ``blocks.i.*``) or pre-trained (the same under ``encoder.``). Prefixes and bias names are read
+    off the file's keys.
 
     Args:
         model: The ``VideoMAE`` to fill.
@@ -191,6 +194,8 @@ def videomae_key_map(model: VideoMAE, layout: str, public_keys: list[str]) -> Ke
     depth = len(model.layers)
     if layout == "hf":
         p = "videomae." if any(k.startswith("videomae.") for k in public_keys) else ""
+        linear_biases = any(k.endswith("attention.attention.query.bias") for k in public_keys)
+        q_bias, v_bias = ("query.bias", "value.bias") if linear_biases else ("q_bias", "v_bias")
         sources = {"patch_embed.proj.weight": (f"{p}embeddings.patch_embeddings.projection.weight",),
                    "patch_embed.proj.bias": (f"{p}embeddings.patch_embeddings.projection.bias",)}
         for i in range(depth):
@@ -198,7 +203,11 @@ def videomae_key_map(model: VideoMAE, layout: str, public_keys: list[str]) -> Ke
             sources[f"layers.{i}.attn.qkv.weight"] = tuple(f"{hf}attention.attention.{x}.weight"
                                                            for x in ("query", "key", "value"))
             sources.update({f"layers.{i}.{ours}": (hf + theirs,) for ours, theirs in _HF_LAYER.items()})
+            sources[f"layers.{i}.attn.q_bias"] = (f"{hf}attention.attention.{q_bias}",)
+            sources[f"layers.{i}.attn.v_bias"] = (f"{hf}attention.attention.{v_bias}",)
         ignored = {
+            rf"{re.escape(p)}encoder\.layer\.\d+\.attention\.attention\.key\.bias":
+                "key bias: it shifts all of a query's scores by q . b, which the softmax cancels",
             rf"{re.escape(p)}layernorm\.(weight|bias)": "final LayerNorm, unused with mean pooling (the paper's VideoMAEModel)",
             r"fc_norm\.(weight|bias)": "classification head norm",
             r"classifier\..*": "classification head",

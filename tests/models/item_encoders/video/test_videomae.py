@@ -20,8 +20,13 @@ CFG = TINY["videomae"]
 D, M, P, T = CFG.embed_dim, CFG.mlp_dim, CFG.patch, CFG.tubelet
 
 
-def hf_state(depth: int, *, prefix: str, pretraining_extras: bool, seed: int = 7) -> dict[str, torch.Tensor]:
-    """A random state dict with the keys of HF ``VideoMAEModel`` (``modeling_videomae.py``), under ``prefix``."""
+def hf_state(depth: int, *, prefix: str, pretraining_extras: bool, linear_biases: bool = False,
+             seed: int = 7) -> dict[str, torch.Tensor]:
+    """A random state dict with the keys of HF ``VideoMAEModel`` (``modeling_videomae.py``), under ``prefix``.
+
+    ``linear_biases``: the attention biases as transformers 5 saves them (``query.bias``, a key bias,
+    ``value.bias``) instead of the hub files' ``q_bias`` / ``v_bias``.
+    """
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g) * 0.2  # noqa: E731
     sd = {f"{prefix}embeddings.patch_embeddings.projection.weight": r(D, 3, T, P, P),
@@ -31,13 +36,17 @@ def hf_state(depth: int, *, prefix: str, pretraining_extras: bool, seed: int = 7
         sd.update({
             b + "attention.attention.query.weight": r(D, D), b + "attention.attention.key.weight": r(D, D),
             b + "attention.attention.value.weight": r(D, D),
-            b + "attention.attention.q_bias": r(D), b + "attention.attention.v_bias": r(D),
             b + "attention.output.dense.weight": r(D, D), b + "attention.output.dense.bias": r(D),
             b + "intermediate.dense.weight": r(M, D), b + "intermediate.dense.bias": r(M),
             b + "output.dense.weight": r(D, M), b + "output.dense.bias": r(D),
             b + "layernorm_before.weight": 1 + r(D), b + "layernorm_before.bias": r(D),
             b + "layernorm_after.weight": 1 + r(D), b + "layernorm_after.bias": r(D),
         })
+        if linear_biases:
+            sd.update({b + "attention.attention.query.bias": r(D), b + "attention.attention.key.bias": r(D),
+                       b + "attention.attention.value.bias": r(D)})
+        else:
+            sd.update({b + "attention.attention.q_bias": r(D), b + "attention.attention.v_bias": r(D)})
     if pretraining_extras:  # VideoMAEForPreTraining of MCG-NJU/videomae-base (use_mean_pooling=False)
         sd.update({f"{prefix}layernorm.weight": r(D), f"{prefix}layernorm.bias": r(D),
                    "encoder_to_decoder.weight": r(8, D), "mask_token": r(1, 1, 8),
@@ -55,9 +64,11 @@ def hf_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, depth: int, heads: 
     for i in range(depth):
         a = lambda k: w(f"encoder.layer.{i}.{k}")  # noqa: E731
         n = F.layer_norm(h, (D,), a("layernorm_before.weight"), a("layernorm_before.bias"), eps=1e-12)
-        q = F.linear(n, a("attention.attention.query.weight"), a("attention.attention.q_bias"))
-        k = F.linear(n, a("attention.attention.key.weight"))  # HF passes a zero key bias
-        v = F.linear(n, a("attention.attention.value.weight"), a("attention.attention.v_bias"))
+        bias = lambda *names: next((w(f"encoder.layer.{i}.attention.attention.{x}") for x in names  # noqa: E731
+                                    if prefix + f"encoder.layer.{i}.attention.attention.{x}" in sd), None)
+        q = F.linear(n, a("attention.attention.query.weight"), bias("q_bias", "query.bias"))
+        k = F.linear(n, a("attention.attention.key.weight"), bias("key.bias"))  # hub files: no key bias
+        v = F.linear(n, a("attention.attention.value.weight"), bias("v_bias", "value.bias"))
         split = lambda t: t.view(t.shape[0], t.shape[1], heads, D // heads).transpose(1, 2)  # noqa: E731
         att = torch.softmax(split(q) @ split(k).transpose(-1, -2) * (D // heads) ** -0.5, dim=-1) @ split(v)
         h = h + F.linear(att.transpose(1, 2).reshape(h.shape), a("attention.output.dense.weight"),
@@ -93,9 +104,10 @@ def test_full_size_is_vit_b():
     assert enc.patch_embed.pos_embed.shape == (2 * 14 * 14, 768)  # 5 frames: 2 tubelets of 2, as HF's 392 tokens
 
 
-@pytest.mark.parametrize("prefix,extras", [("", False), ("videomae.", True)])
-def test_hf_checkpoint_round_trip_and_forward(tmp_path, prefix, extras):
-    sd = hf_state(CFG.depth, prefix=prefix, pretraining_extras=extras)
+@pytest.mark.parametrize("prefix,extras,linear_biases", [("", False, False), ("videomae.", True, False),
+                                                         ("", False, True)])
+def test_hf_checkpoint_round_trip_and_forward(tmp_path, prefix, extras, linear_biases):
+    sd = hf_state(CFG.depth, prefix=prefix, pretraining_extras=extras, linear_biases=linear_biases)
     path = tmp_path / "pytorch_model.bin"
     torch.save(sd, path)
     torch.manual_seed(1)
@@ -106,12 +118,15 @@ def test_hf_checkpoint_round_trip_and_forward(tmp_path, prefix, extras):
         qkv = torch.cat([sd[b + "query.weight"], sd[b + "key.weight"], sd[b + "value.weight"]])
         assert torch.equal(state[f"layers.{i}.attn.qkv.weight"], qkv)
     encoder_keys = [k for k in sd if k.startswith((prefix + "embeddings.", prefix + "encoder.layer."))]
-    # every module tensor came from the file, once: the element counts agree and each is checked below
-    assert sum(v.numel() for v in state.values()) == sum(sd[k].numel() for k in encoder_keys)
+    key_biases = [k for k in encoder_keys if k.endswith("key.bias")]  # dropped: softmax cancels them
+    # every other module tensor came from the file, once: the element counts agree, a sample checked below
+    assert sum(v.numel() for v in state.values()) == sum(sd[k].numel() for k in encoder_keys if k not in key_biases)
+    assert len(key_biases) == (CFG.depth if linear_biases else 0)
     for i in range(CFG.depth):
         b = f"{prefix}encoder.layer.{i}."
         assert torch.equal(state[f"layers.{i}.mlp.fc1.weight"], sd[b + "intermediate.dense.weight"])
-        assert torch.equal(state[f"layers.{i}.attn.q_bias"], sd[b + "attention.attention.q_bias"])
+        q_bias = b + ("attention.attention.query.bias" if linear_biases else "attention.attention.q_bias")
+        assert torch.equal(state[f"layers.{i}.attn.q_bias"], sd[q_bias])
     x = torch.randn(2, FRAMES, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(enc(x), hf_forward(sd, x, CFG.depth, CFG.num_heads, prefix), rtol=1e-4, atol=1e-5)
 
