@@ -123,7 +123,9 @@ def sample_timestamps(info: VideoInfo, frames: int = 5, mode: Literal["uniform",
         for c in range(clips):
             centre = (c + 0.5) * info.duration / clips * info.fps  # in frames from the start
             first = min(max(0, math.floor(centre - frames_per_clip / 2 + 0.5)), last_first)
-            out.extend(info.start_time + max(0.0, (first + j - 0.5) / info.fps) for j in range(frames_per_clip))
+            # A clip longer than the video runs past its end: clamped, those repeat the last frame.
+            out.extend(min(info.end_time, info.start_time + max(0.0, (first + j - 0.5) / info.fps))
+                       for j in range(frames_per_clip))
         return out
     raise ValueError(f"sample_timestamps: mode must be 'uniform' or 'clips', got {mode!r}")
 

@@ -135,6 +135,9 @@ def test_sample_timestamps_uniform_centres():
     assert clips == pytest.approx([2.0 + (k - 0.5) / 25 for k in (62, 63, 187, 188)], abs=1e-12)
     with pytest.raises(ValueError, match="mode"):
         sample_timestamps(info, mode="middle")
+    short = VideoInfo(source="x", duration=0.12, fps=25.0, frames=3, codec="h264", width=1, height=1, start_time=0.0)
+    ts = sample_timestamps(short, mode="clips", clips=1, frames_per_clip=5)
+    assert ts == sorted(ts) and ts[0] == 0.0 and ts[-1] == pytest.approx(0.12)  # clamped to the video
 
 
 def test_seeks_instead_of_decoding_everything(tmp_path):
