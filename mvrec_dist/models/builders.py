@@ -16,6 +16,7 @@ from torch import Tensor
 from torchrec import EmbeddingCollection, EmbeddingConfig
 
 # Registration of the built-in components: imported for their @register side effect, in one place.
+import mvrec_dist.models.item_encoders  # noqa: F401
 import mvrec_dist.models.losses  # noqa: F401
 import mvrec_dist.models.user_encoders  # noqa: F401
 from mvrec_dist.config.model import FullSoftmaxConfig, ModelConfig, SampledSoftmaxConfig

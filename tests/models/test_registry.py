@@ -8,15 +8,17 @@ from typing import Literal
 import pytest
 
 import mvrec_dist.models  # noqa: F401  (registers the built-ins)
+from mvrec_dist.config.content import R3D18Config, VideoMAEConfig
 from mvrec_dist.config.fields import setting
 from mvrec_dist.config.model import (FullSoftmaxConfig, GRU4RecConfig, InBatchSoftmaxConfig, NextItNetConfig,
                                      SampledSoftmaxConfig, SASRecConfig, UserEncoderConfig)
-from mvrec_dist.models.registry import LOSSES, USER_ENCODERS, Registry, RegistryError
+from mvrec_dist.models.registry import CONTENT_ENCODERS, LOSSES, USER_ENCODERS, Registry, RegistryError
 
 
 def test_builtins_are_registered():
     assert set(USER_ENCODERS.variants()) == {SASRecConfig, GRU4RecConfig, NextItNetConfig}
     assert set(LOSSES.variants()) == {FullSoftmaxConfig, InBatchSoftmaxConfig, SampledSoftmaxConfig}
+    assert R3D18Config in CONTENT_ENCODERS and VideoMAEConfig in CONTENT_ENCODERS  # via models.builders
 
 
 def test_build_passes_config_and_kwargs():
