@@ -102,7 +102,9 @@ class SASRec(nn.Module):
         length = seq.shape[1]
         if length > self.max_seq_len:
             raise ValueError(f"SASRec: sequence length {length} exceeds max_seq_len {self.max_seq_len}")
-        x = self.dropout(self.input_norm(seq + self.position.weight[:length]))  # B,L,D
+        # Through the module, not .weight: ZeRO-3 gathers a parameter only when its module runs.
+        positions = self.position(torch.arange(length, device=seq.device))  # L,D
+        x = self.dropout(self.input_norm(seq + positions))  # B,L,D
         for block in self.blocks:
             x = block(x)
         return x
