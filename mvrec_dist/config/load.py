@@ -207,7 +207,11 @@ def _convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
             if not trial:
                 return out
             sub.extend(trial)
-        problems.append(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        if len(non_none) == 1 and isinstance(value, Mapping):
+            # An optional section given as a mapping: its own problems say more than "expected X or null".
+            problems.extend(sub)
+        else:
+            problems.append(f"{key}: expected {_type_name(tp)}, got {value!r}")
         return _MISSING
     if origin is Literal:
         choices = get_args(tp)

@@ -21,15 +21,16 @@ class ParallelConfig:
     num_workers: int = setting(2, doc="Ray Train workers (ranks); one per GPU on GPU clusters.")
     use_gpu: bool = setting(False, doc="One GPU per worker, nccl, fbgemm-gpu kernels; false runs on CPU with gloo.")
     cpus_per_worker: int = setting(1, doc="CPUs Ray reserves per worker; also the torch intra-op threads of a CPU worker.")
-    sharding_type: Literal["auto", "table_wise", "row_wise", "column_wise", "data_parallel"] = setting(
-        "auto", doc="TorchRec sharding of the item ID table; 'auto' lets EmbeddingShardingPlanner choose.")
+    sharding_type: Literal["auto", "table_wise", "row_wise", "column_wise", "table_row_wise"] = setting(
+        "auto", doc="TorchRec sharding of the item ID table; 'auto' lets EmbeddingShardingPlanner choose among those the device supports.")
     embedding_optimizer: Literal["rowwise_adagrad", "adagrad", "sgd", "adam"] = setting(
         "rowwise_adagrad", doc="Optimizer fused into the embedding backward ('adam' needs GPU).")
     embedding_lr: float = setting(0.05, doc="Learning rate of the fused embedding optimizer.")
     embedding_eps: float = setting(1e-8, doc="Epsilon of the fused embedding optimizer.")
     embedding_weight_decay: float = setting(0.0, doc="Weight decay of the fused embedding optimizer.")
     zero_stage: int = setting(1, doc="DeepSpeed ZeRO stage for the dense parameters: 0, 1, 2 or 3.")
-    precision: Literal["fp32", "bf16"] = setting("fp32", doc="Dense compute precision; bf16 uses DeepSpeed bf16 and CUDA autocast.")
+    precision: Literal["fp32", "bf16", "bf16_autocast"] = setting(
+        "fp32", doc="Dense precision: fp32; bf16 weights with fp32 master copies (DeepSpeed bf16); or fp32 weights under torch.autocast(bf16).")
     offload_optimizer: bool = setting(False, doc="ZeRO optimizer-state offload to CPU memory (stage >= 1).")
     pipeline: Literal["auto", "simple", "sparse_dist"] = setting(
         "auto", doc="Train step: 'sparse_dist' overlaps input dist and H2D copy (TrainPipelineSparseDist, CUDA); 'auto' picks by device.")

@@ -121,3 +121,12 @@ def test_config_package_imports_no_torch_or_ray():
             "bad=[m for m in ('torch','ray','deepspeed','torchrec') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_optional_section_reports_its_own_problems():
+    from mvrec_dist.config.load import build_config
+
+    with pytest.raises(ConfigError) as info:
+        build_config(TrainJobConfig, {"model": {"item_tower": "content", "loss": {"name": "inbatch_softmax"},
+                                                "content_encoder": {"name": "r3d18", "frames": 0}}})
+    assert any(p.startswith("model.content_encoder.frames:") for p in info.value.problems), info.value.problems

@@ -1,0 +1,191 @@
+"""``ParallelModel``: the one object ``train/`` talks to; it hides TorchRec, DeepSpeed and collectives.
+
+Gradient normalisation (why the numbers of 1 rank and W ranks agree exactly):
+each rank computes a loss *sum* ``S_r`` over its ``n_r`` targets. The global objective is
+``sum_r S_r / N`` with ``N = sum_r n_r`` (one all-reduce per step, fused with the "does any rank
+still have data" flag). DeepSpeed *averages* dense gradients over ranks, and TorchRec's all-to-all
+backward divides the embedding gradients by the world size too (its default ``gradient_division``;
+measured: two ranks pushing gradients 1 and 2 into one row move it by 1.5 under SGD). So every rank
+back-propagates ``S_r * W / N``, which makes both averages equal the gradient of the global mean.
+Should TorchRec's division be switched off, the embedding outputs pass through a ``1 / W`` gradient
+scale instead (``sparse_gradient_scale``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from mvrec_dist.config.jobs import TrainJobConfig
+from mvrec_dist.parallel.process_groups import DistContext, all_gather_variable, all_reduce_sum
+from mvrec_dist.parallel.sharding import ShardedEmbeddings, shard_item_embeddings, sparse_gradient_scale
+from mvrec_dist.parallel.zero import build_engine
+
+__all__ = ["ParallelModel", "StepStats", "GradScale", "ITEM_FEATURE"]
+
+ITEM_FEATURE = "item_id"
+
+
+class GradScale(torch.autograd.Function):
+    """Identity forward; multiplies the gradient by ``scale`` on the way back."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return grad * ctx.scale, None
+
+
+class _EngineModule(nn.Module):
+    """What DeepSpeed wraps: the dense tower, with the sparse-gradient scale and the loss scale applied."""
+
+    def __init__(self, dense: nn.Module, sparse_grad_scale: float):
+        super().__init__()
+        self.dense = dense
+        self.sparse_grad_scale = sparse_grad_scale
+
+    def forward(self, id_emb: torch.Tensor | None, batch: Any, loss_scale: torch.Tensor):
+        if id_emb is not None and id_emb.requires_grad and self.sparse_grad_scale != 1.0:
+            id_emb = GradScale.apply(id_emb, self.sparse_grad_scale)
+        out = self.dense(id_emb, batch)
+        return out.loss_sum * loss_scale, out
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What one training step reports (global figures, identical on every rank)."""
+
+    loss: float
+    """Global mean loss over the step's targets (before the update)."""
+    num_targets: int
+    """Targets in the step over all ranks."""
+    sequences: int
+    """Real (non-dummy) sequences in the step over all ranks."""
+
+
+class ParallelModel:
+    """A ``SequentialRecommender`` spread over ranks: sharded ID table + dense tower in a ZeRO engine.
+
+    Args:
+        model: The unsharded recommender (``item_ids`` may be on ``meta``; ``dense`` on cpu).
+        cfg: The job config (parallel, train, model sections).
+        ctx: Process group and device.
+        total_steps: Planned optimiser steps (learning-rate schedule).
+    """
+
+    def __init__(self, model: nn.Module, cfg: TrainJobConfig, ctx: DistContext, *, total_steps: int):
+        self.ctx = ctx
+        self.cfg = cfg
+        self.sparse: ShardedEmbeddings | None = None
+        if model.item_ids is not None:
+            self.sparse = shard_item_embeddings(
+                model.item_ids, cfg.parallel, ctx, init_std=cfg.model.init_std, seed=cfg.train.seed,
+                batch_size=cfg.batch_size_per_worker)
+        torch.manual_seed(cfg.train.seed)
+        wrapped = _EngineModule(model.dense, sparse_gradient_scale(ctx.world_size))
+        self.engine = build_engine(wrapped, cfg.parallel, cfg.train, ctx, micro_batch=cfg.batch_size_per_worker,
+                                   total_steps=total_steps)
+        self.dense = self.engine.module.dense
+
+    # ------------------------------------------------------------------ training
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """ID embeddings of ``ids`` [U] through the sharded table: Tensor[U, D] (collective)."""
+        from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+        kjt = KeyedJaggedTensor(keys=[ITEM_FEATURE], values=ids,
+                                lengths=torch.tensor([ids.numel()], dtype=torch.int32, device=ids.device))
+        return self.sparse.module(kjt)[ITEM_FEATURE].values()
+
+    def sync_step(self, has_batch: bool, num_targets: int, sequences: int) -> tuple[bool, int, int]:
+        """One all-reduce per step: does any rank have data, and the global target/sequence counts."""
+        flags = torch.tensor([int(has_batch), num_targets, sequences], dtype=torch.long, device=self.ctx.device)
+        total = all_reduce_sum(flags, self.ctx).tolist()
+        return total[0] > 0, int(total[1]), int(total[2])
+
+    def train_step(self, batch: Any, *, global_targets: int, global_sequences: int) -> StepStats:
+        """Forward, backward and update on this rank's ``batch`` (every rank calls it every step).
+
+        Args:
+            batch: A ``SequenceBatch`` (a dummy batch with no targets on ranks out of data).
+            global_targets: Targets of the step over all ranks (from ``sync_step``).
+            global_sequences: Sequences of the step over all ranks (for reporting).
+
+        Returns:
+            ``StepStats`` with the global mean loss.
+        """
+        self.engine.train()
+        batch = batch.to(self.ctx.device, non_blocking=True)
+        id_emb = self.lookup(batch.unique_items) if self.sparse is not None else None
+        scale = torch.tensor(self.ctx.world_size / max(global_targets, 1), device=self.ctx.device)
+        loss, out = self.engine(id_emb, batch, scale)
+        self.engine.backward(loss)
+        self.engine.step()
+        loss_sum = all_reduce_sum(out.loss_sum.detach().float().reshape(1), self.ctx)
+        return StepStats(loss=float(loss_sum) / max(global_targets, 1), num_targets=global_targets,
+                         sequences=global_sequences)
+
+    # ------------------------------------------------------------------ evaluation
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Eval mode, no autograd, and ZeRO-3 parameters gathered for the duration."""
+        self.engine.eval()
+        gather: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if self.cfg.parallel.zero_stage == 3:
+            import deepspeed
+
+            gather = deepspeed.zero.GatheredParameters(list(self.dense.parameters()), modifier_rank=None)
+        with torch.no_grad(), gather:
+            yield
+        self.engine.train()
+
+    def item_representations(self, num_items: int, *, chunk_size: int = 65_536,
+                             content_fn=None) -> torch.Tensor:
+        """Representations of every item id 0..N, computed once, split over ranks and all-gathered.
+
+        Call inside ``evaluating()``. Each rank encodes a contiguous slice of ids in chunks; all ranks
+        run the same number of chunks because ID lookups are collective.
+
+        Args:
+            num_items: N.
+            chunk_size: Items encoded per chunk on a rank.
+            content_fn: ``ids -> content tensor`` for content towers (None for the ID tower).
+
+        Returns:
+            Tensor[N+1, D] on this rank's device (row 0 = padding).
+        """
+        total = num_items + 1
+        w, r = self.ctx.world_size, self.ctx.rank
+        lo, hi = total * r // w, total * (r + 1) // w
+        most = max(total * (k + 1) // w - total * k // w for k in range(w))
+        chunks = max(1, -(-most // chunk_size))
+        parts = []
+        for c in range(chunks):
+            a, b = min(hi, lo + c * chunk_size), min(hi, lo + (c + 1) * chunk_size)
+            ids = torch.arange(a, b, dtype=torch.long, device=self.ctx.device)
+            id_emb = self.lookup(ids) if self.sparse is not None else None
+            content = content_fn(ids) if content_fn is not None else None
+            if b > a:
+                parts.append(self.dense.item_representations(id_emb, content).float())
+        local = torch.cat(parts) if parts else torch.zeros(0, self.cfg.model.embedding_dim, device=self.ctx.device)
+        return all_gather_variable(local, self.ctx)
+
+    def user_states(self, history: torch.Tensor, lengths: torch.Tensor, item_repr: torch.Tensor) -> torch.Tensor:
+        """User states [B, D] from right-padded histories [B, L] and all item representations [N+1, D]."""
+        seq = item_repr[history.to(item_repr.device)]  # [B, L, D]
+        dtype = next(self.dense.parameters()).dtype
+        return self.dense.user_states(seq.to(dtype), lengths.to(item_repr.device)).float()
+
+    def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Concatenate every rank's ``rows`` [R_r, C] in rank order (R_r may differ)."""
+        return all_gather_variable(rows.to(self.ctx.device), self.ctx).cpu()
+
+    def sum_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum of ``values`` over ranks."""
+        return all_reduce_sum(values.to(self.ctx.device), self.ctx)
