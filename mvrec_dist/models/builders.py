@@ -21,6 +21,7 @@ import mvrec_dist.models.losses  # noqa: F401
 import mvrec_dist.models.user_encoders  # noqa: F401
 from mvrec_dist.config.model import FullSoftmaxConfig, ModelConfig, SampledSoftmaxConfig
 from mvrec_dist.data.batch import negative_sampling_probs
+from mvrec_dist.models.embedding_init import init_table_block
 from mvrec_dist.models.item_tower import ItemTower
 from mvrec_dist.models.recommender import ITEM_FEATURE, ITEM_TABLE, DenseTower, SequentialRecommender
 from mvrec_dist.models.registry import CONTENT_ENCODERS, LOSSES, USER_ENCODERS
@@ -28,30 +29,34 @@ from mvrec_dist.models.registry import CONTENT_ENCODERS, LOSSES, USER_ENCODERS
 __all__ = ["build_recommender", "item_embedding_collection", "init_item_rows_", "collate_options"]
 
 
-def init_item_rows_(weight: Tensor, *, std: float, num_rows: int) -> Tensor:
-    """Initialise ID rows ~ N(0, std), the padding row 0 zero.
+def init_item_rows_(weight: Tensor, *, std: float, num_rows: int, seed: int) -> Tensor:
+    """Initialise the ID table ~ N(0, std) with a zero padding row, exactly as the sharded table.
 
-    Used as the table's TorchRec ``init_fn``. When a sharded table calls it on a shard that does not
-    hold the whole table (row-wise sharding), row 0 cannot be identified and every row is drawn from
-    N(0, std); that is harmless, because row 0 is never a candidate or a target and, with
-    right-padded causal encoders, padding never reaches a valid position.
+    Used as the table's TorchRec ``init_fn``. The whole table is filled from
+    ``embedding_init.init_table_block`` (the values depend only on ``seed``), so an unsharded table
+    starts where any sharding of it starts. TorchRec may call this on a shard (it does not pass the
+    shard's offsets); the parallel layer then overwrites every shard from the same global init.
 
     Args:
-        weight: ``[rows, D]`` the table or a shard of it (modified in place).
+        weight: ``[rows, D]`` the table, or a shard of it (modified in place).
         std: Standard deviation.
         num_rows: N+1, rows of the whole table.
+        seed: Table seed.
 
     Returns:
         ``weight``.
     """
     with torch.no_grad():
-        weight.normal_(0.0, std)
         if weight.shape[0] == num_rows:
-            weight[0].zero_()
+            dim = weight.shape[1]
+            weight.copy_(init_table_block(row_start=0, row_end=num_rows, col_start=0, col_end=dim, dim=dim,
+                                          std=std, seed=seed))
+        else:
+            weight.normal_(0.0, std)
     return weight
 
 
-def item_embedding_collection(*, num_items: int, embedding_dim: int, init_std: float,
+def item_embedding_collection(*, num_items: int, embedding_dim: int, init_std: float, seed: int = 0,
                               device: str | torch.device = "cpu") -> EmbeddingCollection:
     """The ID table: one table ``item`` with N+1 rows of width D, read by feature ``item_id``.
 
@@ -59,6 +64,7 @@ def item_embedding_collection(*, num_items: int, embedding_dim: int, init_std: f
         num_items: N.
         embedding_dim: D.
         init_std: Std of the row init (``init_item_rows_``).
+        seed: Table seed (the same seed gives the same table sharded or not).
         device: ``'meta'`` to defer allocation to the parallel layer (sharding), else a real device.
 
     Returns:
@@ -66,7 +72,8 @@ def item_embedding_collection(*, num_items: int, embedding_dim: int, init_std: f
     """
     table = EmbeddingConfig(name=ITEM_TABLE, embedding_dim=embedding_dim, num_embeddings=num_items + 1,
                             feature_names=[ITEM_FEATURE],
-                            init_fn=functools.partial(init_item_rows_, std=init_std, num_rows=num_items + 1))
+                            init_fn=functools.partial(init_item_rows_, std=init_std, num_rows=num_items + 1,
+                                                      seed=seed))
     return EmbeddingCollection(tables=[table], device=torch.device(device))
 
 
@@ -81,8 +88,12 @@ def _counts(item_train_counts: np.ndarray | Tensor, num_items: int) -> np.ndarra
 
 
 def build_recommender(cfg: ModelConfig, *, num_items: int, item_train_counts: np.ndarray | Tensor,
-                      max_seq_len: int, device: str = "cpu") -> SequentialRecommender:
+                      max_seq_len: int, seed: int = 0, device: str = "cpu") -> SequentialRecommender:
     """Build the model a config describes.
+
+    Dense parts draw from the global torch RNG (seed it before calling); the ID table is built last
+    and from ``seed`` alone, so the dense initialisation is the same whether the table is
+    materialised here (``device='cpu'``) or left on ``meta`` for sharding.
 
     Args:
         cfg: The model settings.
@@ -90,6 +101,7 @@ def build_recommender(cfg: ModelConfig, *, num_items: int, item_train_counts: np
         item_train_counts: ``[N+1]`` interactions per item in the train split (logQ corrections,
             popularity sampling).
         max_seq_len: L.
+        seed: Seed of the ID table's initialisation.
         device: Device of the ID table (``'meta'`` for sharding); dense parts are always built on cpu.
 
     Returns:
@@ -101,16 +113,16 @@ def build_recommender(cfg: ModelConfig, *, num_items: int, item_train_counts: np
         raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
     counts = _counts(item_train_counts, num_items)
     dim = cfg.embedding_dim
-    item_ids = None
-    if cfg.item_tower != "content":
-        item_ids = item_embedding_collection(num_items=num_items, embedding_dim=dim, init_std=cfg.init_std,
-                                             device=device)
     content_encoder = CONTENT_ENCODERS.build(cfg.content_encoder) if cfg.item_tower != "id" else None
     item_tower = ItemTower(mode=cfg.item_tower, embedding_dim=dim, content_encoder=content_encoder,
                            fusion=cfg.fusion, init_std=cfg.init_std)
     user_encoder = USER_ENCODERS.build(cfg.user_encoder, embedding_dim=dim, max_seq_len=max_seq_len,
                                        init_std=cfg.init_std)
     loss = LOSSES.build(cfg.loss, num_items=num_items, item_train_counts=counts)
+    item_ids = None
+    if cfg.item_tower != "content":
+        item_ids = item_embedding_collection(num_items=num_items, embedding_dim=dim, init_std=cfg.init_std,
+                                             seed=seed, device=device)
     return SequentialRecommender(item_ids=item_ids,
                                  dense=DenseTower(item_tower=item_tower, user_encoder=user_encoder, loss=loss))
 

@@ -43,7 +43,7 @@ def test_id_rows_are_normal_with_zero_padding_row_and_seeded():
 
 
 def test_init_on_a_shard_leaves_its_first_row_random():
-    shard = init_item_rows_(torch.empty(10, 4), std=1.0, num_rows=100)
+    shard = init_item_rows_(torch.empty(10, 4), std=1.0, num_rows=100, seed=0)
     assert (shard[0] != 0).all()
 
 
@@ -78,3 +78,19 @@ def test_collate_options_follow_the_loss():
     opts = collate_options(ModelConfig(loss=SampledSoftmaxConfig(num_negatives=9, sampler="popularity")), COUNTS)
     assert opts["negatives"] == 9 and not opts["all_items"]
     np.testing.assert_array_equal(opts["sampler_probs"], negative_sampling_probs("popularity", COUNTS))
+
+
+def test_dense_init_does_not_depend_on_where_the_table_is_built():
+    from mvrec_dist.models.embedding_init import init_table_block
+
+    cfg = ModelConfig()
+    torch.manual_seed(5)
+    on_cpu = build_recommender(cfg, num_items=2000, item_train_counts=COUNTS, max_seq_len=10, seed=9)
+    torch.manual_seed(5)
+    on_meta = build_recommender(cfg, num_items=2000, item_train_counts=COUNTS, max_seq_len=10, seed=9, device="meta")
+    for (name, a), (_, b) in zip(on_cpu.dense.named_parameters(), on_meta.dense.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    table = on_cpu.item_ids.embeddings["item"].weight.detach()
+    expected = init_table_block(row_start=0, row_end=2001, col_start=0, col_end=cfg.embedding_dim,
+                                dim=cfg.embedding_dim, std=cfg.init_std, seed=9)
+    torch.testing.assert_close(table, expected, rtol=0, atol=0)

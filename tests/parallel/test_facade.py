@@ -66,7 +66,8 @@ def _build(cfg, counts, device):
     from mvrec_dist.models.builders import build_recommender
 
     torch.manual_seed(cfg.train.seed)
-    return build_recommender(cfg.model, num_items=N_ITEMS, item_train_counts=counts, max_seq_len=10, device=device)
+    return build_recommender(cfg.model, num_items=N_ITEMS, item_train_counts=counts, max_seq_len=10,
+                             seed=cfg.train.seed, device=device)
 
 
 def _distributed(ctx, case_overrides):
@@ -102,7 +103,7 @@ def _reference(overrides):
 
     cfg = _config(1, overrides)
     batches, opts, counts = _global_batches(cfg)
-    plain = PlainTrainer(_build(cfg, counts, "meta"), cfg, num_items=N_ITEMS, total_steps=STEPS)
+    plain = PlainTrainer(_build(cfg, counts, "cpu"), cfg, num_items=N_ITEMS, total_steps=STEPS)
     # The global step as the two ranks see it: two halves, each with its own in-batch candidates.
     losses = [plain.train_step([_collate(wins[:BATCH // 2], opts, step), _collate(wins[BATCH // 2:], opts, step)])
               for step, wins in enumerate(batches)]
