@@ -1,0 +1,75 @@
+"""Per-user sequences from a hash partition of interactions, vectorised over the whole block.
+
+The pipeline hash-partitions interactions by user (``repartition(P, keys=["user"])``), which puts
+every interaction of a user into the same single block (Ray's own ``map_groups`` relies on the
+same property), and then calls ``group_users`` once per block. Instead of one Python call per user,
+one ``lexsort`` orders the block by (user, timestamp, order key) and group boundaries come from
+comparing neighbours. The whole-groups property is checked again downstream: user lists of all
+blocks are merged and a user found in two blocks fails the job (``ids.merge_summaries``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = ["grouped_schema", "group_users", "user_order"]
+
+
+def grouped_schema(with_ts: bool) -> pa.Schema:
+    """Schema of ``group_users`` output: one row per user (kept or dropped)."""
+    fields = [pa.field("user", pa.int64()), pa.field("n", pa.int64()), pa.field("rows", pa.int64()),
+              pa.field("kept", pa.bool_()), pa.field("items", pa.large_list(pa.int64()))]
+    if with_ts:
+        fields.append(pa.field("ts", pa.large_list(pa.int64())))
+    return pa.schema(fields)
+
+
+def _np(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).to_numpy()
+
+
+def user_order(user: np.ndarray, ts: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Permutation sorting interactions by user, then timestamp, then order key (file, position)."""
+    return np.lexsort((order, ts, user))
+
+
+def group_users(block: pa.Table, *, min_seq_len: int, with_ts: bool) -> pa.Table:
+    """Group one block of interactions into per-user sequences.
+
+    Args:
+        block: Interactions (``parse.interaction_schema``) holding *all* interactions of its users.
+        min_seq_len: Users with fewer interactions are marked ``kept = False`` (their sequences
+            are not carried further; their counts are).
+        with_ts: Keep the ordered timestamps (``pairs_csv``); ``pairs_tsv`` has none.
+
+    Returns:
+        A table (``grouped_schema``) with one row per user in ascending raw user id: ``n``
+        interactions, ``rows`` input rows, ``kept``, and for kept users the ordered raw ``items``
+        (and ``ts``).
+    """
+    schema = grouped_schema(with_ts)
+    if block.num_rows == 0:
+        return schema.empty_table()
+    user, item, ts, order = (_np(block, c) for c in ("user", "item", "ts", "order"))
+    idx = user_order(user, ts, order)
+    u = user[idx]
+    boundary = np.empty(len(u), dtype=bool)
+    boundary[0] = True
+    np.not_equal(u[1:], u[:-1], out=boundary[1:])
+    starts = np.flatnonzero(boundary)
+    n = np.diff(np.append(starts, len(u)))
+    if "first" in block.column_names:
+        # pairs_tsv: a row is a line; a user may (unusually) have several lines.
+        rows = np.add.reduceat(_np(block, "first")[idx].astype(np.int64), starts)
+    else:
+        rows = n
+    kept = n >= min_seq_len
+    take = idx[np.repeat(kept, n)]
+    offsets = np.zeros(len(n) + 1, dtype=np.int64)
+    np.cumsum(np.where(kept, n, 0), out=offsets[1:])
+    columns = {"user": u[starts], "n": n, "rows": rows, "kept": kept,
+               "items": pa.LargeListArray.from_arrays(offsets, item[take])}
+    if with_ts:
+        columns["ts"] = pa.LargeListArray.from_arrays(offsets, ts[take])
+    return pa.table(columns, schema=schema)

@@ -1,0 +1,192 @@
+"""Dense ids: the sorted raw ids of kept users and of their items, and the mapping onto them.
+
+Dense id ``i`` is the ``i``-th smallest raw id (1-based; 0 is padding), so the maps are just the
+sorted unique raw ids. Each grouped block is summarised (its kept users, the unique items of
+their sequences with train-split counts, and its row/interaction counts); summaries are merged
+in a tree of Ray tasks, so no process ever sees more than the id arrays. The merged arrays go to
+the object store and every mapping task reads them zero-copy and maps with ``np.searchsorted``.
+
+The merge is also where the whole-groups guarantee of the hash partitioning is checked: blocks
+must hold disjoint users, and a user seen in two blocks fails the job instead of producing two
+samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from mvrec_dist.data.ingest.errors import IngestError
+from mvrec_dist.data.ingest.shard_writer import dense_schema
+
+__all__ = ["Summary", "summarize", "merge_summaries", "merge_tree", "lookup", "assign_dense", "COUNT_KEYS"]
+
+COUNT_KEYS = ("kept_users", "kept_rows", "kept_interactions", "filtered_users", "filtered_rows",
+              "filtered_interactions", "train_interactions")
+
+
+@dataclass
+class Summary:
+    """Ids and counts of one or more grouped blocks."""
+
+    users: np.ndarray
+    """Sorted kept raw user ids, int64 [U]."""
+    items: np.ndarray
+    """Sorted unique raw item ids of kept users' sequences, int64 [N]."""
+    train_counts: np.ndarray
+    """Train-split interactions of each item, int64 [N]."""
+    counts: dict[str, int] = field(default_factory=dict)
+    """``COUNT_KEYS`` totals."""
+
+
+def _flat(column: pa.ChunkedArray) -> np.ndarray:
+    arr = column.combine_chunks()
+    offsets = arr.offsets.to_numpy()
+    return arr.values.to_numpy()[offsets[0]:offsets[-1]]
+
+
+def summarize(grouped: pa.Table) -> Summary:
+    """Summarise one block of ``grouping.group_users`` output.
+
+    Args:
+        grouped: Per-user rows of one partition.
+
+    Returns:
+        Its ``Summary``.
+    """
+    user = grouped.column("user").to_numpy()
+    n = grouped.column("n").to_numpy()
+    rows = grouped.column("rows").to_numpy()
+    kept = grouped.column("kept").to_numpy(zero_copy_only=False)
+    items = _flat(grouped.column("items"))
+    n_kept = n[kept]
+    # Position of each item in its user's sequence; the train split is all but the last two.
+    starts = np.repeat(np.cumsum(n_kept) - n_kept, n_kept)
+    in_train = (np.arange(len(items)) - starts) < np.repeat(n_kept - 2, n_kept)
+    uniq, inverse = np.unique(items, return_inverse=True)
+    counts = {
+        "kept_users": int(kept.sum()), "kept_rows": int(rows[kept].sum()),
+        "kept_interactions": int(n_kept.sum()), "filtered_users": int((~kept).sum()),
+        "filtered_rows": int(rows[~kept].sum()), "filtered_interactions": int(n[~kept].sum()),
+        "train_interactions": int(in_train.sum()),
+    }
+    return Summary(users=np.sort(user[kept]), items=uniq,
+                   train_counts=np.bincount(inverse[in_train], minlength=len(uniq)).astype(np.int64),
+                   counts=counts)
+
+
+def merge_summaries(parts: list[Summary]) -> Summary:
+    """Merge summaries of disjoint sets of users.
+
+    Args:
+        parts: Summaries of different blocks.
+
+    Returns:
+        The merged ``Summary``.
+
+    Raises:
+        IngestError: when a user appears in two blocks (the partitioning did not keep groups whole).
+    """
+    users = np.concatenate([p.users for p in parts]) if parts else np.zeros(0, np.int64)
+    users.sort(kind="stable")
+    dup = np.flatnonzero(users[1:] == users[:-1])
+    if len(dup):
+        raise IngestError(f"user {int(users[dup[0]])} was grouped in two partitions ({len(dup)} such users): "
+                          "the shuffle did not keep each user's interactions together; refusing to write "
+                          "duplicate samples")
+    all_items = np.concatenate([p.items for p in parts]) if parts else np.zeros(0, np.int64)
+    all_counts = np.concatenate([p.train_counts for p in parts]) if parts else np.zeros(0, np.int64)
+    items, inverse = np.unique(all_items, return_inverse=True)
+    train_counts = np.zeros(len(items), dtype=np.int64)
+    np.add.at(train_counts, inverse, all_counts)
+    counts = {k: sum(p.counts.get(k, 0) for p in parts) for k in COUNT_KEYS}
+    return Summary(users=users, items=items, train_counts=train_counts, counts=counts)
+
+
+@ray.remote
+def _summarize_task(block: pa.Table) -> Summary:
+    return summarize(block)
+
+
+@ray.remote
+def _merge_task(*parts: Summary) -> Summary:
+    return merge_summaries(list(parts))
+
+
+def merge_tree(block_refs: list, fan_in: int = 8) -> Summary:
+    """Summarise grouped blocks and merge the summaries in a tree of Ray tasks.
+
+    Args:
+        block_refs: Object refs of the grouped blocks (``Dataset.to_arrow_refs()``).
+        fan_in: Summaries merged per task.
+
+    Returns:
+        The merged ``Summary`` (fetched to the caller).
+    """
+    level = [_summarize_task.remote(ref) for ref in block_refs]
+    if not level:
+        return merge_summaries([])
+    while len(level) > 1:
+        level = [_merge_task.remote(*level[i:i + fan_in]) for i in range(0, len(level), fan_in)]
+    return ray.get(level[0])
+
+
+def lookup(sorted_ids: np.ndarray, raw: np.ndarray, what: str) -> np.ndarray:
+    """Positions of ``raw`` ids in the sorted array ``sorted_ids`` (all must be present).
+
+    Args:
+        sorted_ids: Sorted unique raw ids, int64 [N].
+        raw: Ids to look up, int64 [M].
+        what: ``user`` or ``item``, for the error message.
+
+    Returns:
+        0-based positions, int64 [M] (dense id = position + 1).
+
+    Raises:
+        IngestError: when an id is missing (the maps and the data disagree).
+    """
+    pos = np.searchsorted(sorted_ids, raw)
+    bad = pos >= len(sorted_ids)
+    bad[~bad] = sorted_ids[pos[~bad]] != raw[~bad]
+    if bad.any():
+        raise IngestError(f"raw {what} id {int(raw[np.argmax(bad)])} is missing from the merged id map: "
+                          "the id maps and the grouped data disagree")
+    return pos
+
+
+def assign_dense(grouped: pa.Table, maps: list, shard_size: int, with_ts: bool) -> pa.Table:
+    """Map one grouped block to dense ids and shard indices (dropped users are left out).
+
+    Args:
+        grouped: Per-user rows of one partition.
+        maps: ``[users_ref, items_ref]``, object refs of the sorted raw id arrays (wrapped in a
+            list so Ray passes the refs, and each task reads the arrays zero-copy).
+        shard_size: ``ingest.shard_max_samples``.
+        with_ts: Carry the timestamps.
+
+    Returns:
+        Rows of ``shard_writer.dense_schema``.
+    """
+    users_map, items_map = ray.get(maps)
+    kept = grouped.column("kept").to_numpy(zero_copy_only=False)
+    if not kept.any():
+        return dense_schema(with_ts).empty_table()
+    rows = grouped.filter(pa.array(kept))
+    raw_user = rows.column("user").to_numpy()
+    dense_user = lookup(users_map, raw_user, "user") + 1
+    items_col = rows.column("items").combine_chunks()
+    offsets = items_col.offsets.to_numpy()
+    pos = lookup(items_map, items_col.values.to_numpy()[offsets[0]:offsets[-1]], "item")
+    offsets = offsets - offsets[0]
+    columns = {"shard": (dense_user - 1) // shard_size, "user": dense_user, "raw_user": raw_user,
+               "n": rows.column("n").to_numpy(),
+               "items": pa.LargeListArray.from_arrays(offsets, (pos + 1).astype(np.int32))}
+    if with_ts:
+        ts_col = rows.column("ts").combine_chunks()
+        ts_off = ts_col.offsets.to_numpy()
+        columns["ts"] = pa.LargeListArray.from_arrays(ts_off - ts_off[0],
+                                                      ts_col.values.to_numpy()[ts_off[0]:ts_off[-1]])
+    return pa.table(columns, schema=dense_schema(with_ts))

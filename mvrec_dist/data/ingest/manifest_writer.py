@@ -1,0 +1,190 @@
+"""The write side of ``manifest.json``: reconciliation, the output-directory contract, atomic publish.
+
+Everything is written into ``<output>.tmp-<random>/`` first. Only when every count reconciles is
+``manifest.json`` written and the directory moved into place (one ``rename`` on a local disk; on
+object stores the files are copied first and the manifest is written last), so a dataset
+directory with a manifest is always complete, and an interrupted job leaves none.
+
+An output directory that already holds a dataset is replaced only when it is the *same* dataset
+(same fingerprint: content-relevant config and input files) or ``ingest.overwrite`` is set.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import uuid
+
+import pyarrow.fs as pafs
+
+from mvrec_dist.data import fs as dfs
+from mvrec_dist.data.ingest.errors import IngestError
+from mvrec_dist.data.manifest import MANIFEST_NAME, SCHEMA_VERSION
+
+__all__ = ["fingerprint", "check_output_dir", "reconcile", "build_manifest", "temp_dir_for", "publish",
+           "remove_tree", "CONTENT_KEYS"]
+
+CONTENT_KEYS = ("format", "min_seq_len", "shard_max_samples", "on_bad_rows")
+"""Ingest settings that change the written data (block sizes, partitions and paths do not)."""
+
+
+def fingerprint(ingest_config: dict, inputs: list[dict], titles: dict | None) -> str:
+    """Identity of a dataset: the content-relevant config and the input files (path, size)."""
+    ident = {"config": {k: ingest_config[k] for k in CONTENT_KEYS},
+             "inputs": [{"path": i["path"], "bytes": i["bytes"]} for i in inputs],
+             "titles": titles and {"path": titles["path"], "bytes": titles["bytes"]}}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+
+def _existing_manifest(output_dir: str) -> tuple[str, dict | None]:
+    """``("absent" | "empty" | "dataset" | "other", manifest or None)`` for ``output_dir``."""
+    filesystem, path = dfs.resolve(output_dir)
+    info = filesystem.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return "absent", None
+    if info.type != pafs.FileType.Directory:
+        return "other", None
+    if not filesystem.get_file_info(pafs.FileSelector(path, recursive=False)):
+        return "empty", None
+    try:
+        with filesystem.open_input_file(f"{path}/{MANIFEST_NAME}") as f:
+            return "dataset", json.loads(f.read().decode("utf-8"))
+    except (FileNotFoundError, OSError, ValueError):
+        return "other", None
+
+
+def check_output_dir(output_dir: str, fp: str, overwrite: bool) -> None:
+    """Refuse to replace an output directory holding something other than this dataset.
+
+    Args:
+        output_dir: ``ingest.output_dir``.
+        fp: This run's ``fingerprint``.
+        overwrite: ``ingest.overwrite``.
+
+    Raises:
+        IngestError: when the directory holds a different dataset or unrelated files and
+            ``overwrite`` is not set.
+    """
+    state, manifest = _existing_manifest(output_dir)
+    if overwrite or state in ("absent", "empty"):
+        return
+    if state == "dataset" and manifest.get("fingerprint") == fp:
+        return
+    what = ("a different dataset (its manifest has another config or other inputs)" if state == "dataset"
+            else "files but no dataset manifest")
+    raise IngestError(f"{output_dir}: output directory already holds {what}; choose another "
+                      "ingest.output_dir or set ingest.overwrite=true to replace it")
+
+
+def reconcile(counts: dict, splits: dict, summary_train: int, shard_size: int) -> dict:
+    """Check every count identity of ``shards/README.md``.
+
+    Args:
+        counts: The manifest ``counts`` section (plus ``valid_rows`` from the read ledger).
+        splits: The manifest ``splits`` section.
+        summary_train: Train interactions counted by the id pass (independent of the writers).
+        shard_size: ``ingest.shard_max_samples``.
+
+    Returns:
+        The manifest ``reconciliation`` section (``ok`` true).
+
+    Raises:
+        IngestError: listing every identity that fails.
+    """
+    c, inter = counts, counts["interactions"]
+    users, items = c["users"], c["items"]
+    checks = {
+        "input_rows = kept_rows + filtered_rows + quarantined_rows":
+            c["input_rows"] == c["kept_rows"] + c["filtered_rows"] + c["quarantined_rows"],
+        "valid rows read = kept_rows + filtered_rows": c["valid_rows"] == c["kept_rows"] + c["filtered_rows"],
+        "input_interactions = kept_interactions + filtered_interactions":
+            c["input_interactions"] == c["kept_interactions"] + c["filtered_interactions"],
+        "train + valid + test interactions = kept_interactions":
+            inter["train"] + inter["valid"] + inter["test"] == c["kept_interactions"],
+        "valid = test = users": inter["valid"] == inter["test"] == users,
+        "train interactions written = counted": inter["train"] == summary_train,
+    }
+    for split, expected in (("train", users), ("valid", users), ("test", users), ("items", items)):
+        shards = splits[split]["shards"]
+        checks[f"{split}: samples = {expected}"] = splits[split]["samples"] == expected == sum(
+            s["samples"] for s in shards)
+        checks[f"{split}: shards 0..{-(-expected // shard_size) - 1} all written"] = \
+            [s["path"] for s in shards] == [f"{split}/{split}-{j:05d}.tar" for j in range(-(-expected // shard_size))]
+    failed = [name for name, ok in checks.items() if not ok]
+    if failed:
+        raise IngestError("counts do not reconcile, no manifest written: " + "; ".join(failed) +
+                          f" (counts: {json.dumps(c, sort_keys=True)})")
+    return {"input_rows": c["input_rows"], "kept_rows": c["kept_rows"], "filtered_rows": c["filtered_rows"],
+            "quarantined_rows": c["quarantined_rows"], "ok": True, "checks": sorted(checks)}
+
+
+def build_manifest(*, fp: str, config: dict, inputs: list[dict], titles: dict | None, counts: dict,
+                   reconciliation: dict, splits: dict, files: dict, quarantine: dict) -> dict:
+    """Assemble ``manifest.json`` (schema ``SCHEMA_VERSION``)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "mvrec_dist.dataset",
+        "created_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "fingerprint": fp,
+        "config": config,
+        "inputs": inputs,
+        "titles": titles,
+        "counts": counts,
+        "reconciliation": reconciliation,
+        "splits": splits,
+        "maps": {"items": "maps/items.npy", "users": "maps/users.npy"},
+        "stats": {"item_train_counts": "stats/item_train_counts.npy"},
+        "files": files,
+        "quarantine": quarantine,
+    }
+
+
+def temp_dir_for(output_dir: str) -> str:
+    """A fresh sibling ``<output>.tmp-<random>`` to build the dataset in."""
+    return f"{output_dir.rstrip('/')}.tmp-{uuid.uuid4().hex[:12]}"
+
+
+def remove_tree(path: str) -> None:
+    """Delete a directory tree if it exists (best effort cleanup of a temporary directory)."""
+    filesystem, inner = dfs.resolve(path)
+    try:
+        if filesystem.get_file_info(inner).type == pafs.FileType.Directory:
+            filesystem.delete_dir(inner)
+    except OSError:
+        pass
+
+
+def publish(tmp_dir: str, output_dir: str, manifest: dict, *, overwrite: bool) -> None:
+    """Write the manifest and move the finished dataset into place.
+
+    Args:
+        tmp_dir: The complete dataset without its manifest.
+        output_dir: Where it goes.
+        manifest: The manifest to write last.
+        overwrite: ``ingest.overwrite`` (re-checked here: the directory may have changed meanwhile).
+    """
+    check_output_dir(output_dir, manifest["fingerprint"], overwrite)
+    data = (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode("utf-8")
+    filesystem, out = dfs.resolve(output_dir)
+    _, tmp = dfs.resolve(tmp_dir)
+    exists = filesystem.get_file_info(out).type != pafs.FileType.NotFound
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        with open(os.path.join(tmp, MANIFEST_NAME), "wb") as f:
+            f.write(data)
+        old = f"{out}.old-{uuid.uuid4().hex[:12]}"
+        if exists:
+            os.rename(out, old)
+        os.rename(tmp, out)
+        if exists:
+            remove_tree(old)
+        return
+    # Object stores have no atomic directory rename: remove the old dataset's manifest first (so
+    # it never describes a mix), copy the files, and write the new manifest last.
+    if exists:
+        filesystem.delete_dir(out)
+    pafs.copy_files(tmp, out, source_filesystem=filesystem, destination_filesystem=filesystem)
+    filesystem.delete_dir(tmp)
+    with filesystem.open_output_stream(f"{out}/{MANIFEST_NAME}") as f:
+        f.write(data)

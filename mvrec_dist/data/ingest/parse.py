@@ -1,0 +1,198 @@
+"""Parse one block of whole lines into an interactions table, vectorised, with a careful fallback.
+
+The fast path hands the block to pyarrow's CSV reader (C++, no per-line Python). It is accepted
+only when nothing looks off: the block holds only the bytes a valid file can hold (digits,
+separators, ``-``, line breaks), pyarrow parses it without complaint, the row count equals the
+line count (pyarrow skips blank lines), and ids are non-negative. Anything else sends the block
+to ``validate.find_bad_lines``, which names each bad line and its reason; the good lines are then
+parsed by the fast path again, keeping their original byte offsets.
+
+Every interaction carries ``order = (file_index << 40) | byte position`` (line start, plus the
+token index for ``pairs_tsv``), the deterministic tie-break of equal timestamps: file order, then
+position in the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+
+from mvrec_dist.data.ingest.validate import BadLine, find_bad_lines, is_header, strip_terminator
+
+__all__ = ["ParsedBlock", "parse_block", "line_starts", "empty_interactions", "interaction_schema",
+           "MAX_FILE_BYTES", "MAX_FILES"]
+
+MAX_FILE_BYTES = 1 << 40
+"""Order keys hold byte positions in 40 bits: input files must be smaller than 1 TiB."""
+MAX_FILES = 1 << 22
+"""Order keys hold the file index in the remaining bits."""
+
+# Bytes a valid data line can contain; anything else (letters, '+', BOM, 'x' of '0x1' which
+# pyarrow would read as hex) routes the block to the slow path.
+_ALLOWED = np.zeros(256, dtype=bool)
+for _c in b"0123456789-, \t\r\n":
+    _ALLOWED[_c] = True
+
+
+class _Rejected(Exception):
+    """The fast path is not sure about this block."""
+
+
+@dataclass
+class ParsedBlock:
+    """The result of parsing one block."""
+
+    table: pa.Table
+    """Interactions: ``user``, ``item``, ``ts``, ``order`` (int64) and, for tsv, ``first``
+    (bool, first item of its line, so rows can be counted per user after grouping)."""
+    lines: int
+    """Lines in the block, header line included."""
+    header_rows: int
+    """1 when the block starts its file with a header line, else 0."""
+    rows: int
+    """Valid rows (lines that became interactions)."""
+    bad: list[BadLine]
+    """Bad lines, in order."""
+
+
+def interaction_schema(fmt: str) -> pa.Schema:
+    """The schema of parsed interaction tables of format ``fmt``."""
+    fields = [pa.field("user", pa.int64()), pa.field("item", pa.int64()), pa.field("ts", pa.int64()),
+              pa.field("order", pa.int64())]
+    if fmt == "pairs_tsv":
+        fields.append(pa.field("first", pa.bool_()))
+    return pa.schema(fields)
+
+
+def empty_interactions(fmt: str) -> pa.Table:
+    """An interactions table with no rows."""
+    return interaction_schema(fmt).empty_table()
+
+
+def line_starts(data: bytes) -> np.ndarray:
+    """Start offset of every line in ``data`` (a last line without ``\\n`` counts), int64 [L]."""
+    arr = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(arr == 10)
+    starts = np.empty(len(ends) + 1, dtype=np.int64)
+    starts[0] = 0
+    starts[1:] = ends + 1
+    if len(data) == 0 or data[-1] == 10:
+        starts = starts[:-1]
+    return starts
+
+
+def _read(body: bytes, fmt: str) -> pa.Table:
+    if fmt == "pairs_csv":
+        names, types, delimiter = ["user", "item", "ts"], {"user": pa.int64(), "item": pa.int64(),
+                                                           "ts": pa.int64()}, ","
+    else:
+        names, types, delimiter = ["user", "items"], {"user": pa.int64(), "items": pa.string()}, "\t"
+    try:
+        return pcsv.read_csv(
+            pa.py_buffer(body),
+            read_options=pcsv.ReadOptions(column_names=names, use_threads=False, block_size=1 << 24),
+            parse_options=pcsv.ParseOptions(delimiter=delimiter, quote_char=False, escape_char=False,
+                                            double_quote=False, newlines_in_values=False),
+            convert_options=pcsv.ConvertOptions(column_types=types, null_values=[], strings_can_be_null=False,
+                                                quoted_strings_can_be_null=False, check_utf8=True))
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise _Rejected(str(exc)) from None
+
+
+def _column(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).to_numpy().astype(np.int64, copy=False)
+
+
+def _fast(body: bytes, starts: np.ndarray, fmt: str, base: int) -> pa.Table:
+    """Parse ``body`` (no header) whose lines start at ``starts`` (absolute order base added)."""
+    if len(starts) == 0:
+        return empty_interactions(fmt)
+    if not _ALLOWED[np.frombuffer(body, dtype=np.uint8)].all():
+        raise _Rejected("unexpected bytes")
+    table = _read(body, fmt)
+    if table.num_rows != len(starts):
+        raise _Rejected(f"{table.num_rows} rows for {len(starts)} lines")
+    if table.num_rows == 0:
+        return empty_interactions(fmt)
+    user = _column(table, "user")
+    if user.min() < 0:
+        raise _Rejected("negative user")
+    if fmt == "pairs_csv":
+        item = _column(table, "item")
+        if item.min() < 0:
+            raise _Rejected("negative item")
+        return pa.table({"user": user, "item": item, "ts": _column(table, "ts"), "order": base + starts},
+                        schema=interaction_schema(fmt))
+    tokens = pc.split_pattern(table.column("items").combine_chunks(), " ")
+    lengths = pc.list_value_length(tokens).to_numpy()
+    try:
+        item = pc.cast(tokens.flatten(), pa.int64()).to_numpy()
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise _Rejected(str(exc)) from None
+    if len(item) == 0 or item.min() < 0:
+        raise _Rejected("negative or missing item")
+    row_of = np.repeat(np.arange(len(lengths)), lengths)
+    first_of_row = np.cumsum(lengths) - lengths
+    token = np.arange(len(item), dtype=np.int64) - np.repeat(first_of_row, lengths)
+    return pa.table({"user": user[row_of], "item": item, "ts": np.zeros(len(item), dtype=np.int64),
+                     "order": base + starts[row_of] + token, "first": token == 0},
+                    schema=interaction_schema(fmt))
+
+
+def parse_block(data: bytes, fmt: str, *, file_index: int, offset: int, at_eof: bool) -> ParsedBlock:
+    """Parse a block of whole lines of one input file.
+
+    Args:
+        data: The lines (the last may lack ``\\n`` only when ``at_eof``).
+        fmt: ``pairs_csv`` or ``pairs_tsv``.
+        file_index: Position of the file in the sorted input list.
+        offset: Byte offset of ``data`` in its file (0: the block may start with a header).
+        at_eof: The block ends at the end of its file.
+
+    Returns:
+        The ``ParsedBlock``; its ``bad`` lines are excluded from ``table``.
+    """
+    starts = line_starts(data)
+    lines = len(starts)
+    base = (file_index << 40) + offset
+    header = 0
+    if offset == 0 and lines and is_header(strip_terminator(data[:starts[1] if lines > 1 else len(data)]), fmt):
+        header = 1
+    body_from = int(starts[header]) if lines > header else len(data)
+    body, body_starts = data[body_from:], starts[header:] - body_from
+    try:
+        table = _fast(body, body_starts, fmt, base + body_from)
+        return ParsedBlock(table=table, lines=lines, header_rows=header, rows=lines - header, bad=[])
+    except _Rejected as exc:
+        first_problem = str(exc)
+    bad = find_bad_lines(data, starts.tolist(), fmt, at_file_start=offset == 0, at_eof=at_eof)
+    bad_idx = {b.index for b in bad}
+    keep = np.array([i for i in range(header, lines) if i not in bad_idx], dtype=np.int64)
+    ends = np.append(starts[1:], len(data))
+    pieces = [data[starts[i]:ends[i]] for i in keep]
+    if pieces and not pieces[-1].endswith(b"\n"):
+        pieces[-1] += b"\n"
+    clean = b"".join(pieces)
+    clean_starts = np.cumsum([0] + [len(p) for p in pieces[:-1]], dtype=np.int64) if pieces else keep
+    try:
+        table = _fast(clean, clean_starts, fmt, base)
+    except _Rejected as exc:
+        raise AssertionError(f"the validator accepted lines the parser rejects ({exc}); fast path said: "
+                             f"{first_problem}") from None
+    # The cleaned bytes are contiguous; restore each row's position in the original block.
+    if table.num_rows:
+        table = table.set_column(table.schema.get_field_index("order"), "order",
+                                 pa.array(_restore_order(table, keep, starts, clean_starts, base, fmt)))
+    return ParsedBlock(table=table, lines=lines, header_rows=header, rows=len(keep), bad=bad)
+
+
+def _restore_order(table: pa.Table, keep: np.ndarray, starts: np.ndarray, clean_starts: np.ndarray,
+                   base: int, fmt: str) -> np.ndarray:
+    order = table.column("order").to_numpy() - base
+    row = np.searchsorted(clean_starts, order, side="right") - 1  # clean line of each interaction
+    within = order - clean_starts[row]  # token index (tsv) or 0 (csv)
+    return base + starts[keep[row]] + within

@@ -1,0 +1,220 @@
+"""The ingestion pipeline: raw MicroLens interactions -> Ray Data -> webdataset shards + manifest.
+
+Stages (no process holds the interactions; the driver holds only id arrays and counts):
+
+1. read: ``InteractionsDatasource``, one task per byte range, parsed and validated vectorised;
+2. group: ``repartition(P, keys=["user"])`` (hash shuffle: one block per partition, each user in
+   exactly one) then ``map_batches(group_users, batch_size=None)`` over whole blocks; materialised,
+   because the ids need a global pass before anything can be written;
+3. ids: per-block summaries merged in a tree of tasks (``ids.merge_tree``) into the sorted kept
+   users and items, which go to the object store;
+4. write: ``map_batches(assign_dense)`` -> ``repartition(keys=["shard"])`` -> ``ShardDatasink``,
+   each shard a contiguous range of dense user ids; items shards, id maps and stats beside them;
+5. reconcile every count and publish atomically (``manifest_writer``).
+
+The shuffle in (2) is not sorted (``sort=False``): ``group_users`` sorts by (user, timestamp,
+order) itself, so a sort by user in the reducer would be paid twice.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+from ray.data import DataContext
+
+from mvrec_dist.config.ingest import IngestConfig
+from mvrec_dist.config.load import config_to_dict
+from mvrec_dist.data import fs as dfs
+from mvrec_dist.data.ingest.datasource import InteractionsDatasource, ReadLedger
+from mvrec_dist.data.ingest.errors import IngestError, find_ingest_error
+from mvrec_dist.data.ingest.grouping import group_users
+from mvrec_dist.data.ingest.ids import assign_dense, merge_tree
+from mvrec_dist.data.ingest.items import write_item_shards
+from mvrec_dist.data.ingest.manifest_writer import (build_manifest, check_output_dir, fingerprint, publish,
+                                                    reconcile, remove_tree, temp_dir_for)
+from mvrec_dist.data.ingest.quarantine import merge_quarantine
+from mvrec_dist.data.ingest.shard_writer import USER_SPLITS, ShardDatasink
+from mvrec_dist.data.ingest.sources import detect_format, list_inputs, plan_ranges
+from mvrec_dist.data.ingest.tar_writer import write_bytes
+from mvrec_dist.data.ingest.titles import Titles, read_titles
+
+__all__ = ["IngestResult", "run_ingest", "group_partitions"]
+
+_BYTES_PER_PARTITION = 128 << 20
+
+
+@dataclass
+class IngestResult:
+    """What an ingestion produced."""
+
+    output_dir: str
+    manifest: dict
+    seconds: float
+    """Wall time of ``run_ingest``."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage (``read_group``, ``ids``, ``write``, ``items``, ``finish``)."""
+
+
+def group_partitions(cfg: IngestConfig, input_bytes: int, cluster_cpus: int) -> int:
+    """Partitions of the group-by-user shuffle: ``ingest.group_partitions``, or enough for the cores
+    and for about 128 MiB of input per partition."""
+    if cfg.group_partitions:
+        return cfg.group_partitions
+    return max(2 * cluster_cpus, math.ceil(input_bytes / _BYTES_PER_PARTITION), 1)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    bio = io.BytesIO()
+    np.save(bio, array, allow_pickle=False)
+    return bio.getvalue()
+
+
+def run_ingest(cfg: IngestConfig, *, extra_config: dict | None = None) -> IngestResult:
+    """Ingest ``cfg.input`` into a dataset at ``cfg.output_dir`` (Ray must be initialised).
+
+    Args:
+        cfg: The ingest settings.
+        extra_config: Further config sections to record in the manifest beside ``ingest`` (e.g. the
+            synthetic generator's settings).
+
+    Returns:
+        The ``IngestResult``.
+
+    Raises:
+        IngestError: on bad input (naming file, line and reason), a conflicting output directory
+            or counts that do not reconcile; no manifest is written then.
+    """
+    t0 = time.perf_counter()
+    files = list_inputs(cfg.input)
+    fmt = detect_format(files, cfg.format)
+    inputs = [{"path": f.display, "bytes": f.size, "format": fmt} for f in files]
+    titles_info = None
+    if cfg.titles:
+        tfs, tpath = dfs.resolve(cfg.titles)
+        size = tfs.get_file_info(tpath).size
+        titles_info = {"path": cfg.titles, "bytes": int(size) if size is not None else None}
+    ingest_dict = dict(config_to_dict(cfg), format=fmt)
+    fp = fingerprint(ingest_dict, inputs, titles_info)
+    check_output_dir(cfg.output_dir, fp, cfg.overwrite)
+    tmp = temp_dir_for(cfg.output_dir)
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = cfg.progress
+    try:
+        parts, timings = _build(cfg, files, fmt, tmp, titles_info)
+        manifest = build_manifest(fp=fp, config={"ingest": ingest_dict, **(extra_config or {})}, inputs=inputs,
+                                  titles=titles_info, **parts)
+        t = time.perf_counter()
+        publish(tmp, cfg.output_dir, manifest, overwrite=cfg.overwrite)
+        timings["publish"] = time.perf_counter() - t
+    except BaseException as exc:
+        remove_tree(tmp)
+        original = find_ingest_error(exc)
+        if original is not None and original is not exc:
+            raise IngestError(str(original)) from None
+        raise
+    return IngestResult(output_dir=cfg.output_dir, manifest=manifest, seconds=time.perf_counter() - t0,
+                        timings=timings)
+
+
+def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, titles_info: dict | None) -> tuple[dict, dict]:
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    titles: Titles | None = read_titles(cfg.titles, cfg.on_bad_rows) if cfg.titles else None
+    if titles_info is not None:
+        titles_info.update(rows=titles.rows, header_rows=titles.header_rows, quarantined_rows=len(titles.bad))
+    with_ts = fmt == "pairs_csv"
+    cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
+    ranges = plan_ranges(files, cfg.read_block_bytes)
+    partitions = group_partitions(cfg, sum(f.size for f in files), cpus)
+    ledger = ReadLedger.remote()
+    parts_dir = f"{tmp}/_quarantine_parts"
+    source = InteractionsDatasource(ranges, fmt, on_bad_rows=cfg.on_bad_rows, ledger=ledger,
+                                    quarantine_dir=parts_dir)
+    grouped = (ray.data.read_datasource(source)
+               .repartition(partitions, keys=["user"], sort=False)
+               .map_batches(group_users, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
+                            fn_kwargs={"min_seq_len": cfg.min_seq_len, "with_ts": with_ts})
+               .materialize())
+    reports = ray.get(ledger.reports.remote())
+    timings["read_group"] = time.perf_counter() - t
+    if len(reports) != len(ranges):
+        raise IngestError(f"{len(ranges) - len(reports)} of {len(ranges)} read ranges did not report; "
+                          "refusing to write an incomplete dataset")
+    for f in files:
+        mine = [r for r in reports if r.file_index == f.index]
+        if sum(r.rows + r.bad_rows for r in mine) == 0:
+            after = " after the header" if any(r.header_rows for r in mine) else ""
+            raise IngestError(f"{f.display}: empty input (no rows{after})")
+
+    t = time.perf_counter()
+    summary = merge_tree(grouped.to_arrow_refs())
+    users, items = summary.users, summary.items
+    if len(users) == 0:
+        raise IngestError(f"no user has at least ingest.min_seq_len={cfg.min_seq_len} interactions; "
+                          "nothing to write")
+    maps = [ray.put(users), ray.put(items)]
+    timings["ids"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    S = cfg.shard_max_samples
+    sink = ShardDatasink(tmp, shard_size=S, num_users=len(users), with_ts=with_ts)
+    (grouped.map_batches(assign_dense, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
+                         fn_kwargs={"maps": maps, "shard_size": S, "with_ts": with_ts})
+     .repartition(min(-(-len(users) // S), partitions), keys=["shard"], sort=False)
+     .write_datasink(sink))
+    del grouped
+    timings["write"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    item_entries, without_title = write_item_shards(tmp, items, summary.train_counts, titles, S, tasks=cpus)
+    files_section = {
+        "maps/items.npy": write_bytes(f"{tmp}/maps/items.npy", _npy_bytes(np.concatenate([[-1], items]))),
+        "maps/users.npy": write_bytes(f"{tmp}/maps/users.npy", _npy_bytes(np.concatenate([[-1], users]))),
+        "stats/item_train_counts.npy": write_bytes(f"{tmp}/stats/item_train_counts.npy",
+                                                   _npy_bytes(np.concatenate([[0], summary.train_counts]))),
+    }
+    timings["items"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    quarantined = sum(r.bad_rows for r in reports)
+    quarantine = {"path": None, "rows": 0}
+    if cfg.on_bad_rows == "quarantine":
+        extra = [(cfg.titles, line, reason, raw) for line, reason, raw in titles.bad] if titles else []
+        written, info = merge_quarantine(parts_dir, reports, files, extra, f"{tmp}/quarantine.tsv")
+        if written != quarantined:
+            raise IngestError(f"read tasks reported {quarantined} bad rows but quarantined {written}")
+        files_section["quarantine.tsv"] = info
+        quarantine = {"path": "quarantine.tsv", "rows": written + len(extra), "interaction_rows": written,
+                      "title_rows": len(extra)}
+    splits = _splits(sink.entries, item_entries)
+    c = summary.counts
+    counts = {
+        "input_rows": sum(r.lines - r.header_rows for r in reports),
+        "header_rows": sum(r.header_rows for r in reports),
+        "kept_rows": c["kept_rows"], "filtered_rows": c["filtered_rows"], "quarantined_rows": quarantined,
+        "input_interactions": sum(r.interactions for r in reports),
+        "kept_interactions": c["kept_interactions"], "filtered_interactions": c["filtered_interactions"],
+        "users": len(users), "items": len(items), "filtered_users": c["filtered_users"],
+        "items_without_title": without_title,
+        "interactions": {s: sum(e["interactions"] for e in sink.entries if e["split"] == s) for s in USER_SPLITS},
+        "valid_rows": sum(r.rows for r in reports),
+    }
+    reconciliation = reconcile(counts, splits, c["train_interactions"], S)
+    timings["finish"] = time.perf_counter() - t
+    parts = {"counts": counts, "reconciliation": reconciliation, "splits": splits, "files": files_section,
+             "quarantine": quarantine}
+    return parts, timings
+
+
+def _splits(user_entries: list[dict], item_entries: list[dict]) -> dict:
+    out = {}
+    for split in USER_SPLITS + ("items",):
+        entries = sorted((e for e in user_entries + item_entries if e["split"] == split), key=lambda e: e["index"])
+        shards = [{k: e[k] for k in ("path", "samples", "bytes", "sha256")} for e in entries]
+        out[split] = {"samples": sum(s["samples"] for s in shards), "shards": shards}
+    return out

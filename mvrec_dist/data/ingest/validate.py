@@ -1,0 +1,159 @@
+"""The slow path of parsing: find every bad line of a block and say why it is bad.
+
+Parsing runs vectorised (``parse.py``) and falls back here only when a block looks wrong, so the
+per-line Python loop costs nothing on clean input. The rules below are the definition of a valid
+line; the fast path is tuned to accept exactly the same lines (and to reject, never silently
+reinterpret, anything it is unsure of).
+
+Valid lines:
+* ``pairs_csv``: ``user,item,timestamp``, three decimal integers (spaces and tabs around a field are
+  ignored), ``user >= 0`` and ``item >= 0``, all within int64.
+* ``pairs_tsv``: ``user<TAB>item item ...``, a non-empty sequence of single-space separated
+  non-negative decimal integers.
+* A line ends with ``\\n`` (``\\r\\n`` accepted); only the last line of a file may lack it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["BadLine", "CSV_HEADER", "TSV_HEADERS", "TITLES_HEADER", "is_header", "find_bad_lines",
+           "escape_raw"]
+
+CSV_HEADER = b"user,item,timestamp"
+TSV_HEADERS = (b"user\titems", b"user\titem")
+TITLES_HEADER = b"item,title"
+
+_INT = re.compile(rb"-?[0-9]+")
+_INT64_MAX = (1 << 63) - 1
+_INT64_MIN = -(1 << 63)
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A line that is not a valid row."""
+
+    index: int
+    """0-based index of the line within its block (header line included)."""
+    reason: str
+    """Why the line is rejected, in words."""
+    raw: bytes
+    """The line as read, without its line terminator."""
+
+
+def is_header(line: bytes, fmt: str) -> bool:
+    """Whether ``line`` (terminator stripped) is the header line of format ``fmt``."""
+    text = line.removeprefix(b"\xef\xbb\xbf").strip(b" \t")  # spreadsheet exports start with a BOM
+    return text == CSV_HEADER if fmt == "pairs_csv" else text in TSV_HEADERS
+
+
+def strip_terminator(line: bytes) -> bytes:
+    """Drop a trailing ``\\n`` or ``\\r\\n``."""
+    if line.endswith(b"\n"):
+        line = line[:-1]
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    return line
+
+
+def _int_problem(field: bytes, what: str, non_negative: bool) -> str | None:
+    text = field.strip(b" \t")
+    if not text:
+        return f"{what} is empty"
+    if not _INT.fullmatch(text):
+        return f"{what} {_show(text)} is not a decimal integer"
+    value = int(text)
+    if value > _INT64_MAX or value < _INT64_MIN:
+        return f"{what} {_show(text)} is out of the int64 range"
+    if non_negative and value < 0:
+        return f"{what} {value} is negative (ids must be non-negative integers)"
+    return None
+
+
+def _show(text: bytes, limit: int = 40) -> str:
+    s = text.decode("utf-8", errors="backslashreplace")
+    return repr(s if len(s) <= limit else s[:limit] + "...")
+
+
+def line_problem(line: bytes, fmt: str, *, unterminated_last: bool, may_be_header: bool) -> str | None:
+    """Return why ``line`` is not a valid row of ``fmt``, or ``None`` when it is valid.
+
+    Args:
+        line: The line without its terminator.
+        fmt: ``pairs_csv`` or ``pairs_tsv``.
+        unterminated_last: The line is the last of its file and has no newline (possibly truncated).
+        may_be_header: The line is the first of its file, where a header is allowed.
+
+    Returns:
+        The reason, or ``None``.
+    """
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"invalid UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1})"
+    if not line.strip(b" \t"):
+        return "blank line"
+    if is_header(line, fmt):
+        return None if may_be_header else "header line in the middle of the file"
+    truncated = "truncated last line (no newline at end of file): " if unterminated_last else ""
+    if fmt == "pairs_csv":
+        fields = line.split(b",")
+        if len(fields) != 3:
+            return f"{truncated}expected 3 comma-separated fields (user,item,timestamp), got {len(fields)}"
+        for field, what, non_negative in zip(fields, ("user id", "item id", "timestamp"), (True, True, False)):
+            problem = _int_problem(field, what, non_negative)
+            if problem:
+                return problem
+        return None
+    parts = line.split(b"\t")
+    if len(parts) != 2:
+        return f"{truncated}expected 2 tab-separated fields (user<TAB>items), got {len(parts)}"
+    problem = _int_problem(parts[0], "user id", True)
+    if problem:
+        return problem
+    items = parts[1]
+    if not items.strip(b" "):
+        return "empty item sequence"
+    for k, token in enumerate(items.split(b" ")):
+        if not token:
+            return f"empty item token at position {k + 1} (double, leading or trailing space)"
+        problem = _int_problem(token, f"item {k + 1}", True)
+        if problem:
+            return problem
+    return None
+
+
+def find_bad_lines(data: bytes, starts: list[int], fmt: str, *, at_file_start: bool,
+                   at_eof: bool) -> list[BadLine]:
+    """Check every line of a block.
+
+    Args:
+        data: The block: whole lines, the last one unterminated only at the end of a file.
+        starts: Start offset of each line within ``data``.
+        fmt: ``pairs_csv`` or ``pairs_tsv``.
+        at_file_start: The block starts at byte 0 of its file (its first line may be a header).
+        at_eof: The block ends at the end of its file.
+
+    Returns:
+        The bad lines in order (a header line at the start of a file is not bad).
+    """
+    bad = []
+    n = len(starts)
+    for i, s in enumerate(starts):
+        e = starts[i + 1] if i + 1 < n else len(data)
+        raw = data[s:e]
+        unterminated = at_eof and i == n - 1 and not raw.endswith(b"\n")
+        line = strip_terminator(raw)
+        reason = line_problem(line, fmt, unterminated_last=unterminated,
+                              may_be_header=at_file_start and i == 0)
+        if reason is not None:
+            bad.append(BadLine(index=i, reason=reason, raw=line))
+    return bad
+
+
+def escape_raw(raw: bytes, limit: int = 1000) -> str:
+    """Render a raw line for one TSV cell: invalid UTF-8 as ``\\xNN``, tabs/newlines escaped."""
+    text = raw[:limit].replace(b"\\", b"\\\\").decode("utf-8", errors="backslashreplace")
+    text = text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return text + ("..." if len(raw) > limit else "")

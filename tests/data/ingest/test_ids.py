@@ -1,0 +1,49 @@
+"""Dense ids: summaries of grouped blocks, their merge (with the whole-groups check) and the mapping."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from mvrec_dist.data.ingest.errors import IngestError
+from mvrec_dist.data.ingest.grouping import group_users
+from mvrec_dist.data.ingest.ids import assign_dense, lookup, merge_summaries, summarize
+
+
+def grouped(users, items, min_seq_len=3):
+    n = len(users)
+    table = pa.table({"user": np.asarray(users, np.int64), "item": np.asarray(items, np.int64),
+                      "ts": np.zeros(n, np.int64), "order": np.arange(n, dtype=np.int64)})
+    return group_users(table, min_seq_len=min_seq_len, with_ts=False)
+
+
+def test_summaries_merge_into_sorted_ids_and_train_counts():
+    a = grouped([7, 7, 7, 7, 2], [50, 10, 50, 30, 99])  # user 2 has 1 interaction: dropped
+    b = grouped([4, 4, 4], [30, 20, 10])
+    s = merge_summaries([summarize(a), summarize(b)])
+    assert s.users.tolist() == [4, 7]
+    assert s.items.tolist() == [10, 20, 30, 50]  # item 99 belongs to a dropped user: no id
+    # train = all but the last two: user 7 -> [50, 10], user 4 -> [30]
+    assert s.train_counts.tolist() == [1, 0, 1, 1]
+    assert s.counts == {"kept_users": 2, "kept_rows": 7, "kept_interactions": 7, "filtered_users": 1,
+                        "filtered_rows": 1, "filtered_interactions": 1, "train_interactions": 3}
+
+
+def test_a_user_in_two_blocks_fails_instead_of_duplicating():
+    a, b = grouped([5, 5, 5], [1, 2, 3]), grouped([5, 5, 5], [4, 5, 6])
+    with pytest.raises(IngestError, match="user 5 was grouped in two partitions"):
+        merge_summaries([summarize(a), summarize(b)])
+
+
+def test_assign_dense_maps_raw_ids_and_shards(ray_local):
+    g = grouped([7, 7, 7, 7, 4, 4, 4], [50, 10, 50, 30, 30, 20, 10])
+    s = summarize(g)
+    out = assign_dense(g, [ray_local.put(s.users), ray_local.put(s.items)], shard_size=1, with_ts=False)
+    d = out.to_pydict()
+    assert d["user"] == [1, 2] and d["raw_user"] == [4, 7] and d["shard"] == [0, 1]
+    assert d["items"] == [[3, 2, 1], [4, 1, 4, 3]]
+
+
+def test_lookup_rejects_unknown_ids():
+    assert lookup(np.array([3, 8, 9]), np.array([9, 3]), "item").tolist() == [2, 0]
+    with pytest.raises(IngestError, match="raw item id 10 is missing"):
+        lookup(np.array([3, 8, 9]), np.array([3, 10]), "item")

@@ -1,0 +1,231 @@
+"""End-to-end ingestion on the shared loopback Ray cluster: real MicroLens-50K, synthetic csv, tsv,
+determinism, URI/glob inputs, standard webdataset readers, quarantine and interrupted runs."""
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mvrec_dist.config.ingest import IngestConfig, SyntheticConfig
+from mvrec_dist.data.ingest import IngestError, run_ingest
+from mvrec_dist.data.ingest import pipeline as pipeline_module
+from mvrec_dist.data.synthetic import generate
+from mvrec_dist.data.verify import verify_dataset
+
+pytestmark = pytest.mark.integration
+
+
+def ingest(input, out, **kw):
+    return run_ingest(IngestConfig(input=str(input), output_dir=str(out), progress=False, **kw))
+
+
+def read_split(root, split):
+    """``{key: {ext: decoded}}`` of every sample of ``split``, in manifest order."""
+    manifest = json.loads((Path(root) / "manifest.json").read_text())
+    out = {}
+    for shard in manifest["splits"][split]["shards"]:
+        with tarfile.open(Path(root) / shard["path"]) as tar:
+            for info in tar:
+                key, _, ext = info.name.partition(".")
+                blob = tar.extractfile(info).read()
+                out.setdefault(key, {})[ext] = np.load(io.BytesIO(blob), allow_pickle=False) \
+                    if ext.endswith("npy") else json.loads(blob) if ext == "json" else blob.decode()
+    return out
+
+
+def checksums(root):
+    m = json.loads((Path(root) / "manifest.json").read_text())
+    shards = {s["path"]: s["sha256"] for split in m["splits"].values() for s in split["shards"]}
+    return shards | {k: v["sha256"] for k, v in m["files"].items()}
+
+
+def raw_sequence(root, key, test=None):
+    """The raw item ids of ``key``'s full sequence (test history + target), and its json."""
+    items = np.load(Path(root) / "maps" / "items.npy")
+    sample = (test or read_split(root, "test"))[key]
+    return items[np.concatenate([sample["history.npy"], sample["target.npy"]])].tolist(), sample["json"]
+
+
+@pytest.fixture(scope="module")
+def synthetic_input(tmp_path_factory):
+    """Three csv parts (~100 KB each, so 64 KiB read ranges split them), generated without Ray."""
+    cfg = SyntheticConfig(output=str(tmp_path_factory.mktemp("raw")), users=1200, items=300,
+                          interactions=14000, seed=3, chunk_users=400)
+    return Path(generate(cfg, use_ray=False))
+
+
+@pytest.fixture(scope="module")
+def synthetic_ds(ray_local, synthetic_input, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ds") / "synthetic"
+    result = ingest(synthetic_input, out, shard_max_samples=500, min_seq_len=6)
+    return out, result
+
+
+@pytest.mark.shared_data
+def test_real_microlens_50k(ray_local, microlens_50k, tmp_path):
+    out = tmp_path / "ml50k"
+    result = ingest(microlens_50k / "MicroLens-50k_pairs.tsv", out,
+                    titles=str(microlens_50k / "MicroLens-50k_titles.csv"))
+    c = result.manifest["counts"]
+    assert (c["users"], c["items"], c["kept_interactions"]) == (50_000, 19_220, 359_708)
+    assert c["interactions"] == {"train": 359_708 - 2 * 50_000, "valid": 50_000, "test": 50_000}
+    assert (c["input_rows"], c["filtered_users"], c["quarantined_rows"], c["items_without_title"]) == (50_000, 0, 0, 0)
+    assert result.manifest["reconciliation"]["ok"]
+    assert {s: result.manifest["splits"][s]["samples"] for s in ("train", "valid", "test", "items")} == \
+        {"train": 50_000, "valid": 50_000, "test": 50_000, "items": 19_220}
+    lines = (microlens_50k / "MicroLens-50k_pairs.tsv").read_text().splitlines()
+    users = np.load(out / "maps" / "users.npy")
+    test = read_split(out, "test")
+    for line in (lines[0], lines[12_345], lines[-1]):
+        raw_user, items = line.split("\t")
+        dense = int(np.searchsorted(users[1:], int(raw_user))) + 1
+        seq, meta = raw_sequence(out, f"u{dense:010d}", test)
+        assert seq == [int(x) for x in items.split()] and meta["raw_user"] == int(raw_user)
+    assert verify_dataset(str(out)) == []
+
+
+def test_synthetic_csv_samples_equal_the_source(synthetic_ds, synthetic_input):
+    out, result = synthetic_ds
+    c = result.manifest["counts"]
+    assert c["input_rows"] == c["input_interactions"] == 14_000 and c["header_rows"] == 3
+    assert c["users"] + c["filtered_users"] == 1200 and c["filtered_rows"] == c["filtered_interactions"]
+    assert c["kept_interactions"] + c["filtered_interactions"] == 14_000
+    rows = np.concatenate([np.loadtxt(p, delimiter=",", skiprows=1, dtype=np.int64)
+                           for p in sorted(synthetic_input.glob("part-*.csv"))])
+    users = np.load(out / "maps" / "users.npy")
+    train, test = read_split(out, "train"), read_split(out, "test")
+    for dense in (1, 77, len(users) - 1):
+        mine = rows[rows[:, 0] == users[dense]]
+        mine = mine[np.argsort(mine[:, 2], kind="stable")]
+        seq, meta = raw_sequence(out, f"u{dense:010d}", test)
+        assert seq == mine[:, 1].tolist() and meta["n"] == len(mine)
+        assert train[f"u{dense:010d}"]["ts.npy"].tolist() == mine[:-2, 2].tolist()
+    assert verify_dataset(str(out)) == []
+
+
+def test_deterministic_and_independent_of_blocks_partitions_and_uri(synthetic_ds, synthetic_input, tmp_path):
+    out, first = synthetic_ds
+    before = checksums(out)
+    # The same dataset again into the same directory: replaced, byte-identical.
+    ingest(synthetic_input, out, shard_max_samples=500, min_seq_len=6)
+    assert checksums(out) == before
+    # Other read ranges and partitions, a file:// glob: the same bytes.
+    other = ingest(f"file://{synthetic_input}/part-*.csv", tmp_path / "other", shard_max_samples=500,
+                   min_seq_len=6, read_block_bytes=1 << 16, group_partitions=3)
+    assert checksums(tmp_path / "other") == before
+    assert other.manifest["counts"] == first.manifest["counts"]
+
+
+def test_standard_webdataset_readers(ray_local, synthetic_ds):
+    import ray
+    import webdataset as wds
+
+    out, result = synthetic_ds
+    users = result.manifest["counts"]["users"]
+    paths = [str(out / s["path"]) for s in result.manifest["splits"]["valid"]["shards"]]
+    rows = ray.data.read_webdataset(paths).take_all()
+    assert len(rows) == users
+    first = min(rows, key=lambda r: r["__key__"])
+    assert first["__key__"] == "u0000000001" and first["json"]["user"] == 1
+    seen = [(s["__key__"], np.load(io.BytesIO(s["history.npy"]))) for s in wds.WebDataset(paths, shardshuffle=False)]
+    assert [k for k, _ in seen] == [f"u{i:010d}" for i in range(1, users + 1)]
+    assert np.array_equal(seen[0][1], first["history.npy"])
+
+
+def test_tsv_keeps_file_order_and_filters_short_users(ray_local, tmp_path):
+    # User 5 spans two lines (rows=2); user 8 is too short; the last line has no newline.
+    (tmp_path / "pairs.tsv").write_bytes(b"5\t40 10 30\n8\t1 2\n2\t7 6 5 4\r\n5\t20 50\n9\t3 1 4 1 5")
+    result = ingest(tmp_path / "pairs.tsv", tmp_path / "ds", min_seq_len=4)
+    c = result.manifest["counts"]
+    assert (c["input_rows"], c["kept_rows"], c["filtered_rows"], c["filtered_users"]) == (5, 4, 1, 1)
+    assert (c["users"], c["kept_interactions"], c["filtered_interactions"]) == (3, 14, 2)
+    assert raw_sequence(tmp_path / "ds", "u0000000002")[0] == [40, 10, 30, 20, 50]  # raw user 5
+    assert raw_sequence(tmp_path / "ds", "u0000000003")[0] == [3, 1, 4, 1, 5]
+    assert "ts.npy" not in read_split(tmp_path / "ds", "train")["u0000000001"]
+    assert np.load(tmp_path / "ds" / "maps" / "items.npy").tolist() == [-1, 1, 3, 4, 5, 6, 7, 10, 20, 30, 40, 50]
+    assert verify_dataset(str(tmp_path / "ds")) == []
+
+
+def bad_csv(tmp_path, bad_line: bytes, where: int = 5000, lines: int = 6000, name: str = "pairs.csv",
+            tail: bytes = b"\n") -> Path:
+    """A csv of ``lines`` valid rows (several 64 KiB ranges) with ``bad_line`` as line ``where``."""
+    rows = [b"user,item,timestamp"] + [b"%d,%d,%d" % (i % 700, i % 97, i) for i in range(lines)]
+    rows[where - 1] = bad_line
+    path = tmp_path / name
+    path.write_bytes(b"\n".join(rows) + tail)
+    return path
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (b"1,2", "expected 3 comma-separated fields (user,item,timestamp), got 2"),
+    (b"1,x,3", "item id 'x' is not a decimal integer"),
+    (b"-5,2,3", "user id -5 is negative"),
+    (b"user,item,timestamp", "header line in the middle of the file"),
+    (b"1,2,\xe9", "invalid UTF-8 (byte 0xe9 at column 5)"),
+    (b"", "blank line"),
+])
+def test_bad_rows_stop_the_job_naming_file_and_line(ray_local, tmp_path, bad, reason):
+    path = bad_csv(tmp_path, bad)
+    with pytest.raises(IngestError) as exc:
+        ingest(path, tmp_path / "ds", read_block_bytes=1 << 16)
+    assert str(exc.value).startswith(f"{path}:5000: {reason}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.csv"]  # no output, no temporary directory
+
+
+def test_truncated_last_line_and_empty_tsv_sequence(ray_local, tmp_path):
+    path = bad_csv(tmp_path, b"1,2,3", tail=b"\n7,8")
+    with pytest.raises(IngestError, match=rf"^{path}:6002: truncated last line \(no newline at end of file\)"):
+        ingest(path, tmp_path / "ds", read_block_bytes=1 << 16)
+    (tmp_path / "p.tsv").write_bytes(b"1\t2 3 4\n2\t\n")
+    with pytest.raises(IngestError, match=rf"^{tmp_path}/p.tsv:2: empty item sequence"):
+        ingest(tmp_path / "p.tsv", tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_missing_empty_and_conflicting_inputs(ray_local, tmp_path, synthetic_ds):
+    with pytest.raises(IngestError, match="missing input"):
+        ingest(tmp_path / "nope.csv", tmp_path / "ds")
+    (tmp_path / "empty.csv").write_bytes(b"")
+    with pytest.raises(IngestError, match="empty input"):
+        ingest(tmp_path / "empty.csv", tmp_path / "ds")
+    (tmp_path / "header.csv").write_bytes(b"user,item,timestamp\n")
+    with pytest.raises(IngestError, match=r"header.csv: empty input \(no rows after the header\)"):
+        ingest(tmp_path / "header.csv", tmp_path / "ds")
+    (tmp_path / "other.csv").write_bytes(b"1,2,3\n1,3,4\n1,4,5\n1,5,6\n1,6,7\n")
+    with pytest.raises(IngestError, match="already holds a different dataset"):
+        ingest(tmp_path / "other.csv", synthetic_ds[0])
+    assert verify_dataset(str(synthetic_ds[0])) == []
+
+
+def test_quarantine_counts_every_bad_row_and_reconciles(ray_local, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    good = b"".join(b"%d,%d,%d\n" % (u, i, u * 10 + i) for u in range(1, 40) for i in range(6))
+    bads = [b"1,2", b"a,2,3", b"-1,2,3", b"user,item,timestamp", b"1,2,\xff", b"", b"1,2,3,4"]
+    cut = good.index(b"\n", 200) + 1
+    (src / "a.csv").write_bytes(b"user,item,timestamp\n" + good[:cut] + b"\n".join(bads) + b"\n" + good[cut:])
+    (src / "b.csv").write_bytes(b"77,1,1\n77,2,2\n77,3,3\n77,4,4\n77,5,5\n77,6")
+    result = ingest(src, tmp_path / "ds", on_bad_rows="quarantine")
+    c, q = result.manifest["counts"], result.manifest["quarantine"]
+    assert c["quarantined_rows"] == q["rows"] == 8 and c["header_rows"] == 1
+    assert c["input_rows"] == 39 * 6 + 5 + 8 == c["kept_rows"] + c["filtered_rows"] + c["quarantined_rows"]
+    lines = (tmp_path / "ds" / "quarantine.tsv").read_text().splitlines()
+    first_bad = good[:cut].count(b"\n") + 2  # after the header and the good lines before
+    assert lines[0] == "file\tline\treason\traw"
+    assert lines[1].startswith(f"{src}/a.csv\t{first_bad}\texpected 3 comma-separated fields")
+    assert lines[5] == f"{src}/a.csv\t{first_bad + 4}\tinvalid UTF-8 (byte 0xff at column 5)\t1,2,\\xff"
+    assert lines[8].startswith(f"{src}/b.csv\t6\ttruncated last line")
+    assert verify_dataset(str(tmp_path / "ds")) == []
+
+
+def test_an_interrupted_ingestion_leaves_no_manifest(ray_local, tmp_path, synthetic_input, monkeypatch):
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt("simulated interruption after the user shards were written")
+
+    monkeypatch.setattr(pipeline_module, "write_item_shards", boom)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(synthetic_input, tmp_path / "ds")
+    assert list(tmp_path.iterdir()) == []  # neither a manifest nor the temporary directory
