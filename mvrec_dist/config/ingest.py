@@ -54,7 +54,8 @@ class SyntheticConfig:
     def __post_init__(self) -> None:
         p = Problems()
         p.check(self.users >= 1, "users", f"must be >= 1, got {self.users}")
-        p.check(self.items >= 2, "items", f"must be >= 2, got {self.items}")
+        p.check(self.items >= 10, "items",
+                f"must be >= 10 (no user repeats an item, and a user may hold up to items/2), got {self.items}")
         p.check(self.interactions >= 5 * self.users, "interactions",
                 f"must be >= 5 x users ({5 * self.users}) so every user can reach min_seq_len, got {self.interactions}")
         p.check(self.chunk_users >= 1, "chunk_users", f"must be >= 1, got {self.chunk_users}")
