@@ -16,7 +16,7 @@ class RayConfig:
     address: str | None = setting(None, doc="Ray cluster address ('auto', 'ray://host:10001'); null starts a local one.")
     num_cpus: int = setting(0, doc="CPUs of the embedded local cluster; 0 uses every core of this machine.")
     object_store_gb: float = setting(0.0, doc="Object-store size of the local cluster in GiB; 0 lets Ray choose.")
-    dashboard: bool = setting(False, doc="Start the dashboard of the local cluster (bound to 127.0.0.1 only).")
+    dashboard: bool = setting(True, doc="Start the dashboard of the local cluster (bound to 127.0.0.1 only; Ray Train's state queries use it).")
 
     def __post_init__(self) -> None:
         p = Problems()

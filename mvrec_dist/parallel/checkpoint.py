@@ -17,7 +17,7 @@ Why these formats: DCP reshards the row/column/table-wise embedding shards onto 
 and world size; the dense tower is stored as *full* tensors (assembled with DeepSpeed's
 tensor-fragment API for ZeRO 1/2/3 and bf16) so it loads onto any world size too. Nothing is
 unpickled: tensors load with ``torch.load(weights_only=True)``, and DCP's pickled ``.metadata``
-is read with torch's restricted unpickler, allowing only DCP's metadata classes.
+is read with an allow-list unpickler that resolves only DCP's metadata classes.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -48,27 +49,47 @@ class CheckpointError(RuntimeError):
 
 
 # ---------------------------------------------------------------------- safe DCP metadata
+# Every global a DCP ``.metadata`` pickle of this project's checkpoints refers to. Anything else
+# (``os.system``, ``builtins.eval``, ...) is refused, so a tampered file cannot run code.
+_DCP_METADATA_GLOBALS = {
+    ("torch.distributed.checkpoint.metadata", name) for name in (
+        "Metadata", "TensorStorageMetadata", "ChunkStorageMetadata", "BytesStorageMetadata",
+        "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")
+} | {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch.serialization", "_get_layout"),
+    ("torch", "Size"),
+    ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
+    ("collections", "OrderedDict"),
+} | {("torch", name) for name in ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8",
+                                 "bool")}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that resolves only the globals DCP metadata needs."""
+
+    def find_class(self, module: str, name: str):  # noqa: D401
+        if (module, name) not in _DCP_METADATA_GLOBALS:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in checkpoint metadata")
+        return super().find_class(module, name)
+
+
 def _dcp_reader_class():
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint import metadata as dcp_meta
 
     class _SafeDCPReader(FileSystemReader):
-        """DCP reader whose ``.metadata`` is read with torch's weights-only unpickler."""
+        """DCP reader whose ``.metadata`` is read with an allow-list unpickler."""
 
         def read_metadata(self, *args: Any, **kwargs: Any):
-            import torch._weights_only_unpickler as safe_unpickler
-
             path = self._get_metadata_path(kwargs.get("rank"))
-            allowed = [dcp_meta.Metadata, dcp_meta.TensorStorageMetadata, dcp_meta.ChunkStorageMetadata,
-                       dcp_meta.BytesStorageMetadata, dcp_meta.TensorProperties, dcp_meta.MetadataIndex,
-                       dcp_meta.StorageMeta, dcp_meta._MEM_FORMAT_ENCODING, torch.Size]
-            from torch.distributed.checkpoint.filesystem import _StorageInfo
-            allowed.append(_StorageInfo)
-            with self.fs.create_stream(path, "rb") as f, torch.serialization.safe_globals(allowed):
+            with self.fs.create_stream(path, "rb") as f:
                 try:
-                    metadata = safe_unpickler.load(io.BytesIO(f.read()))
+                    metadata = _MetadataUnpickler(io.BytesIO(f.read())).load()
                 except Exception as exc:
                     raise CheckpointError(f"{path}: refused to load checkpoint metadata ({exc})") from None
+            if not isinstance(metadata, dcp_meta.Metadata):
+                raise CheckpointError(f"{path}: not DCP metadata ({type(metadata).__name__})")
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = dcp_meta.StorageMeta()
             metadata.storage_meta.load_id = self.load_id

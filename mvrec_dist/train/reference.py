@@ -9,6 +9,9 @@ clipping and schedule as the DeepSpeed engine.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -55,9 +58,11 @@ class PlainTrainer:
         total_steps: Planned steps (schedule).
     """
 
-    def __init__(self, model: nn.Module, cfg: TrainJobConfig, *, num_items: int, total_steps: int):
+    def __init__(self, model: nn.Module, cfg: TrainJobConfig, *, num_items: int, total_steps: int,
+                 device: str | torch.device = "cpu"):
         self.cfg = cfg
-        self.dense = model.dense
+        self.device = torch.device(device)
+        self.dense = model.dense.to(self.device)
         self.embedding: nn.Embedding | None = None
         p, t = cfg.parallel, cfg.train
         if model.item_ids is not None:
@@ -67,6 +72,7 @@ class PlainTrainer:
                 self.embedding.weight.copy_(init_table_block(row_start=0, row_end=num_items + 1, col_start=0,
                                                              col_end=d, dim=d, std=cfg.model.init_std,
                                                              seed=t.seed))
+            self.embedding.to(self.device)
             table = [self.embedding.weight]
             if p.embedding_optimizer == "rowwise_adagrad":
                 self.sparse_opt = RowWiseAdagrad(table, lr=p.embedding_lr, eps=p.embedding_eps)
@@ -91,6 +97,7 @@ class PlainTrainer:
         parts = batch if isinstance(batch, (list, tuple)) else [batch]
         loss_sum, targets = 0.0, 0
         for part in parts:
+            part = part.to(self.device, non_blocking=True)
             id_emb = self.embedding(part.unique_items) if self.embedding is not None else None
             out = self.dense(id_emb, part)
             loss_sum = loss_sum + out.loss_sum
@@ -108,10 +115,28 @@ class PlainTrainer:
             self.sparse_opt.step()
         return float(loss.detach())
 
+    # ------------------------------------------------------------ evaluation (the RankingModel protocol)
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Eval mode and no autograd for the duration."""
+        self.dense.eval()
+        with torch.no_grad():
+            yield
+        self.dense.train()
+
     @torch.no_grad()
     def item_representations(self, num_items: int) -> torch.Tensor:
         """Representations of every item 0..N: Tensor[N+1, D]."""
         self.dense.eval()
-        ids = torch.arange(num_items + 1)
+        ids = torch.arange(num_items + 1, device=self.device)
         id_emb = self.embedding(ids) if self.embedding is not None else None
         return self.dense.item_representations(id_emb, None).float()
+
+    def user_states(self, history: torch.Tensor, lengths: torch.Tensor, item_repr: torch.Tensor) -> torch.Tensor:
+        """User states [B, D] from right-padded histories [B, L]."""
+        seq = item_repr[history.to(item_repr.device)]  # [B, L, D]
+        return self.dense.user_states(seq, lengths.to(item_repr.device)).float()
+
+    def sum_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        """One process: the values themselves."""
+        return values

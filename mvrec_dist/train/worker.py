@@ -28,7 +28,7 @@ from mvrec_dist.train.loop import FitResult, Trainer
 from mvrec_dist.train.metrics_log import MetricsLog
 from mvrec_dist.train.state import TrainState
 
-__all__ = ["run_worker", "train_worker", "run_logs_dir", "final_metrics"]
+__all__ = ["run_worker", "train_worker", "run_logs_dir", "final_metrics", "write_result"]
 
 
 def run_logs_dir(cfg: TrainJobConfig) -> str:
@@ -115,7 +115,22 @@ def train_worker(loop_config: dict) -> None:
                          checkpoint_dir_name=name)
 
     result = run_worker(cfg, ctx, publish=publish, report=lambda m: ray.train.report(m))
-    ray.train.report(final_metrics(result))
+    metrics = final_metrics(result)
+    if ctx.rank == 0:
+        write_result(cfg, metrics)
+    ray.train.report(metrics)
+
+
+def write_result(cfg: TrainJobConfig, metrics: dict) -> None:
+    """Write the run's final metrics to ``<storage_path>/<run_name>/result.json`` (rank 0)."""
+    import json
+
+    from mvrec_dist.data.fs import open_output_stream
+    from mvrec_dist.train.launch import RESULT_NAME
+
+    uri = f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}/{RESULT_NAME}"
+    with open_output_stream(uri) as f:
+        f.write(json.dumps(metrics, indent=1, sort_keys=True).encode("utf-8"))
 
 
 def config_payload(cfg: TrainJobConfig) -> dict:

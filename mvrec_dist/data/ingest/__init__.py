@@ -7,6 +7,7 @@ and the per-line slow path), ``datasource`` (the Ray Data source and its ledger)
 """
 
 from mvrec_dist.data.ingest.errors import IngestError
+from mvrec_dist.data.ingest.job import run_ingest_job
 from mvrec_dist.data.ingest.pipeline import IngestResult, run_ingest
 
-__all__ = ["IngestError", "IngestResult", "run_ingest"]
+__all__ = ["IngestError", "IngestResult", "run_ingest", "run_ingest_job"]

@@ -1,0 +1,267 @@
+"""Per-rank training and evaluation batches from the shards: plans, windows, cursors, loader workers.
+
+One rank owns ``max(loader_workers, 1)`` consumers of the epoch plan (``mvrec_dist.data.plan``).
+Each consumer streams its user samples, cuts every training sequence into windows, and emits
+batches of ``batch_size_per_worker`` windows; each batch carries the consumer's ``DataCursor``
+after it, so a checkpoint records exactly how far every consumer got. Resuming on the same world
+size skips exactly that much; on another world size the rest of the epoch is re-planned with
+``redistribute`` and a sample cut mid-way keeps its consumed windows skipped.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from mvrec_dist.config.jobs import TrainJobConfig
+from mvrec_dist.config.model import FullSoftmaxConfig, SampledSoftmaxConfig
+from mvrec_dist.data.cursor import DataCursor
+from mvrec_dist.data.batch import (EvalBatch, SequenceBatch, collate_eval, collate_train, dummy_batch,
+                                   negative_sampling_probs, training_windows)
+from mvrec_dist.data.manifest import Manifest
+from mvrec_dist.data.plan import Chunk, epoch_plan, eval_plan, num_consumers, redistribute, skip_consumed
+from mvrec_dist.data.reader import ShardReader
+
+__all__ = ["TrainData", "ConsumerStream", "DataCursor", "load_item_train_counts"]
+
+
+def load_item_train_counts(manifest: Manifest) -> np.ndarray:
+    """``int64 [N+1]`` train-split interactions per item (``stats/item_train_counts.npy``)."""
+    from mvrec_dist.data.fs import open_input_file
+
+    with open_input_file(manifest.path(manifest.data["stats"]["item_train_counts"])) as f:
+        import io
+
+        counts = np.load(io.BytesIO(f.read()), allow_pickle=False)
+    if counts.shape != (manifest.num_items + 1,):
+        raise ValueError(f"{manifest.root}: item_train_counts has shape {counts.shape}, expected "
+                         f"({manifest.num_items + 1},)")
+    return counts.astype(np.int64)
+
+
+class ConsumerStream:
+    """The batches of one consumer: its chunks -> samples -> windows -> ``SequenceBatch``es.
+
+    Args:
+        dataset_dir: Dataset directory.
+        chunks: The consumer's chunks (already past any consumed prefix).
+        consumer: Consumer id (recorded in cursors).
+        start: Cursor the stream starts from (samples/windows already consumed are *not* in
+            ``chunks`` any more except the partially consumed sample, whose windows are skipped).
+        window_skips: Global sample index -> windows to skip (samples cut by a re-plan).
+        settings: Batch settings (see ``TrainData._settings``).
+    """
+
+    def __init__(self, dataset_dir: str, chunks: Sequence[Chunk], consumer: int, start: DataCursor,
+                 window_skips: dict[int, int], settings: dict[str, Any]):
+        self.dataset_dir = dataset_dir
+        self.chunks = list(chunks)
+        self.consumer = consumer
+        self.start = start
+        self.window_skips = window_skips
+        self.s = settings
+
+    def __iter__(self) -> Iterator[SequenceBatch]:
+        s = self.s
+        reader = ShardReader(self.dataset_dir, "train", members={"items.npy", "json"})
+        samples, batches = self.start.samples, self.start.batches
+        pending_skip = self.start.windows
+        windows: list[np.ndarray] = []
+        users: list[int] = []
+        for g, sample in reader.iter_chunks(self.chunks):
+            seq_windows = training_windows(sample.members["items.npy"], s["max_seq_len"], s["mode"])
+            # Both are absolute counts of this sample's windows already consumed.
+            skip = max(pending_skip, self.window_skips.get(g, 0))
+            pending_skip = 0
+            user = int(sample.members["json"]["user"])
+            for w_index in range(skip, len(seq_windows)):
+                windows.append(seq_windows[w_index])
+                users.append(user)
+                if len(windows) == s["batch_size"]:
+                    done = w_index + 1 == len(seq_windows)
+                    cursor = DataCursor(self.consumer, samples + (1 if done else 0), 0 if done else w_index + 1,
+                                        batches + 1)
+                    yield self._collate(windows, users, batches, cursor)
+                    windows, users, batches = [], [], batches + 1
+            samples += 1
+        if windows:
+            yield self._collate(windows, users, batches, DataCursor(self.consumer, samples, 0, batches + 1))
+
+    def _collate(self, windows: list[np.ndarray], users: list[int], batch_index: int,
+                 cursor: DataCursor) -> SequenceBatch:
+        s = self.s
+        generator = None
+        if s["negatives"]:
+            # Negatives depend only on (seed, epoch, consumer, batch index): a resume draws the same ones.
+            key = f"{s['seed']}/{s['epoch']}/{self.consumer}/{batch_index}".encode()
+            generator = torch.Generator().manual_seed(zlib.crc32(key))
+        batch = collate_train(windows, users, max_seq_len=s["max_seq_len"], num_items=s["num_items"],
+                              negatives=s["negatives"], sampler_probs=s["sampler_probs"], generator=generator,
+                              all_items=s["all_items"])
+        batch.cursor = cursor
+        return batch
+
+
+class _RankDataset(IterableDataset):
+    """The consumers of one rank; loader worker ``w`` runs consumer ``w`` of the rank."""
+
+    def __init__(self, streams: list[ConsumerStream]):
+        super().__init__()
+        self.streams = streams
+
+    def __iter__(self) -> Iterator[SequenceBatch]:
+        info = get_worker_info()
+        worker = 0 if info is None else info.id
+        return iter(self.streams[worker])
+
+
+def _worker_init(_: int) -> None:
+    # Loader workers share the rank's cores; one thread each keeps them from oversubscribing.
+    torch.set_num_threads(1)
+
+
+class TrainData:
+    """This rank's data: training batches per epoch (resumable), evaluation batches (cached).
+
+    Args:
+        cfg: The job config.
+        manifest: The dataset manifest.
+        rank: This rank.
+        world_size: Number of ranks.
+        pin_memory: Pin batches for asynchronous host-to-device copies (CUDA).
+    """
+
+    def __init__(self, cfg: TrainJobConfig, manifest: Manifest, *, rank: int, world_size: int,
+                 pin_memory: bool = False):
+        self.cfg = cfg
+        self.manifest = manifest
+        self.rank = rank
+        self.world_size = world_size
+        self.loader_workers = cfg.data.loader_workers
+        self.pin_memory = pin_memory
+        self.num_items = manifest.num_items
+        self.item_train_counts = load_item_train_counts(manifest)
+        self.train_counts = [s.samples for s in manifest.shards("train")]
+        loss = cfg.model.loss
+        self._all_items = isinstance(loss, FullSoftmaxConfig)
+        self._negatives = loss.num_negatives if isinstance(loss, SampledSoftmaxConfig) else 0
+        self._sampler_probs = (negative_sampling_probs(loss.sampler, self.item_train_counts)
+                               if isinstance(loss, SampledSoftmaxConfig) else None)
+        self._eval_cache: dict[str, list[EvalBatch]] = {}
+
+    @property
+    def consumers_per_rank(self) -> int:
+        """Consumers (loader workers, or 1 when reading in-process) of each rank."""
+        return max(self.loader_workers, 1)
+
+    def _settings(self, epoch: int) -> dict[str, Any]:
+        return {"max_seq_len": self.cfg.data.max_seq_len, "mode": self.cfg.data.train_windows,
+                "batch_size": self.cfg.batch_size_per_worker, "num_items": self.num_items,
+                "negatives": self._negatives, "sampler_probs": self._sampler_probs,
+                "all_items": self._all_items, "seed": self.cfg.train.seed, "epoch": epoch}
+
+    def canonical_plan(self, epoch: int, world_size: int, loader_workers: int) -> list[list[Chunk]]:
+        """The epoch's plan for a run of ``world_size`` ranks with ``loader_workers`` workers each."""
+        return epoch_plan(self.train_counts, epoch=epoch, seed=self.cfg.train.seed, shuffle=self.cfg.data.shuffle,
+                          shuffle_block=self.cfg.data.shuffle_block,
+                          num_consumers=num_consumers(world_size, loader_workers))
+
+    def resume_plan(self, epoch: int, cursors: Sequence[DataCursor], saved_plan: list[list[dict]] | None,
+                    saved_world: int, saved_workers: int,
+                    window_skips: dict[int, int]) -> tuple[list[list[Chunk]], list[DataCursor], dict[int, int],
+                                                            bool]:
+        """Every consumer's plan for (the rest of) an epoch, its start cursor, and window skips.
+
+        Args:
+            epoch: The epoch.
+            cursors: Saved cursors of the epoch (empty at an epoch start).
+            saved_plan: The saved plan when it was not canonical (after an earlier re-plan).
+            saved_world: World size the cursors refer to.
+            saved_workers: Loader workers the cursors refer to.
+            window_skips: Saved window skips (global sample index -> windows).
+
+        Returns:
+            ``(plans, start cursors, window skips, replanned)``; plans and cursors are for *this* run's
+            consumers; ``replanned`` says the plan is not the canonical one (it must be saved).
+        """
+        mine = num_consumers(self.world_size, self.loader_workers)
+        if not cursors:
+            plans = self.canonical_plan(epoch, self.world_size, self.loader_workers)
+            return plans, [DataCursor(c, 0, 0, 0) for c in range(mine)], {}, False
+        old_plans = ([[Chunk.from_dict(d) for d in part] for part in saved_plan] if saved_plan is not None
+                     else self.canonical_plan(epoch, saved_world, saved_workers))
+        by_consumer = {c.consumer: c for c in cursors}
+        if len(old_plans) != len(by_consumer):
+            raise ValueError(f"checkpoint has cursors of {len(by_consumer)} consumers for a plan of {len(old_plans)}")
+        if len(old_plans) == mine and saved_world == self.world_size:
+            return old_plans, [by_consumer[c] for c in range(mine)], dict(window_skips), saved_plan is not None
+        # Another world size: the partially consumed sample of each old consumer stays in the stream,
+        # with its consumed windows recorded as a skip on its global index.
+        skips = dict(window_skips)
+        consumed = []
+        for c, plan in enumerate(old_plans):
+            cur = by_consumer[c]
+            consumed.append(cur.samples)
+            if cur.windows:
+                rest = skip_consumed(plan, cur.samples)
+                g = int(rest[0].indices()[0])
+                skips[g] = max(skips.get(g, 0), cur.windows)
+        plans = redistribute(old_plans, consumed, mine)
+        return plans, [DataCursor(c, 0, 0, 0) for c in range(mine)], skips, True
+
+    def train_batches(self, epoch: int, plans: list[list[Chunk]], starts: list[DataCursor],
+                      window_skips: dict[int, int]) -> Iterator[SequenceBatch]:
+        """This rank's training batches for (the rest of) ``epoch``, in a deterministic order."""
+        per_rank = self.consumers_per_rank
+        settings = self._settings(epoch)
+        streams = []
+        for w in range(per_rank):
+            c = self.rank * per_rank + w
+            start = starts[c]
+            chunks = skip_consumed(plans[c], start.samples) if start.samples else plans[c]
+            streams.append(ConsumerStream(self.manifest.root, chunks, c, start, window_skips, settings))
+        if self.loader_workers == 0:
+            return iter(streams[0])
+        loader = DataLoader(_RankDataset(streams), batch_size=None, num_workers=self.loader_workers,
+                            prefetch_factor=self.cfg.data.prefetch_batches, pin_memory=self.pin_memory,
+                            worker_init_fn=_worker_init, persistent_workers=False)
+        return iter(loader)
+
+    def dummy_batch(self) -> SequenceBatch:
+        """A batch without targets for a rank whose share of the epoch is used up."""
+        return dummy_batch(self.cfg.data.max_seq_len, num_items=self.num_items, all_items=self._all_items)
+
+    def estimated_steps_per_epoch(self) -> int:
+        """Steps of one epoch, estimated from the manifest's counts (for schedules and ETAs)."""
+        users = self.manifest.num_users
+        train = int(self.manifest.counts["interactions"]["train"])
+        if self.cfg.data.train_windows == "last":
+            windows = users
+        else:
+            windows = (train - users) / self.cfg.data.max_seq_len + users / 2
+        return max(1, int(np.ceil(windows / self.cfg.train.batch_size)))
+
+    def eval_batches(self, split: str) -> list[EvalBatch]:
+        """This rank's slice of ``split`` (valid or test) as evaluation batches, built once and cached."""
+        if split not in self._eval_cache:
+            counts = [s.samples for s in self.manifest.shards(split)]
+            chunks = eval_plan(counts, num_consumers=self.world_size)[self.rank]
+            reader = ShardReader(self.manifest.root, split, members={"history.npy", "target.npy", "json"},
+                                  manifest=self.manifest)
+            size = self.cfg.eval.batch_size
+            batches, histories, targets, users = [], [], [], []
+            for _, sample in reader.iter_chunks(chunks):
+                histories.append(sample.members["history.npy"])
+                targets.append(int(sample.members["target.npy"][0]))
+                users.append(int(sample.members["json"]["user"]))
+                if len(histories) == size:
+                    batches.append(collate_eval(histories, targets, users, max_seq_len=self.cfg.data.max_seq_len))
+                    histories, targets, users = [], [], []
+            if histories:
+                batches.append(collate_eval(histories, targets, users, max_seq_len=self.cfg.data.max_seq_len))
+            self._eval_cache[split] = batches
+        return self._eval_cache[split]

@@ -1,0 +1,64 @@
+"""Distributed evaluation with the MicroLens protocol (leave-one-out, full ranking, history excluded).
+
+Item representations are computed once per evaluation (split over ranks, all-gathered), each rank
+scores its own slice of users against every item, and the metric sums are added over ranks. The
+model side is reached through a small protocol, so this module never touches process groups.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable, Protocol
+
+import torch
+
+from mvrec_dist.eval.full_ranking import target_ranks
+from mvrec_dist.eval.metrics import metric_sums
+
+__all__ = ["RankingModel", "evaluate_ranking"]
+
+
+class RankingModel(Protocol):
+    """What evaluation needs from the (parallel) model."""
+
+    def item_representations(self, num_items: int) -> torch.Tensor: ...  # [N+1, D]
+
+    def user_states(self, history: torch.Tensor, lengths: torch.Tensor,
+                    item_repr: torch.Tensor) -> torch.Tensor: ...  # [B, D]
+
+    def sum_over_ranks(self, values: torch.Tensor) -> torch.Tensor: ...
+
+
+def evaluate_ranking(model: RankingModel, batches: Iterable, *, num_items: int,
+                     ks: tuple[int, ...]) -> dict[str, float]:
+    """HR@K and NDCG@K over all users of a split, averaged over users of every rank.
+
+    Call inside the model's ``evaluating()`` context.
+
+    Args:
+        model: The model (``ParallelModel`` or a single-process equivalent).
+        batches: This rank's ``EvalBatch``es (its slice of the split's users).
+        num_items: N; every item 1..N is a candidate.
+        ks: Cut-offs.
+
+    Returns:
+        ``{"hr@10": ..., "ndcg@10": ..., "users": U, "seconds": s}`` (identical on every rank).
+    """
+    start = time.perf_counter()
+    item_repr = model.item_representations(num_items)  # [N+1, D]
+    names = [f"{m}@{k}" for k in ks for m in ("hr", "ndcg")]
+    sums = torch.zeros(len(names) + 1, dtype=torch.float64)
+    for batch in batches:
+        states = model.user_states(batch.history, batch.lengths, item_repr)  # [B, D]
+        device = item_repr.device
+        ranks = target_ranks(states, item_repr, batch.targets.to(device), batch.history_values.to(device),
+                             batch.history_offsets.to(device))
+        part = metric_sums(ranks, ks)
+        sums[:-1] += torch.tensor([part[n] for n in names], dtype=torch.float64)
+        sums[-1] += batch.targets.numel()
+    total = model.sum_over_ranks(sums).cpu()
+    users = int(total[-1])
+    result = {n: float(total[i]) / max(users, 1) for i, n in enumerate(names)}
+    result["users"] = users
+    result["seconds"] = time.perf_counter() - start
+    return result

@@ -1,0 +1,177 @@
+"""Where checkpoints live, how they are published, kept, found again and loaded.
+
+A run's checkpoints are directories ``<storage_path>/<run_name>/checkpoint-step<step>`` (local
+disk, a shared filesystem, or an object store through pyarrow/fsspec). Each rank writes its part
+into a local temporary directory; under Ray Train ``ray.train.report(checkpoint=...)`` uploads and
+merges the ranks' parts (a checkpoint counts for Ray once every rank has reported); without Ray
+each rank copies its part itself. ``COMMIT.json`` (sizes and sha256 of every file of every rank)
+decides on load whether a checkpoint is complete; a bad one is skipped for the previous good one
+with a warning that names it. Retention keeps the newest ``train.keep_checkpoints`` plus the best.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from typing import Any, Callable
+
+import pyarrow.fs as pafs
+import torch.distributed as dist
+
+from mvrec_dist.config.jobs import TrainJobConfig
+from mvrec_dist.config.load import config_to_dict
+from mvrec_dist.data.fs import resolve
+from mvrec_dist.parallel.checkpoint import CheckpointError, read_checkpoint, verify_checkpoint, write_checkpoint
+from mvrec_dist.parallel.process_groups import DistContext, barrier
+from mvrec_dist.train.state import TrainState
+
+__all__ = ["Checkpointer", "checkpoint_name", "list_checkpoints"]
+
+log = logging.getLogger(__name__)
+_NAME = re.compile(r"^checkpoint-step(\d{9})$")
+
+
+def checkpoint_name(step: int) -> str:
+    """Directory name of the checkpoint taken after ``step`` optimiser steps."""
+    return f"checkpoint-step{step:09d}"
+
+
+def list_checkpoints(run_uri: str) -> list[tuple[int, str]]:
+    """``(step, name)`` of every checkpoint directory under a run directory, newest first."""
+    fs, root = resolve(run_uri)
+    info = fs.get_file_info(root)
+    if info.type != pafs.FileType.Directory:
+        return []
+    found = []
+    for entry in fs.get_file_info(pafs.FileSelector(root)):
+        m = _NAME.match(entry.base_name)
+        if m and entry.type == pafs.FileType.Directory:
+            found.append((int(m.group(1)), entry.base_name))
+    return sorted(found, reverse=True)
+
+
+class Checkpointer:
+    """Saves and restores a ``ParallelModel`` and its ``TrainState`` for one run.
+
+    Args:
+        cfg: The job config (run name, storage path, resume mode, retention, ZeRO stage).
+        ctx: Process group.
+        publish: ``(local_dir, name, metrics) -> None`` called by every rank after writing its part;
+            under Ray Train it is ``ray.train.report``; ``None`` copies the part into storage directly.
+    """
+
+    def __init__(self, cfg: TrainJobConfig, ctx: DistContext,
+                 publish: Callable[[str, str, dict], None] | None = None):
+        self.cfg = cfg
+        self.ctx = ctx
+        self.run_uri = f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}"
+        self.publish = publish or self._copy_to_storage
+        self._scratch = tempfile.mkdtemp(prefix=f"mvrec-ckpt-r{ctx.rank}-")
+
+    # ------------------------------------------------------------------ save
+    def save(self, model: Any, state: TrainState, *, is_best: bool, metrics: dict) -> str:
+        """Write, publish and prune; returns the checkpoint's name (collective)."""
+        name = checkpoint_name(state.step)
+        local = os.path.join(self._scratch, name)
+        shutil.rmtree(local, ignore_errors=True)
+        write_checkpoint(model, self.ctx, local, state_json=state.to_json(),
+                         config_json=json.dumps(config_to_dict(self.cfg), indent=1, sort_keys=True),
+                         zero_stage=self.cfg.parallel.zero_stage)
+        self.publish(local, name, {**metrics, "checkpoint": name, "is_best": is_best})
+        barrier(self.ctx)
+        shutil.rmtree(local, ignore_errors=True)
+        if self.ctx.rank == 0:
+            self._prune(best_step=state.best_step)
+        barrier(self.ctx)
+        return name
+
+    def _copy_to_storage(self, local: str, name: str, metrics: dict) -> None:
+        fs, root = resolve(f"{self.run_uri}/{name}")
+        fs.create_dir(root, recursive=True)
+        for dirpath, _, files in os.walk(local):
+            for f in files:
+                src = os.path.join(dirpath, f)
+                rel = os.path.relpath(src, local).replace(os.sep, "/")
+                dst = f"{root}/{rel}"
+                fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
+                with open(src, "rb") as fin, fs.open_output_stream(dst) as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
+
+    def _prune(self, *, best_step: int) -> None:
+        keep = self.cfg.train.keep_checkpoints
+        fs, root = resolve(self.run_uri)
+        for i, (step, name) in enumerate(list_checkpoints(self.run_uri)):
+            if i >= keep and step != best_step:
+                fs.delete_dir(f"{root}/{name}")
+                log.info("deleted old checkpoint %s", name)
+
+    # ------------------------------------------------------------------ load
+    def restore(self, model: Any) -> TrainState | None:
+        """Load the checkpoint ``train.resume`` asks for; None means start fresh (collective).
+
+        ``auto`` takes the newest checkpoint of the run that verifies, skipping (with a warning naming
+        it) any that is partial or corrupt; ``never`` starts fresh; anything else is a checkpoint path.
+        """
+        mode = self.cfg.train.resume
+        if mode == "never":
+            return None
+        if mode == "auto":
+            candidates = [f"{self.run_uri}/{name}" for _, name in list_checkpoints(self.run_uri)]
+        else:
+            candidates = [mode]
+        for uri in candidates:
+            local = self._fetch(uri)
+            ok = self._agree(self._verified(uri, local))
+            if not ok:
+                if mode != "auto":
+                    raise CheckpointError(f"train.resume={mode}: the checkpoint does not verify (see the log)")
+                continue
+            state_json = read_checkpoint(model, self.ctx, local, zero_stage=self.cfg.parallel.zero_stage)
+            return TrainState.from_json(state_json)
+        return None
+
+    def load_best(self, model: Any, state: TrainState) -> None:
+        """Load the weights of the best validation (``state.best_step``) for the final test."""
+        uri = f"{self.run_uri}/{checkpoint_name(state.best_step)}"
+        local = self._fetch(uri)
+        if not self._agree(self._verified(uri, local)):
+            raise CheckpointError(f"{uri}: the best checkpoint does not verify; cannot test its weights")
+        read_checkpoint(model, self.ctx, local, zero_stage=self.cfg.parallel.zero_stage, restore_rng=False)
+
+    def _verified(self, uri: str, local: str) -> bool:
+        # Rank 0 checks sizes and checksums; the others only sizes (they read the same files).
+        try:
+            verify_checkpoint(local, checksums=self.ctx.rank == 0)
+            return True
+        except CheckpointError as exc:
+            if self.ctx.rank == 0:
+                log.warning("skipping checkpoint %s: %s", uri, exc)
+            return False
+
+    def _agree(self, ok: bool) -> bool:
+        if self.ctx.world_size == 1:
+            return ok
+        import torch
+
+        flag = torch.tensor([0 if ok else 1], device=self.ctx.device)
+        dist.all_reduce(flag, group=self.ctx.group)
+        return int(flag.item()) == 0
+
+    def _fetch(self, uri: str) -> str:
+        """A local directory holding the checkpoint at ``uri`` (copied when it is not local)."""
+        fs, path = resolve(uri)
+        if isinstance(fs, pafs.LocalFileSystem):
+            return path
+        local = os.path.join(self._scratch, "fetched", os.path.basename(path.rstrip("/")))
+        shutil.rmtree(local, ignore_errors=True)
+        os.makedirs(local, exist_ok=True)
+        pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        return local
+
+    def close(self) -> None:
+        """Remove this rank's scratch space."""
+        shutil.rmtree(self._scratch, ignore_errors=True)

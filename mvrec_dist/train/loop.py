@@ -1,0 +1,206 @@
+"""The one training loop: epochs of steps, validation, early stopping, checkpoints, the final test.
+
+Everything distributed is behind ``ParallelModel`` (``mvrec_dist.parallel``); data comes from
+``TrainData`` (``mvrec_dist.data.loader``); checkpoints from ``Checkpointer``. Differences between
+runs are config, never copies of this loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from mvrec_dist.config.jobs import TrainJobConfig
+from mvrec_dist.eval.runner import evaluate_ranking
+from mvrec_dist.train.metrics_log import MetricsLog, format_eta
+from mvrec_dist.train.state import DataCursor, TrainState
+
+__all__ = ["Trainer", "FitResult"]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a finished run reports."""
+
+    state: TrainState
+    """Final training state."""
+    valid: dict[str, float]
+    """Best validation metrics."""
+    test: dict[str, float] | None
+    """Test metrics of the best-validation weights (None when not requested)."""
+    throughput: dict[str, float]
+    """Training sequences/s and targets/s (whole run, all ranks)."""
+
+
+class Trainer:
+    """Runs a job's training loop on one rank (every rank runs the same loop in lock step).
+
+    Args:
+        cfg: The job config.
+        model: The ``ParallelModel``.
+        data: The ``TrainData`` of this rank.
+        checkpointer: Saves/loads checkpoints (collective).
+        log: Metrics and progress sink.
+        state: Starting state (fresh, or restored from a checkpoint).
+        report: Called with metrics at report points that write no checkpoint (Ray Train's
+            ``report``; checkpoints are published by the checkpointer).
+    """
+
+    def __init__(self, cfg: TrainJobConfig, model: Any, data: Any, checkpointer: Any, log: MetricsLog,
+                 state: TrainState, report: Callable[[dict], None]):
+        self.cfg = cfg
+        self.model = model
+        self.data = data
+        self.checkpointer = checkpointer
+        self.log = log
+        self.state = state
+        self.report = report
+        self._sequences = 0
+        self._targets = 0
+
+    # ------------------------------------------------------------------ public
+    def fit(self) -> FitResult:
+        """Train until ``train.epochs``, early stopping or ``train.max_steps``; then test once."""
+        cfg, st = self.cfg, self.state
+        run_start = time.perf_counter() - st.elapsed_seconds
+        stop = False
+        while st.epoch < cfg.train.epochs and not stop:
+            stop = self._train_epoch(run_start)
+            epoch_done = not stop or st.cursors == []
+            if not epoch_done:
+                break
+            if (st.epoch + 1) % cfg.eval.every_epochs == 0 or st.epoch + 1 == cfg.train.epochs:
+                improved = self._validate(run_start)
+                stop = stop or (cfg.train.patience > 0 and st.evals_since_best >= cfg.train.patience)
+            else:
+                improved = False
+            st.epoch += 1
+            st.epoch_step = 0
+            st.elapsed_seconds = time.perf_counter() - run_start
+            if cfg.train.checkpoint_at_epoch_end or improved:
+                self._checkpoint(is_best=improved)
+            else:
+                self.report(self._report_metrics())
+            if cfg.train.max_steps and st.step >= cfg.train.max_steps:
+                stop = True
+        st.elapsed_seconds = time.perf_counter() - run_start
+        test = self._test() if cfg.train.test_after_training else None
+        best_valid = next((h["metrics"] for h in st.history if h["step"] == st.best_step), {})
+        seconds = max(st.train_seconds, 1e-9)
+        throughput = {"sequences_per_s": self._sequences / seconds, "targets_per_s": self._targets / seconds}
+        return FitResult(state=st, valid=best_valid, test=test, throughput=throughput)
+
+    # ------------------------------------------------------------------ epochs
+    def _train_epoch(self, run_start: float) -> bool:
+        """Run (the rest of) the current epoch. Returns True when ``max_steps`` stopped it early."""
+        cfg, st = self.cfg, self.state
+        plans, starts, skips, replanned = self.data.resume_plan(
+            st.epoch, st.cursors, st.plan, st.world_size, st.loader_workers,
+            {int(k): v for k, v in st.window_skips.items()})
+        st.plan = [[c.to_dict() for c in part] for part in plans] if replanned else None
+        st.window_skips = {str(k): v for k, v in skips.items()}
+        st.world_size, st.loader_workers = self.data.world_size, self.data.loader_workers
+        per_rank = self.data.consumers_per_rank
+        cursors = {c.consumer: c for c in starts[self.data.rank * per_rank:(self.data.rank + 1) * per_rank]}
+        batches = self.data.train_batches(st.epoch, plans, starts, skips)
+        expected = max(1, self.data.estimated_steps_per_epoch())
+        epoch_start, seq0 = time.perf_counter(), self._sequences
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            local_targets = int((batch.lengths - 1).clamp(min=0).sum()) if batch is not None else 0
+            local_sequences = int((batch.lengths > 0).sum()) if batch is not None else 0
+            has, targets, sequences = self.model.sync_step(batch is not None, local_targets, local_sequences)
+            if not has:
+                break
+            stats = self.model.train_step(batch if batch is not None else self.data.dummy_batch(),
+                                          global_targets=targets, global_sequences=sequences)
+            if batch is not None and batch.cursor is not None:
+                cursors[batch.cursor.consumer] = batch.cursor
+            st.step += 1
+            st.epoch_step += 1
+            st.train_seconds += time.perf_counter() - t0
+            self._sequences += sequences
+            self._targets += targets
+            if st.step % cfg.train.log_every_steps == 0:
+                now = time.perf_counter()
+                rate = (self._sequences - seq0) / max(now - epoch_start, 1e-9)
+                eta = (expected - st.epoch_step) * (now - epoch_start) / max(st.epoch_step, 1)
+                self.log.record("train", st.step, {"loss": stats.loss, "epoch": st.epoch,
+                                                   "sequences_per_s": rate})
+                self.log.progress(f"epoch {st.epoch} step {st.epoch_step}/~{expected} loss {stats.loss:.4f} "
+                                  f"{rate:,.0f} seq/s eta {format_eta(eta)}")
+            if cfg.train.checkpoint_every_steps and st.step % cfg.train.checkpoint_every_steps == 0:
+                st.cursors = self._all_cursors(cursors)
+                st.elapsed_seconds = time.perf_counter() - run_start
+                self._checkpoint(is_best=False)
+            if cfg.train.max_steps and st.step >= cfg.train.max_steps:
+                st.cursors = self._all_cursors(cursors)
+                return True
+        seconds = time.perf_counter() - epoch_start
+        self.log.progress(f"epoch {st.epoch} done: {st.epoch_step} steps in {seconds:.1f}s "
+                          f"({(self._sequences - seq0) / max(seconds, 1e-9):,.0f} seq/s)", always=True)
+        st.cursors = []
+        st.plan = None
+        st.window_skips = {}
+        return False
+
+    def _all_cursors(self, local: dict[int, DataCursor]) -> list[DataCursor]:
+        """Every consumer's cursor (all ranks), sorted by consumer id."""
+        import torch
+
+        rows = torch.tensor([[c.consumer, c.samples, c.windows, c.batches] for c in local.values()],
+                            dtype=torch.long).reshape(-1, 4)
+        everyone = self.model.gather_rows(rows).tolist()
+        return sorted((DataCursor(consumer=r[0], samples=r[1], windows=r[2], batches=r[3]) for r in everyone),
+                      key=lambda c: c.consumer)
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, split: str) -> dict[str, float]:
+        with self.model.evaluating():
+            return evaluate_ranking(self.model, self.data.eval_batches(split), num_items=self.data.num_items,
+                                    ks=self.cfg.eval.ks)
+
+    def _validate(self, run_start: float) -> bool:
+        cfg, st = self.cfg, self.state
+        metrics = self._evaluate("valid")
+        value = metrics[cfg.eval.select_metric]
+        improved = value > st.best_metric and not math.isnan(value)
+        elapsed = time.perf_counter() - run_start
+        if improved:
+            st.best_metric, st.best_epoch, st.best_step = value, st.epoch, st.step
+            st.evals_since_best = 0
+            st.seconds_to_best = elapsed
+        else:
+            st.evals_since_best += 1
+        st.history.append({"epoch": st.epoch, "step": st.step, "metrics": metrics, "elapsed_s": elapsed})
+        self.log.record("valid", st.step, {**metrics, "epoch": st.epoch})
+        shown = " ".join(f"{k} {metrics[k]:.4f}" for k in metrics if "@" in k)
+        self.log.progress(f"valid epoch {st.epoch}: {shown} ({metrics['seconds']:.1f}s)"
+                          f"{' *best*' if improved else ''}", always=True)
+        return improved
+
+    def _test(self) -> dict[str, float]:
+        st = self.state
+        if st.best_step >= 0 and st.best_step != st.step:
+            self.checkpointer.load_best(self.model, st)
+        metrics = self._evaluate("test")
+        self.log.record("test", st.step, {**metrics, "best_epoch": st.best_epoch})
+        shown = " ".join(f"{k} {metrics[k]:.4f}" for k in metrics if "@" in k)
+        self.log.progress(f"test (weights of epoch {st.best_epoch}): {shown}", always=True)
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def _report_metrics(self) -> dict:
+        st = self.state
+        last = st.history[-1]["metrics"] if st.history else {}
+        return {"step": st.step, "epoch": st.epoch, "best_metric": st.best_metric,
+                **{f"valid/{k}": v for k, v in last.items() if "@" in k}}
+
+    def _checkpoint(self, *, is_best: bool) -> None:
+        st = self.state
+        name = self.checkpointer.save(self.model, st, is_best=is_best, metrics=self._report_metrics())
+        self.log.record("checkpoint", st.step, {"epoch": st.epoch, "best": is_best})
+        self.log.progress(f"checkpoint {name}{' (best)' if is_best else ''}")

@@ -1,0 +1,117 @@
+"""jobs/train_videorec.py end to end: ingestion of a tiny synthetic dataset, 2 Ray Train workers
+(TorchRec + DeepSpeed, gloo), validation, checkpoints, test; and bad configs that fail first."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+JOB = REPO / "jobs" / "train_videorec.py"
+DEMO = REPO / "jobs" / "configs" / "synthetic" / "sasrec-id-small.yaml"
+
+TINY_INGEST = """# A tiny synthetic dataset for the end-to-end test.
+ingest:
+  output_dir: {out}
+  shard_max_samples: 200
+  progress: false
+synthetic:
+  enabled: true
+  output: {raw}
+  users: 600
+  items: 300
+  interactions: 6000
+  seed: 1
+  chunk_users: 300
+"""
+
+
+def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_DEDUP_LOGS="0")
+    return subprocess.run([sys.executable, str(JOB), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _ray_processes() -> int:
+    out = subprocess.run(["pgrep", "-f", "raylet"], capture_output=True, text=True).stdout
+    return len(out.split())
+
+
+@pytest.mark.integration
+def test_two_workers_end_to_end(tmp_path):
+    ingest = tmp_path / "ingest.yaml"
+    ingest.write_text(TINY_INGEST.format(out=tmp_path / "ds", raw=tmp_path / "raw"))
+    runs = tmp_path / "runs"
+    before = _ray_processes()
+    started = time.time()
+    proc = _run(["--config", str(DEMO), f"data.dataset_dir={tmp_path / 'ds'}", f"data.prepare_with={ingest}",
+                 f"train.storage_path={runs}", "train.run_name=e2e", "train.epochs=2", "train.batch_size=64",
+                 "train.log_every_steps=2", "ray.num_cpus=2", "ray.dashboard=false"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ingesting it with" in proc.stdout  # the dataset was prepared by the job itself
+
+    result = json.loads((runs / "e2e" / "result.json").read_text())
+    assert result["test/users"] == result["valid/users"] > 0
+    for key in ("test/hr@10", "test/ndcg@10", "valid/hr@20", "valid/ndcg@20"):
+        assert 0.0 <= result[key] <= 1.0
+    assert result["sequences_per_s"] > 0 and result["steps"] > 0
+
+    rows = [json.loads(line) for line in (runs / "e2e" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["kind"] == "train"]
+    assert len(losses) >= 4
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2  # it learns
+    assert [r for r in rows if r["kind"] == "valid"] and [r for r in rows if r["kind"] == "test"]
+    assert any((runs / "e2e" / "logs" / "tensorboard").iterdir())
+    checkpoints = sorted(p.name for p in (runs / "e2e").glob("checkpoint-step*"))
+    assert checkpoints and all((runs / "e2e" / c / "COMMIT.json").exists() for c in checkpoints)
+    # The embedded cluster is gone once the job returns.
+    assert _ray_processes() <= before
+    assert time.time() - started < 400
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("parallel.sharding_type=diagonal", "parallel.sharding_type: expected one of"),
+    ("parallel.zero_stage=4", "parallel.zero_stage: DeepSpeed ZeRO has stages 0, 1, 2 and 3"),
+    ("parallel.sharding_type=table_row_wise", "parallel.sharding_type: 'table_row_wise' is not available on cpu"),
+    ("parallel.embedding_optimizer=adam", "parallel.embedding_optimizer: 'adam' is not available on cpu"),
+])
+def test_bad_config_fails_before_anything_starts(tmp_path, override, fragment):
+    started = time.time()
+    proc = _run(["--config", str(DEMO), override, f"train.storage_path={tmp_path}"], timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert fragment in proc.stderr
+    assert time.time() - started < 60  # no Ray, no workers
+
+
+@pytest.mark.integration
+def test_more_workers_than_the_cluster_has_fails_before_training(tmp_path, microlens_free_dataset):
+    proc = _run(["--config", str(DEMO), f"data.dataset_dir={microlens_free_dataset}", "data.prepare_with=null",
+                 "parallel.num_workers=3", "train.batch_size=60", "ray.num_cpus=2", "ray.dashboard=false",
+                 f"train.storage_path={tmp_path}"], timeout=180)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "parallel.num_workers=3" in proc.stderr and "needs 3 CPUs but the Ray cluster has 2" in proc.stderr
+    assert not (tmp_path / "demo-sasrec-id").exists()
+
+
+@pytest.fixture
+def microlens_free_dataset(tmp_path):
+    """Any valid dataset directory: a tiny synthetic one written by the helper shards module."""
+    from tests.helpers.shards import train_dataset
+
+    root = tmp_path / "ds"
+    train_dataset(root, [5, 5])
+    return root
+
+
+def test_help_lists_every_setting():
+    proc = _run(["--help"], timeout=60)
+    assert proc.returncode == 0
+    for key in ("parallel.sharding_type", "parallel.zero_stage", "train.resume", "model.loss.name",
+                "data.prepare_with", "--resume"):
+        assert key in proc.stdout
