@@ -23,7 +23,7 @@ import pyarrow as pa
 from ray.data.datasource import Datasink
 
 from mvrec_dist.data.ingest.errors import IngestError
-from mvrec_dist.data.ingest.tar_writer import tar_bytes, write_bytes
+from mvrec_dist.data.ingest.tar_writer import BLOCK, scatter, tar_frame, write_bytes
 
 __all__ = ["USER_SPLITS", "UserShard", "npy_header", "render_user_shards", "shard_path", "ShardDatasink",
            "dense_schema"]
@@ -80,32 +80,70 @@ class UserShard:
     """Their timestamps, int64 [sum n], or None without timestamps."""
 
 
-def _headers(dtype: np.dtype, lengths: np.ndarray) -> tuple[list[bytes], np.ndarray]:
-    """``.npy`` headers for 1-D arrays of each length, and the member sizes they give."""
+@dataclass
+class _Kind:
+    """One member kind of a split (e.g. train ``items.npy``): its name suffix and per-user content."""
+
+    suffix: bytes
+    sizes: np.ndarray
+    """Member size per user, int64 [K]."""
+    src: np.ndarray
+    """Where the data comes from (items int32, timestamps int64 or json bytes uint8)."""
+    src_starts: np.ndarray
+    lengths: np.ndarray
+    """Elements of ``src`` per user."""
+    headers: np.ndarray | None = None
+    """``.npy`` header bytes per distinct length, uint8 [H, header length] (None for json)."""
+    header_of: np.ndarray | None = None
+    """Row of ``headers`` per user, int64 [K]."""
+
+
+def _npy_kind(suffix: bytes, src: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> _Kind:
     uniq, inverse = np.unique(lengths, return_inverse=True)
-    table = [npy_header(dtype, int(k)) for k in uniq]
-    heads = np.empty(len(table), dtype=object)
-    heads[:] = table
-    sizes = np.array([len(h) for h in table], dtype=np.int64)[inverse] + lengths * dtype.itemsize
-    return heads[inverse].tolist(), sizes
+    table = [npy_header(src.dtype, int(k)) for k in uniq]
+    width = len(table[0])
+    if any(len(h) != width for h in table):  # only for lengths with 10**15+ digits; keep it simple
+        raise ValueError("npy headers of different lengths in one shard")
+    headers = np.frombuffer(b"".join(table), dtype=np.uint8).reshape(len(table), width)
+    return _Kind(suffix=suffix, sizes=width + lengths * src.dtype.itemsize, src=src, src_starts=starts,
+                 lengths=lengths, headers=headers, header_of=inverse.reshape(-1))
 
 
-def _interleave(*columns: list) -> list:
-    out = [None] * (len(columns) * len(columns[0]))
-    for i, col in enumerate(columns):
-        out[i::len(columns)] = col
+def _name_fields(users: np.ndarray, kinds: list[_Kind]) -> np.ndarray:
+    """NUL-padded tar name fields ``u%010d<suffix>``, kind-interleaved per user, uint8 [K * kinds, 100]."""
+    k = len(users)
+    digits = (users[:, None] // 10 ** np.arange(9, -1, -1, dtype=np.int64)) % 10 + 48
+    fields = np.zeros((k, len(kinds), 100), dtype=np.uint8)
+    fields[:, :, 0] = ord("u")
+    fields[:, :, 1:11] = digits[:, None, :]
+    for j, kind in enumerate(kinds):
+        fields[:, j, 11:11 + len(kind.suffix)] = np.frombuffer(kind.suffix, dtype=np.uint8)
+    return fields.reshape(k * len(kinds), 100)
+
+
+def _render_split(users: np.ndarray, kinds: list[_Kind]) -> bytearray:
+    sizes = np.stack([kind.sizes for kind in kinds], axis=1).reshape(-1)
+    out, data_at = tar_frame(_name_fields(users, kinds), sizes)
+    data_at = data_at.reshape(len(users), len(kinds))
+    raw = np.frombuffer(out, dtype=np.uint8)
+    for j, kind in enumerate(kinds):
+        at = data_at[:, j]
+        if kind.headers is None:
+            scatter(raw, at, kind.src, kind.src_starts, kind.lengths)
+            continue
+        width = kind.headers.shape[1]
+        # Data areas start on 512-byte blocks: headers are rows of the block view.
+        raw.reshape(-1, BLOCK)[at // BLOCK, :width] = kind.headers[kind.header_of]
+        item = kind.src.dtype.itemsize
+        scatter(raw.view(kind.src.dtype), (at + width) // item, kind.src, kind.src_starts, kind.lengths)
     return out
-
-
-def _slices(view: memoryview, starts: np.ndarray, stops: np.ndarray) -> list[memoryview]:
-    return [view[a:b] for a, b in zip(starts.tolist(), stops.tolist())]
 
 
 def render_user_shards(s: UserShard) -> dict[str, bytearray]:
     """Render the train, valid and test tars of one shard.
 
-    Work is done per member kind over all users at once (list comprehensions and numpy), not
-    per user: this function is the hot loop of ingestion (nine members per user).
+    Everything is laid out per member kind over all users at once (numpy gathers into the archive
+    buffer, no per-user Python): this is the hot loop of ingestion, nine members per user.
 
     Args:
         s: The shard's users.
@@ -114,42 +152,25 @@ def render_user_shards(s: UserShard) -> dict[str, bytearray]:
         ``{split: tar bytes}``.
     """
     items = np.ascontiguousarray(s.items, dtype=_I32)
-    iv = memoryview(items.view(np.uint8))
     a, n = s.offsets[:-1].astype(np.int64), s.n.astype(np.int64)
-    keys = [b"u%010d" % u for u in s.users.tolist()]
+    users = s.users.astype(np.int64)
     meta = [b'{"user": %d, "raw_user": %d, "n": %d}' % t
-            for t in zip(s.users.tolist(), s.raw_users.tolist(), s.n.tolist())]
-    meta_sizes = np.array([len(m) for m in meta], dtype=np.int64)
-    metas = [(m,) for m in meta]
-    h_train, size_train = _headers(_I32, n - 2)
-    h_test, size_test = _headers(_I32, n - 1)
-    h_one, size_one = _headers(_I32, np.ones_like(n))
-    train_items = _slices(iv, 4 * a, 4 * (a + n - 2))
-    valid_target = _slices(iv, 4 * (a + n - 2), 4 * (a + n - 1))
-    test_items = _slices(iv, 4 * a, 4 * (a + n - 1))
-    test_target = _slices(iv, 4 * (a + n - 1), 4 * (a + n))
-    hist = list(zip(h_train, train_items))
-    suffix = {ext: [k + ext for k in keys] for ext in
-              (b".items.npy", b".ts.npy", b".json", b".history.npy", b".target.npy")}
-    train = [(suffix[b".items.npy"], hist, size_train)]
+            for t in zip(users.tolist(), s.raw_users.tolist(), n.tolist())]
+    meta_len = np.fromiter(map(len, meta), dtype=np.int64, count=len(meta))
+    json = _Kind(suffix=b".json", sizes=meta_len, src=np.frombuffer(b"".join(meta), dtype=np.uint8),
+                 src_starts=np.cumsum(meta_len) - meta_len, lengths=meta_len)
+    ones = np.ones_like(n)
+    history = _npy_kind(b".history.npy", items, a, n - 2)
+    train = [_npy_kind(b".items.npy", items, a, n - 2)]
     if s.ts is not None:
-        tv = memoryview(np.ascontiguousarray(s.ts, dtype=_I64).view(np.uint8))
-        h_ts, size_ts = _headers(_I64, n - 2)
-        train.append((suffix[b".ts.npy"], list(zip(h_ts, _slices(tv, 8 * a, 8 * (a + n - 2)))), size_ts))
-    train.append((suffix[b".json"], metas, meta_sizes))
-    valid = [(suffix[b".history.npy"], hist, size_train),
-             (suffix[b".target.npy"], list(zip(h_one, valid_target)), size_one),
-             (suffix[b".json"], metas, meta_sizes)]
-    test = [(suffix[b".history.npy"], list(zip(h_test, test_items)), size_test),
-            (suffix[b".target.npy"], list(zip(h_one, test_target)), size_one),
-            (suffix[b".json"], metas, meta_sizes)]
-    out = {}
-    for split, kinds in (("train", train), ("valid", valid), ("test", test)):
-        names = _interleave(*(k[0] for k in kinds))
-        payloads = _interleave(*(k[1] for k in kinds))
-        sizes = np.stack([k[2] for k in kinds], axis=1).reshape(-1)
-        out[split] = tar_bytes(names, payloads, sizes)
-    return out
+        train.append(_npy_kind(b".ts.npy", np.ascontiguousarray(s.ts, dtype=_I64), a, n - 2))
+    splits = {
+        "train": train + [json],
+        "valid": [history, _npy_kind(b".target.npy", items, a + n - 2, ones), json],
+        "test": [_npy_kind(b".history.npy", items, a, n - 1), _npy_kind(b".target.npy", items, a + n - 1, ones),
+                 json],
+    }
+    return {split: _render_split(users, kinds) for split, kinds in splits.items()}
 
 
 def _flat(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

@@ -159,7 +159,7 @@ def read_range(r: ByteRange) -> tuple[int, bytes]:
             search = len(buf)
             buf += f.read_at(more, hi)
             hi += more
-    return first, bytes(buf[first - lo:stop - lo])
+    return first, bytes(memoryview(buf)[first - lo:stop - lo])
 
 
 def count_newlines(file: InputFile, stop: int) -> int:

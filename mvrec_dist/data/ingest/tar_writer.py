@@ -13,7 +13,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-__all__ = ["BLOCK", "RECORD", "Payload", "tar_bytes", "write_bytes"]
+__all__ = ["BLOCK", "RECORD", "Payload", "tar_frame", "tar_bytes", "scatter", "write_bytes"]
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # tarfile pads archives to whole records of 20 blocks
@@ -45,6 +45,55 @@ _OCT11 = (3 * np.arange(10, -1, -1)).astype(np.uint64)
 _OCT6 = (3 * np.arange(5, -1, -1)).astype(np.int64)
 
 
+def tar_frame(names: Union[Sequence[bytes], np.ndarray], sizes: np.ndarray) -> tuple[bytearray, np.ndarray]:
+    """An archive with every header written and every member's data area zeroed.
+
+    Callers that can fill the data areas vectorised (``scatter``) use this directly; ``tar_bytes``
+    fills them from byte pieces.
+
+    Args:
+        names: Member names (ASCII, at most 100 bytes each), or the name fields already laid out
+            as uint8 [M, 100] (NUL-padded).
+        sizes: Member sizes, int64 [M].
+
+    Returns:
+        ``(archive, data offsets)``: the buffer (end blocks and record padding included) and where
+        each member's data starts, int64 [M] (always a multiple of 512).
+    """
+    m = len(names)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if m != len(sizes):
+        raise ValueError(f"{m} names for {len(sizes)} sizes")
+    if m and sizes.max() >= 8 ** 11:
+        raise ValueError("a tar member of 8 GiB or more needs a non-ustar header")
+    data_blocks = (sizes + BLOCK - 1) // BLOCK
+    header_block = np.zeros(m, dtype=np.int64)
+    if m:
+        np.cumsum(1 + data_blocks[:-1], out=header_block[1:])
+    used = int(header_block[-1] + 1 + data_blocks[-1]) if m else 0
+    total = (used + 2) * BLOCK
+    total += -total % RECORD
+    out = bytearray(total)
+    if m == 0:
+        return out, header_block
+    if isinstance(names, np.ndarray):
+        name_fields = names
+    else:
+        if max(len(n) for n in names) > 100:
+            raise ValueError("tar member names are limited to 100 bytes here")
+        name_fields = np.frombuffer(b"".join(n.ljust(100, b"\0") for n in names), dtype=np.uint8).reshape(m, 100)
+    h = np.empty((m, BLOCK), dtype=np.uint8)
+    h[:] = _TEMPLATE
+    h[:, :100] = name_fields
+    h[:, 124:135] = ((sizes.astype(np.uint64)[:, None] >> _OCT11) & np.uint64(7)) + np.uint64(48)
+    h[:, 135] = 0
+    chk = h.sum(axis=1, dtype=np.int64)
+    h[:, 148:154] = ((chk[:, None] >> _OCT6) & 7) + 48
+    h[:, 154] = 0
+    np.frombuffer(out, dtype=np.uint8).reshape(-1, BLOCK)[header_block] = h
+    return out, (header_block + 1) * BLOCK
+
+
 def tar_bytes(names: Sequence[bytes], payloads: Sequence[Payload],
               sizes: np.ndarray | None = None) -> bytearray:
     """Render a tar archive of ``names[i]`` -> ``payloads[i]`` in the given order.
@@ -57,43 +106,39 @@ def tar_bytes(names: Sequence[bytes], payloads: Sequence[Payload],
     Returns:
         The archive, including the end-of-archive blocks and record padding.
     """
-    m = len(names)
-    if m != len(payloads):
-        raise ValueError(f"{m} names for {len(payloads)} payloads")
+    if len(names) != len(payloads):
+        raise ValueError(f"{len(names)} names for {len(payloads)} payloads")
     if sizes is None:
-        sizes = np.fromiter((sum(len(x) for x in ps) for ps in payloads), dtype=np.int64, count=m)
-    if m and sizes.max() >= 8 ** 11:
-        raise ValueError("a tar member of 8 GiB or more needs a non-ustar header")
-    data_blocks = (sizes + BLOCK - 1) // BLOCK
-    header_block = np.zeros(m, dtype=np.int64)
-    if m:
-        np.cumsum(1 + data_blocks[:-1], out=header_block[1:])
-    used = int(header_block[-1] + 1 + data_blocks[-1]) if m else 0
-    total = (used + 2) * BLOCK
-    total += -total % RECORD
-    out = bytearray(total)
-    if m == 0:
-        return out
-    if max(len(n) for n in names) > 100:
-        raise ValueError("tar member names are limited to 100 bytes here")
-    h = np.empty((m, BLOCK), dtype=np.uint8)
-    h[:] = _TEMPLATE
-    h[:, :100] = np.frombuffer(b"".join(n.ljust(100, b"\0") for n in names), dtype=np.uint8).reshape(m, 100)
-    h[:, 124:135] = ((sizes.astype(np.uint64)[:, None] >> _OCT11) & np.uint64(7)) + np.uint64(48)
-    h[:, 135] = 0
-    chk = h.sum(axis=1, dtype=np.int64)
-    h[:, 148:154] = ((chk[:, None] >> _OCT6) & 7) + 48
-    h[:, 154] = 0
-    np.frombuffer(out, dtype=np.uint8).reshape(-1, BLOCK)[header_block] = h
+        sizes = np.fromiter((sum(len(x) for x in ps) for ps in payloads), dtype=np.int64, count=len(names))
+    out, starts = tar_frame(names, sizes)
     view = memoryview(out)
-    starts = ((header_block + 1) * BLOCK).tolist()
-    for start, ps in zip(starts, payloads):
-        pos = start
+    for pos, ps in zip(starts.tolist(), payloads):
         for x in ps:
             k = len(x)
             view[pos:pos + k] = x
             pos += k
     return out
+
+
+def scatter(dst: np.ndarray, dst_starts: np.ndarray, src: np.ndarray, src_starts: np.ndarray,
+            lengths: np.ndarray) -> None:
+    """Copy ``src[src_starts[i] : +lengths[i]]`` to ``dst[dst_starts[i] : +lengths[i]]`` for all ``i`` at once.
+
+    Args:
+        dst: Destination array (a typed view of an archive buffer), [D].
+        dst_starts: Element offsets in ``dst``, int64 [K].
+        src: Source array of the same dtype, [S].
+        src_starts: Element offsets in ``src``, int64 [K].
+        lengths: Elements per copy, int64 [K].
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return
+    shift = np.cumsum(lengths) - lengths  # where each copy starts in the concatenation
+    run = np.arange(total, dtype=np.int64)
+    dst[np.repeat(np.asarray(dst_starts, dtype=np.int64) - shift, lengths) + run] = \
+        src[np.repeat(np.asarray(src_starts, dtype=np.int64) - shift, lengths) + run]
 
 
 def write_bytes(path: str, data: Union[bytes, bytearray]) -> dict:
