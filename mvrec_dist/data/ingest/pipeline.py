@@ -122,6 +122,7 @@ def run_ingest(cfg: IngestConfig, *, extra_config: dict | None = None) -> Ingest
 
 
 def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, titles_info: dict | None) -> tuple[dict, dict]:
+    """Run every stage into ``tmp``; return the manifest sections and the stage timings."""
     timings: dict[str, float] = {}
     t = time.perf_counter()
     titles: Titles | None = read_titles(cfg.titles, cfg.on_bad_rows) if cfg.titles else None
@@ -129,19 +130,64 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, titles_info: dict
         titles_info.update(rows=titles.rows, header_rows=titles.header_rows, quarantined_rows=len(titles.bad))
     with_ts = fmt == "pairs_csv"
     cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
-    ranges = plan_ranges(files, cfg.read_block_bytes)
     partitions = group_partitions(cfg, sum(f.size for f in files), cpus)
-    ledger = ReadLedger.remote()
     parts_dir = f"{tmp}/_quarantine_parts"
+    grouped, reports = _read_and_group(cfg, files, fmt, partitions, parts_dir)
+    timings["read_group"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    summary = merge_tree(grouped.to_arrow_refs())
+    if len(summary.users) == 0:
+        raise IngestError(f"no user has at least ingest.min_seq_len={cfg.min_seq_len} interactions; "
+                          "nothing to write")
+    maps = [ray.put(summary.users), ray.put(summary.items)]
+    timings["ids"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    S = cfg.shard_max_samples
+    sink = ShardDatasink(tmp, shard_size=S, num_users=len(summary.users), with_ts=with_ts)
+    (grouped.map_batches(assign_dense, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
+                         fn_kwargs={"maps": maps, "shard_size": S, "with_ts": with_ts})
+     .repartition(min(-(-len(summary.users) // S), partitions), keys=["shard"], sort=False)
+     .write_datasink(sink))
+    del grouped
+    timings["write"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    item_entries, without_title = write_item_shards(tmp, summary.items, summary.train_counts, titles, S,
+                                                    tasks=cpus)
+    files_section = {
+        "maps/items.npy": write_bytes(f"{tmp}/maps/items.npy", _npy_bytes(np.concatenate([[-1], summary.items]))),
+        "maps/users.npy": write_bytes(f"{tmp}/maps/users.npy", _npy_bytes(np.concatenate([[-1], summary.users]))),
+        "stats/item_train_counts.npy": write_bytes(f"{tmp}/stats/item_train_counts.npy",
+                                                   _npy_bytes(np.concatenate([[0], summary.train_counts]))),
+    }
+    timings["items"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    quarantine = _quarantine(cfg, titles, reports, files, parts_dir, tmp, files_section)
+    splits = _splits(sink.entries, item_entries)
+    counts = _counts(reports, summary, sink.entries, without_title)
+    reconciliation = reconcile(counts, splits, summary.counts["train_interactions"], S)
+    timings["finish"] = time.perf_counter() - t
+    parts = {"counts": counts, "reconciliation": reconciliation, "splits": splits, "files": files_section,
+             "quarantine": quarantine}
+    return parts, timings
+
+
+def _read_and_group(cfg: IngestConfig, files: list, fmt: str, partitions: int,
+                    parts_dir: str) -> tuple[ray.data.Dataset, list]:
+    """Stages 1-2: the materialised per-user rows, and every read range's report."""
+    ranges = plan_ranges(files, cfg.read_block_bytes)
+    ledger = ReadLedger.remote()
     source = InteractionsDatasource(ranges, fmt, on_bad_rows=cfg.on_bad_rows, ledger=ledger,
                                     quarantine_dir=parts_dir)
     grouped = (ray.data.read_datasource(source)
                .repartition(partitions, keys=["user"], sort=False)
                .map_batches(group_users, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
-                            fn_kwargs={"min_seq_len": cfg.min_seq_len, "with_ts": with_ts})
+                            fn_kwargs={"min_seq_len": cfg.min_seq_len, "with_ts": fmt == "pairs_csv"})
                .materialize())
     reports = ray.get(ledger.reports.remote())
-    timings["read_group"] = time.perf_counter() - t
     if len(reports) != len(ranges):
         raise IngestError(f"{len(ranges) - len(reports)} of {len(ranges)} read ranges did not report; "
                           "refusing to write an incomplete dataset")
@@ -150,65 +196,39 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, titles_info: dict
         if sum(r.rows + r.bad_rows for r in mine) == 0:
             after = " after the header" if any(r.header_rows for r in mine) else ""
             raise IngestError(f"{f.display}: empty input (no rows{after})")
+    return grouped, reports
 
-    t = time.perf_counter()
-    summary = merge_tree(grouped.to_arrow_refs())
-    users, items = summary.users, summary.items
-    if len(users) == 0:
-        raise IngestError(f"no user has at least ingest.min_seq_len={cfg.min_seq_len} interactions; "
-                          "nothing to write")
-    maps = [ray.put(users), ray.put(items)]
-    timings["ids"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    S = cfg.shard_max_samples
-    sink = ShardDatasink(tmp, shard_size=S, num_users=len(users), with_ts=with_ts)
-    (grouped.map_batches(assign_dense, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
-                         fn_kwargs={"maps": maps, "shard_size": S, "with_ts": with_ts})
-     .repartition(min(-(-len(users) // S), partitions), keys=["shard"], sort=False)
-     .write_datasink(sink))
-    del grouped
-    timings["write"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    item_entries, without_title = write_item_shards(tmp, items, summary.train_counts, titles, S, tasks=cpus)
-    files_section = {
-        "maps/items.npy": write_bytes(f"{tmp}/maps/items.npy", _npy_bytes(np.concatenate([[-1], items]))),
-        "maps/users.npy": write_bytes(f"{tmp}/maps/users.npy", _npy_bytes(np.concatenate([[-1], users]))),
-        "stats/item_train_counts.npy": write_bytes(f"{tmp}/stats/item_train_counts.npy",
-                                                   _npy_bytes(np.concatenate([[0], summary.train_counts]))),
-    }
-    timings["items"] = time.perf_counter() - t
-
-    t = time.perf_counter()
+def _quarantine(cfg: IngestConfig, titles: Titles | None, reports: list, files: list, parts_dir: str,
+                tmp: str, files_section: dict) -> dict:
+    """Write ``quarantine.tsv`` (quarantine mode) and return the manifest's ``quarantine`` section."""
+    if cfg.on_bad_rows != "quarantine":
+        return {"path": None, "rows": 0}
     quarantined = sum(r.bad_rows for r in reports)
-    quarantine = {"path": None, "rows": 0}
-    if cfg.on_bad_rows == "quarantine":
-        extra = [(cfg.titles, line, reason, raw) for line, reason, raw in titles.bad] if titles else []
-        written, info = merge_quarantine(parts_dir, reports, files, extra, f"{tmp}/quarantine.tsv")
-        if written != quarantined:
-            raise IngestError(f"read tasks reported {quarantined} bad rows but quarantined {written}")
-        files_section["quarantine.tsv"] = info
-        quarantine = {"path": "quarantine.tsv", "rows": written + len(extra), "interaction_rows": written,
-                      "title_rows": len(extra)}
-    splits = _splits(sink.entries, item_entries)
+    extra = [(cfg.titles, line, reason, raw) for line, reason, raw in titles.bad] if titles else []
+    written, info = merge_quarantine(parts_dir, reports, files, extra, f"{tmp}/quarantine.tsv")
+    if written != quarantined:
+        raise IngestError(f"read tasks reported {quarantined} bad rows but quarantined {written}")
+    files_section["quarantine.tsv"] = info
+    return {"path": "quarantine.tsv", "rows": written + len(extra), "interaction_rows": written,
+            "title_rows": len(extra)}
+
+
+def _counts(reports: list, summary, user_entries: list[dict], without_title: int) -> dict:
+    """The manifest ``counts``: read-side totals from the ledger, the rest from the id pass and writers."""
     c = summary.counts
-    counts = {
+    return {
         "input_rows": sum(r.lines - r.header_rows for r in reports),
         "header_rows": sum(r.header_rows for r in reports),
-        "kept_rows": c["kept_rows"], "filtered_rows": c["filtered_rows"], "quarantined_rows": quarantined,
+        "kept_rows": c["kept_rows"], "filtered_rows": c["filtered_rows"],
+        "quarantined_rows": sum(r.bad_rows for r in reports),
         "input_interactions": sum(r.interactions for r in reports),
         "kept_interactions": c["kept_interactions"], "filtered_interactions": c["filtered_interactions"],
-        "users": len(users), "items": len(items), "filtered_users": c["filtered_users"],
+        "users": len(summary.users), "items": len(summary.items), "filtered_users": c["filtered_users"],
         "items_without_title": without_title,
-        "interactions": {s: sum(e["interactions"] for e in sink.entries if e["split"] == s) for s in USER_SPLITS},
+        "interactions": {s: sum(e["interactions"] for e in user_entries if e["split"] == s) for s in USER_SPLITS},
         "valid_rows": sum(r.rows for r in reports),
     }
-    reconciliation = reconcile(counts, splits, c["train_interactions"], S)
-    timings["finish"] = time.perf_counter() - t
-    parts = {"counts": counts, "reconciliation": reconciliation, "splits": splits, "files": files_section,
-             "quarantine": quarantine}
-    return parts, timings
 
 
 def _splits(user_entries: list[dict], item_entries: list[dict]) -> dict:
