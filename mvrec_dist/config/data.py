@@ -23,6 +23,8 @@ class DataConfig:
     loader_workers: int = setting(1, doc="DataLoader worker processes per rank (0 reads in the training process).")
     prefetch_batches: int = setting(4, doc="Batches each loader worker prepares ahead.")
     content_features: str | None = setting(None, doc="Cached trunk-feature dataset directory for content towers in cached-trunk mode.")
+    audit_dir: str | None = setting(
+        None, doc="Write each rank's consumed (epoch, step, sample, window) rows here as JSON lines (exactly-once audits).")
     prepare_with: str | None = setting(
         None, doc="Ingest preset run first when dataset_dir has no manifest yet (the demo makes its synthetic data so).")
 

@@ -48,6 +48,8 @@ class SequenceBatch:
             every row (may repeat: sampling is with replacement); empty without sampling.
         content: item content of ``unique_items`` in that order (``[U, ...]``), or None.
         cursor: opaque position of the batch's end in its consumer's stream, set by the caller.
+        provenance: ``int64 [B, 2]`` (global sample index, window index) of each row, set by the
+            loader; audits of exactly-once delivery read it. None for dummy batches.
     """
 
     items: Tensor
@@ -57,7 +59,8 @@ class SequenceBatch:
     inverse: Tensor
     negatives: Tensor
     content: Tensor | None = None
-    cursor: dict[str, Any] | None = None
+    cursor: Any = None
+    provenance: np.ndarray | None = None
 
     @property
     def max_seq_len(self) -> int:
@@ -82,7 +85,8 @@ class SequenceBatch:
 
     def _map(self, fn) -> "SequenceBatch":
         return dataclasses.replace(self, **{f.name: _move(getattr(self, f.name), fn)
-                                            for f in dataclasses.fields(self) if f.name != "cursor"})
+                                            for f in dataclasses.fields(self)
+                                            if f.name not in ("cursor", "provenance")})
 
 
 @dataclass

@@ -72,6 +72,7 @@ class ConsumerStream:
         pending_skip = self.start.windows
         windows: list[np.ndarray] = []
         users: list[int] = []
+        origin: list[tuple[int, int]] = []
         for g, sample in reader.iter_chunks(self.chunks):
             seq_windows = training_windows(sample.members["items.npy"], s["max_seq_len"], s["mode"])
             # Both are absolute counts of this sample's windows already consumed.
@@ -81,18 +82,19 @@ class ConsumerStream:
             for w_index in range(skip, len(seq_windows)):
                 windows.append(seq_windows[w_index])
                 users.append(user)
+                origin.append((g, w_index))
                 if len(windows) == s["batch_size"]:
                     done = w_index + 1 == len(seq_windows)
                     cursor = DataCursor(self.consumer, samples + (1 if done else 0), 0 if done else w_index + 1,
                                         batches + 1)
-                    yield self._collate(windows, users, batches, cursor)
-                    windows, users, batches = [], [], batches + 1
+                    yield self._collate(windows, users, origin, batches, cursor)
+                    windows, users, origin, batches = [], [], [], batches + 1
             samples += 1
         if windows:
-            yield self._collate(windows, users, batches, DataCursor(self.consumer, samples, 0, batches + 1))
+            yield self._collate(windows, users, origin, batches, DataCursor(self.consumer, samples, 0, batches + 1))
 
-    def _collate(self, windows: list[np.ndarray], users: list[int], batch_index: int,
-                 cursor: DataCursor) -> SequenceBatch:
+    def _collate(self, windows: list[np.ndarray], users: list[int], origin: list[tuple[int, int]],
+                 batch_index: int, cursor: DataCursor) -> SequenceBatch:
         s = self.s
         generator = None
         if s["negatives"]:
@@ -103,6 +105,7 @@ class ConsumerStream:
                               negatives=s["negatives"], sampler_probs=s["sampler_probs"], generator=generator,
                               all_items=s["all_items"])
         batch.cursor = cursor
+        batch.provenance = np.asarray(origin, dtype=np.int64).reshape(-1, 2)
         return batch
 
 

@@ -38,7 +38,7 @@ import torch.distributed as dist
 from mvrec_dist.parallel.process_groups import DistContext, barrier
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "write_checkpoint", "read_checkpoint", "verify_checkpoint",
-           "commit_record", "SafeDCPReader"]
+           "commit_record", "SafeDCPReader", "load_full_state"]
 
 CHECKPOINT_FORMAT = 1
 COMMIT_NAME = "COMMIT.json"
@@ -158,13 +158,21 @@ def _scheduler_state(engine) -> dict[str, Any]:
 def _ensure_optimizer_state(engine) -> None:
     """Create AdamW's lazily-initialised state (zeros) so full moments can be written into it."""
     opt = _inner_torch_optimizer(engine)
-    for group in opt.param_groups:
-        for p in group["params"]:
-            st = opt.state[p]
-            if "exp_avg" not in st:
-                st["step"] = torch.tensor(0.0)
-                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    # ZeRO-3 keys the state by its flat fp32 partitions, which it swaps into the param groups only
+    # during a step; the other stages keep them in the groups.
+    flat = getattr(engine.optimizer, "fp32_partitioned_groups_flat", None)
+    keys = list(flat) if flat is not None else [p for group in opt.param_groups for p in group["params"]]
+    for p in keys:
+        st = opt.state[p]
+        if "exp_avg" not in st:
+            st["step"] = torch.tensor(0.0)
+            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    # ZeRO 1/2 and the bf16 optimizer link parameter fragments to the optimizer state only after their
+    # first step; link them now so the full moments can be written.
+    link = getattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state", None)
+    if link is not None:
+        link()
 
 
 @torch.no_grad()
@@ -396,3 +404,34 @@ def read_checkpoint(model: Any, ctx: DistContext, path: str, *, zero_stage: int,
         _set_rng_state(torch.load(rng_file, weights_only=True))
     with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
         return f.read()
+
+
+def load_full_state(path: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint as one full (unsharded) tensor, without a process group.
+
+    For tools and tests: compares runs, exports weights. Keys are ``sparse/<DCP key>`` (e.g.
+    ``sparse/model.embeddings.item.weight``) and ``dense/<parameter name>`` (plus ``dense/exp_avg/...``).
+
+    Args:
+        path: A local checkpoint directory.
+
+    Returns:
+        Name -> tensor.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import metadata as dcp_meta
+
+    out: dict[str, torch.Tensor] = {}
+    sparse_dir = os.path.join(path, "sparse")
+    if os.path.isdir(sparse_dir):
+        reader = SafeDCPReader(sparse_dir)
+        meta = reader.read_metadata()
+        flat = {key: torch.empty(m.size, dtype=m.properties.dtype) for key, m in meta.state_dict_metadata.items()
+                if isinstance(m, dcp_meta.TensorStorageMetadata)}
+        dcp.load(flat, storage_reader=SafeDCPReader(sparse_dir), no_dist=True)
+        out.update({f"sparse/{k}": v for k, v in flat.items()})
+    blob = torch.load(os.path.join(path, "dense.pt"), map_location="cpu", weights_only=True)
+    for group in ("params", "exp_avg", "exp_avg_sq"):
+        prefix = "dense/" if group == "params" else f"dense/{group}/"
+        out.update({prefix + k: v for k, v in blob[group].items()})
+    return out

@@ -70,6 +70,10 @@ class Checkpointer:
         self.ctx = ctx
         self.run_uri = f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}"
         self.publish = publish or self._copy_to_storage
+        self.skipped: list[str] = []
+        """Checkpoints ``restore`` passed over because they did not verify (newest first)."""
+        self.restored_from: str | None = None
+        """The checkpoint ``restore`` loaded, if any."""
         self._scratch = tempfile.mkdtemp(prefix=f"mvrec-ckpt-r{ctx.rank}-")
 
     # ------------------------------------------------------------------ save
@@ -129,8 +133,10 @@ class Checkpointer:
             if not ok:
                 if mode != "auto":
                     raise CheckpointError(f"train.resume={mode}: the checkpoint does not verify (see the log)")
+                self.skipped.append(uri)
                 continue
             state_json = read_checkpoint(model, self.ctx, local, zero_stage=self.cfg.parallel.zero_stage)
+            self.restored_from = uri
             return TrainState.from_json(state_json)
         return None
 

@@ -7,6 +7,7 @@ runs are config, never copies of this loop.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -59,6 +60,14 @@ class Trainer:
         self.report = report
         self._sequences = 0
         self._targets = 0
+        self._audit = None
+        if cfg.data.audit_dir:
+            import os
+
+            os.makedirs(cfg.data.audit_dir, exist_ok=True)
+            # Line-buffered: after a crash the file holds every step it reported.
+            self._audit = open(os.path.join(cfg.data.audit_dir, f"consumed-rank{model.ctx.rank}.jsonl"), "a",
+                               buffering=1, encoding="utf-8")
 
     # ------------------------------------------------------------------ public
     def fit(self) -> FitResult:
@@ -86,6 +95,8 @@ class Trainer:
             if cfg.train.max_steps and st.step >= cfg.train.max_steps:
                 stop = True
         st.elapsed_seconds = time.perf_counter() - run_start
+        if self._audit is not None:
+            self._audit.close()
         test = self._test() if cfg.train.test_after_training else None
         best_valid = next((h["metrics"] for h in st.history if h["step"] == st.best_step), {})
         seconds = max(st.train_seconds, 1e-9)
@@ -119,6 +130,9 @@ class Trainer:
                                           global_targets=targets, global_sequences=sequences)
             if batch is not None and batch.cursor is not None:
                 cursors[batch.cursor.consumer] = batch.cursor
+                if self._audit is not None:
+                    self._audit.write(json.dumps({"epoch": st.epoch, "step": st.step + 1,
+                                                  "rows": batch.provenance.tolist()}) + "\n")
             st.step += 1
             st.epoch_step += 1
             st.train_seconds += time.perf_counter() - t0

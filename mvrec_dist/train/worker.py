@@ -73,10 +73,12 @@ def run_worker(cfg: TrainJobConfig, ctx: DistContext, *,
     checkpointer = Checkpointer(cfg, ctx, publish)
     try:
         state = checkpointer.restore(pm)
+        for uri in checkpointer.skipped:
+            log.progress(f"skipped checkpoint {uri}: it does not verify (partial or corrupt)", always=True)
         if state is None:
             state = TrainState(world_size=ctx.world_size, loader_workers=cfg.data.loader_workers)
         else:
-            log.progress(f"resumed from step {state.step} (epoch {state.epoch}, "
+            log.progress(f"resumed from {checkpointer.restored_from}: step {state.step} (epoch {state.epoch}, "
                          f"{len(state.cursors)} consumer cursors, written by {state.world_size} ranks)", always=True)
         if pm.sparse is not None:
             log.progress(f"item table: {pm.sparse.plan_text}")
