@@ -14,15 +14,12 @@ Then: python -m mvrec_dist.data.verify <output_dir>, python -m mvrec_dist.data.i
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 
 from mvrec_dist.config.cli import parse_job_args, resolved_yaml
 from mvrec_dist.config.jobs import IngestJobConfig
-from mvrec_dist.config.load import config_to_dict
-from mvrec_dist.data.ingest import IngestError, run_ingest
-from mvrec_dist.data.synthetic import generate
+from mvrec_dist.data.ingest import IngestError, run_ingest_job
 from mvrec_dist.runtime.ray_cluster import ray_session
 
 PROG = "ingest_microlens.py"
@@ -40,13 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: video.enabled: decoding videos into content shards is not part of this job "
               "yet (issue 4); run with video.enabled=false", file=sys.stderr)
         return 2
-    ingest, extra = cfg.ingest, {}
     try:
         with ray_session(cfg.ray):
-            if cfg.synthetic.enabled:
-                ingest = dataclasses.replace(ingest, input=generate(cfg.synthetic), format="pairs_csv")
-                extra["synthetic"] = config_to_dict(cfg.synthetic)
-            result = run_ingest(ingest, extra_config=extra)
+            result = run_ingest_job(cfg)
     except IngestError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1

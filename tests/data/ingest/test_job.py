@@ -1,0 +1,28 @@
+"""run_ingest_job: the job's work as a function (used by the ingest job and the training job)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mvrec_dist.config import IngestJobConfig, load_config
+from mvrec_dist.data.ingest import IngestError, run_ingest_job
+
+SMALL = Path(__file__).resolve().parents[3] / "jobs" / "configs" / "synthetic" / "ingest-small.yaml"
+
+
+def test_synthetic_input_is_generated_then_ingested(ray_local, tmp_path):
+    cfg = load_config(IngestJobConfig, SMALL,
+                      [f"ingest.output_dir={tmp_path / 'ds'}", f"synthetic.output={tmp_path / 'raw'}",
+                       "synthetic.users=200", "synthetic.items=50", "synthetic.interactions=1500",
+                       "synthetic.chunk_users=200"])
+    result = run_ingest_job(cfg)
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert result.manifest["counts"]["users"] == 200 == manifest["counts"]["users"]
+    assert manifest["config"]["synthetic"]["interactions"] == 1500
+
+
+def test_video_stage_is_refused():
+    cfg = load_config(IngestJobConfig, None, ["ingest.input=x", "video.enabled=true", "video.videos=v"])
+    with pytest.raises(IngestError, match="video.enabled"):
+        run_ingest_job(cfg)
