@@ -57,7 +57,7 @@ def ray_local():
         kwargs = local_cluster_resources(RayConfig(num_cpus=2))
         kwargs["include_dashboard"] = False
         kwargs["object_store_memory"] = 1 << 30
-        ray.init(runtime_env={"env_vars": dict(LOOPBACK_ENV, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")},
+        ray.init(address="local", runtime_env={"env_vars": dict(LOOPBACK_ENV, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")},
                  **kwargs)
     yield ray
     ray.shutdown()

@@ -84,7 +84,8 @@ def ray_session(cfg: RayConfig, *, runtime_env: dict | None = None) -> Iterator[
         env_vars = dict(env.get("env_vars", {}))
         env_vars.update(LOOPBACK_ENV)
         env["env_vars"] = env_vars
-        ray.init(runtime_env=env, **local_cluster_resources(cfg))
+        # address="local": always a new embedded cluster, never one that happens to run on this machine.
+        ray.init(address="local", runtime_env=env, **local_cluster_resources(cfg))
         mode = "local"
     try:
         yield mode

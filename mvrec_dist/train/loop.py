@@ -33,6 +33,8 @@ class FitResult:
     """Test metrics of the best-validation weights (None when not requested)."""
     throughput: dict[str, float]
     """Training sequences/s and targets/s (whole run, all ranks)."""
+    memory: dict[str, float]
+    """Peak resident memory per rank in MiB (``peak_rss_mib_rank<r>``) and their maximum."""
 
 
 class Trainer:
@@ -101,7 +103,18 @@ class Trainer:
         best_valid = next((h["metrics"] for h in st.history if h["step"] == st.best_step), {})
         seconds = max(st.train_seconds, 1e-9)
         throughput = {"sequences_per_s": self._sequences / seconds, "targets_per_s": self._targets / seconds}
-        return FitResult(state=st, valid=best_valid, test=test, throughput=throughput)
+        return FitResult(state=st, valid=best_valid, test=test, throughput=throughput, memory=self._peak_memory())
+
+    def _peak_memory(self) -> dict[str, float]:
+        import resource
+
+        import torch
+
+        mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # Linux reports KiB
+        peaks = self.model.gather_rows(torch.tensor([[mine]], dtype=torch.long)).flatten().tolist()
+        out = {f"peak_rss_mib_rank{r}": float(v) for r, v in enumerate(peaks)}
+        out["peak_rss_mib_max"] = float(max(peaks))
+        return out
 
     # ------------------------------------------------------------------ epochs
     def _train_epoch(self, run_start: float) -> bool:
@@ -142,8 +155,9 @@ class Trainer:
                 now = time.perf_counter()
                 rate = (self._sequences - seq0) / max(now - epoch_start, 1e-9)
                 eta = (expected - st.epoch_step) * (now - epoch_start) / max(st.epoch_step, 1)
-                self.log.record("train", st.step, {"loss": stats.loss, "epoch": st.epoch,
-                                                   "sequences_per_s": rate})
+                self.log.record("train", st.step, {"loss": stats.loss, "epoch": st.epoch, "sequences_per_s": rate,
+                                                   "sequences": self._sequences, "targets": self._targets,
+                                                   "train_seconds": st.train_seconds})
                 self.log.progress(f"epoch {st.epoch} step {st.epoch_step}/~{expected} loss {stats.loss:.4f} "
                                   f"{rate:,.0f} seq/s eta {format_eta(eta)}")
             if cfg.train.checkpoint_every_steps and st.step % cfg.train.checkpoint_every_steps == 0:

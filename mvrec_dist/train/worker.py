@@ -98,7 +98,7 @@ def final_metrics(result: FitResult) -> dict:
     st = result.state
     out = {"final": True, "epochs": st.epoch, "steps": st.step, "best_epoch": st.best_epoch,
            "train_seconds": st.train_seconds, "seconds_to_best": st.seconds_to_best,
-           "elapsed_seconds": st.elapsed_seconds, **result.throughput}
+           "elapsed_seconds": st.elapsed_seconds, **result.throughput, **result.memory}
     out.update({f"valid/{k}": v for k, v in result.valid.items()})
     if result.test is not None:
         out.update({f"test/{k}": v for k, v in result.test.items()})
