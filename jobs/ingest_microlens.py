@@ -6,7 +6,9 @@ MicroLens-shaped csv first, then ingests it, in well under a minute):
 Real MicroLens-50K (the files in ../shared), bad rows set aside instead of stopping:
     python jobs/ingest_microlens.py --config jobs/configs/microlens-50k/ingest.yaml --on-bad-rows=quarantine
 On a running cluster (the job connects to the cluster it was submitted to; relative paths resolve in
-the uploaded working directory, so point ingest.input/output_dir at shared storage for real data):
+the uploaded working directory, so point ingest.input/output_dir at shared storage for real data; a
+Ray 2.60 head from `ray start` requires its auth token, RAY_AUTH_TOKEN, unless started with
+RAY_AUTH_MODE=disabled on a loopback-only dev machine):
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python jobs/ingest_microlens.py --config jobs/configs/synthetic/ingest-small.yaml
 Any setting can be overridden as section.key=value (ingest.shard_max_samples=5000); --help lists them.

@@ -3,10 +3,8 @@
 import json
 from pathlib import Path
 
-import pytest
-
 from mvrec_dist.config import IngestJobConfig, load_config
-from mvrec_dist.data.ingest import IngestError, run_ingest_job
+from mvrec_dist.data.ingest import run_ingest_job
 
 SMALL = Path(__file__).resolve().parents[3] / "jobs" / "configs" / "synthetic" / "ingest-small.yaml"
 
@@ -21,8 +19,3 @@ def test_synthetic_input_is_generated_then_ingested(ray_local, tmp_path):
     assert result.manifest["counts"]["users"] == 200 == manifest["counts"]["users"]
     assert manifest["config"]["synthetic"]["interactions"] == 1500
 
-
-def test_video_stage_is_refused():
-    cfg = load_config(IngestJobConfig, None, ["ingest.input=x", "video.enabled=true", "video.videos=v"])
-    with pytest.raises(IngestError, match="video.enabled"):
-        run_ingest_job(cfg)
