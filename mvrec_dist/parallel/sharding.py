@@ -86,7 +86,8 @@ def _fused_params(cfg: ParallelConfig, output_bf16: bool) -> dict:
     params = {"optimizer": optimizer, "learning_rate": cfg.embedding_lr, "eps": cfg.embedding_eps,
               "weight_decay": cfg.embedding_weight_decay}
     if output_bf16:
-        from torchrec.distributed.types import SparseType
+        # fbgemm's enum: torchrec.distributed.types has no SparseType (ImportError on every bf16 GPU run).
+        from fbgemm_gpu.split_embedding_configs import SparseType
 
         # Halves the all-to-all volume of lookups; the dense tower computes in bf16 anyway.
         params["output_dtype"] = SparseType.BF16
