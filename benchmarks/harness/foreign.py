@@ -1,0 +1,52 @@
+"""Parts whose results other scripts write: the report shows their markdown as those scripts render it.
+
+``benchmarks/bench_ingest.py`` (ingestion vs parse-only) and ``benchmarks/bench_video.py`` (video
+encoders) write ``<name>.json`` and ``<name>.md`` in their own format into the results directory.
+The harness runs them (full mode only: they write the committed results and take minutes) and
+embeds their markdown, with headings demoted and relative links rebased onto the report.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from benchmarks.harness.jobs import REPO
+from benchmarks.harness.parts import Part, RenderContext
+
+__all__ = ["passthrough_part", "embed_markdown", "run_owner_script", "INGEST", "VIDEO"]
+
+
+def embed_markdown(md: str, rctx: RenderContext) -> str:
+    """``md`` without its title line, headings demoted two levels, relative links rebased."""
+    lines = md.splitlines()
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    out = []
+    for line in lines:
+        if line.startswith("#"):
+            line = "##" + line
+        out.append(re.sub(r"\]\((?!https?://|/|#)([^)]+)\)", lambda m: f"]({rctx.link(m.group(1))})", line))
+    return "\n".join(out).strip() + "\n"
+
+
+def run_owner_script(script: str, args: tuple[str, ...] = ()) -> None:
+    """Run another engineer's benchmark script as its README says (it writes its own results)."""
+    subprocess.run([sys.executable, str(REPO / script), *args], cwd=REPO, check=True)
+
+
+def passthrough_part(name: str, title: str, script: str) -> Part:
+    """A part rendered from ``<name>.md`` that ``script`` writes."""
+
+    def render(result: dict, rctx: RenderContext) -> str:
+        md = rctx.results_dir / f"{name}.md"
+        body = embed_markdown(md.read_text(), rctx) if md.exists() else "(no markdown next to the JSON)\n"
+        return f"Written by `python {script}` (its own format; measured {result.get('date', 'see below')}).\n\n{body}"
+
+    return Part(name=name, title=title, run=None, render=render, owner_command=f"python {script}",
+                owner_script=script)
+
+
+INGEST = passthrough_part("ingest", "Ingestion throughput (vs pyarrow parse-only)", "benchmarks/bench_ingest.py")
+VIDEO = passthrough_part("video", "Video encoder throughput", "benchmarks/bench_video.py")
