@@ -2,6 +2,7 @@
 
 from mvrec_dist.config.data import DataConfig
 from mvrec_dist.config.eval import EvalConfig
+from mvrec_dist.config.features import TrunkCacheConfig
 from mvrec_dist.config.fields import ConfigError, setting
 from mvrec_dist.config.ingest import IngestConfig, SyntheticConfig, VideoIngestConfig
 from mvrec_dist.config.jobs import IngestJobConfig, TrainJobConfig
@@ -19,4 +20,5 @@ __all__ = [
     "IngestJobConfig", "TrainJobConfig", "ModelConfig", "UserEncoderConfig", "SASRecConfig",
     "GRU4RecConfig", "NextItNetConfig", "LossConfig", "FullSoftmaxConfig", "InBatchSoftmaxConfig",
     "SampledSoftmaxConfig", "ContentEncoderConfig", "ParallelConfig", "RayConfig", "TrainConfig",
+    "TrunkCacheConfig",
 ]

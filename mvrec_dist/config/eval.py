@@ -17,6 +17,8 @@ class EvalConfig:
     select_metric: str = setting("ndcg@10", doc="Validation metric used for early stopping and the best checkpoint.")
     batch_size: int = setting(2048, doc="Users scored per chunk on each rank.")
     every_epochs: int = setting(1, doc="Validate every N epochs.")
+    content_batch_size: int = setting(
+        256, doc="Items whose content one rank loads and encodes at once when representing all items (content towers).")
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -27,4 +29,5 @@ class EvalConfig:
                 f"must be hr@K or ndcg@K with K in ks {list(self.ks)}, got {self.select_metric!r}")
         p.check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         p.check(self.every_epochs >= 1, "every_epochs", f"must be >= 1, got {self.every_epochs}")
+        p.check(self.content_batch_size >= 1, "content_batch_size", f"must be >= 1, got {self.content_batch_size}")
         p.raise_if_any()

@@ -66,7 +66,7 @@ class SyntheticConfig:
 class VideoIngestConfig:
     """Decoding raw videos into item-content shards (frames as uint8 arrays)."""
 
-    enabled: bool = setting(False, doc="Decode videos into the item-content shards.")
+    enabled: bool = setting(False, doc="Decode videos into the item-content shards (an existing dataset in output_dir with the same inputs gets content added).")
     videos: str = setting("", doc="Directory (local or URI) holding <raw_item_id>.mp4 files.")
     frames: int = setting(5, doc="Frames sampled per video, uniform over the duration (paper: 5).")
     mode: Literal["uniform", "clips"] = setting("uniform", doc="'uniform' frames, or 'clips' of consecutive frames (FRAME: 4 clips).")
@@ -75,6 +75,16 @@ class VideoIngestConfig:
     size: int = setting(224, doc="Frames are resized (short side) and center-cropped to size x size.")
     on_missing: Literal["id_only", "error"] = setting(
         "id_only", doc="A missing/unreadable video: keep the item ID-only and list it in the manifest, or stop.")
+    shard_max_samples: int = setting(
+        256, doc="Items per content shard (a 5x224x224 item is 0.75 MB, so 256 items make ~190 MB tars).")
+    synthetic_missing: bool = setting(
+        False, doc="Items whose video file does not exist get seeded noise frames (source 'synthetic'); CI-sized runs only, they carry no content signal.")
+    synthetic_seed: int = setting(0, doc="Seed of the synthetic frames (with the raw item id).")
+
+    @property
+    def frames_per_item(self) -> int:
+        """F, the frames stored per item: ``frames`` ('uniform') or ``clips * frames_per_clip`` ('clips')."""
+        return self.frames if self.mode == "uniform" else self.clips * self.frames_per_clip
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -83,4 +93,5 @@ class VideoIngestConfig:
         p.check(self.clips >= 1 and self.frames_per_clip >= 1, "clips",
                 "clips and frames_per_clip must be >= 1")
         p.check(not self.enabled or bool(self.videos), "videos", "must be set when video.enabled is true")
+        p.check(self.shard_max_samples >= 1, "shard_max_samples", f"must be >= 1, got {self.shard_max_samples}")
         p.raise_if_any()

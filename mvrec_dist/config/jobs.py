@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from mvrec_dist.config import content as _content  # noqa: F401  (registers content-encoder variants)
 from mvrec_dist.config.data import DataConfig
 from mvrec_dist.config.eval import EvalConfig
+from mvrec_dist.config.features import TrunkCacheConfig
 from mvrec_dist.config.fields import Problems, setting
 from mvrec_dist.config.ingest import IngestConfig, SyntheticConfig, VideoIngestConfig
 from mvrec_dist.config.model import ModelConfig
@@ -42,6 +43,8 @@ class TrainJobConfig:
     parallel: ParallelConfig = setting(factory=ParallelConfig, doc="Workers, sharding and ZeRO.")
     train: TrainConfig = setting(factory=TrainConfig, doc="Optimisation, cadence and checkpoints.")
     eval: EvalConfig = setting(factory=EvalConfig, doc="Validation and test.")
+    trunk_cache: TrunkCacheConfig = setting(
+        factory=TrunkCacheConfig, doc="Computing cached trunk features (content_encoder.cached_trunk).")
     ray: RayConfig = setting(factory=RayConfig, doc="Ray cluster to run on.")
 
     def __post_init__(self) -> None:
@@ -49,6 +52,10 @@ class TrainJobConfig:
         p.check(self.train.batch_size % self.parallel.num_workers == 0, "train.batch_size",
                 f"{self.train.batch_size} does not split evenly over parallel.num_workers="
                 f"{self.parallel.num_workers}")
+        cached = getattr(self.model.content_encoder, "cached_trunk", False) and self.model.item_tower != "id"
+        p.check(not cached or bool(self.data.content_features), "data.content_features",
+                "must name the trunk-feature store when model.content_encoder.cached_trunk is true "
+                "(jobs/cache_trunk_features.py writes it)")
         p.raise_if_any()
 
     @property
