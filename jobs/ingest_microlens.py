@@ -11,6 +11,9 @@ Ray 2.60 head from `ray start` requires its auth token, RAY_AUTH_TOKEN, unless s
 RAY_AUTH_MODE=disabled on a loopback-only dev machine):
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python jobs/ingest_microlens.py --config jobs/configs/synthetic/ingest-small.yaml
+Decode the videos into content shards too (here: of MicroLens-50K ingested before; the interactions
+are not ingested again when output_dir already holds this dataset):
+    python jobs/ingest_microlens.py --config jobs/configs/microlens-50k/ingest-video.yaml
 Any setting can be overridden as section.key=value (ingest.shard_max_samples=5000); --help lists them.
 Then: python -m mvrec_dist.data.verify <output_dir>, python -m mvrec_dist.data.inspect <output_dir>.
 """
@@ -36,10 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(resolved_yaml(cfg), end="")
         return 0
-    if cfg.video.enabled:
-        print(f"{PROG}: error: video.enabled: decoding videos into content shards is not part of this job "
-              "yet (issue 4); run with video.enabled=false", file=sys.stderr)
-        return 2
     try:
         with ray_session(cfg.ray):
             result = run_ingest_job(cfg)
@@ -51,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{PROG}: wrote {result.output_dir} in {result.seconds:.1f} s ({rate:,.0f} interactions/s)")
     print(json.dumps({k: counts[k] for k in ("input_rows", "users", "items", "kept_interactions",
                                              "filtered_users", "quarantined_rows", "interactions")}, indent=1))
+    if "content" in result.manifest:
+        print("content:", json.dumps(result.manifest["content"]["counts"], indent=1))
     return 0
 
 

@@ -1,7 +1,7 @@
 """Verify an ingested dataset against its manifest: ``python -m mvrec_dist.data.verify DATASET``.
 
 Recomputes every shard's and file's sha256 and size, reads every sample (``.npy`` with
-``allow_pickle=False``), and checks: key order, uniqueness and member adjacency; sample counts per
+``allow_pickle=False``), and checks (content split and trunk-feature stores: ``verify_content``): key order, uniqueness and member adjacency; sample counts per
 shard; member sets, dtypes and shapes per split; that train/valid/test of a user agree (valid
 history = train items, test history = valid history + valid target); ids against the maps; the
 train item counts; and the count identities of ``shards/README.md``. Prints every problem and
@@ -172,6 +172,17 @@ def _json(blob: bytes | None, where: str, problems: _Problems) -> dict:
         return {}
 
 
+def _features_manifest(root: str) -> dict | None:
+    """The manifest of a trunk-feature store at ``root``, None for anything else."""
+    from mvrec_dist.data.content_store import FEATURES_KIND
+
+    try:
+        data = json.loads(_read(f"{root.rstrip('/')}/manifest.json").decode("utf-8"))
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("kind") == FEATURES_KIND else None
+
+
 def verify_dataset(root: str) -> list[str]:
     """Check a dataset directory; return every problem found (empty when it verifies).
 
@@ -182,6 +193,11 @@ def verify_dataset(root: str) -> list[str]:
         Human-readable problems, each naming the file or sample.
     """
     problems = _Problems()
+    features = _features_manifest(root)
+    if features is not None:
+        from mvrec_dist.data.verify_content import verify_features
+
+        return verify_features(root, features)
     try:
         m = load_manifest(root)
     except ManifestError as exc:
@@ -215,6 +231,11 @@ def verify_dataset(root: str) -> list[str]:
     if train_counts is not None and not np.array_equal(train_counts, recount):
         problems.add("stats/item_train_counts.npy", "differs from the item counts of the train shards")
     _verify_items(root, m, item_map, train_counts, problems)
+    if m.has_split("content"):
+        from mvrec_dist.data.verify_content import verify_content
+
+        for p in verify_content(m, item_map):
+            problems.add("content", p)
     for split, value in split_inter.items():
         if counts["interactions"][split] != value:
             problems.add("manifest", f"interactions.{split} = {counts['interactions'][split]}, shards hold {value}")
@@ -341,9 +362,17 @@ def main(argv: list[str] | None = None) -> int:
         for p in problems:
             print(f"  - {p}", file=sys.stderr)
         return 1
+    features = _features_manifest(args.dataset)
+    if features is not None:
+        print(f"{args.dataset}: OK (trunk features of {features['counts']['with_features']} items, "
+              f"{len(features['splits']['features']['shards'])} shards verified)")
+        return 0
     m = load_manifest(args.dataset)
+    splits = [s for s in ("train", "valid", "test", "items", "content") if m.has_split(s)]
     print(f"{args.dataset}: OK ({m.num_users} users, {m.num_items} items, "
-          f"{sum(len(m.shards(s)) for s in ('train', 'valid', 'test', 'items'))} shards verified)")
+          f"{sum(len(m.shards(s)) for s in splits)} shards verified"
+          + (f", content for {m.data['content']['counts']['with_content']} items" if "content" in splits else "")
+          + ")")
     return 0
 
 

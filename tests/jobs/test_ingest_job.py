@@ -60,7 +60,7 @@ def test_print_config_resolves_overrides():
     (["ingest.min_seq_len=2"], "ingest.min_seq_len: must be >= 3"),
     (["ingest.nope=1"], "ingest.nope: unknown key"),
     (["--config", "jobs/configs/none.yaml"], "does not exist"),
-    (["video.enabled=true", "video.videos=x", "ingest.input=x"], "video.enabled"),
+    (["video.enabled=true", "ingest.input=x"], "video.videos: must be set when video.enabled is true"),
 ])
 def test_bad_flags_and_settings_exit_2(args, message):
     r = run(*args, timeout=60)

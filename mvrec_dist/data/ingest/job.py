@@ -1,40 +1,67 @@
-"""The ingestion job's work as one function: optional synthetic input, then the Ray Data pipeline.
+"""The ingestion job's work as one function: optional synthetic input, the interactions, the videos.
 
 Shared by ``jobs/ingest_microlens.py`` and by the training job's ``data.prepare_with`` (the demo
 ingests its synthetic data before training).
+
+With ``video.enabled`` the video stage (``content.run_content_ingest``) runs after the
+interactions. When ``ingest.output_dir`` already holds the dataset these inputs make (same
+fingerprint) and ``ingest.overwrite`` is off, the interactions are not ingested again: the
+content is added to that dataset, so videos can be decoded into a dataset ingested long before.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 
 from mvrec_dist.config.jobs import IngestJobConfig
 from mvrec_dist.config.load import config_to_dict
-from mvrec_dist.data.ingest.errors import IngestError
-from mvrec_dist.data.ingest.pipeline import IngestResult, run_ingest
+from mvrec_dist.data.ingest.content import run_content_ingest
+from mvrec_dist.data.ingest.pipeline import IngestResult, dataset_identity, run_ingest
+from mvrec_dist.data.manifest import ManifestError, load_manifest
 
 __all__ = ["run_ingest_job"]
 
 
+def _existing_same_dataset(cfg) -> dict | None:
+    """The manifest in ``cfg.output_dir`` when it is the dataset ``cfg`` would make, else None."""
+    try:
+        manifest = load_manifest(cfg.output_dir)
+    except ManifestError:
+        return None
+    return manifest.data if manifest.data.get("fingerprint") == dataset_identity(cfg).fingerprint else None
+
+
 def run_ingest_job(cfg: IngestJobConfig) -> IngestResult:
-    """Generate the synthetic input if asked, then ingest (needs a Ray session).
+    """Generate the synthetic input if asked, ingest the interactions, then the videos if enabled.
+
+    Needs a Ray session.
 
     Args:
         cfg: The ingest job config.
 
     Returns:
-        The pipeline's ``IngestResult`` (manifest, output directory, seconds).
+        An ``IngestResult`` (final manifest, output directory, seconds; ``timings`` has
+        ``content`` for the video stage and ``reused`` when the interactions were already there).
 
     Raises:
-        IngestError: as ``run_ingest``; also when ``video.enabled`` (not part of this job yet).
+        IngestError: as ``run_ingest`` and ``run_content_ingest``.
     """
     from mvrec_dist.data.synthetic import generate
 
-    if cfg.video.enabled:
-        raise IngestError("video.enabled: decoding videos into content shards is not part of the ingest job "
-                          "yet (issue 4); run with video.enabled=false")
+    t0 = time.perf_counter()
     ingest, extra = cfg.ingest, {}
     if cfg.synthetic.enabled:
         ingest = dataclasses.replace(ingest, input=generate(cfg.synthetic), format="pairs_csv")
         extra["synthetic"] = config_to_dict(cfg.synthetic)
-    return run_ingest(ingest, extra_config=extra)
+    existing = _existing_same_dataset(ingest) if cfg.video.enabled and not ingest.overwrite else None
+    if existing is not None:
+        result = IngestResult(output_dir=ingest.output_dir, manifest=existing, seconds=0.0, timings={"reused": 0.0})
+    else:
+        result = run_ingest(ingest, extra_config=extra)
+    if cfg.video.enabled:
+        content = run_content_ingest(cfg.video, ingest.output_dir, progress=ingest.progress)
+        result.manifest = content.manifest
+        result.timings["content"] = content.seconds
+        result.seconds = time.perf_counter() - t0
+    return result

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import uuid
+from typing import Callable
 
 import pyarrow.fs as pafs
 
@@ -24,7 +25,7 @@ from mvrec_dist.data.ingest.errors import IngestError
 from mvrec_dist.data.manifest import MANIFEST_NAME, SCHEMA_VERSION
 
 __all__ = ["fingerprint", "check_output_dir", "reconcile", "build_manifest", "temp_dir_for", "publish",
-           "remove_tree", "CONTENT_KEYS"]
+           "remove_tree", "replace_manifest", "CONTENT_KEYS"]
 
 CONTENT_KEYS = ("format", "min_seq_len", "shard_max_samples", "on_bad_rows")
 """Ingest settings that change the written data (block sizes, partitions and paths do not)."""
@@ -186,5 +187,41 @@ def publish(tmp_dir: str, output_dir: str, manifest: dict, *, overwrite: bool) -
         filesystem.delete_dir(out)
     pafs.copy_files(tmp, out, source_filesystem=filesystem, destination_filesystem=filesystem)
     filesystem.delete_dir(tmp)
+    with filesystem.open_output_stream(f"{out}/{MANIFEST_NAME}") as f:
+        f.write(data)
+
+
+def replace_manifest(output_dir: str, manifest: dict, *, expect: Callable[[dict], bool], what: str) -> None:
+    """Replace the manifest of a published dataset in one atomic step (adding a split to it).
+
+    Local disks: the new manifest is written beside the old one and ``os.replace``d over it.
+    Object stores: one object PUT, which replaces the object atomically (readers see the old or
+    the new manifest, never a mix). Every file the new manifest names must already be written.
+
+    Args:
+        output_dir: The dataset directory.
+        manifest: The complete new manifest.
+        expect: Called with the manifest currently on disk; False means another run changed the
+            dataset since this one read it, and nothing is replaced.
+        what: What ``expect`` checks, for the error message.
+
+    Raises:
+        IngestError: when the dataset has no manifest any more or ``expect`` fails.
+    """
+    state, current = _existing_manifest(output_dir)
+    if state != "dataset":
+        raise IngestError(f"{output_dir}: the dataset manifest disappeared while its content was written")
+    if not expect(current):
+        raise IngestError(f"{output_dir}: another run changed the dataset's {what} meanwhile; run again")
+    data = (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode("utf-8")
+    filesystem, out = dfs.resolve(output_dir)
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        tmp = os.path.join(out, f".{MANIFEST_NAME}.tmp-{uuid.uuid4().hex[:12]}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(out, MANIFEST_NAME))
+        return
     with filesystem.open_output_stream(f"{out}/{MANIFEST_NAME}") as f:
         f.write(data)

@@ -43,7 +43,7 @@ from mvrec_dist.data.ingest.sources import detect_format, list_inputs, plan_rang
 from mvrec_dist.data.ingest.tar_writer import write_bytes
 from mvrec_dist.data.ingest.titles import Titles, read_titles
 
-__all__ = ["IngestResult", "run_ingest", "group_partitions"]
+__all__ = ["IngestResult", "DatasetIdentity", "dataset_identity", "run_ingest", "group_partitions"]
 
 _BYTES_PER_PARTITION = 128 << 20
 
@@ -68,6 +68,46 @@ def group_partitions(cfg: IngestConfig, input_bytes: int, cluster_cpus: int) -> 
     return max(2 * cluster_cpus, math.ceil(input_bytes / _BYTES_PER_PARTITION), 1)
 
 
+@dataclass
+class DatasetIdentity:
+    """What identifies the dataset an ingest config produces (before anything is read)."""
+
+    files: list
+    """The input files (``sources.list_inputs``)."""
+    format: str
+    """The detected input format."""
+    inputs: list[dict]
+    """The manifest's ``inputs`` section."""
+    titles: dict | None
+    """The titles file's path and size."""
+    config: dict
+    """The ingest config as recorded (format resolved)."""
+    fingerprint: str
+    """``manifest_writer.fingerprint`` of the above: equal fingerprints mean the same dataset."""
+
+
+def dataset_identity(cfg: IngestConfig) -> DatasetIdentity:
+    """List the inputs of ``cfg`` and fingerprint the dataset they make (no data is read).
+
+    Args:
+        cfg: The ingest settings.
+
+    Returns:
+        The ``DatasetIdentity``; an existing dataset with the same fingerprint is this dataset.
+    """
+    files = list_inputs(cfg.input)
+    fmt = detect_format(files, cfg.format)
+    inputs = [{"path": f.display, "bytes": f.size, "format": fmt} for f in files]
+    titles_info = None
+    if cfg.titles:
+        tfs, tpath = dfs.resolve(cfg.titles)
+        size = tfs.get_file_info(tpath).size
+        titles_info = {"path": cfg.titles, "bytes": int(size) if size is not None else None}
+    ingest_dict = dict(config_to_dict(cfg), format=fmt)
+    return DatasetIdentity(files=files, format=fmt, inputs=inputs, titles=titles_info, config=ingest_dict,
+                           fingerprint=fingerprint(ingest_dict, inputs, titles_info))
+
+
 def _npy_bytes(array: np.ndarray) -> bytes:
     bio = io.BytesIO()
     np.save(bio, array, allow_pickle=False)
@@ -90,16 +130,9 @@ def run_ingest(cfg: IngestConfig, *, extra_config: dict | None = None) -> Ingest
             or counts that do not reconcile; no manifest is written then.
     """
     t0 = time.perf_counter()
-    files = list_inputs(cfg.input)
-    fmt = detect_format(files, cfg.format)
-    inputs = [{"path": f.display, "bytes": f.size, "format": fmt} for f in files]
-    titles_info = None
-    if cfg.titles:
-        tfs, tpath = dfs.resolve(cfg.titles)
-        size = tfs.get_file_info(tpath).size
-        titles_info = {"path": cfg.titles, "bytes": int(size) if size is not None else None}
-    ingest_dict = dict(config_to_dict(cfg), format=fmt)
-    fp = fingerprint(ingest_dict, inputs, titles_info)
+    ident = dataset_identity(cfg)
+    files, fmt, inputs, titles_info, ingest_dict, fp = (ident.files, ident.format, ident.inputs, ident.titles,
+                                                        ident.config, ident.fingerprint)
     check_output_dir(cfg.output_dir, fp, cfg.overwrite)
     tmp = temp_dir_for(cfg.output_dir)
     ctx = DataContext.get_current()
