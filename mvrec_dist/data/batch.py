@@ -46,7 +46,12 @@ class SequenceBatch:
         inverse: ``LongTensor[B, L+1]`` slot of each position of ``items`` in ``unique_items``.
         negatives: ``LongTensor[K]`` slots in ``unique_items`` of the sampled negatives, shared by
             every row (may repeat: sampling is with replacement); empty without sampling.
-        content: item content of ``unique_items`` in that order (``[U, ...]``), or None.
+        content: content of the unique items that have it, in ``unique_items`` order
+            (``[U_c, ...]``: ``uint8 [U_c, F, S, S, 3]`` frames or float trunk features), or None.
+            Each unique item is loaded and encoded once, however often it occurs in the batch.
+        content_mask: ``BoolTensor[U]`` which of ``unique_items`` have content (``U_c`` = its sum);
+            items without (padding, videos missing at ingestion) get no placeholder rows. None
+            with ``content`` set means every unique item has content.
         cursor: opaque position of the batch's end in its consumer's stream, set by the caller.
         provenance: ``int64 [B, 2]`` (global sample index, window index) of each row, set by the
             loader; audits of exactly-once delivery read it. None for dummy batches.
@@ -59,6 +64,7 @@ class SequenceBatch:
     inverse: Tensor
     negatives: Tensor
     content: Tensor | None = None
+    content_mask: Tensor | None = None
     cursor: Any = None
     provenance: np.ndarray | None = None
 

@@ -114,8 +114,12 @@ def build_recommender(cfg: ModelConfig, *, num_items: int, item_train_counts: np
     counts = _counts(item_train_counts, num_items)
     dim = cfg.embedding_dim
     content_encoder = CONTENT_ENCODERS.build(cfg.content_encoder) if cfg.item_tower != "id" else None
+    cached_top = None
+    if getattr(cfg.content_encoder, "cached_trunk", False):
+        # The trunk is what fine-tuning froze; the cached features are its output.
+        cached_top = len(content_encoder.blocks()) - content_encoder.frozen_blocks
     item_tower = ItemTower(mode=cfg.item_tower, embedding_dim=dim, content_encoder=content_encoder,
-                           fusion=cfg.fusion, init_std=cfg.init_std)
+                           fusion=cfg.fusion, init_std=cfg.init_std, cached_top_blocks=cached_top)
     user_encoder = USER_ENCODERS.build(cfg.user_encoder, embedding_dim=dim, max_seq_len=max_seq_len,
                                        init_std=cfg.init_std)
     loss = LOSSES.build(cfg.loss, num_items=num_items, item_train_counts=counts)

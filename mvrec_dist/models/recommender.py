@@ -63,17 +63,20 @@ class DenseTower(nn.Module):
         dtype = next(self.parameters()).dtype
         return x if x.dtype == dtype else x.to(dtype)
 
-    def item_representations(self, id_emb: Tensor | None, content: Tensor | None) -> Tensor:
+    def item_representations(self, id_emb: Tensor | None, content: Tensor | None,
+                             content_mask: Tensor | None = None) -> Tensor:
         """Represent items (training: the batch's unique items; evaluation: chunks of all items).
 
         Args:
             id_emb: ``[U, D]`` ID embeddings of the items, or None for a content-only tower.
-            content: ``[U, ...]`` content of the same items, or None for an ID-only tower.
+            content: Content of the items that have it (``[U_c, ...]``, in item order), or None for an
+                ID-only tower; the item tower casts/normalises it.
+            content_mask: ``bool [U]`` which items have content; None means all of them (U_c = U).
 
         Returns:
             ``[U, D]`` in the tower's parameter dtype.
         """
-        return self.item_tower(self._cast(id_emb), self._cast(content))
+        return self.item_tower(self._cast(id_emb), content, content_mask)
 
     def user_states(self, seq_repr: Tensor, lengths: Tensor) -> Tensor:
         """User state after each row's last valid item (evaluation).
@@ -100,7 +103,18 @@ class DenseTower(nn.Module):
         Returns:
             ``TaskOutput`` with the loss summed over every target of the batch.
         """
-        item_repr = self.item_representations(id_emb, batch.content)  # U,D
+        return self.task(self.item_representations(id_emb, batch.content, batch.content_mask), batch)
+
+    def task(self, item_repr: Tensor, batch: SequenceBatch) -> TaskOutput:
+        """The loss of a step given the representations of its unique items (``forward`` after the item tower).
+
+        Args:
+            item_repr: ``[U, D]`` representations of ``batch.unique_items``, in that order.
+            batch: The step's sequences.
+
+        Returns:
+            ``TaskOutput`` with the loss summed over every target of the batch.
+        """
         inputs = batch.inverse[:, :-1]  # B,L
         length = inputs.shape[1]
         states = self.user_encoder(item_repr[inputs], batch.lengths.clamp(max=length))  # B,L,D

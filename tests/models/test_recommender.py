@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -117,3 +119,69 @@ def test_content_only_tower_trains_end_to_end():
     batch.content = None
     with pytest.raises(ValueError, match="needs item content"):
         model(batch)
+
+
+# ---------------------------------------------------------------- video content: each unique item encoded once
+def _video_cfg(encoder, item_tower: str) -> ModelConfig:
+    return ModelConfig(embedding_dim=D, item_tower=item_tower, content_encoder=encoder, loss=InBatchSoftmaxConfig(),
+                       user_encoder=SASRecConfig(dropout=0.0, attention_dropout=0.0))
+
+
+@pytest.mark.parametrize("item_tower", ["content", "id+content"])
+@pytest.mark.parametrize("encoder", ["videomae-top", "frame_cnn-frozen"])
+def test_dedup_gives_the_same_loss_as_encoding_every_occurrence(encoder, item_tower):
+    """Every position of the batch encoded on its own gives the loss of one encoding per unique item.
+
+    Exact for encoders whose output for an item does not depend on the rest of the batch in training
+    mode: LayerNorm (VideoMAE) and frozen BatchNorm (eval statistics). A BatchNorm that trains
+    normalises with the batch's statistics, so there dedup changes what each item is normalised
+    with (repeats weigh an item more), which is the deduped batch's statistic by design.
+    """
+    from mvrec_dist.config.content import FrameCNNConfig, VideoMAEConfig
+
+    enc = (VideoMAEConfig(embed_dim=16, depth=3, num_heads=2, mlp_dim=24, patch=8, tubelet=2, frames=2, size=16,
+                          finetune="top", top_blocks=2) if encoder.startswith("videomae")
+           else FrameCNNConfig(widths=(4, 8), layers=(1, 1), stem_width=4, frames=2, size=16, finetune="frozen"))
+    torch.manual_seed(0)
+    model = build_recommender(_video_cfg(enc, item_tower), num_items=N, item_train_counts=COUNTS, max_seq_len=L)
+    model.train()
+    rng = np.random.default_rng(3)
+    frames = torch.from_numpy(rng.integers(0, 256, (N + 1, 2, 16, 16, 3), dtype=np.uint8))
+    has = torch.from_numpy(rng.random(N + 1) < 0.8)
+    has[0] = False
+    batch = _batch()
+    assert (batch.lengths < L + 1).any() and batch.unique_items.numel() < batch.items.numel()
+    batch.content_mask = has[batch.unique_items]
+    batch.content = frames[batch.unique_items[batch.content_mask]]  # U_c,F,S,S,3
+    out = model(batch)
+
+    positions = batch.items.reshape(-1)  # every occurrence, padding included
+    id_emb = model.lookup(positions)
+    reps = model.dense.item_representations(id_emb, frames[positions[has[positions]]], has[positions])  # P,D
+    per_slot = torch.zeros(batch.unique_items.numel(), D).index_copy(0, batch.inverse.reshape(-1), reps)
+    torch.testing.assert_close(reps, per_slot[batch.inverse.reshape(-1)], atol=1e-6, rtol=1e-6)
+    no_dedup = model.dense.task(per_slot, batch)
+    torch.testing.assert_close(no_dedup.loss_sum, out.loss_sum, atol=1e-5, rtol=1e-6)
+    assert int(batch.content_mask.sum()) < int(has[positions].sum())  # dedup encoded fewer rows
+
+
+def test_cached_trunk_model_takes_trunk_features_and_matches_the_live_model():
+    from mvrec_dist.config.content import R3D18Config
+    from mvrec_dist.models.item_encoders.video import trunk_features
+
+    enc = R3D18Config(widths=(4, 8, 8, 8), layers=(1, 1, 1, 1), stem_width=4, frames=2, size=16, finetune="top",
+                      top_blocks=2)
+    torch.manual_seed(0)
+    live = build_recommender(_video_cfg(enc, "id+content"), num_items=N, item_train_counts=COUNTS, max_seq_len=L)
+    torch.manual_seed(0)
+    cached = build_recommender(_video_cfg(dataclasses.replace(enc, cached_trunk=True), "id+content"), num_items=N,
+                               item_train_counts=COUNTS, max_seq_len=L)
+    assert cached.dense.item_tower.cached_top_blocks == 2 and live.dense.item_tower.cached_top_blocks is None
+    frames = torch.from_numpy(np.random.default_rng(4).integers(0, 256, (N + 1, 2, 16, 16, 3), dtype=np.uint8))
+    batch = _batch()
+    batch.content_mask = batch.unique_items > 0
+    batch.content = frames[batch.unique_items[1:]]
+    live_loss = live.train()(batch).loss_sum
+    batch.content = trunk_features(cached.dense.item_tower.content_encoder, batch.content)
+    cached_loss = cached.train()(batch).loss_sum
+    torch.testing.assert_close(cached_loss, live_loss, atol=1e-5, rtol=1e-5)

@@ -11,6 +11,8 @@ from mvrec_dist.models.item_encoders.video.finetune import FinetuneSummary, appl
 from mvrec_dist.models.item_encoders.video.flops import EncoderFlops, encoder_flops, train_step_flops
 from mvrec_dist.models.item_encoders.video.frame_cnn import FrameCNN, frame_cnn, torchvision_resnet_key_map
 from mvrec_dist.models.item_encoders.video.r3d import VideoResNet, r2plus1d18, r3d18, torchvision_key_map
+from mvrec_dist.models.item_encoders.video.trunk import (trunk_and_top, trunk_digest, trunk_features,
+                                                         trunk_output_shape)
 from mvrec_dist.models.item_encoders.video.videomae import VideoMAE, sinusoid_table, videomae, videomae_key_map
 
 __all__ = [
@@ -20,4 +22,5 @@ __all__ = [
     "KeyMap", "LoadReport", "CheckpointError", "read_state_dict", "apply_key_map", "load_public_checkpoint",
     "torchvision_key_map", "torchvision_resnet_key_map", "videomae_key_map", "sinusoid_table",
     "EncoderFlops", "encoder_flops", "train_step_flops",
+    "trunk_and_top", "trunk_digest", "trunk_features", "trunk_output_shape",
 ]
