@@ -20,7 +20,8 @@ import sys
 from mvrec_dist.config.cli import parse_job_args, resolved_yaml
 from mvrec_dist.config.jobs import TrainJobConfig
 from mvrec_dist.runtime.ray_cluster import ray_session
-from mvrec_dist.train.launch import PreflightError, absolute_paths, preflight, prepare_dataset, run_training
+from mvrec_dist.train.launch import (PreflightError, absolute_paths, preflight, prepare_dataset, prepare_features,
+                                    run_training)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         preflight(absolute_paths(cfg))  # what can fail without a cluster fails before one starts
         with ray_session(cfg.ray):
             prepare_dataset(cfg)
+            prepare_features(cfg)
             metrics = run_training(cfg)
     except PreflightError as exc:
         print(f"train_videorec.py: {exc}", file=sys.stderr)

@@ -126,8 +126,19 @@ def _dense_full_state(engine) -> dict[str, Any]:
             exp_avg[name] = m.detach().float().cpu().clone()
             exp_avg_sq[name] = v.detach().float().cpu().clone()
     return {"params": params, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
+            "buffers": {n: b.detach().cpu().clone() for n, b in persistent_buffers(engine.module).items()},
             "optimizer_step": _optimizer_step(engine),
             "lr_scheduler": _scheduler_state(engine)}
+
+
+def persistent_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The buffers a module's state dict holds (BatchNorm running statistics of video encoders), by name.
+
+    They are part of the model: a BatchNorm that trains moves its running statistics, which
+    evaluation uses; ID-only towers have none.
+    """
+    params = {n for n, _ in module.named_parameters()}
+    return {n: b for n, b in module.state_dict(keep_vars=True).items() if n not in params}
 
 
 def _plain_optimizer_state(engine) -> dict:
@@ -185,6 +196,13 @@ def _load_dense_full_state(engine, blob: dict[str, Any], zero_stage: int) -> Non
     unexpected = sorted(set(blob["params"]) - set(named))
     if missing or unexpected:
         raise CheckpointError(f"dense state does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    own = persistent_buffers(engine.module)
+    saved = blob.get("buffers", {})
+    if set(own) != set(saved):
+        raise CheckpointError(f"dense buffers do not fit the model: missing {sorted(set(own) - set(saved))[:5]}, "
+                              f"unexpected {sorted(set(saved) - set(own))[:5]}")
+    for name, b in own.items():
+        b.copy_(saved[name].to(device=b.device, dtype=b.dtype))
     plain_state = _plain_optimizer_state(engine)
     gather = _gathered(engine, zero_stage)
     with gather:
@@ -431,7 +449,7 @@ def load_full_state(path: str) -> dict[str, torch.Tensor]:
         dcp.load(flat, storage_reader=SafeDCPReader(sparse_dir), no_dist=True)
         out.update({f"sparse/{k}": v for k, v in flat.items()})
     blob = torch.load(os.path.join(path, "dense.pt"), map_location="cpu", weights_only=True)
-    for group in ("params", "exp_avg", "exp_avg_sq"):
+    for group in ("params", "exp_avg", "exp_avg_sq", "buffers"):
         prefix = "dense/" if group == "params" else f"dense/{group}/"
-        out.update({prefix + k: v for k, v in blob[group].items()})
+        out.update({prefix + k: v for k, v in blob.get(group, {}).items()})
     return out

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
 from mvrec_dist.config.jobs import TrainJobConfig
+from mvrec_dist.parallel.checkpoint import persistent_buffers
 from mvrec_dist.parallel.process_groups import DistContext, all_gather_variable, all_reduce_sum
 from mvrec_dist.parallel.sharding import ShardedEmbeddings, shard_item_embeddings, sparse_gradient_scale
 from mvrec_dist.parallel.zero import build_engine
@@ -93,6 +94,11 @@ class ParallelModel:
         self.engine = build_engine(wrapped, cfg.parallel, cfg.train, ctx, micro_batch=cfg.batch_size_per_worker,
                                    total_steps=total_steps)
         self.dense = self.engine.module.dense
+        self._content_fn: Callable | None = None
+        self._content_chunk = 0
+        # BatchNorm running statistics of trainable video blocks move with each rank's own batch;
+        # averaged every step, every rank holds the same model (evaluation, checkpoints).
+        self._buffers = [b for b in persistent_buffers(self.engine.module).values() if b.is_floating_point()]
 
     # ------------------------------------------------------------------ training
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
@@ -127,9 +133,21 @@ class ParallelModel:
         loss, out = self.engine(id_emb, batch, scale)
         self.engine.backward(loss)
         self.engine.step()
+        self._average_buffers()
         loss_sum = all_reduce_sum(out.loss_sum.detach().float().reshape(1), self.ctx)
         return StepStats(loss=float(loss_sum) / max(global_targets, 1), num_targets=global_targets,
                          sequences=global_sequences)
+
+    def _average_buffers(self) -> None:
+        if not self._buffers or self.ctx.world_size == 1:
+            return
+        flat = torch.cat([b.detach().reshape(-1).float() for b in self._buffers])
+        flat = all_reduce_sum(flat, self.ctx) / self.ctx.world_size
+        offset = 0
+        with torch.no_grad():
+            for b in self._buffers:
+                b.copy_(flat[offset:offset + b.numel()].view_as(b))
+                offset += b.numel()
 
     # ------------------------------------------------------------------ evaluation
     @contextlib.contextmanager
@@ -145,21 +163,36 @@ class ParallelModel:
             yield
         self.engine.train()
 
+    def set_content_source(self, content_fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                           chunk_size: int) -> None:
+        """Where evaluation reads item content (content towers); ``item_representations`` uses it.
+
+        Args:
+            content_fn: ``ids LongTensor[K] (cpu) -> (content [K_c, ...], bool mask [K])``: the content
+                of the ids that have it, in order, and which do (the loader's ``attach_content`` rule).
+            chunk_size: Items encoded per chunk on a rank (frames are large: a few hundred).
+        """
+        self._content_fn, self._content_chunk = content_fn, chunk_size
+
     def item_representations(self, num_items: int, *, chunk_size: int = 65_536,
                              content_fn=None) -> torch.Tensor:
         """Representations of every item id 0..N, computed once, split over ranks and all-gathered.
 
-        Call inside ``evaluating()``. Each rank encodes a contiguous slice of ids in chunks; all ranks
-        run the same number of chunks because ID lookups are collective.
+        Call inside ``evaluating()``. Each rank encodes a contiguous slice of ids in chunks (every
+        item's content is loaded and encoded exactly once per call, on one rank); all ranks run the
+        same number of chunks because ID lookups are collective.
 
         Args:
             num_items: N.
-            chunk_size: Items encoded per chunk on a rank.
-            content_fn: ``ids -> content tensor`` for content towers (None for the ID tower).
+            chunk_size: Items encoded per chunk on a rank (the content source's own chunk size
+                applies when one is set).
+            content_fn: As ``set_content_source``; defaults to the source set there (None for the ID tower).
 
         Returns:
             Tensor[N+1, D] on this rank's device (row 0 = padding).
         """
+        if content_fn is None and self._content_fn is not None:
+            content_fn, chunk_size = self._content_fn, self._content_chunk
         total = num_items + 1
         w, r = self.ctx.world_size, self.ctx.rank
         lo, hi = total * r // w, total * (r + 1) // w
@@ -170,9 +203,12 @@ class ParallelModel:
             a, b = min(hi, lo + c * chunk_size), min(hi, lo + (c + 1) * chunk_size)
             ids = torch.arange(a, b, dtype=torch.long, device=self.ctx.device)
             id_emb = self.lookup(ids) if self.sparse is not None else None
-            content = content_fn(ids) if content_fn is not None else None
             if b > a:
-                parts.append(self.dense.item_representations(id_emb, content).float())
+                content = mask = None
+                if content_fn is not None:
+                    content, mask = content_fn(ids.cpu())
+                    content, mask = content.to(self.ctx.device), mask.to(self.ctx.device)
+                parts.append(self.dense.item_representations(id_emb, content, mask).float())
         local = torch.cat(parts) if parts else torch.zeros(0, self.cfg.model.embedding_dim, device=self.ctx.device)
         return all_gather_variable(local, self.ctx)
 

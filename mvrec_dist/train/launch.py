@@ -12,9 +12,10 @@ import os
 from mvrec_dist.config.jobs import TrainJobConfig
 from mvrec_dist.parallel.sharding import sharding_problems
 from mvrec_dist.runtime.paths import PathError, check_dataset_dir, check_storage_path
+from mvrec_dist.train.content import content_problems
 
-__all__ = ["PreflightError", "preflight", "prepare_dataset", "absolute_paths", "run_training", "read_result",
-           "RESULT_NAME"]
+__all__ = ["PreflightError", "preflight", "prepare_dataset", "prepare_features", "absolute_paths", "run_training",
+           "read_result", "RESULT_NAME"]
 
 RESULT_NAME = "result.json"
 
@@ -62,6 +63,7 @@ def preflight(cfg: TrainJobConfig, *, resources: dict | None = None, num_nodes: 
             check_dataset_dir(cfg.data.dataset_dir)
         except PathError as exc:
             problems.append(str(exc))
+    problems.extend(content_problems(cfg))
     if resources is not None:
         problems.extend(_cluster_problems(cfg, resources, num_nodes))
     if problems:
@@ -88,6 +90,28 @@ def prepare_dataset(cfg: TrainJobConfig) -> None:
     ingest_cfg = load_config(IngestJobConfig, cfg.data.prepare_with, [f"ingest.output_dir={cfg.data.dataset_dir}"])
     print(f"{cfg.data.dataset_dir} has no dataset yet: ingesting it with {cfg.data.prepare_with}", flush=True)
     run_ingest_job(ingest_cfg)
+
+
+def prepare_features(cfg: TrainJobConfig) -> None:
+    """Compute the cached trunk features when ``trunk_cache.build_if_missing`` and the store is absent.
+
+    Needs a Ray session (the feature pass is a Ray Data job). An existing store is left alone; the
+    workers check that it belongs to this run's trunk and content.
+    """
+    enc = cfg.model.content_encoder
+    if cfg.model.item_tower == "id" or not getattr(enc, "cached_trunk", False) or not cfg.trunk_cache.build_if_missing:
+        return
+    from mvrec_dist.data.content_store import ContentStoreError, load_features_manifest
+
+    try:
+        load_features_manifest(cfg.data.content_features)
+        return
+    except ContentStoreError:
+        pass
+    from mvrec_dist.features.trunk_cache import run_trunk_cache
+
+    print(f"{cfg.data.content_features} holds no trunk features yet: computing them", flush=True)
+    run_trunk_cache(absolute_paths(cfg))
 
 
 def absolute_paths(cfg: TrainJobConfig) -> TrainJobConfig:

@@ -24,6 +24,7 @@ from mvrec_dist.models.builders import build_recommender
 from mvrec_dist.parallel.facade import ParallelModel
 from mvrec_dist.parallel.process_groups import DistContext, current_context
 from mvrec_dist.train.checkpointing import Checkpointer
+from mvrec_dist.train.content import content_fn, open_content_store
 from mvrec_dist.train.loop import FitResult, Trainer
 from mvrec_dist.train.metrics_log import MetricsLog
 from mvrec_dist.train.state import TrainState
@@ -65,8 +66,12 @@ def run_worker(cfg: TrainJobConfig, ctx: DistContext, *,
     counts = load_item_train_counts(manifest)
     model = build_recommender(cfg.model, num_items=manifest.num_items, item_train_counts=counts,
                               max_seq_len=cfg.data.max_seq_len, seed=cfg.train.seed, device="meta")
-    data = TrainData(cfg, manifest, rank=ctx.rank, world_size=ctx.world_size, pin_memory=ctx.is_cuda)
+    store = open_content_store(cfg, manifest, model.dense.item_tower.content_encoder)
+    data = TrainData(cfg, manifest, rank=ctx.rank, world_size=ctx.world_size, pin_memory=ctx.is_cuda,
+                     content_store=store)
     pm = ParallelModel(model, cfg, ctx, total_steps=data.estimated_steps_per_epoch() * cfg.train.epochs)
+    if store is not None:
+        pm.set_content_source(content_fn(store), cfg.eval.content_batch_size)
     # Identical model init above; from here on each rank draws its own dropout masks.
     _seed_everything(cfg.train.seed + 7919 * (ctx.rank + 1))
     log = MetricsLog(run_logs_dir(cfg), quiet=cfg.train.quiet, enabled=ctx.rank == 0)
@@ -83,6 +88,9 @@ def run_worker(cfg: TrainJobConfig, ctx: DistContext, *,
         if pm.sparse is not None:
             log.progress(f"item table: {pm.sparse.plan_text}")
         dense_params = sum(p.numel() for p in model.dense.parameters())
+        if store is not None:
+            log.progress(f"item content: {store.name}, {store.items_with_content:,} of {store.num_items:,} items, "
+                         f"{store.dtype} {list(store.shape)} each")
         log.progress(f"{ctx.world_size} ranks on {ctx.device.type} ({ctx.backend}); {manifest.num_items:,} items, "
                      f"{manifest.num_users:,} users; dense tower {dense_params:,} params, "
                      f"ZeRO-{cfg.parallel.zero_stage} {cfg.parallel.precision}")

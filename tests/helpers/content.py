@@ -1,0 +1,69 @@
+"""A tiny ingested dataset with video content, for the training-side content tests.
+
+Items are raw ids 1..60 plus the three real MicroLens videos (1002, 10034, 10040, linked from
+../shared, never copied); items 1..57 have no file and get synthetic frames, 58..60 have a garbage
+file each and stay ID-only, so runs exercise decoded, synthetic and ID-only items together.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mvrec_dist.config import IngestJobConfig, load_config
+
+__all__ = ["REAL_VIDEOS", "ID_ONLY", "make_video_dataset", "TINY_FRAME_CNN", "TINY_R3D"]
+
+REAL_VIDEOS = (1002, 10034, 10040)
+ID_ONLY = (58, 59, 60)
+
+# Tiny encoders over 2 frames of 32x32 (the issue's "tiny video encoder"), as override lists.
+TINY_FRAME_CNN = ["model.content_encoder.name=frame_cnn", "model.content_encoder.widths=[4,8]",
+                  "model.content_encoder.layers=[1,1]", "model.content_encoder.stem_width=4",
+                  "model.content_encoder.frames=2", "model.content_encoder.size=32"]
+TINY_R3D = ["model.content_encoder.name=r3d18", "model.content_encoder.widths=[4,8,8,8]",
+            "model.content_encoder.layers=[1,1,1,1]", "model.content_encoder.stem_width=4",
+            "model.content_encoder.frames=2", "model.content_encoder.size=32"]
+
+
+def make_video_dataset(root: Path, videos_src: Path, *, users: int = 200, seed: int = 0) -> Path:
+    """Write interactions, titles and videos under ``root`` and ingest them with 2 frames of 32x32.
+
+    Needs a Ray session (the ``ray_local`` fixture).
+
+    Args:
+        root: Empty working directory.
+        videos_src: The real videos (the ``microlens_videos`` fixture).
+        users: Users, each with 5..12 interactions.
+        seed: Seed of the interactions.
+
+    Returns:
+        The dataset directory.
+    """
+    from mvrec_dist.data.ingest import run_ingest_job
+
+    rng = np.random.default_rng(seed)
+    pool = np.array(list(range(1, 61)) + list(REAL_VIDEOS))
+    weights = 1.0 / np.arange(1, len(pool) + 1) ** 0.6
+    lines = []
+    for u in range(1, users + 1):
+        n = int(rng.integers(5, 13))
+        seq = rng.choice(pool, size=n, replace=False, p=rng.permutation(weights) / weights.sum())
+        lines.append(f"{u}\t{' '.join(map(str, seq))}\n")
+    (root / "pairs.tsv").write_text("".join(lines))
+    (root / "titles.csv").write_text("item,title\n" + "".join(f'{i},"item {i}"\n' for i in pool.tolist()))
+    videos = root / "videos"
+    videos.mkdir()
+    for i in REAL_VIDEOS:
+        os.symlink(videos_src / f"{i}.mp4", videos / f"{i}.mp4")
+    for i in ID_ONLY:
+        (videos / f"{i}.mp4").write_bytes(b"not a video " * 50)
+    cfg = load_config(IngestJobConfig, None, [
+        f"ingest.input={root / 'pairs.tsv'}", f"ingest.titles={root / 'titles.csv'}",
+        f"ingest.output_dir={root / 'ds'}", "ingest.progress=false", "ingest.shard_max_samples=64",
+        "video.enabled=true", f"video.videos={videos}", "video.frames=2", "video.size=32",
+        "video.shard_max_samples=16", "video.synthetic_missing=true"])
+    run_ingest_job(cfg)
+    return root / "ds"
