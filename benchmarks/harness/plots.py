@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on benchmark machines
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 __all__ = ["line_plot", "bar_plot", "stacked_bars"]
 
@@ -57,12 +58,17 @@ def line_plot(path: str, series: dict[str, tuple[Sequence[float], Sequence[Point
         dashed: Labels drawn dashed without markers (ideal / projected lines).
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for label, (xs, ys) in series.items():
+    colors: dict[str, str] = {}  # a dashed line takes the colour of the measured series it belongs to
+    ticks: set[float] = set()
+    for label, (xs, ys) in sorted(series.items(), key=lambda kv: kv[0] in dashed):
         mid, lo, hi = _split(ys)
+        ticks.update(xs)
+        prefix = label.split(" (")[0]
         if label in dashed:
-            ax.plot(xs, mid, linestyle="--", color="grey", label=label)
+            ax.plot(xs, mid, linestyle="--", color=colors.get(prefix, "grey"), label=label)
         else:
-            ax.errorbar(xs, mid, yerr=[lo, hi], marker="o", capsize=3, label=label)
+            bars = ax.errorbar(xs, mid, yerr=[lo, hi], marker="o", capsize=3, label=label)
+            colors[prefix] = bars.lines[0].get_color()
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -70,6 +76,12 @@ def line_plot(path: str, series: dict[str, tuple[Sequence[float], Sequence[Point
         ax.set_xscale("log", base=2)
     if logy:
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    if len(ticks) <= 8:  # label the measured points themselves, in plain numbers
+        ax.set_xticks(sorted(ticks))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
@@ -78,7 +90,7 @@ def line_plot(path: str, series: dict[str, tuple[Sequence[float], Sequence[Point
 def bar_plot(path: str, groups: Sequence[str], series: dict[str, Sequence[Point | None]], *, title: str,
              ylabel: str) -> None:
     """Grouped bars: one group per entry of ``groups``, one bar per series (None leaves a gap)."""
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(groups) * max(1, len(series)) / 2), 4.0))
+    fig, ax = plt.subplots(figsize=(max(7.5, 0.9 * len(groups) * max(1, len(series)) / 2 + 2.5), 4.0))
     width = 0.8 / max(1, len(series))
     for i, (label, values) in enumerate(series.items()):
         xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups)) if values[g] is not None]
@@ -89,7 +101,7 @@ def bar_plot(path: str, groups: Sequence[str], series: dict[str, Sequence[Point 
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     _save(fig, path)
 
 
