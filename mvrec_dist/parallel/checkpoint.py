@@ -173,10 +173,12 @@ def _ensure_optimizer_state(engine) -> None:
     # during a step; the other stages keep them in the groups.
     flat = getattr(engine.optimizer, "fp32_partitioned_groups_flat", None)
     keys = list(flat) if flat is not None else [p for group in opt.param_groups for p in group["params"]]
+    # As torch's AdamW does: fused (CUDA) and capturable steps live on the parameter's device.
+    on_device = bool(opt.defaults.get("fused") or opt.defaults.get("capturable"))
     for p in keys:
         st = opt.state[p]
         if "exp_avg" not in st:
-            st["step"] = torch.tensor(0.0)
+            st["step"] = torch.zeros((), dtype=torch.float32, device=p.device) if on_device else torch.tensor(0.0)
             st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
     # ZeRO 1/2 and the bf16 optimizer link parameter fragments to the optimizer state only after their
@@ -226,7 +228,7 @@ def _load_dense_full_state(engine, blob: dict[str, Any], zero_stage: int) -> Non
     step = int(blob.get("optimizer_step", 0))
     for st in _inner_torch_optimizer(engine).state.values():
         if "step" in st:
-            st["step"] = torch.tensor(float(step)) if torch.is_tensor(st["step"]) else step
+            st["step"] = torch.full_like(st["step"], float(step)) if torch.is_tensor(st["step"]) else step
     sched = engine.lr_scheduler
     if sched is not None and blob.get("lr_scheduler"):
         last = int(blob["lr_scheduler"]["last_epoch"])

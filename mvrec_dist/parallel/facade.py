@@ -90,7 +90,9 @@ class ParallelModel:
                 model.item_ids, cfg.parallel, ctx, init_std=cfg.model.init_std, seed=cfg.train.seed,
                 batch_size=cfg.batch_size_per_worker)
         torch.manual_seed(cfg.train.seed)
-        wrapped = _EngineModule(model.dense, sparse_gradient_scale(ctx.world_size))
+        # Content-only towers have no table, so nothing of TorchRec is needed (nor importable on every GPU box).
+        grad_scale = sparse_gradient_scale(ctx.world_size) if self.sparse is not None else 1.0
+        wrapped = _EngineModule(model.dense, grad_scale)
         self.engine = build_engine(wrapped, cfg.parallel, cfg.train, ctx, micro_batch=cfg.batch_size_per_worker,
                                    total_steps=total_steps)
         self.dense = self.engine.module.dense
