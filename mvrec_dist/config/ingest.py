@@ -21,6 +21,9 @@ class IngestConfig:
     output_dir: str = setting("data/shards/demo", doc="Dataset directory to create; it gets manifest.json, shards and id maps.")
     min_seq_len: int = setting(5, doc="Users with fewer interactions are dropped and counted (paper: 5).")
     shard_max_samples: int = setting(10_000, doc="Most samples per tar shard (users for splits, items for the item table).")
+    users_per_block: int = setting(
+        1024, doc="Consecutive users per tar sample (block) of the train/valid/test shards, stored as columnar arrays.")
+    items_per_block: int = setting(1024, doc="Consecutive items per tar sample (block) of the items shards.")
     on_bad_rows: Literal["error", "quarantine"] = setting(
         "error", doc="'error' stops at the first malformed row naming file, line and reason; 'quarantine' sets them aside.")
     overwrite: bool = setting(False, doc="Replace an output directory that already holds a different dataset.")
@@ -33,6 +36,8 @@ class IngestConfig:
         p.check(self.min_seq_len >= 3, "min_seq_len",
                 f"must be >= 3 so that train keeps at least one item before valid/test, got {self.min_seq_len}")
         p.check(self.shard_max_samples >= 1, "shard_max_samples", f"must be >= 1, got {self.shard_max_samples}")
+        p.check(self.users_per_block >= 1, "users_per_block", f"must be >= 1, got {self.users_per_block}")
+        p.check(self.items_per_block >= 1, "items_per_block", f"must be >= 1, got {self.items_per_block}")
         p.check(self.read_block_bytes >= 1 << 16, "read_block_bytes", f"must be >= 65536, got {self.read_block_bytes}")
         p.check(self.group_partitions >= 0, "group_partitions", f"must be >= 0, got {self.group_partitions}")
         p.check(bool(self.output_dir), "output_dir", "must be set")

@@ -1,8 +1,9 @@
 """Print a dataset's summary or one sample: ``python -m mvrec_dist.data.inspect DATASET [--split S] [--key K]``.
 
-Without ``--key`` it prints the manifest summary (counts, reconciliation, shards per split); with
-``--split`` alone, that split's shards and its first sample; with ``--key`` (``u0000000001`` or
-``i0000000001``) that sample, its arrays shown with dense ids and the raw ids they map to.
+Without ``--key`` it prints the manifest summary (counts, reconciliation, shards and blocks per
+split); with ``--split`` alone, that split's shards and its first sample; with ``--key``
+(``u0000000001`` or ``i0000000001``) that sample as the reader returns it (in the blocked splits
+it is built from its block), arrays shown with dense ids and the raw ids they map to.
 """
 
 from __future__ import annotations
@@ -12,11 +13,16 @@ import io
 import json
 import sys
 import tarfile
+from typing import Any
 
 import numpy as np
 
 from mvrec_dist.data import fs as dfs
-from mvrec_dist.data.manifest import Manifest, ManifestError, load_manifest
+from mvrec_dist.data.blocks import BLOCKED_SPLITS
+from mvrec_dist.data.manifest import BLOCK_SIZE_KEYS, Manifest, ManifestError, load_manifest
+from mvrec_dist.data.members import member_decoder
+from mvrec_dist.data.plan import Chunk
+from mvrec_dist.data.reader import ShardFormatError, ShardReader
 
 __all__ = ["summary", "find_sample", "format_sample", "main"]
 
@@ -31,47 +37,42 @@ def summary(m: Manifest) -> str:
     lines.append("interactions per split: " + ", ".join(f"{k}={v}" for k, v in c["interactions"].items()))
     lines.append(f"reconciliation ok: {d.get('reconciliation', {}).get('ok')}")
     for split, entry in d["splits"].items():
-        size = sum(s["bytes"] for s in entry["shards"])
-        lines.append(f"  {split:6s} {entry['samples']:>10} samples in {len(entry['shards'])} shards, "
-                     f"{size / 1e6:.1f} MB")
+        size = sum(s["bytes"] for s in entry.get("shards", []))
+        blocks = ""
+        if split in BLOCK_SIZE_KEYS:
+            blocks = (f" ({sum(s.get('blocks', 0) for s in entry['shards'])} blocks of <= "
+                      f"{entry.get(BLOCK_SIZE_KEYS[split])})")
+        lines.append(f"  {split:6s} {entry.get('samples', 0):>10} samples in {len(entry.get('shards', []))} shards, "
+                     f"{size / 1e6:.1f} MB{blocks}")
     q = d.get("quarantine") or {}
     if q.get("path"):
         lines.append(f"quarantine: {q['rows']} rows in {q['path']}")
     return "\n".join(lines)
 
 
-def _shard_order(m: Manifest, split: str, key: str) -> list:
-    shards = m.shards(split)
-    size = m.data.get("config", {}).get("ingest", {}).get("shard_max_samples")
-    if size and key[1:].isdigit() and int(key[1:]) >= 1:
-        j = (int(key[1:]) - 1) // size
-        if j < len(shards):
-            return [shards[j]] + shards[:j] + shards[j + 1:]  # the likely shard first
-    return shards
+def _row_index(key: str | None) -> int | None:
+    """Global index of a per-row key (``u``/``i`` + dense id) in a blocked split."""
+    if key is None:
+        return 0
+    if len(key) == 11 and key[0] in "ui" and key[1:].isdigit() and int(key[1:]) >= 1:
+        return int(key[1:]) - 1
+    return None
 
 
-def find_sample(m: Manifest, split: str, key: str | None) -> tuple[str, dict[str, bytes]] | None:
-    """Find sample ``key`` (or the first sample when ``key`` is None) of ``split``.
-
-    Args:
-        m: The manifest.
-        split: Split name.
-        key: Sample key, or None.
-
-    Returns:
-        ``(key, {extension: bytes})`` or None when absent.
-    """
-    for shard in (_shard_order(m, split, key) if key else m.shards(split)):
+def _scan(m: Manifest, split: str, key: str | None) -> tuple[str, dict[str, Any]] | None:
+    """Find a sample of a per-item split (``content``) by scanning its tars."""
+    for shard in m.shards(split):
         with dfs.open_input_file(m.path(shard.path)) as f:
             data = f.read()
-        members: dict[str, bytes] = {}
+        members: dict[str, Any] = {}
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             for info in tar:
                 k, _, ext = info.name.partition(".")
                 if key is None:
                     key = k
                 if k == key:
-                    members[ext] = tar.extractfile(info).read()
+                    blob = tar.extractfile(info).read()
+                    members[ext] = member_decoder(ext)(blob, 0, len(blob), True)
                 elif members:
                     break
         if members:
@@ -79,20 +80,44 @@ def find_sample(m: Manifest, split: str, key: str | None) -> tuple[str, dict[str
     return None
 
 
-def format_sample(m: Manifest, key: str, members: dict[str, bytes]) -> str:
+def find_sample(m: Manifest, split: str, key: str | None) -> tuple[str, dict[str, Any]] | None:
+    """Find sample ``key`` (or the first sample when ``key`` is None) of ``split``.
+
+    Args:
+        m: The manifest.
+        split: Split name.
+        key: Per-row sample key (``u%010d``, ``i%010d``), or None.
+
+    Returns:
+        ``(key, {member: decoded value})`` or None when absent.
+    """
+    if split not in BLOCKED_SPLITS:
+        return _scan(m, split, key)
+    g = _row_index(key)
+    reader = ShardReader(m.root, split, manifest=m)
+    if g is None or g >= reader.num_samples:
+        return None
+    for _, sample in reader.iter_chunks([Chunk(g, g + 1, None, 0, 1)]):
+        if key is not None and sample.key != key:
+            return None
+        return sample.key, sample.members
+    return None
+
+
+def format_sample(m: Manifest, key: str, members: dict[str, Any]) -> str:
     """Render a sample's members (arrays with their raw ids)."""
     item_map = np.load(io.BytesIO(_read(m, m.data["maps"]["items"])), allow_pickle=False)
     lines = [f"sample {key}"]
-    for ext, blob in members.items():
-        if ext.endswith("npy"):
-            arr = np.load(io.BytesIO(blob), allow_pickle=False)
-            lines.append(f"  {ext}: {arr.dtype} {list(arr.shape)} {arr.tolist()}")
-            if ext != "ts.npy" and arr.dtype.kind == "i" and arr.size and 0 < arr.min() and arr.max() < len(item_map):
-                lines.append(f"  {' ' * len(ext)}  raw item ids: {item_map[arr].tolist()}")
-        elif ext == "json":
-            lines.append(f"  json: {json.dumps(json.loads(blob))}")
+    for ext, value in members.items():
+        if isinstance(value, np.ndarray):
+            lines.append(f"  {ext}: {value.dtype} {list(value.shape)} {value.tolist()}")
+            if ext != "ts.npy" and value.dtype.kind == "i" and value.size and 0 < value.min() and \
+                    value.max() < len(item_map):
+                lines.append(f"  {' ' * len(ext)}  raw item ids: {item_map[value].tolist()}")
+        elif ext.endswith("json"):
+            lines.append(f"  {ext}: {json.dumps(value, ensure_ascii=False)}")
         else:
-            lines.append(f"  {ext}: {blob.decode('utf-8', errors='backslashreplace')!r}")
+            lines.append(f"  {ext}: {value!r}")
     return "\n".join(lines)
 
 
@@ -105,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m mvrec_dist.data.inspect", description=__doc__.split("\n")[0])
     parser.add_argument("dataset", help="dataset directory (local path or URI)")
-    parser.add_argument("--split", default=None, help="train, valid, test or items")
+    parser.add_argument("--split", default=None, help="train, valid, test, items or content")
     parser.add_argument("--key", default=None, help="sample key, e.g. u0000000001 (users) or i0000000001 (items)")
     args = parser.parse_args(argv)
     try:
@@ -116,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         split = args.split or ("items" if args.key.startswith("i") else "train")
         if args.key is None:
             for s in m.shards(split):
-                print(f"{s.path}  {s.samples} samples  {s.bytes} bytes  sha256 {s.sha256[:16]}...")
+                blocks = f" in {s.blocks} blocks" if s.blocks is not None else ""
+                print(f"{s.path}  {s.samples} samples{blocks}  {s.bytes} bytes  sha256 {s.sha256[:16]}...")
         found = find_sample(m, split, args.key)
-    except ManifestError as exc:
+    except (ManifestError, ShardFormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if found is None:

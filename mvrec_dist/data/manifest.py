@@ -11,12 +11,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "SPLITS", "ShardInfo", "Manifest", "ManifestError",
+__all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "SPLITS", "BLOCK_SIZE_KEYS", "ShardInfo", "Manifest", "ManifestError",
            "load_manifest"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "valid", "test", "items", "content")
+BLOCK_SIZE_KEYS = {"train": "users_per_block", "valid": "users_per_block", "test": "users_per_block",
+                   "items": "items_per_block"}
+"""The split entry key holding the rows per block of each blocked split (schema 2)."""
 
 
 class ManifestError(ValueError):
@@ -30,11 +33,13 @@ class ShardInfo:
     path: str
     """Path relative to the dataset directory."""
     samples: int
-    """Samples in the shard."""
+    """Samples in the shard: users or items in the blocked splits (the reader's index unit)."""
     bytes: int
     """Size of the tar file."""
     sha256: str
     """Hex sha256 of the tar file."""
+    blocks: int | None = None
+    """Tar samples (blocks) in a shard of a blocked split; None for per-item splits (``content``)."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,28 @@ class Manifest:
             raise ManifestError(f"{self.root}/{MANIFEST_NAME}: no split '{split}' "
                                 f"(has {sorted(self.data['splits'])})")
         return [ShardInfo(path=s["path"], samples=int(s["samples"]), bytes=int(s["bytes"]),
-                          sha256=s["sha256"]) for s in entry["shards"]]
+                          sha256=s["sha256"], blocks=None if s.get("blocks") is None else int(s["blocks"]))
+                for s in entry["shards"]]
+
+    def block_size(self, split: str) -> int:
+        """Rows (users or items) per block of a blocked split (``users_per_block``/``items_per_block``).
+
+        Args:
+            split: ``train``, ``valid``, ``test`` or ``items``.
+
+        Returns:
+            The block size (>= 1).
+
+        Raises:
+            ManifestError: when the split is absent or is not blocked.
+        """
+        self.shards(split)  # raises for an absent split
+        key = BLOCK_SIZE_KEYS.get(split)
+        value = self.data["splits"][split].get(key) if key else None
+        if not isinstance(value, int) or value < 1:
+            raise ManifestError(f"{self.root}/{MANIFEST_NAME}: split '{split}' has no block size "
+                                f"({key or 'not a blocked split'})")
+        return value
 
     def has_split(self, split: str) -> bool:
         """Whether the dataset has ``split`` (``content`` is optional)."""
@@ -105,10 +131,27 @@ def load_manifest(dataset_dir: str) -> Manifest:
         raise ManifestError(f"{location}: not valid JSON ({exc})") from None
     if data.get("kind") != "mvrec_dist.dataset":
         raise ManifestError(f"{location}: not an mvrec_dist dataset manifest")
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise ManifestError(f"{location}: schema_version {data.get('schema_version')} is not supported "
+    version = data.get("schema_version")
+    if isinstance(version, int) and version < SCHEMA_VERSION:
+        raise ManifestError(f"{location}: schema_version {version} is an older shard format (this code reads "
+                            f"{SCHEMA_VERSION}: blocked, columnar user splits and item table); re-ingest the "
+                            "dataset with jobs/ingest_microlens.py and ingest.overwrite=true")
+    if version != SCHEMA_VERSION:
+        raise ManifestError(f"{location}: schema_version {version} is not supported "
                             f"(this code reads {SCHEMA_VERSION})")
     for key in ("counts", "splits", "maps", "stats"):
         if key not in data:
             raise ManifestError(f"{location}: missing section '{key}'")
+    for split, key in BLOCK_SIZE_KEYS.items():
+        entry = data["splits"].get(split)
+        if entry is None:
+            continue
+        size = entry.get(key)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ManifestError(f"{location}: split '{split}' needs '{key}' (a positive integer), got {size!r}")
+        for shard in entry.get("shards", []):
+            blocks = -(-int(shard.get("samples", 0)) // size)
+            if shard.get("blocks") != blocks:
+                raise ManifestError(f"{location}: shard {shard.get('path')} lists {shard.get('blocks')} blocks; "
+                                    f"{shard.get('samples')} samples at {size} per block make {blocks}")
     return Manifest(root=dataset_dir, data=data)

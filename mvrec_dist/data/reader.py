@@ -1,285 +1,85 @@
-"""The shard reader: streams the samples of a plan's chunks out of a split's tar shards.
+"""The shard reader: streams the per-user (per-item) samples of a plan's chunks out of a split's shards.
 
 ``mvrec_dist.data.plan`` decides which global indices a consumer reads and in which order;
-``ShardReader.iter_chunks`` turns those chunks into ``(g, Sample)`` pairs. Each shard is read
-front to back with a small tar parser of its own (``tarfile`` costs several microseconds per member,
-more than everything else per small sample): consecutive chunks of one shard share one pass, the
-members of samples outside the chunk are skipped without decoding, and the tar structure is checked
-as it goes (adjacent members, ascending keys, the manifest's sample count and byte size). A
-shuffled chunk holds its selected samples in memory until it is emitted, so ``shuffle_block``
-bounds the reader's memory.
+``ShardReader.iter_chunks`` turns those chunks into ``(g, Sample)`` pairs, one per user (item).
+The unit of ``g`` is the row of the split: a user in train/valid/test, an item in ``items``.
+
+Blocked splits (schema 2: train, valid, test, items) hold ``users_per_block`` consecutive rows per
+tar sample as columnar arrays (``mvrec_dist.data.blocks``). The reader decodes each needed block
+once (only the members the requested per-row members need), validates it (members, dtypes,
+shapes, offsets, consecutive ids at the position the manifest implies, the block key) and builds
+the per-row ``Sample``s out of views of its arrays. Chunks may start and end inside blocks: the
+blocks of the previous chunk are kept, so consecutive chunks of one shard share one forward pass;
+a chunk that goes back before them re-opens the shard. A shuffled chunk holds its selected samples
+(and their blocks) until it is emitted, so ``shuffle_block`` bounds the reader's memory.
+``iter_blocks`` hands bulk readers (evaluation, verification) the block arrays themselves.
+
+Per-item splits (``content``) keep one tar sample per row and are read sample by sample.
+``tar_reader.TarCursor`` parses the tars in both cases and checks their structure (adjacent
+members, ascending keys, the manifest's counts and byte sizes, safe extensions).
 
 The plan functions are re-exported here: ``docs/DESIGN.md`` names this module for the contract.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
-from dataclasses import dataclass
-from typing import IO, Any, Collection, Iterable, Iterator, NamedTuple
+from typing import Collection, Iterable, Iterator
 
 import numpy as np
 
+from mvrec_dist.data.blocks import (BLOCKED_SPLITS, LAYOUTS, Block, BlockError, Sample, block_sizes,
+                                    needed_members)
 from mvrec_dist.data.fs import open_input_file
-from mvrec_dist.data.manifest import Manifest, ShardInfo, load_manifest
-from mvrec_dist.data.members import MemberDecoder, member_decoder
+from mvrec_dist.data.manifest import Manifest, load_manifest
 from mvrec_dist.data.plan import (Chunk, consumer_index, epoch_plan, eval_plan, iter_indices,
                                   num_consumers, redistribute, skip_consumed, stream_length)
+from mvrec_dist.data.tar_reader import ReadStats, ShardFormatError, TarCursor
 
-__all__ = ["ShardReader", "Sample", "ReadStats", "ShardFormatError", "Chunk", "epoch_plan",
+__all__ = ["ShardReader", "Sample", "Block", "ReadStats", "ShardFormatError", "Chunk", "epoch_plan",
            "eval_plan", "skip_consumed", "redistribute", "iter_indices", "stream_length",
            "num_consumers", "consumer_index"]
 
-_BLOCK = 512
-_END_BLOCK = bytes(_BLOCK)
-_REGULAR, _REGULAR_OLD, _DIRECTORY = ord("0"), 0, ord("5")
-_REGULAR_FLAGS = (_REGULAR, _REGULAR_OLD)
-_PAX, _PAX_GLOBAL, _GNU_LONGNAME = ord("x"), ord("g"), ord("L")
 
+class _ShardPass:
+    """One forward pass over the blocks of one shard, keeping the blocks from the last fetch's first on."""
 
-class ShardFormatError(ValueError):
-    """A shard does not follow ``shards/README.md``; the message names the file and the sample."""
+    def __init__(self, reader: "ShardReader", s: int):
+        self.reader, self.s = reader, s
+        info = reader.shards[s]
+        self.sizes = block_sizes(info.samples, reader.block_size)
+        if info.blocks is not None and info.blocks != len(self.sizes):
+            raise ShardFormatError(f"{reader.manifest.path(info.path)}: the manifest lists {info.blocks} blocks; "
+                                   f"{info.samples} rows at {reader.block_size} per block make {len(self.sizes)}")
+        self.cursor = reader._open(s, len(self.sizes))
+        self.cache: dict[int, Block] = {}
 
-
-class Sample(NamedTuple):
-    """One decoded sample."""
-
-    key: str
-    """Sample key, e.g. ``u0000000123``."""
-    members: dict[str, Any]
-    """Member extension (``items.npy``, ``json``, ``txt``) -> ndarray, JSON value or str."""
-
-
-@dataclass
-class ReadStats:
-    """What a reader did (for tests and benchmarks)."""
-
-    opens: int = 0
-    """Shard files opened."""
-    decoded: int = 0
-    """Samples decoded."""
-    skipped: int = 0
-    """Samples passed over without decoding."""
-
-
-class _TarCursor:
-    """A forward-only pass over one shard, one sample at a time."""
-
-    def __init__(self, location: str, file: IO[bytes], info: ShardInfo, block_bytes: int,
-                 wanted: frozenset[bytes] | None, stats: ReadStats):
-        self.location, self.file, self.expected = location, file, info.samples
-        self.block_bytes, self.wanted, self.stats = block_bytes, wanted, stats
-        self.size = file.size()
-        if self.size != info.bytes:
-            raise ShardFormatError(f"{location}: {self.size} bytes, the manifest says {info.bytes} "
-                                   "(truncated, rewritten, or a stale manifest)")
-        self.buf: bytes = b""
-        self.pos = 0  # read position in buf
-        self.base = 0  # file offset of buf[0]
-        self.position = 0  # shard-local index of the next sample
-        self.keys: list[bytes] = []  # keys passed so far, ascending, to tell misplaced from out-of-order
-        self.members: dict[bytes, tuple[str, MemberDecoder | None]] = {}  # extension -> (name, decoder)
-        self.sample: bytes | None = None  # key of the sample being read, for error messages
-        self.head = self._header()  # (key, ext, size) of the next member, None at the end
-
-    def _fail(self, reason: str, key: bytes | None = None) -> ShardFormatError:
-        if key is not None:
-            return ShardFormatError(f"{self.location}: sample {key.decode('utf-8', 'replace')} {reason}")
-        if self.sample is not None:
-            return ShardFormatError(f"{self.location}: while reading sample "
-                                    f"{self.sample.decode('utf-8', 'replace')}: {reason}")
-        return ShardFormatError(f"{self.location}: {reason}")
-
-    def _fill(self, n: int) -> bool:
-        """Make ``n`` bytes available at ``pos``; False when the file ends first."""
-        avail = len(self.buf) - self.pos
-        if avail >= n:
-            return True
-        pieces = [self.buf[self.pos:]]
-        while avail < n:
-            more = self.file.read(max(self.block_bytes, n - avail))
-            if not more:
-                break
-            pieces.append(more)
-            avail += len(more)
-        self.base += self.pos
-        self.buf = b"".join(pieces)
-        self.pos = 0
-        return avail >= n
-
-    def _advance(self, n: int) -> None:
-        """Move ``n`` bytes forward, seeking past what is not buffered."""
-        if n <= len(self.buf) - self.pos:
-            self.pos += n
-            return
-        target = self.base + self.pos + n
-        if target > self.size:
-            raise self._fail(f"truncated: a member runs to byte {target}, the file has {self.size}")
-        self.file.seek(target)
-        self.buf, self.pos, self.base = b"", 0, target
-
-    def _payload(self, size: int) -> tuple[Any, int, bool]:
-        """The next ``size`` bytes as ``(buffer, offset, owned)``, then skip the tar padding."""
-        padded = (size + _BLOCK - 1) & ~(_BLOCK - 1)
-        if size <= self.block_bytes:
-            if len(self.buf) - self.pos < padded and not self._fill(padded):
-                raise self._fail(f"truncated: a {size}-byte member at byte {self.base + self.pos} "
-                                 "runs past the end of the file")
-            buf, offset = self.buf, self.pos
-            self.pos += padded
-            return buf, offset, False
-        data = bytearray(size)
-        have = min(size, len(self.buf) - self.pos)
-        data[:have] = self.buf[self.pos:self.pos + have]
-        view, got = memoryview(data), have
-        while got < size:
-            n = self.file.readinto(view[got:])
-            if not n:
-                raise self._fail(f"truncated: a {size}-byte member runs past the end of the file")
-            got += n
-        target = self.base + self.pos + padded
-        self.file.seek(min(target, self.size))
-        self.buf, self.pos, self.base = b"", 0, target
-        return data, 0, True
-
-    def _header(self) -> tuple[bytes, bytes, int] | None:
-        """The next regular member's ``(key, extension, size)``; None at the end of the archive."""
-        b, p = self.buf, self.pos
-        # fast path: a plain ustar header of a regular file, name without directory or prefix
-        if len(b) - p >= _BLOCK and b[p + 257:p + 262] == b"ustar" and b[p + 156] in _REGULAR_FLAGS \
-                and not b[p + 345]:
-            end = b.find(0, p, p + 100)
-            if end < 0:
-                end = p + 100
-            dot = b.find(b".", p, end)
-            if dot > p and b.find(b"/", p, end) < 0:
+    def fetch(self, k0: int, k1: int) -> list[Block] | None:
+        """Blocks ``k0..k1`` (shard-local, inclusive); None when ``k0`` lies behind the pass."""
+        if k0 not in self.cache and self.cursor.position > k0:
+            return None
+        r, cursor = self.reader, self.cursor
+        # Kept: every block from k0 up to the pass position (a contiguous run), so a later fetch
+        # starting at or after k0 never needs a block the pass went by.
+        cache = {k: block for k, block in self.cache.items() if k >= k0}
+        for k in range(k0, k1 + 1):
+            block = cache.get(k)
+            if block is None:
+                while cursor.position < k:
+                    cursor.read_sample(False)
+                key, members = cursor.read_sample(True)
                 try:
-                    size = int(b[p + 124:p + 135], 8)
-                except ValueError:
-                    pass
-                else:
-                    self.pos = p + _BLOCK
-                    return b[p:dot], b[dot + 1:end], size
-        return self._header_slow()
-
-    def _header_slow(self) -> tuple[bytes, bytes, int] | None:
-        """``_header`` for any header: pax and GNU long names, directories, odd size fields."""
-        long_name: bytes | None = None
-        pax: dict[bytes, bytes] = {}
-        while True:
-            if not self._fill(_BLOCK):
-                if len(self.buf) == self.pos:
-                    return None  # end-of-archive blocks are optional for readers, as for tarfile
-                raise self._fail(f"truncated: a partial tar header at byte {self.base + self.pos}")
-            b, p = self.buf, self.pos
-            if b[p + 257:p + 262] != b"ustar":
-                if b[p:p + _BLOCK] == _END_BLOCK:
-                    return None
-                raise self._fail(f"no tar header at byte {self.base + p} (corrupt file?)")
-            flag = b[p + 156]
-            raw_size = b[p + 124:p + 136]
-            try:
-                size = int(raw_size.split(b"\0", 1)[0].strip() or b"0", 8)
-            except ValueError:
-                raise self._fail(f"unreadable size field {raw_size!r} at byte {self.base + p}") from None
-            self.pos += _BLOCK
-            if flag == _REGULAR or flag == _REGULAR_OLD:
-                name = long_name or pax.get(b"path")
-                if name is None:
-                    name = b[p:p + 100].split(b"\0", 1)[0]
-                    if b[p + 345]:
-                        name = b[p + 345:p + 500].split(b"\0", 1)[0] + b"/" + name
-                size = int(pax.get(b"size", size))
-                slash = name.rfind(b"/")
-                dot = name.find(b".", slash + 1)
-                if dot < 0:
-                    raise self._fail(f"member '{name.decode('utf-8', 'replace')}' has no "
-                                     "<key>.<extension> name")
-                return name[:dot], name[dot + 1:], size
-            if flag == _DIRECTORY:
-                continue
-            if flag in (_PAX, _PAX_GLOBAL, _GNU_LONGNAME):
-                buf, offset, _ = self._payload(size)
-                data = bytes(buf[offset:offset + size])
-                if flag == _GNU_LONGNAME:
-                    long_name = data.split(b"\0", 1)[0]
-                elif flag == _PAX:
-                    pax.update(self._pax_records(data))
-                continue
-            raise self._fail(f"tar member type {chr(flag)!r} at byte {self.base + p} is not a "
-                             "regular file")
-
-    def _pax_records(self, data: bytes) -> dict[bytes, bytes]:
-        records, i = {}, 0
-        while i < len(data) and data[i:i + 1] != b"\0":
-            space = data.find(b" ", i)
-            try:
-                length = int(data[i:space])
-                key, _, value = data[space + 1:i + length - 1].partition(b"=")
-            except ValueError:
-                raise self._fail("unreadable pax header") from None
-            records[key] = value
-            i += length
-        return records
-
-    def _member(self, ext: bytes, key: bytes) -> tuple[str, MemberDecoder | None]:
-        """``(extension name, decoder or None when not wanted)``; rejects unsafe extensions."""
-        try:
-            name = ext.decode("utf-8")
-            decoder = member_decoder(name)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise self._fail(f"member '{ext.decode('utf-8', 'replace')}': {exc}", key) from None
-        entry = self.members[ext] = (name, decoder if self.wanted is None or ext in self.wanted else None)
-        return entry
-
-    def read_sample(self, decode: bool) -> tuple[bytes, dict[str, Any] | None]:
-        """Read (or, with ``decode=False``, pass over) the next sample, checking the tar layout."""
-        head = self.head
-        if head is None:
-            raise ShardFormatError(f"{self.location}: ends after {self.position} samples, the manifest "
-                                   f"says {self.expected}")
-        key, ext, size = head
-        self.sample = key
-        values: dict[str, Any] = {}
-        seen: list[bytes] = []
-        while True:
-            if ext in seen:
-                raise self._fail(f"member '{ext.decode('utf-8', 'replace')}' appears twice", key)
-            seen.append(ext)
-            name, decoder = self.members.get(ext) or self._member(ext, key)
-            if decode and decoder is not None:
-                buf, offset, owned = self._payload(size)
-                try:
-                    values[name] = decoder(buf, offset, size, owned)
-                except ValueError as exc:
-                    raise self._fail(f"member '{name}': {exc}", key) from None
-            else:
-                self._advance((size + _BLOCK - 1) & ~(_BLOCK - 1))
-            head = self._header()
-            if head is None or head[0] != key:
-                break
-            ext, size = head[1], head[2]
-        if head is not None and head[0] < key:
-            misplaced = head[0]
-            i = bisect_left(self.keys, misplaced)
-            if i < len(self.keys) and self.keys[i] == misplaced:
-                raise self._fail("has members that are not adjacent (more follow after sample "
-                                 f"{key.decode('utf-8', 'replace')})", misplaced)
-            raise self._fail(f"comes after sample {key.decode('utf-8', 'replace')}: keys are not "
-                             "in ascending order", misplaced)
-        self.keys.append(key)
-        self.position += 1
-        self.head = head
-        if decode:
-            self.stats.decoded += 1
-        else:
-            self.stats.skipped += 1
-        if self.position == self.expected and head is not None:
-            raise self._fail(f"has more than the manifest's {self.expected} samples", head[0])
-        return key, values if decode else None
+                    block = Block.decode(r.layout, key.decode("utf-8", "replace"), members, cursor.present,
+                                         index=r.block_starts[self.s] + k,
+                                         first=r.starts[self.s] + k * r.block_size, n=self.sizes[k])
+                except BlockError as exc:
+                    raise ShardFormatError(f"{cursor.location}: block {key.decode('utf-8', 'replace')}: "
+                                           f"{exc}") from None
+                cache[k] = block
+        self.cache = cache
+        return [cache[k] for k in range(k0, k1 + 1)]
 
     def close(self) -> None:
-        self.file.close()
+        self.cursor.close()
 
 
 class ShardReader:
@@ -291,10 +91,15 @@ class ShardReader:
     Args:
         dataset_dir: Dataset directory or URI holding ``manifest.json``.
         split: ``train``, ``valid``, ``test``, ``items`` or ``content``.
-        members: Member extensions to decode (e.g. ``{"items.npy", "json"}``); the others are
-            skipped unread. None decodes every member.
+        members: Per-row member names to build (e.g. ``{"items.npy", "json"}``; blocked splits:
+            ``blocks.row_members(split)``); block members that only the others need are skipped
+            unread. None builds every member.
         manifest: An already loaded manifest of ``dataset_dir`` (saves reading it again).
         block_bytes: Read size; members larger than this are read straight into their own buffer.
+
+    Raises:
+        ManifestError: when the manifest lacks the split or its block size.
+        ValueError: when ``members`` names a member the split's samples do not have.
     """
 
     def __init__(self, dataset_dir: str, split: str, *, members: Collection[str] | None = None,
@@ -302,15 +107,24 @@ class ShardReader:
         self.manifest = manifest if manifest is not None else load_manifest(dataset_dir)
         self.split = split
         self.shards = self.manifest.shards(split)
-        self.wanted = None if members is None else frozenset(m.encode("utf-8") for m in members)
         self.block_bytes = block_bytes
         self.starts = np.concatenate([[0], np.cumsum([s.samples for s in self.shards],
                                                      dtype=np.int64)]).tolist()
         self.stats = ReadStats()
+        self.rows_wanted = None if members is None else frozenset(members)
+        if split in BLOCKED_SPLITS:
+            self.layout = LAYOUTS[split]
+            self.block_size = self.manifest.block_size(split)
+            tar_members = needed_members(split, self.rows_wanted)
+            counts = [len(block_sizes(s.samples, self.block_size)) for s in self.shards]
+            self.block_starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).tolist()
+        else:
+            self.layout, self.block_size, tar_members = None, None, self.rows_wanted
+        self.wanted = None if tar_members is None else frozenset(m.encode("utf-8") for m in tar_members)
 
     @property
     def shard_counts(self) -> list[int]:
-        """Samples per shard in manifest order (the input of ``epoch_plan``)."""
+        """Samples (users, items) per shard in manifest order (the input of ``epoch_plan``)."""
         return [s.samples for s in self.shards]
 
     @property
@@ -319,26 +133,33 @@ class ShardReader:
         return self.starts[-1]
 
     def _shard_of(self, chunk: Chunk) -> int:
-        s = bisect_right(self.starts, chunk.start) - 1
+        s = int(np.searchsorted(self.starts, chunk.start, side="right")) - 1
         if s >= len(self.shards) or chunk.stop > self.starts[s + 1]:
             raise ValueError(f"chunk [{chunk.start}, {chunk.stop}) is not inside one shard of split "
                              f"'{self.split}' ({self.num_samples} samples in {len(self.shards)} shards)")
         return s
 
-    def _open(self, s: int) -> _TarCursor:
+    def _open(self, s: int, expected: int) -> TarCursor:
         info = self.shards[s]
         location = self.manifest.path(info.path)
         self.stats.opens += 1
         file = open_input_file(location)
         try:
-            return _TarCursor(location, file, info, self.block_bytes, self.wanted, self.stats)
+            return TarCursor(location, file, expected, info.bytes, self.block_bytes, self.wanted, self.stats)
         except BaseException:
             file.close()
             raise
 
-    def _skip_to(self, cursor: _TarCursor, position: int) -> None:
-        while cursor.position < position:
-            cursor.read_sample(False)
+    def _fetch(self, current: _ShardPass | None, s: int, k0: int, k1: int) -> tuple[list[Block], _ShardPass]:
+        """Blocks ``k0..k1`` of shard ``s``, continuing ``current`` when it can, else a new pass."""
+        if current is not None and current.s == s:
+            blocks = current.fetch(k0, k1)
+            if blocks is not None:
+                return blocks, current
+        if current is not None:
+            current.close()
+        current = _ShardPass(self, s)
+        return current.fetch(k0, k1), current
 
     def iter_chunks(self, chunks: Iterable[Chunk]) -> Iterator[tuple[int, Sample]]:
         """Stream ``(g, sample)`` for every index the chunks emit, in plan order.
@@ -348,13 +169,99 @@ class ShardReader:
                 or ``eval_plan``).
 
         Returns:
-            An iterator of ``(global index, Sample)``.
+            An iterator of ``(global index, Sample)``: one per user (item); in the blocked splits
+            the arrays are views of the block's arrays (writable; one block is shared by its rows).
 
         Raises:
             ShardFormatError: when a shard breaks the format; the message names the file and key.
             ValueError: when a chunk does not lie inside one shard of the split.
         """
-        cursor: _TarCursor | None = None
+        if self.layout is None:
+            return self._iter_samples(chunks)
+        return self._iter_rows(chunks)
+
+    def iter_blocks(self, chunks: Iterable[Chunk] | None = None) -> Iterator[Block]:
+        """Stream the rows of unshuffled chunks as block slices: the vectorised bulk path.
+
+        Bulk readers (evaluation, verification, statistics) get the columnar arrays instead of
+        one ``Sample`` per row. Each yielded ``Block`` holds consecutive rows: ``block.first`` is
+        the global index of its row 0, ``block.ids`` the dense ids, ``block.arrays`` the decoded
+        members (``offsets.npy`` rebased to start at 0; jagged arrays cut to the rows).
+
+        Args:
+            chunks: Chunks with ``seed=None`` (e.g. ``eval_plan``); None reads the whole split.
+
+        Returns:
+            An iterator of ``Block``s, in chunk order, covering exactly the chunks' rows.
+
+        Raises:
+            ValueError: for a shuffled chunk, a chunk outside one shard, or a per-item split.
+            ShardFormatError: as ``iter_chunks``.
+        """
+        if self.layout is None:
+            raise ValueError(f"split '{self.split}' is not blocked; read it with iter_chunks")
+        if chunks is None:
+            chunks = [c for part in eval_plan(self.shard_counts, num_consumers=1) for c in part]
+        current: _ShardPass | None = None
+        try:
+            for chunk in chunks:
+                if chunk.seed is not None:
+                    raise ValueError(f"iter_blocks reads unshuffled chunks only, got seed {chunk.seed}")
+                s = self._shard_of(chunk)
+                lo = chunk.start + chunk.skip
+                hi = lo + chunk.take
+                base = self.starts[s]
+                blocks, current = self._fetch(current, s, (lo - base) // self.block_size,
+                                              (hi - 1 - base) // self.block_size)
+                for block in blocks:
+                    a, b = max(lo, block.first) - block.first, min(hi, block.first + len(block)) - block.first
+                    self.stats.rows += b - a
+                    yield block.slice(a, b)
+        finally:
+            if current is not None:
+                current.close()
+
+    def _iter_rows(self, chunks: Iterable[Chunk]) -> Iterator[tuple[int, Sample]]:
+        size, wanted = self.block_size, self.rows_wanted
+        current: _ShardPass | None = None
+        try:
+            for chunk in chunks:
+                s = self._shard_of(chunk)
+                base = self.starts[s]
+                offsets = chunk.offsets()
+                if chunk.seed is None:
+                    lo = chunk.start + chunk.skip
+                    hi = lo + chunk.take
+                    blocks, current = self._fetch(current, s, (lo - base) // size, (hi - 1 - base) // size)
+                    for block in blocks:
+                        a, b = max(lo, block.first) - block.first, min(hi, block.first + len(block)) - block.first
+                        g = block.first + a
+                        self.stats.rows += b - a
+                        for sample in block.samples(range(a, b), wanted):
+                            yield g, sample
+                            g += 1
+                    continue
+                # Shuffled: build the samples block by block in index order, emit in plan order.
+                order = np.argsort(offsets, kind="stable")
+                rows = chunk.start + offsets[order]
+                blocks, current = self._fetch(current, s, (int(rows[0]) - base) // size,
+                                              (int(rows[-1]) - base) // size)
+                built: list[Sample] = []
+                for block in blocks:
+                    i0, i1 = np.searchsorted(rows, [block.first, block.first + len(block)])
+                    built += block.samples((rows[i0:i1] - block.first).tolist(), wanted)
+                self.stats.rows += len(built)
+                out: list[Sample | None] = [None] * len(built)
+                for p, sample in zip(order.tolist(), built):
+                    out[p] = sample
+                yield from zip((chunk.start + offsets).tolist(), out)
+        finally:
+            if current is not None:
+                current.close()
+
+    def _iter_samples(self, chunks: Iterable[Chunk]) -> Iterator[tuple[int, Sample]]:
+        """``iter_chunks`` of a per-item split: one tar sample per row."""
+        cursor: TarCursor | None = None
         shard = -1
         try:
             for chunk in chunks:
@@ -366,8 +273,9 @@ class ShardReader:
                 if cursor is None or shard != s or cursor.position > lo:
                     if cursor is not None:
                         cursor.close()
-                    cursor, shard = self._open(s), s
-                self._skip_to(cursor, lo)
+                    cursor, shard = self._open(s, self.shards[s].samples), s
+                while cursor.position < lo:
+                    cursor.read_sample(False)
                 base = chunk.start + first
                 if span == chunk.take:
                     # the selected samples are contiguous: decode in file order, no mask needed

@@ -1,5 +1,7 @@
-"""The verify tool: passes on an ingested dataset, and catches corrupted, missing and miscounted data."""
+"""The verify tool: passes on an ingested dataset, and catches corrupted, missing and miscounted data,
+naming the shard, the block and the reason."""
 
+import hashlib
 import io
 import json
 import shutil
@@ -8,6 +10,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mvrec_dist.config.ingest import IngestConfig, SyntheticConfig
@@ -23,8 +26,9 @@ def dataset(ray_local, tmp_path_factory):
     raw = generate(SyntheticConfig(output=str(tmp_path_factory.mktemp("raw")), users=300, items=120,
                                    interactions=3000, chunk_users=300), use_ray=False)
     out = tmp_path_factory.mktemp("ds") / "ds"
-    run_ingest(IngestConfig(input=raw, output_dir=str(out), shard_max_samples=100, progress=False))
-    return out
+    run_ingest(IngestConfig(input=raw, output_dir=str(out), shard_max_samples=100, users_per_block=32,
+                            items_per_block=16, progress=False))
+    return out  # 3 shards of 100 users, each 4 blocks (32, 32, 32, 4): block indices 0..3, 4..7, 8..11
 
 
 @pytest.fixture
@@ -40,6 +44,36 @@ def manifest(root):
 
 def rewrite_manifest(root, m):
     (root / "manifest.json").write_text(json.dumps(m))
+
+
+def rewrite_shard(root, split, index, members):
+    """Re-pack shard ``index`` of ``split`` with ``members(list of (TarInfo, bytes))`` applied, and record
+    its new size and sha256 in the manifest: the checksums match, the content does not."""
+    path = root / split / f"{split}-{index:05d}.tar"
+    with tarfile.open(path) as tar:
+        old = [(m, tar.extractfile(m).read()) for m in tar]
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for info, blob in members(old):
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    m = manifest(root)
+    m["splits"][split]["shards"][index].update(bytes=path.stat().st_size,
+                                               sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    rewrite_manifest(root, m)
+
+
+def replace_array(name, change):
+    """A ``rewrite_shard`` edit replacing member ``name``'s array by ``change(array)``."""
+    def edit(members):
+        out = []
+        for info, blob in members:
+            if info.name == name:
+                buf = io.BytesIO()
+                np.save(buf, change(np.load(io.BytesIO(blob))), allow_pickle=False)
+                blob = buf.getvalue()
+            out.append((info, blob))
+        return out
+    return edit
 
 
 def test_a_fresh_dataset_verifies(dataset, capsys):
@@ -68,28 +102,45 @@ def test_a_wrong_count_is_caught(copy):
     m["counts"]["interactions"]["train"] -= 1
     rewrite_manifest(copy, m)
     problems = verify_dataset(str(copy))
-    assert "valid/valid-00000.tar: 100 samples, manifest says 101" in problems
+    assert "valid/valid-00000.tar: 100 rows in 4 blocks, the manifest says 101 rows in 4 blocks of <= 32" in problems
+    assert "manifest: split valid lists 300 samples (301 in its shards), expected 300" in problems
     assert any("interactions.train" in p for p in problems)
     assert any("train + valid + test = kept_interactions does not hold" in p for p in problems)
 
 
 def test_content_is_checked_not_only_checksums(copy):
-    # Re-pack a shard with one sample's members split apart and record the new checksum:
-    # the hash matches, the layout does not.
-    path = copy / "items" / "items-00000.tar"
-    with tarfile.open(path) as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar]
-    members.append(members.pop(1))  # i0000000001.txt moves to the end
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for info, blob in members:
-            tar.addfile(info, io.BytesIO(blob))
-    m = manifest(copy)
-    import hashlib
-    m["splits"]["items"]["shards"][0].update(bytes=path.stat().st_size,
-                                             sha256=hashlib.sha256(path.read_bytes()).hexdigest())
-    rewrite_manifest(copy, m)
+    # Re-pack a shard with one block's members split apart: the hash matches, the layout does not.
+    rewrite_shard(copy, "items", 0, lambda members: members[:1] + members[2:] + members[1:2])
     problems = verify_dataset(str(copy))
-    assert any("members of sample i0000000001 are not adjacent" in p for p in problems)
+    assert any(p.startswith("items/items-00000.tar: members of sample b0000000000 are not adjacent")
+               for p in problems)
+
+
+def test_corrupted_offsets_are_named_by_shard_and_block(copy):
+    def swap(offsets):
+        offsets[[2, 3]] = offsets[[3, 2]]  # row 2 now ends before it starts
+        return offsets
+
+    rewrite_shard(copy, "train", 1, replace_array("b0000000005.offsets.npy", swap))
+    assert "train/train-00001.tar:b0000000005: offsets.npy must start at 0 and grow by >= 1 per row" in \
+        verify_dataset(str(copy))
+
+
+def test_splits_that_disagree_are_named_by_shard_and_block(copy):
+    def shift(offsets):
+        offsets[1] += 1  # still ascending, same total: user 1 of the block takes an item of user 2
+        return offsets
+
+    rewrite_shard(copy, "valid", 2, replace_array("b0000000011.offsets.npy", shift))
+    problems = verify_dataset(str(copy))
+    assert "train/train-00002.tar:b0000000011: valid histories differ from the train sequences" in problems
+
+
+def test_a_short_last_block_must_be_where_the_manifest_puts_it(copy):
+    # Drop the last block of a shard: 96 rows in 3 blocks where the manifest says 100 in 4.
+    rewrite_shard(copy, "test", 0, lambda members: [(i, b) for i, b in members if not i.name.startswith("b0000000003")])
+    assert "test/test-00000.tar: 96 rows in 3 blocks, the manifest says 100 rows in 4 blocks of <= 32" in \
+        verify_dataset(str(copy))
 
 
 def test_command_line_exit_status(copy):

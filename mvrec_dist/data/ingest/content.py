@@ -56,7 +56,8 @@ class ContentResult:
 
 
 def item_titles(manifest: Manifest, first: int, last: int) -> list[str]:
-    """Titles of dense items ``first..last`` from the items split (index ``g = dense - 1``).
+    """Titles of dense items ``first..last`` from the items split (index ``g = dense - 1``), read as
+    block slices (``ShardReader.iter_blocks``: the blocks' ``titles.json`` lists, no per-item samples).
 
     Args:
         manifest: The dataset's manifest.
@@ -74,7 +75,7 @@ def item_titles(manifest: Manifest, first: int, last: int) -> list[str]:
         stop = min(last, starts[s + 1])
         chunks.append(Chunk(g, stop, None, 0, stop - g))
         g = stop
-    return [sample.members["txt"] for _, sample in reader.iter_chunks(chunks)]
+    return [title for block in reader.iter_blocks(chunks) for title in block.arrays["titles.json"]]
 
 
 def _shard_task(batch: dict, *, root: str, content_dir: str, shard_size: int, maps: list, video: dict) -> dict:

@@ -1,64 +1,78 @@
-"""The item table: one sample per dense item (``i%010d``) with its title and train count.
+"""The item table: blocks of consecutive dense items with raw ids, train counts and titles.
 
-Shard ``j`` holds dense items ``j*S+1 .. (j+1)*S``; shards are rendered by Ray tasks, each given
-its slice of the id map, counts and titles.
+Shard ``j`` holds dense items ``j*S+1 .. (j+1)*S``, cut into blocks of ``B`` items keyed
+``b%010d`` like the user splits (``shard_writer``); a block holds ``items.npy`` (dense ids, int64),
+``raw_items.npy`` (int64), ``train_counts.npy`` (int64), ``has_title.npy`` (bool), ``titles.json``
+(a JSON list of the titles, '' where the titles file has none) and the block ``json``. Shards are
+rendered by Ray tasks, each given its slice of the id map, counts and titles.
 """
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import ray
 
-from mvrec_dist.data.ingest.shard_writer import shard_path
-from mvrec_dist.data.ingest.tar_writer import tar_bytes, write_bytes
+from mvrec_dist.data.blocks import LAYOUTS, block_meta, block_sizes, encode_titles
+from mvrec_dist.data.ingest.shard_writer import (first_block_index, json_payload, npy_payload, render_blocks,
+                                                 shard_path)
+from mvrec_dist.data.ingest.tar_writer import write_bytes
 from mvrec_dist.data.ingest.titles import Titles
 
 __all__ = ["render_item_shard", "write_item_shards"]
 
 
-def render_item_shard(first: int, raw_items: np.ndarray, train_counts: np.ndarray, has_title: np.ndarray,
-                      titles: list[str]) -> bytearray:
+def render_item_shard(shard: int, first: int, raw_items: np.ndarray, train_counts: np.ndarray,
+                      has_title: np.ndarray, titles: list[str], *, shard_size: int, block_size: int) -> bytearray:
     """Render one items tar.
 
     Args:
+        shard: Shard index (fixes the split-wide block indices).
         first: Dense id of the first item.
         raw_items: Raw ids, int64 [K].
         train_counts: Train-split interactions per item, int64 [K].
         has_title: Whether the titles file lists the item, bool [K].
         titles: Title per item ('' when none), length K.
+        shard_size: ``ingest.shard_max_samples``.
+        block_size: Items per block (``ingest.users_per_block``).
 
     Returns:
-        The tar bytes (members ``<key>.json`` then ``<key>.txt`` per item).
+        The tar bytes.
     """
-    names, payloads = [], []
-    for k, (raw, count, has, title) in enumerate(zip(raw_items.tolist(), train_counts.tolist(),
-                                                     has_title.tolist(), titles)):
-        key = b"i%010d" % (first + k)
-        meta = json.dumps({"item": first + k, "raw_item": raw, "train_count": count, "has_title": has})
-        names += [key + b".json", key + b".txt"]
-        payloads += [(meta.encode("utf-8"),), (title.encode("utf-8"),)]
-    return tar_bytes(names, payloads)
+    k = len(raw_items)
+    dense = np.arange(first, first + k, dtype=np.int64)
+    raw = np.ascontiguousarray(raw_items, dtype=np.int64)
+    counts = np.ascontiguousarray(train_counts, dtype=np.int64)
+    has = np.ascontiguousarray(has_title, dtype=bool)
+    blocks, lo, index = [], 0, first_block_index(shard, shard_size, block_size)
+    for size in block_sizes(k, block_size):
+        hi = lo + size
+        blocks.append((index, {
+            "json": json_payload(block_meta(LAYOUTS["items"], index, first + lo, size)),
+            "items.npy": npy_payload(dense[lo:hi]), "raw_items.npy": npy_payload(raw[lo:hi]),
+            "train_counts.npy": npy_payload(counts[lo:hi]), "has_title.npy": npy_payload(has[lo:hi]),
+            "titles.json": (encode_titles(titles[lo:hi]),)}))
+        lo, index = hi, index + 1
+    return render_blocks(blocks)
 
 
 @ray.remote
-def _write_items(root: str, indices: list[int], shard_size: int, raw_items: np.ndarray,
+def _write_items(root: str, indices: list[int], shard_size: int, block_size: int, raw_items: np.ndarray,
                  train_counts: np.ndarray, has_title: np.ndarray, titles: list[str]) -> list[dict]:
     out = []
     base = indices[0] * shard_size
     for j in indices:
         lo, hi = j * shard_size - base, min((j + 1) * shard_size - base, len(raw_items))
-        data = render_item_shard(j * shard_size + 1, raw_items[lo:hi], train_counts[lo:hi], has_title[lo:hi],
-                                 titles[lo:hi])
+        data = render_item_shard(j, j * shard_size + 1, raw_items[lo:hi], train_counts[lo:hi], has_title[lo:hi],
+                                 titles[lo:hi], shard_size=shard_size, block_size=block_size)
         path = shard_path("items", j)
         out.append({"split": "items", "index": j, "path": path, "samples": hi - lo,
+                    "blocks": len(block_sizes(hi - lo, block_size)),
                     **write_bytes(f"{root.rstrip('/')}/{path}", data)})
     return out
 
 
 def write_item_shards(root: str, items: np.ndarray, train_counts: np.ndarray, titles: Titles | None,
-                      shard_size: int, tasks: int) -> tuple[list[dict], int]:
+                      shard_size: int, block_size: int, tasks: int) -> tuple[list[dict], int]:
     """Write every items shard with Ray tasks.
 
     Args:
@@ -67,6 +81,7 @@ def write_item_shards(root: str, items: np.ndarray, train_counts: np.ndarray, ti
         train_counts: Train interactions per item, int64 [N].
         titles: Parsed titles, or None (every title empty).
         shard_size: ``ingest.shard_max_samples``.
+        block_size: Items per block (``ingest.users_per_block``).
         tasks: How many tasks to spread the shards over.
 
     Returns:
@@ -82,7 +97,7 @@ def write_item_shards(root: str, items: np.ndarray, train_counts: np.ndarray, ti
     refs = []
     for g in groups:
         lo, hi = g[0] * shard_size, min((g[-1] + 1) * shard_size, len(items))
-        refs.append(_write_items.remote(root, g, shard_size, items[lo:hi], train_counts[lo:hi], has[lo:hi],
-                                        texts[lo:hi]))
+        refs.append(_write_items.remote(root, g, shard_size, block_size, items[lo:hi], train_counts[lo:hi],
+                                        has[lo:hi], texts[lo:hi]))
     entries = [e for part in ray.get(refs) for e in part]
     return sorted(entries, key=lambda e: e["index"]), int((~has).sum())

@@ -22,13 +22,13 @@ import pyarrow.fs as pafs
 
 from mvrec_dist.data import fs as dfs
 from mvrec_dist.data.ingest.errors import IngestError
-from mvrec_dist.data.manifest import MANIFEST_NAME, SCHEMA_VERSION
+from mvrec_dist.data.manifest import BLOCK_SIZE_KEYS, MANIFEST_NAME, SCHEMA_VERSION
 
 __all__ = ["fingerprint", "check_output_dir", "reconcile", "build_manifest", "temp_dir_for", "publish",
            "remove_tree", "replace_manifest", "CONTENT_KEYS"]
 
-CONTENT_KEYS = ("format", "min_seq_len", "shard_max_samples", "on_bad_rows")
-"""Ingest settings that change the written data (block sizes, partitions and paths do not)."""
+CONTENT_KEYS = ("format", "min_seq_len", "shard_max_samples", "users_per_block", "items_per_block", "on_bad_rows")
+"""Ingest settings that change the written data (read range sizes, partitions and paths do not)."""
 
 
 def fingerprint(ingest_config: dict, inputs: list[dict], titles: dict | None) -> str:
@@ -111,6 +111,10 @@ def reconcile(counts: dict, splits: dict, summary_train: int, shard_size: int) -
         shards = splits[split]["shards"]
         checks[f"{split}: samples = {expected}"] = splits[split]["samples"] == expected == sum(
             s["samples"] for s in shards)
+        per_block = splits[split].get(BLOCK_SIZE_KEYS[split])
+        checks[f"{split}: blocks = ceil(samples / {BLOCK_SIZE_KEYS[split]}) per shard"] = \
+            isinstance(per_block, int) and per_block >= 1 and \
+            all(s.get("blocks") == -(-s["samples"] // per_block) for s in shards)
         checks[f"{split}: shards 0..{-(-expected // shard_size) - 1} all written"] = \
             [s["path"] for s in shards] == [f"{split}/{split}-{j:05d}.tar" for j in range(-(-expected // shard_size))]
     failed = [name for name, ok in checks.items() if not ok]

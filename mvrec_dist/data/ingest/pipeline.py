@@ -9,7 +9,9 @@ Stages (no process holds the interactions; the driver holds only id arrays and c
 3. ids: per-block summaries merged in a tree of tasks (``ids.merge_tree``) into the sorted kept
    users and items, which go to the object store;
 4. write: ``map_batches(assign_dense)`` -> ``repartition(keys=["shard"])`` -> ``ShardDatasink``,
-   each shard a contiguous range of dense user ids; items shards, id maps and stats beside them;
+   each shard a contiguous range of dense user ids cut into blocks of ``ingest.users_per_block``
+   users (``shards/README.md``, schema 2); items shards (blocks of ``ingest.items_per_block``),
+   id maps and stats beside them;
 5. reconcile every count and publish atomically (``manifest_writer``).
 
 The shuffle in (2) is not sorted (``sort=False``): ``group_users`` sorts by (user, timestamp,
@@ -42,6 +44,7 @@ from mvrec_dist.data.ingest.shard_writer import USER_SPLITS, ShardDatasink
 from mvrec_dist.data.ingest.sources import detect_format, list_inputs, plan_ranges
 from mvrec_dist.data.ingest.tar_writer import write_bytes
 from mvrec_dist.data.ingest.titles import Titles, read_titles
+from mvrec_dist.data.manifest import BLOCK_SIZE_KEYS
 
 __all__ = ["IngestResult", "DatasetIdentity", "dataset_identity", "run_ingest", "group_partitions"]
 
@@ -178,7 +181,8 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, titles_info: dict
 
     t = time.perf_counter()
     S = cfg.shard_max_samples
-    sink = ShardDatasink(tmp, shard_size=S, num_users=len(summary.users), with_ts=with_ts)
+    sink = ShardDatasink(tmp, shard_size=S, block_size=cfg.users_per_block, num_users=len(summary.users),
+                         with_ts=with_ts)
     (grouped.map_batches(assign_dense, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
                          fn_kwargs={"maps": maps, "shard_size": S, "with_ts": with_ts})
      .repartition(min(-(-len(summary.users) // S), partitions), keys=["shard"], sort=False)
@@ -188,7 +192,7 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, titles_info: dict
 
     t = time.perf_counter()
     item_entries, without_title = write_item_shards(tmp, summary.items, summary.train_counts, titles, S,
-                                                    tasks=cpus)
+                                                    cfg.items_per_block, tasks=cpus)
     files_section = {
         "maps/items.npy": write_bytes(f"{tmp}/maps/items.npy", _npy_bytes(np.concatenate([[-1], summary.items]))),
         "maps/users.npy": write_bytes(f"{tmp}/maps/users.npy", _npy_bytes(np.concatenate([[-1], summary.users]))),
@@ -199,7 +203,7 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, titles_info: dict
 
     t = time.perf_counter()
     quarantine = _quarantine(cfg, titles, reports, files, parts_dir, tmp, files_section)
-    splits = _splits(sink.entries, item_entries)
+    splits = _splits(sink.entries, item_entries, cfg)
     counts = _counts(reports, summary, sink.entries, without_title)
     reconciliation = reconcile(counts, splits, summary.counts["train_interactions"], S)
     timings["finish"] = time.perf_counter() - t
@@ -264,10 +268,13 @@ def _counts(reports: list, summary, user_entries: list[dict], without_title: int
     }
 
 
-def _splits(user_entries: list[dict], item_entries: list[dict]) -> dict:
+def _splits(user_entries: list[dict], item_entries: list[dict], cfg: IngestConfig) -> dict:
+    """The manifest ``splits`` section: per split its rows, block size and shards in index order."""
     out = {}
     for split in USER_SPLITS + ("items",):
         entries = sorted((e for e in user_entries + item_entries if e["split"] == split), key=lambda e: e["index"])
-        shards = [{k: e[k] for k in ("path", "samples", "bytes", "sha256")} for e in entries]
-        out[split] = {"samples": sum(s["samples"] for s in shards), "shards": shards}
+        shards = [{k: e[k] for k in ("path", "samples", "blocks", "bytes", "sha256")} for e in entries]
+        block_key = BLOCK_SIZE_KEYS[split]
+        out[split] = {"samples": sum(s["samples"] for s in shards), block_key: getattr(cfg, block_key),
+                      "shards": shards}
     return out

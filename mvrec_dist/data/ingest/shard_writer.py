@@ -1,20 +1,25 @@
-"""Writing the train/valid/test shards: leave-one-out samples into deterministic tars.
+"""Writing the train/valid/test shards: leave-one-out splits as blocked, columnar tars (schema 2).
 
 Shard ``j`` of every split holds the users with dense ids ``j*S+1 .. (j+1)*S`` (``S`` =
-``ingest.shard_max_samples``), so shard names and contents depend only on the data and ``S``,
-never on how Ray partitioned the work. The pipeline hash-partitions the per-user rows by shard
-index and a ``ShardDatasink`` write task renders every shard of its block; it checks that each
-shard arrived whole (exactly the users of its id range) before writing it.
+``ingest.shard_max_samples``), so shard names and contents depend only on the data, ``S`` and the
+block size ``B``, never on how Ray partitioned the work. The pipeline hash-partitions the per-user
+rows by shard index and a ``ShardDatasink`` write task renders every shard of its block; it checks
+that each shard arrived whole (exactly the users of its id range) before writing it.
 
-Members per sample (``shards/README.md``), for a user with ordered dense items ``s[0..n-1]``:
-train ``items.npy`` = ``s[:n-2]`` (+ ``ts.npy`` with timestamps), valid ``history.npy`` =
-``s[:n-2]`` and ``target.npy`` = ``[s[n-2]]``, test ``history.npy`` = ``s[:n-1]`` and
-``target.npy`` = ``[s[n-1]]``; each with ``json`` = ``{"user", "raw_user", "n"}``.
+A shard is cut into blocks of ``B`` consecutive users (the last block of a shard may be shorter);
+block ``k`` of shard ``j`` has the split-wide index ``j * ceil(S/B) + k`` (every shard but the last
+is full, so indices run 0, 1, 2, ... without gaps) and the key ``b%010d``. For users with ordered
+dense items ``s[0..n-1]`` a block holds (``shards/README.md``, ``mvrec_dist.data.blocks``): train
+``items.npy`` = the ``s[:n-2]`` concatenated (+ ``ts.npy``), valid ``history.npy`` = the same with
+``targets.npy`` = ``s[n-2]``, test ``history.npy`` = the ``s[:n-1]`` with ``targets.npy`` =
+``s[n-1]``; each with ``users.npy``, ``raw_users.npy``, ``offsets.npy`` and the block ``json``.
+Rendering is a handful of numpy gathers per shard and a few members per block: nothing per user.
 """
 
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -22,10 +27,12 @@ import numpy as np
 import pyarrow as pa
 from ray.data.datasource import Datasink
 
+from mvrec_dist.data.blocks import LAYOUTS, block_key, block_meta, block_sizes
 from mvrec_dist.data.ingest.errors import IngestError
-from mvrec_dist.data.ingest.tar_writer import BLOCK, scatter, tar_frame, write_bytes
+from mvrec_dist.data.ingest.tar_writer import Payload, tar_bytes, write_bytes
 
-__all__ = ["USER_SPLITS", "UserShard", "npy_header", "render_user_shards", "shard_path", "ShardDatasink",
+__all__ = ["USER_SPLITS", "UserShard", "npy_header", "npy_payload", "json_payload", "render_blocks",
+           "render_user_shards", "write_user_shards", "shard_path", "first_block_index", "ShardDatasink",
            "dense_schema"]
 
 USER_SPLITS = ("train", "valid", "test")
@@ -56,9 +63,50 @@ def npy_header(dtype: np.dtype, length: int) -> bytes:
     return header
 
 
+def npy_payload(array: np.ndarray) -> Payload:
+    """A 1-D array as ``.npy`` member pieces (header, then the array's bytes without a copy).
+
+    Args:
+        array: A 1-D array (made contiguous if it is not).
+
+    Returns:
+        The pieces ``tar_writer.tar_bytes`` writes back to back.
+    """
+    array = np.ascontiguousarray(array)
+    return (npy_header(array.dtype, len(array)), memoryview(array.view(np.uint8)))
+
+
 def shard_path(split: str, index: int) -> str:
     """Relative path of shard ``index`` of ``split``."""
     return f"{split}/{split}-{index:05d}.tar"
+
+
+def first_block_index(shard: int, shard_size: int, block_size: int) -> int:
+    """Split-wide index of the first block of shard ``shard`` (every earlier shard is full)."""
+    return shard * -(-shard_size // block_size)
+
+
+def render_blocks(blocks: Iterable[tuple[int, dict[str, Payload]]]) -> bytearray:
+    """Render a tar of blocks: for each ``(index, {member: payload})`` the members ``b%010d.<member>``.
+
+    Args:
+        blocks: Blocks in ascending index order; each member's payload as ``tar_bytes`` pieces.
+
+    Returns:
+        The tar bytes (deterministic headers, members of a block adjacent).
+    """
+    names, payloads = [], []
+    for index, members in blocks:
+        key = block_key(index).encode("ascii")
+        for name, payload in members.items():
+            names.append(key + b"." + name.encode("ascii"))
+            payloads.append(payload)
+    return tar_bytes(names, payloads)
+
+
+def json_payload(meta: dict) -> Payload:
+    """A JSON value as member pieces (UTF-8)."""
+    return (json.dumps(meta).encode("utf-8"),)
 
 
 @dataclass
@@ -80,97 +128,50 @@ class UserShard:
     """Their timestamps, int64 [sum n], or None without timestamps."""
 
 
-@dataclass
-class _Kind:
-    """One member kind of a split (e.g. train ``items.npy``): its name suffix and per-user content."""
-
-    suffix: bytes
-    sizes: np.ndarray
-    """Member size per user, int64 [K]."""
-    src: np.ndarray
-    """Where the data comes from (items int32, timestamps int64 or json bytes uint8)."""
-    src_starts: np.ndarray
-    lengths: np.ndarray
-    """Elements of ``src`` per user."""
-    headers: np.ndarray | None = None
-    """``.npy`` header bytes per distinct length, uint8 [H, header length] (None for json)."""
-    header_of: np.ndarray | None = None
-    """Row of ``headers`` per user, int64 [K]."""
+def _prefix(values: np.ndarray, offsets: np.ndarray, n: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The first ``keep[i]`` of each user's ``n[i]`` values, concatenated (one boolean gather)."""
+    within = np.arange(len(values), dtype=np.int64) - np.repeat(offsets[:-1], n)
+    return values[within < np.repeat(keep, n)]
 
 
-def _npy_kind(suffix: bytes, src: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> _Kind:
-    uniq, inverse = np.unique(lengths, return_inverse=True)
-    table = [npy_header(src.dtype, int(k)) for k in uniq]
-    width = len(table[0])
-    if any(len(h) != width for h in table):  # only for lengths with 10**15+ digits; keep it simple
-        raise ValueError("npy headers of different lengths in one shard")
-    headers = np.frombuffer(b"".join(table), dtype=np.uint8).reshape(len(table), width)
-    return _Kind(suffix=suffix, sizes=width + lengths * src.dtype.itemsize, src=src, src_starts=starts,
-                 lengths=lengths, headers=headers, header_of=inverse.reshape(-1))
-
-
-def _name_fields(users: np.ndarray, kinds: list[_Kind]) -> np.ndarray:
-    """NUL-padded tar name fields ``u%010d<suffix>``, kind-interleaved per user, uint8 [K * kinds, 100]."""
-    k = len(users)
-    digits = (users[:, None] // 10 ** np.arange(9, -1, -1, dtype=np.int64)) % 10 + 48
-    fields = np.zeros((k, len(kinds), 100), dtype=np.uint8)
-    fields[:, :, 0] = ord("u")
-    fields[:, :, 1:11] = digits[:, None, :]
-    for j, kind in enumerate(kinds):
-        fields[:, j, 11:11 + len(kind.suffix)] = np.frombuffer(kind.suffix, dtype=np.uint8)
-    return fields.reshape(k * len(kinds), 100)
-
-
-def _render_split(users: np.ndarray, kinds: list[_Kind]) -> bytearray:
-    sizes = np.stack([kind.sizes for kind in kinds], axis=1).reshape(-1)
-    out, data_at = tar_frame(_name_fields(users, kinds), sizes)
-    data_at = data_at.reshape(len(users), len(kinds))
-    raw = np.frombuffer(out, dtype=np.uint8)
-    for j, kind in enumerate(kinds):
-        at = data_at[:, j]
-        if kind.headers is None:
-            scatter(raw, at, kind.src, kind.src_starts, kind.lengths)
-            continue
-        width = kind.headers.shape[1]
-        # Data areas start on 512-byte blocks: headers are rows of the block view.
-        raw.reshape(-1, BLOCK)[at // BLOCK, :width] = kind.headers[kind.header_of]
-        item = kind.src.dtype.itemsize
-        scatter(raw.view(kind.src.dtype), (at + width) // item, kind.src, kind.src_starts, kind.lengths)
-    return out
-
-
-def render_user_shards(s: UserShard) -> dict[str, bytearray]:
+def render_user_shards(s: UserShard, *, shard_size: int, block_size: int) -> dict[str, bytearray]:
     """Render the train, valid and test tars of one shard.
 
-    Everything is laid out per member kind over all users at once (numpy gathers into the archive
-    buffer, no per-user Python): this is the hot loop of ingestion, nine members per user.
-
     Args:
-        s: The shard's users.
+        s: The shard's users (``s.index`` is the shard index).
+        shard_size: ``ingest.shard_max_samples`` (fixes the split-wide block indices).
+        block_size: ``ingest.users_per_block``.
 
     Returns:
         ``{split: tar bytes}``.
     """
+    users, raw = np.ascontiguousarray(s.users, dtype=_I64), np.ascontiguousarray(s.raw_users, dtype=_I64)
+    n, offsets = s.n.astype(np.int64), s.offsets.astype(np.int64)
     items = np.ascontiguousarray(s.items, dtype=_I32)
-    a, n = s.offsets[:-1].astype(np.int64), s.n.astype(np.int64)
-    users = s.users.astype(np.int64)
-    meta = [b'{"user": %d, "raw_user": %d, "n": %d}' % t
-            for t in zip(users.tolist(), s.raw_users.tolist(), n.tolist())]
-    meta_len = np.fromiter(map(len, meta), dtype=np.int64, count=len(meta))
-    json = _Kind(suffix=b".json", sizes=meta_len, src=np.frombuffer(b"".join(meta), dtype=np.uint8),
-                 src_starts=np.cumsum(meta_len) - meta_len, lengths=meta_len)
-    ones = np.ones_like(n)
-    history = _npy_kind(b".history.npy", items, a, n - 2)
-    train = [_npy_kind(b".items.npy", items, a, n - 2)]
-    if s.ts is not None:
-        train.append(_npy_kind(b".ts.npy", np.ascontiguousarray(s.ts, dtype=_I64), a, n - 2))
-    splits = {
-        "train": train + [json],
-        "valid": [history, _npy_kind(b".target.npy", items, a + n - 2, ones), json],
-        "test": [_npy_kind(b".history.npy", items, a, n - 1), _npy_kind(b".target.npy", items, a + n - 1, ones),
-                 json],
-    }
-    return {split: _render_split(users, kinds) for split, kinds in splits.items()}
+    train = _prefix(items, offsets, n, n - 2)  # also the valid histories
+    test = _prefix(items, offsets, n, n - 1)
+    train_ts = _prefix(np.ascontiguousarray(s.ts, dtype=_I64), offsets, n, n - 2) if s.ts is not None else None
+    train_off = np.concatenate([[0], np.cumsum(n - 2)])
+    test_off = np.concatenate([[0], np.cumsum(n - 1)])
+    valid_targets, test_targets = items[offsets[:-1] + n - 2], items[offsets[:-1] + n - 1]
+    out: dict[str, list] = {split: [] for split in USER_SPLITS}
+    lo, index = 0, first_block_index(s.index, shard_size, block_size)
+    for size in block_sizes(len(users), block_size):
+        hi = lo + size
+        common = {"users.npy": npy_payload(users[lo:hi]), "raw_users.npy": npy_payload(raw[lo:hi])}
+        t0, t1, h0, h1 = int(train_off[lo]), int(train_off[hi]), int(test_off[lo]), int(test_off[hi])
+        train_offsets = npy_payload(train_off[lo:hi + 1] - t0)
+        for split, members in (
+                ("train", {"offsets.npy": train_offsets, "items.npy": npy_payload(train[t0:t1]),
+                           **({"ts.npy": npy_payload(train_ts[t0:t1])} if train_ts is not None else {})}),
+                ("valid", {"offsets.npy": train_offsets, "history.npy": npy_payload(train[t0:t1]),
+                           "targets.npy": npy_payload(valid_targets[lo:hi])}),
+                ("test", {"offsets.npy": npy_payload(test_off[lo:hi + 1] - h0),
+                          "history.npy": npy_payload(test[h0:h1]), "targets.npy": npy_payload(test_targets[lo:hi])})):
+            meta = json_payload(block_meta(LAYOUTS[split], index, int(users[lo]), size))
+            out[split].append((index, {"json": meta, **common, **members}))
+        lo, index = hi, index + 1
+    return {split: render_blocks(blocks) for split, blocks in out.items()}
 
 
 def _flat(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +188,7 @@ def _shard_from_rows(index: int, rows: pa.Table, with_ts: bool) -> UserShard:
                      n=rows.column("n").to_numpy(), offsets=offsets, items=items, ts=ts)
 
 
-def write_user_shards(table: pa.Table, *, root: str, shard_size: int, num_users: int,
+def write_user_shards(table: pa.Table, *, root: str, shard_size: int, block_size: int, num_users: int,
                       with_ts: bool) -> list[dict]:
     """Render and write every shard whose users are in ``table``.
 
@@ -195,12 +196,13 @@ def write_user_shards(table: pa.Table, *, root: str, shard_size: int, num_users:
         table: Per-user rows (``dense_schema``) holding whole shards.
         root: Dataset directory being written (local or URI).
         shard_size: ``ingest.shard_max_samples``.
+        block_size: ``ingest.users_per_block``.
         num_users: Total kept users U (the last shard ends at U).
-        with_ts: Write ``ts.npy`` in train samples.
+        with_ts: Write ``ts.npy`` in train blocks.
 
     Returns:
-        One entry per written tar: ``split``, ``index``, ``path``, ``samples``, ``bytes``,
-        ``sha256``, ``interactions``.
+        One entry per written tar: ``split``, ``index``, ``path``, ``samples`` (users), ``blocks``,
+        ``bytes``, ``sha256``, ``interactions``.
 
     Raises:
         IngestError: when a shard's users are not exactly its id range (a grouping failure).
@@ -223,10 +225,11 @@ def write_user_shards(table: pa.Table, *, root: str, shard_size: int, num_users:
                               f"exactly users {first}..{last}: the partitioning split or duplicated users")
         s = _shard_from_rows(j, rows, with_ts)
         train_interactions = int((s.n - 2).sum())
-        for split, data in render_user_shards(s).items():
+        blocks = len(block_sizes(len(users), block_size))
+        for split, data in render_user_shards(s, shard_size=shard_size, block_size=block_size).items():
             path = shard_path(split, j)
             info = write_bytes(f"{root.rstrip('/')}/{path}", data)
-            out.append({"split": split, "index": j, "path": path, "samples": len(users), **info,
+            out.append({"split": split, "index": j, "path": path, "samples": len(users), "blocks": blocks, **info,
                         "interactions": train_interactions if split == "train" else len(users)})
     return out
 
@@ -234,17 +237,19 @@ def write_user_shards(table: pa.Table, *, root: str, shard_size: int, num_users:
 class ShardDatasink(Datasink):
     """Ray Data sink writing train/valid/test shards; the driver collects the shard entries."""
 
-    def __init__(self, root: str, *, shard_size: int, num_users: int, with_ts: bool) -> None:
+    def __init__(self, root: str, *, shard_size: int, block_size: int, num_users: int, with_ts: bool) -> None:
         """Create the sink.
 
         Args:
             root: Dataset directory being written (the temporary one).
             shard_size: ``ingest.shard_max_samples``.
+            block_size: ``ingest.users_per_block``.
             num_users: Total kept users U.
-            with_ts: Whether train samples get ``ts.npy``.
+            with_ts: Whether train blocks get ``ts.npy``.
         """
         self._root = root
         self._shard_size = shard_size
+        self._block_size = block_size
         self._num_users = num_users
         self._with_ts = with_ts
         self.entries: list[dict] = []
@@ -255,7 +260,7 @@ class ShardDatasink(Datasink):
         if not tables:
             return []
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-        return write_user_shards(table, root=self._root, shard_size=self._shard_size,
+        return write_user_shards(table, root=self._root, shard_size=self._shard_size, block_size=self._block_size,
                                  num_users=self._num_users, with_ts=self._with_ts)
 
     def on_write_complete(self, write_result: object) -> None:

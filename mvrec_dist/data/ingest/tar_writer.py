@@ -13,7 +13,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-__all__ = ["BLOCK", "RECORD", "Payload", "tar_frame", "tar_bytes", "scatter", "write_bytes"]
+__all__ = ["BLOCK", "RECORD", "Payload", "tar_frame", "tar_bytes", "write_bytes"]
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # tarfile pads archives to whole records of 20 blocks
@@ -48,8 +48,8 @@ _OCT6 = (3 * np.arange(5, -1, -1)).astype(np.int64)
 def tar_frame(names: Union[Sequence[bytes], np.ndarray], sizes: np.ndarray) -> tuple[bytearray, np.ndarray]:
     """An archive with every header written and every member's data area zeroed.
 
-    Callers that can fill the data areas vectorised (``scatter``) use this directly; ``tar_bytes``
-    fills them from byte pieces.
+    Callers that fill the data areas themselves (vectorised, e.g. ``array_shards``) use this
+    directly; ``tar_bytes`` fills them from byte pieces.
 
     Args:
         names: Member names (ASCII, at most 100 bytes each), or the name fields already laid out
@@ -118,27 +118,6 @@ def tar_bytes(names: Sequence[bytes], payloads: Sequence[Payload],
             view[pos:pos + k] = x
             pos += k
     return out
-
-
-def scatter(dst: np.ndarray, dst_starts: np.ndarray, src: np.ndarray, src_starts: np.ndarray,
-            lengths: np.ndarray) -> None:
-    """Copy ``src[src_starts[i] : +lengths[i]]`` to ``dst[dst_starts[i] : +lengths[i]]`` for all ``i`` at once.
-
-    Args:
-        dst: Destination array (a typed view of an archive buffer), [D].
-        dst_starts: Element offsets in ``dst``, int64 [K].
-        src: Source array of the same dtype, [S].
-        src_starts: Element offsets in ``src``, int64 [K].
-        lengths: Elements per copy, int64 [K].
-    """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    total = int(lengths.sum())
-    if total == 0:
-        return
-    shift = np.cumsum(lengths) - lengths  # where each copy starts in the concatenation
-    run = np.arange(total, dtype=np.int64)
-    dst[np.repeat(np.asarray(dst_starts, dtype=np.int64) - shift, lengths) + run] = \
-        src[np.repeat(np.asarray(src_starts, dtype=np.int64) - shift, lengths) + run]
 
 
 def write_bytes(path: str, data: Union[bytes, bytearray]) -> dict:

@@ -8,8 +8,8 @@ from mvrec_dist.data.ingest.errors import IngestError
 from mvrec_dist.data.ingest.manifest_writer import (check_output_dir, fingerprint, publish, reconcile,
                                                     temp_dir_for)
 
-CONFIG = {"format": "pairs_csv", "min_seq_len": 5, "shard_max_samples": 10, "on_bad_rows": "error",
-          "output_dir": "x", "read_block_bytes": 1 << 20}
+CONFIG = {"format": "pairs_csv", "min_seq_len": 5, "shard_max_samples": 10, "users_per_block": 4,
+          "items_per_block": 4, "on_bad_rows": "error", "output_dir": "x", "read_block_bytes": 1 << 20}
 
 
 def test_fingerprint_ignores_settings_that_do_not_change_the_data():
@@ -17,6 +17,7 @@ def test_fingerprint_ignores_settings_that_do_not_change_the_data():
     fp = fingerprint(CONFIG, inputs, None)
     assert fp == fingerprint(dict(CONFIG, output_dir="y", read_block_bytes=1 << 16), inputs, None)
     assert fp != fingerprint(dict(CONFIG, min_seq_len=3), inputs, None)
+    assert fp != fingerprint(dict(CONFIG, users_per_block=8), inputs, None)  # other bytes in the shards
     assert fp != fingerprint(CONFIG, [{"path": "/d/a.csv", "bytes": 11}], None)
     assert fp != fingerprint(CONFIG, inputs, {"path": "t.csv", "bytes": 1})
 
@@ -45,16 +46,25 @@ def counts(**changes):
     return c
 
 
-def splits(users=2, items=3, size=10):
+def splits(users=2, items=3, size=10, per_block=1):
     def entry(split, n):
-        return {"samples": n, "shards": [{"path": f"{split}/{split}-00000.tar", "samples": n}]}
+        key = "items_per_block" if split == "items" else "users_per_block"
+        return {"samples": n, key: per_block,
+                "shards": [{"path": f"{split}/{split}-00000.tar", "samples": n, "blocks": -(-n // per_block)}]}
     return {"train": entry("train", users), "valid": entry("valid", users), "test": entry("test", users),
             "items": entry("items", items)}
 
 
 def test_reconcile_accepts_consistent_counts():
     r = reconcile(counts(), splits(), summary_train=2, shard_size=10)
-    assert r["ok"] and r["input_rows"] == 10 and len(r["checks"]) == 14
+    assert r["ok"] and r["input_rows"] == 10 and len(r["checks"]) == 18
+
+
+def test_reconcile_checks_the_block_counts():
+    bad = splits()
+    bad["valid"]["shards"][0]["blocks"] = 1  # 2 users at 1 per block make 2 blocks
+    with pytest.raises(IngestError, match=r"valid: blocks = ceil\(samples / users_per_block\) per shard"):
+        reconcile(counts(), bad, summary_train=2, shard_size=10)
 
 
 @pytest.mark.parametrize("change, failed", [

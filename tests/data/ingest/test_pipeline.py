@@ -16,6 +16,8 @@ from mvrec_dist.data.synthetic import generate
 from mvrec_dist.data.verify import verify_dataset
 
 pytestmark = pytest.mark.integration
+BLOCKS = {"users_per_block": 64, "items_per_block": 50}
+"""Small blocks: every shard of the synthetic dataset holds several, the last one shorter."""
 
 
 def ingest(input, out, **kw):
@@ -23,16 +25,37 @@ def ingest(input, out, **kw):
 
 
 def read_split(root, split):
-    """``{key: {ext: decoded}}`` of every sample of ``split``, in manifest order."""
+    """``{per-row key: {member: value}}`` of ``split`` in manifest order, rebuilt from the block arrays
+    with ``tarfile`` and numpy (independently of ``ShardReader``)."""
     manifest = json.loads((Path(root) / "manifest.json").read_text())
     out = {}
     for shard in manifest["splits"][split]["shards"]:
+        blocks = {}
         with tarfile.open(Path(root) / shard["path"]) as tar:
             for info in tar:
                 key, _, ext = info.name.partition(".")
                 blob = tar.extractfile(info).read()
-                out.setdefault(key, {})[ext] = np.load(io.BytesIO(blob), allow_pickle=False) \
-                    if ext.endswith("npy") else json.loads(blob) if ext == "json" else blob.decode()
+                blocks.setdefault(key, {})[ext] = np.load(io.BytesIO(blob), allow_pickle=False) \
+                    if ext.endswith("npy") else json.loads(blob)
+        for b in blocks.values():
+            if split == "items":
+                for i, item in enumerate(b["items.npy"].tolist()):
+                    out[f"i{item:010d}"] = {"json": {"item": item, "raw_item": int(b["raw_items.npy"][i]),
+                                                     "train_count": int(b["train_counts.npy"][i]),
+                                                     "has_title": bool(b["has_title.npy"][i])},
+                                            "txt": b["titles.json"][i]}
+                continue
+            seq = "items.npy" if split == "train" else "history.npy"
+            off = b["offsets.npy"]
+            for i, user in enumerate(b["users.npy"].tolist()):
+                row = {seq: b[seq][off[i]:off[i + 1]]}
+                if "ts.npy" in b:
+                    row["ts.npy"] = b["ts.npy"][off[i]:off[i + 1]]
+                if "targets.npy" in b:
+                    row["target.npy"] = b["targets.npy"][i:i + 1]
+                n = len(row[seq]) + (1 if split == "test" else 2)
+                row["json"] = {"user": user, "raw_user": int(b["raw_users.npy"][i]), "n": n}
+                out[f"u{user:010d}"] = row
     return out
 
 
@@ -60,7 +83,7 @@ def synthetic_input(tmp_path_factory):
 @pytest.fixture(scope="module")
 def synthetic_ds(ray_local, synthetic_input, tmp_path_factory):
     out = tmp_path_factory.mktemp("ds") / "synthetic"
-    result = ingest(synthetic_input, out, shard_max_samples=500, min_seq_len=6)
+    result = ingest(synthetic_input, out, shard_max_samples=500, min_seq_len=6, **BLOCKS)
     return out, result
 
 
@@ -110,11 +133,11 @@ def test_deterministic_and_independent_of_blocks_partitions_and_uri(synthetic_ds
     out, first = synthetic_ds
     before = checksums(out)
     # The same dataset again into the same directory: replaced, byte-identical.
-    ingest(synthetic_input, out, shard_max_samples=500, min_seq_len=6)
+    ingest(synthetic_input, out, shard_max_samples=500, min_seq_len=6, **BLOCKS)
     assert checksums(out) == before
     # Other read ranges and partitions, a file:// glob: the same bytes.
     other = ingest(f"file://{synthetic_input}/part-*.csv", tmp_path / "other", shard_max_samples=500,
-                   min_seq_len=6, read_block_bytes=1 << 16, group_partitions=3)
+                   min_seq_len=6, read_block_bytes=1 << 16, group_partitions=3, **BLOCKS)
     assert checksums(tmp_path / "other") == before
     assert other.manifest["counts"] == first.manifest["counts"]
 
@@ -125,14 +148,19 @@ def test_standard_webdataset_readers(ray_local, synthetic_ds):
 
     out, result = synthetic_ds
     users = result.manifest["counts"]["users"]
-    paths = [str(out / s["path"]) for s in result.manifest["splits"]["valid"]["shards"]]
-    rows = ray.data.read_webdataset(paths).take_all()
-    assert len(rows) == users
+    shards = result.manifest["splits"]["valid"]["shards"]
+    blocks = sum(s["blocks"] for s in shards)
+    assert blocks == sum(-(-s["samples"] // result.manifest["splits"]["valid"]["users_per_block"]) for s in shards)
+    paths = [str(out / s["path"]) for s in shards]
+    rows = ray.data.read_webdataset(paths).take_all()  # one record per block
+    assert len(rows) == blocks
     first = min(rows, key=lambda r: r["__key__"])
-    assert first["__key__"] == "u0000000001" and first["json"]["user"] == 1
-    seen = [(s["__key__"], np.load(io.BytesIO(s["history.npy"]))) for s in wds.WebDataset(paths, shardshuffle=False)]
-    assert [k for k, _ in seen] == [f"u{i:010d}" for i in range(1, users + 1)]
-    assert np.array_equal(seen[0][1], first["history.npy"])
+    assert first["__key__"] == "b0000000000" and first["json"]["first_user"] == 1
+    seen = [(s["__key__"], np.load(io.BytesIO(s["users.npy"])), np.load(io.BytesIO(s["history.npy"])))
+            for s in wds.WebDataset(paths, shardshuffle=False)]
+    assert [k for k, _, _ in seen] == [f"b{i:010d}" for i in range(blocks)]
+    assert np.concatenate([u for _, u, _ in seen]).tolist() == list(range(1, users + 1))
+    assert np.array_equal(seen[0][2], first["history.npy"])
 
 
 def test_tsv_keeps_file_order_and_filters_short_users(ray_local, tmp_path):
