@@ -14,7 +14,7 @@ from typing import Mapping, Sequence, TypeVar
 from mvrec_dist.config.fields import ConfigError
 from mvrec_dist.config.load import config_to_yaml, describe_config, load_config
 
-__all__ = ["JobArgs", "parse_job_args"]
+__all__ = ["JobArgs", "parse_job_args", "resolved_yaml", "settings_help"]
 
 T = TypeVar("T")
 
@@ -31,6 +31,8 @@ class JobArgs:
     """Dotted overrides in the order applied, aliases already expanded."""
     print_config: bool
     """``--print-config`` was given: print the resolved config and exit."""
+    debug: bool = False
+    """``--debug`` was given: show tracebacks instead of one-line errors."""
 
 
 def parse_job_args(cls: type[T], argv: Sequence[str], *, prog: str, description: str,
@@ -45,12 +47,13 @@ def parse_job_args(cls: type[T], argv: Sequence[str], *, prog: str, description:
         aliases: Flag name (without dashes) -> dotted key, e.g. ``{"resume": "train.resume"}``.
 
     Returns:
-        A ``JobArgs``; exits with status 0 after ``--help`` and 2 on a config error.
+        A ``JobArgs``; exits with status 0 after ``--help`` and 2 on a config error, printing one
+        line per problem.
     """
     aliases = dict(aliases or {})
     preset: str | None = None
     overrides: list[str] = []
-    print_config = False
+    print_config = debug = False
     args = list(argv)
     i = 0
     while i < len(args):
@@ -60,6 +63,8 @@ def parse_job_args(cls: type[T], argv: Sequence[str], *, prog: str, description:
             raise SystemExit(0)
         if a == "--print-config":
             print_config = True
+        elif a == "--debug":
+            debug = True
         elif a.startswith("--"):
             name, eq, value = a[2:].partition("=")
             if not eq:
@@ -72,7 +77,7 @@ def parse_job_args(cls: type[T], argv: Sequence[str], *, prog: str, description:
             elif name in aliases:
                 overrides.append(f"{aliases[name]}={value}")
             else:
-                known = ", ".join(["--config", "--print-config"] + [f"--{k}" for k in aliases])
+                known = ", ".join(["--config", "--print-config", "--debug"] + [f"--{k}" for k in aliases])
                 _fail(prog, f"unknown flag {a}; known flags: {known}; other settings go as key=value")
         elif "=" in a:
             overrides.append(a)
@@ -82,25 +87,32 @@ def parse_job_args(cls: type[T], argv: Sequence[str], *, prog: str, description:
     try:
         cfg = load_config(cls, preset, overrides)
     except FileNotFoundError:
-        _fail(prog, f"preset {preset!r} does not exist")
+        _fail(prog, f"preset {preset!r} does not exist; presets live under jobs/configs/")
     except ConfigError as exc:
-        _fail(prog, str(exc))
-    return JobArgs(config=cfg, preset=preset, overrides=tuple(overrides), print_config=print_config)
+        _fail(prog, *exc.problems)
+    return JobArgs(config=cfg, preset=preset, overrides=tuple(overrides), print_config=print_config, debug=debug)
 
 
-def _fail(prog: str, message: str) -> None:
-    print(f"{prog}: error: {message}", file=sys.stderr)
+def _fail(prog: str, *problems: str) -> None:
+    for problem in problems:
+        print(f"{prog}: error: {problem}", file=sys.stderr)
     raise SystemExit(2)
 
 
 def _help(cls: type, prog: str, description: str, aliases: Mapping[str, str]) -> str:
-    lines = [f"usage: {prog} [--config PRESET.yaml] [--print-config] [section.key=value ...]", "",
+    lines = [f"usage: {prog} [--config PRESET.yaml] [--print-config] [--debug] [section.key=value ...]", "",
              description.strip(), "", "flags:",
              "  --config PATH       YAML preset (jobs/configs/...); overrides apply on top of it",
-             "  --print-config      print the resolved config as YAML and exit"]
+             "  --print-config      print the resolved config as YAML and exit",
+             "  --debug             on failure show the full traceback instead of one line"]
     for flag, key in aliases.items():
         lines.append(f"  --{flag:<17} same as {key}=VALUE")
-    lines += ["", "settings (section.key=value):"]
+    return "\n".join(lines + ["", settings_help(cls)])
+
+
+def settings_help(cls: type) -> str:
+    """Every ``section.key`` of ``cls`` with its type and doc, as ``--help`` lists them."""
+    lines = ["settings (section.key=value):"]
     for key, tp, doc in describe_config(cls):
         lines.append(f"  {key}  ({tp})")
         lines.append(f"      {doc}")

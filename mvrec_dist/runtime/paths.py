@@ -4,6 +4,7 @@
   every node of the cluster.
 * ``check_dataset_dir``: the dataset directory must hold a finished ingestion (its manifest).
 * ``check_manifest_path``: a relative path read from a manifest must stay inside its dataset.
+* ``check_input_path``: an input a job reads (raw interactions, titles, videos) must exist.
 
 How a shared mount is told from a local disk: a path with a URI scheme other than ``file://``
 (``s3://``, ``gs://``, ``hdfs://``, ...) names an object store or a distributed filesystem and is
@@ -27,7 +28,7 @@ from typing import Iterable
 from mvrec_dist.data.manifest import MANIFEST_NAME
 
 __all__ = ["PathError", "SHARED_FS_TYPES", "check_storage_path", "check_dataset_dir",
-           "check_manifest_path"]
+           "check_manifest_path", "check_input_path"]
 
 # Filesystem types (as /proc/self/mounts names them) whose contents every client node sees.
 SHARED_FS_TYPES = frozenset({
@@ -131,6 +132,46 @@ def check_dataset_dir(path: str, *, key: str = "data.dataset_dir") -> str:
         raise PathError(f"{key}={path} has no {MANIFEST_NAME} (ingestion unfinished, or not a dataset "
                         f"directory; the manifest is written last); {ingest}")
     return resolved
+
+
+def check_input_path(path: str, *, key: str, hint: str) -> str:
+    """Check that an input a job reads exists: a file, a directory, or a glob matching something.
+
+    Args:
+        path: Local path, glob (``*``, ``?``, ``[``) or URI.
+        key: The config key the path came from, named in the error.
+        hint: What to do instead, appended to the error.
+
+    Returns:
+        The path to use: URIs unchanged, local paths made absolute.
+
+    Raises:
+        PathError: when nothing is there.
+    """
+    import glob
+
+    if not path:
+        raise PathError(f"{key} is empty; {hint}")
+    if _URI.match(path) and not path.startswith("file://"):
+        import pyarrow.fs as pafs
+
+        from mvrec_dist.data.fs import resolve
+
+        try:
+            fs, inner = resolve(path)
+            # A glob in a URI is expanded by the job itself (listing a bucket here could be slow).
+            if any(ch in inner for ch in "*?[") or fs.get_file_info(inner).type != pafs.FileType.NotFound:
+                return path
+        except OSError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PathError(f"{key}={path}: cannot reach it ({reason}); check the URI, the credentials "
+                            "and the network") from None
+        raise PathError(f"{key}={path} does not exist; {hint}")
+    local = os.path.abspath(path[len("file://"):] if path.startswith("file://") else path)
+    found = glob.glob(local) if any(ch in local for ch in "*?[") else os.path.exists(local)
+    if not found:
+        raise PathError(f"{key}={path} does not exist{' (the glob matches nothing)' if found == [] else ''}; {hint}")
+    return local
 
 
 def check_manifest_path(dataset_dir: str, relative: str, *, where: str = "a path") -> str:

@@ -14,7 +14,7 @@ from typing import Iterator
 
 from mvrec_dist.config.runtime import RayConfig
 
-__all__ = ["LOOPBACK_ENV", "apply_loopback_env", "ray_session", "local_cluster_resources"]
+__all__ = ["LOOPBACK_ENV", "apply_loopback_env", "ray_session", "local_cluster_resources", "cluster_view"]
 
 # Environment that keeps a local run on loopback; Ray workers inherit it from the driver.
 LOOPBACK_ENV = {
@@ -91,3 +91,10 @@ def ray_session(cfg: RayConfig, *, runtime_env: dict | None = None) -> Iterator[
         yield mode
     finally:
         ray.shutdown()
+
+
+def cluster_view() -> tuple[dict, int]:
+    """``(ray.cluster_resources(), alive node count)`` of the connected cluster (for preflight checks)."""
+    import ray
+
+    return ray.cluster_resources(), len([n for n in ray.nodes() if n.get("Alive")])

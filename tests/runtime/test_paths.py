@@ -192,3 +192,32 @@ def test_symlinks_out_of_a_local_dataset_are_refused(tmp_path):
     inside.write_bytes(b"y")
     (ds / "train" / "alias.tar").symlink_to(inside)
     assert check_manifest_path(str(ds), "train/alias.tar") == f"{ds}/train/alias.tar"
+
+
+# ---------------------------------------------------------------- check_input_path
+def test_inputs_that_exist(tmp_path):
+    from mvrec_dist.runtime.paths import check_input_path
+
+    (tmp_path / "a.tsv").write_text("1\t2\n")
+    for spec in (str(tmp_path / "a.tsv"), str(tmp_path), str(tmp_path / "*.tsv"), f"file://{tmp_path / 'a.tsv'}"):
+        assert check_input_path(spec, key="ingest.input", hint="h") in (str(tmp_path / "a.tsv"), str(tmp_path),
+                                                                        str(tmp_path / "*.tsv"))
+
+
+@pytest.mark.parametrize("name,extra", [("nope.tsv", ""), ("*.csv", " (the glob matches nothing)")])
+def test_missing_inputs_are_one_line(tmp_path, name, extra):
+    from mvrec_dist.runtime.paths import check_input_path
+
+    with pytest.raises(PathError) as exc:
+        check_input_path(str(tmp_path / name), key="ingest.input", hint="point it at the interactions")
+    assert str(exc.value) == f"ingest.input={tmp_path / name} does not exist{extra}; point it at the interactions"
+
+
+def test_a_missing_input_in_an_fsspec_store():
+    from mvrec_dist.runtime.paths import check_input_path
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/mvrec-inputs/pairs.tsv", b"1\t2\n")
+    assert check_input_path("memory://mvrec-inputs/pairs.tsv", key="k", hint="h") == "memory://mvrec-inputs/pairs.tsv"
+    with pytest.raises(PathError, match="k=memory://mvrec-inputs/other.tsv does not exist; h"):
+        check_input_path("memory://mvrec-inputs/other.tsv", key="k", hint="h")
