@@ -61,3 +61,15 @@ def ray_local():
                  **kwargs)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def manifest_dataset(tmp_path_factory) -> Path:
+    """A tiny dataset (10 users, train split only, no content; tests/helpers/shards.py, no Ray):
+    enough for the driver-side checks that read a manifest."""
+    from tests.helpers.shards import train_dataset
+
+    root = tmp_path_factory.mktemp("manifest-dataset") / "ds"
+    root.mkdir()
+    train_dataset(root, [5, 5])
+    return root

@@ -8,7 +8,7 @@ model side is reached through a small protocol, so this module never touches pro
 from __future__ import annotations
 
 import time
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import torch
 
@@ -29,8 +29,8 @@ class RankingModel(Protocol):
     def sum_over_ranks(self, values: torch.Tensor) -> torch.Tensor: ...
 
 
-def evaluate_ranking(model: RankingModel, batches: Iterable, *, num_items: int,
-                     ks: tuple[int, ...]) -> dict[str, float]:
+def evaluate_ranking(model: RankingModel, batches: Iterable, *, num_items: int, ks: tuple[int, ...],
+                     progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """HR@K and NDCG@K over all users of a split, averaged over users of every rank.
 
     Call inside the model's ``evaluating()`` context.
@@ -40,12 +40,18 @@ def evaluate_ranking(model: RankingModel, batches: Iterable, *, num_items: int,
         batches: This rank's ``EvalBatch``es (its slice of the split's users).
         num_items: N; every item 1..N is a candidate.
         ks: Cut-offs.
+        progress: Called as ``progress(done, total)`` with this rank's users scored so far and in
+            all: once when the item representations are ready (``done`` 0), then after each batch.
 
     Returns:
         ``{"hr@10": ..., "ndcg@10": ..., "users": U, "seconds": s}`` (identical on every rank).
     """
     start = time.perf_counter()
+    batches = list(batches)
+    total, done = sum(int(b.targets.numel()) for b in batches), 0
     item_repr = model.item_representations(num_items)  # [N+1, D]
+    if progress is not None:
+        progress(0, total)
     names = [f"{m}@{k}" for k in ks for m in ("hr", "ndcg")]
     sums = torch.zeros(len(names) + 1, dtype=torch.float64)
     for batch in batches:
@@ -56,6 +62,9 @@ def evaluate_ranking(model: RankingModel, batches: Iterable, *, num_items: int,
         part = metric_sums(ranks, ks)
         sums[:-1] += torch.tensor([part[n] for n in names], dtype=torch.float64)
         sums[-1] += batch.targets.numel()
+        done += int(batch.targets.numel())
+        if progress is not None:
+            progress(done, total)
     total = model.sum_over_ranks(sums).cpu()
     users = int(total[-1])
     result = {n: float(total[i]) / max(users, 1) for i, n in enumerate(names)}

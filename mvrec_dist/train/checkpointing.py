@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from typing import Any, Callable
@@ -27,31 +26,12 @@ from mvrec_dist.config.load import config_to_dict
 from mvrec_dist.data.fs import resolve
 from mvrec_dist.parallel.checkpoint import CheckpointError, read_checkpoint, verify_checkpoint, write_checkpoint
 from mvrec_dist.parallel.process_groups import DistContext, barrier
+from mvrec_dist.train.runs import checkpoint_name, list_checkpoints
 from mvrec_dist.train.state import TrainState
 
-__all__ = ["Checkpointer", "checkpoint_name", "list_checkpoints"]
+__all__ = ["Checkpointer", "check_checkpoint"]
 
 log = logging.getLogger(__name__)
-_NAME = re.compile(r"^checkpoint-step(\d{9})$")
-
-
-def checkpoint_name(step: int) -> str:
-    """Directory name of the checkpoint taken after ``step`` optimiser steps."""
-    return f"checkpoint-step{step:09d}"
-
-
-def list_checkpoints(run_uri: str) -> list[tuple[int, str]]:
-    """``(step, name)`` of every checkpoint directory under a run directory, newest first."""
-    fs, root = resolve(run_uri)
-    info = fs.get_file_info(root)
-    if info.type != pafs.FileType.Directory:
-        return []
-    found = []
-    for entry in fs.get_file_info(pafs.FileSelector(root)):
-        m = _NAME.match(entry.base_name)
-        if m and entry.type == pafs.FileType.Directory:
-            found.append((int(m.group(1)), entry.base_name))
-    return sorted(found, reverse=True)
 
 
 class Checkpointer:
@@ -142,11 +122,25 @@ class Checkpointer:
 
     def load_best(self, model: Any, state: TrainState) -> None:
         """Load the weights of the best validation (``state.best_step``) for the final test."""
-        uri = f"{self.run_uri}/{checkpoint_name(state.best_step)}"
+        self.load_weights(model, f"{self.run_uri}/{checkpoint_name(state.best_step)}")
+
+    def load_weights(self, model: Any, uri: str) -> str:
+        """Load a checkpoint's weights (not its RNG states) for evaluation (collective).
+
+        Args:
+            model: The ``ParallelModel`` to fill.
+            uri: The checkpoint directory.
+
+        Returns:
+            The checkpoint's ``state.json`` text.
+
+        Raises:
+            CheckpointError: when the checkpoint does not verify on any rank.
+        """
         local = self._fetch(uri)
         if not self._agree(self._verified(uri, local)):
-            raise CheckpointError(f"{uri}: the best checkpoint does not verify; cannot test its weights")
-        read_checkpoint(model, self.ctx, local, zero_stage=self.cfg.parallel.zero_stage, restore_rng=False)
+            raise CheckpointError(f"{uri}: the checkpoint does not verify; cannot load its weights")
+        return read_checkpoint(model, self.ctx, local, zero_stage=self.cfg.parallel.zero_stage, restore_rng=False)
 
     def _verified(self, uri: str, local: str) -> bool:
         # Rank 0 checks sizes and checksums; the others only sizes (they read the same files).
@@ -181,3 +175,62 @@ class Checkpointer:
     def close(self) -> None:
         """Remove this rank's scratch space."""
         shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def check_checkpoint(uri: str, *, key: str = "checkpoint") -> str:
+    """Check on the driver, before any worker starts, that ``uri`` is a complete, safe checkpoint.
+
+    A local checkpoint is verified in full (every file's size and sha256 against ``COMMIT.json``),
+    its DCP ``.metadata`` is read with the allow-list unpickler and every ``.pt`` file is opened
+    with ``torch.load(weights_only=True, mmap=True)``, so a checkpoint that would unpickle anything
+    but tensors is refused here. A remote one is only checked for its ``COMMIT.json``; the workers
+    verify it in full after fetching it.
+
+    Args:
+        uri: Checkpoint directory (local path or URI).
+        key: The setting or argument the path came from, named in errors.
+
+    Returns:
+        ``uri`` (local paths made absolute).
+
+    Raises:
+        PathError: one line saying what is wrong and what to do.
+    """
+    import torch
+
+    from mvrec_dist.data.fs import is_local
+    from mvrec_dist.parallel.checkpoint import COMMIT_NAME, SafeDCPReader
+    from mvrec_dist.runtime.paths import PathError
+
+    hint = "pick a committed checkpoint that `mvrec runs show <run dir>` lists"
+    bad = "it is incomplete, corrupt or was tampered with; use another checkpoint (`mvrec runs show <run dir>`)"
+    fs, path = resolve(uri)
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.NotFound:
+        raise PathError(f"{key}={uri} does not exist; {hint}")
+    if kind != pafs.FileType.Directory:
+        raise PathError(f"{key}={uri} is a file, not a checkpoint directory (checkpoint-step<N>/); {hint}")
+    if fs.get_file_info(f"{path}/{COMMIT_NAME}").type != pafs.FileType.File:
+        raise PathError(f"{key}={uri} has no {COMMIT_NAME}: it is not a checkpoint or was never finished; {hint}")
+    if not is_local(uri):
+        return uri
+    try:
+        verify_checkpoint(path, checksums=True)
+        if os.path.isdir(os.path.join(path, "sparse")):
+            SafeDCPReader(os.path.join(path, "sparse")).read_metadata()
+    except (CheckpointError, OSError) as exc:
+        raise PathError(f"{key}={uri} does not verify ({_first_line(exc)}); {bad}") from None
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            if name.endswith(".pt"):
+                try:
+                    torch.load(os.path.join(dirpath, name), map_location="cpu", weights_only=True, mmap=True)
+                except Exception as exc:  # torch raises UnpicklingError, RuntimeError or ValueError here
+                    rel = os.path.relpath(os.path.join(dirpath, name), path)
+                    raise PathError(f"{key}={uri}: refused to load {rel} ({type(exc).__name__}: it holds more than "
+                                    f"tensors); {bad}") from None
+    return path
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

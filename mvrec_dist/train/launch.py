@@ -1,34 +1,44 @@
-"""Driver side of training: check the job before anything starts, then run it under Ray Train.
+"""Driver side of training and evaluation: check the job before anything starts, then run it under Ray Train.
 
 Every check that can fail fast runs here, on the driver, before a worker starts: device support
-of the sharding/optimizer choices, the dataset, the storage path, and the cluster's resources.
+of the sharding/optimizer choices, the dataset, a checkpoint to resume or evaluate, the storage
+paths (writable, and shared when the cluster has several nodes), and the cluster's resources.
 Each failure is one line naming the setting to change.
+
+While a run trains, the driver keeps ``<run>/status.json`` up to date (a heartbeat, then
+``finished`` or ``failed`` with the reason), which is how ``mvrec runs list`` tells a run in
+progress from one whose driver is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import threading
+from typing import Callable
 
 from mvrec_dist.config.jobs import TrainJobConfig
-from mvrec_dist.parallel.sharding import sharding_problems
+from mvrec_dist.data.fs import resolve
+from mvrec_dist.data.manifest import ManifestError, load_manifest
+from mvrec_dist.runtime.errors import one_line, root_cause, user_error_types
 from mvrec_dist.runtime.paths import PathError, check_dataset_dir, check_storage_path
-from mvrec_dist.train.content import content_problems
+from mvrec_dist.runtime.ray_cluster import cluster_view
+from mvrec_dist.train.runs import HEARTBEAT_SECONDS, RESULT_NAME, read_json, write_status
 
 __all__ = ["PreflightError", "preflight", "prepare_dataset", "prepare_features", "absolute_paths", "run_training",
-           "read_result", "RESULT_NAME"]
-
-RESULT_NAME = "result.json"
+           "run_evaluation", "read_result", "RESULT_NAME"]
 
 
 class PreflightError(RuntimeError):
-    """The job cannot start as configured; ``problems`` says why, each naming a setting."""
+    """The job cannot start as configured; ``problems`` says why, each one line naming a setting."""
 
     def __init__(self, problems: list[str]):
         self.problems = problems
-        super().__init__("cannot start training:\n  - " + "\n  - ".join(problems))
+        super().__init__("cannot start:\n  - " + "\n  - ".join(problems))
 
 
-def _cluster_problems(cfg: TrainJobConfig, resources: dict, num_nodes: int) -> list[str]:
+def _cluster_problems(cfg: TrainJobConfig, resources: dict, num_nodes: int, shared: dict[str, str]) -> list[str]:
     p = cfg.parallel
     problems = []
     need_cpu = p.num_workers * p.cpus_per_worker
@@ -42,30 +52,62 @@ def _cluster_problems(cfg: TrainJobConfig, resources: dict, num_nodes: int) -> l
             problems.append(f"parallel.num_workers={p.num_workers} with parallel.use_gpu=true needs "
                             f"{p.num_workers} GPUs but the Ray cluster has {have_gpu}; lower num_workers or add "
                             "GPU nodes (an autoscaling cluster: start its GPU workers first)")
-    try:
-        check_storage_path(cfg.train.storage_path, num_nodes=num_nodes)
-    except PathError as exc:
-        problems.append(str(exc))
+    # Workers on any node read the dataset and write checkpoints: both must be visible everywhere.
+    for key, path in shared.items():
+        try:
+            check_storage_path(path, num_nodes=num_nodes, key=key)
+        except PathError as exc:
+            problems.append(str(exc))
     return problems
 
 
-def preflight(cfg: TrainJobConfig, *, resources: dict | None = None, num_nodes: int = 1) -> None:
+def preflight(cfg: TrainJobConfig, *, resources: dict | None = None, num_nodes: int = 1,
+              evaluating: str | None = None) -> None:
     """Raise ``PreflightError`` listing everything that would stop the job.
 
     Args:
         cfg: The job config.
         resources: ``ray.cluster_resources()``; None skips the cluster checks.
-        num_nodes: Alive nodes of the cluster (a local storage path is fine on one node only).
+        num_nodes: Alive nodes of the cluster (a local path is fine on one node only).
+        evaluating: The checkpoint ``mvrec eval`` scores: checked for being shared instead of the
+            run's storage, while ``train.resume`` is ignored (the caller verifies the checkpoint
+            itself, before it reads the config from it), and cached trunk features must already
+            exist (evaluation never computes them). None for training.
     """
+    from mvrec_dist.parallel.sharding import sharding_problems
+    from mvrec_dist.train.checkpointing import check_checkpoint
+    from mvrec_dist.train.content import content_problems
+
     problems = list(sharding_problems(cfg.parallel))
-    if not cfg.data.prepare_with:
+    try:
+        load_manifest(check_dataset_dir(cfg.data.dataset_dir))  # the schema too, not only the file
+    except ManifestError as exc:  # a dataset is there but unusable: prepare_with would not replace it
+        problems.append(str(exc))
+    except PathError as exc:
+        prepare = cfg.data.prepare_with if evaluating is None else None  # evaluation never ingests
+        if not prepare:
+            problems.append(str(exc))
+        elif not os.path.isfile(prepare):
+            problems.append(f"data.prepare_with={prepare} does not exist and data.dataset_dir holds no dataset "
+                            "yet; give an ingest preset (jobs/configs/<dataset>/ingest*.yaml) or point "
+                            "data.dataset_dir at an ingested dataset")
+    if evaluating is None and cfg.train.resume not in ("auto", "never"):
         try:
-            check_dataset_dir(cfg.data.dataset_dir)
+            check_checkpoint(cfg.train.resume, key="train.resume")
         except PathError as exc:
             problems.append(str(exc))
+    if evaluating is not None:  # trunk_cache.build_if_missing is a training step: the store must be there
+        cfg = dataclasses.replace(cfg, trunk_cache=dataclasses.replace(cfg.trunk_cache, build_if_missing=False))
     problems.extend(content_problems(cfg))
     if resources is not None:
-        problems.extend(_cluster_problems(cfg, resources, num_nodes))
+        shared = {"data.dataset_dir": cfg.data.dataset_dir}
+        if cfg.data.content_features:
+            shared["data.content_features"] = cfg.data.content_features
+        if evaluating is not None:
+            shared["checkpoint"] = evaluating
+        else:
+            shared["train.storage_path"] = cfg.train.storage_path
+        problems.extend(_cluster_problems(cfg, resources, num_nodes, shared))
     if problems:
         raise PreflightError(problems)
 
@@ -120,8 +162,6 @@ def absolute_paths(cfg: TrainJobConfig) -> TrainJobConfig:
     Ray Train workers do not run in the driver's directory, so a relative ``data/shards/x`` would
     name nothing there; URIs are left as they are.
     """
-    import dataclasses
-
     def fix(path: str | None) -> str | None:
         return os.path.abspath(path) if path and "://" not in path else path
 
@@ -132,37 +172,24 @@ def absolute_paths(cfg: TrainJobConfig) -> TrainJobConfig:
     return dataclasses.replace(cfg, data=data, train=dataclasses.replace(train, resume=resume))
 
 
-def run_training(cfg: TrainJobConfig) -> dict:
-    """Run the job on the connected Ray cluster with a ``TorchTrainer``; returns the final metrics.
-
-    Args:
-        cfg: The job config (Ray must already be initialised, see ``ray_session``).
-
-    Returns:
-        The metrics of the last report (``final_metrics``): best valid, test, throughput, times.
-    """
-    import ray
+def _fit(cfg: TrainJobConfig, worker: Callable[[dict], None], payload: dict, *, name: str, storage: str,
+         max_failures: int) -> None:
+    """Run ``worker`` on ``parallel.num_workers`` Ray Train workers; raise what failed."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from mvrec_dist.train.worker import config_payload, train_worker
-
-    cfg = absolute_paths(cfg)
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    preflight(cfg, resources=ray.cluster_resources(), num_nodes=len(nodes))
     p = cfg.parallel
-    storage = cfg.train.storage_path
     resources = {"CPU": p.cpus_per_worker}
     if p.use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
-        train_worker,
-        train_loop_config=config_payload(cfg),
+        worker,
+        train_loop_config=payload,
         torch_config=TorchConfig(backend="nccl" if p.use_gpu else "gloo", timeout_s=p.timeout_s),
         scaling_config=ScalingConfig(num_workers=p.num_workers, use_gpu=p.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=cfg.train.run_name, storage_path=storage,
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            name=name, storage_path=storage,
+            failure_config=FailureConfig(max_failures=max_failures),
             # Retention (newest K plus the best) is the Checkpointer's: Ray keeps what it is given.
             checkpoint_config=CheckpointConfig(num_to_keep=None),
             # Our own progress lines say what happens; Ray Train's per-report INFO lines repeat it.
@@ -173,15 +200,116 @@ def run_training(cfg: TrainJobConfig) -> dict:
     result = trainer.fit()
     if result.error is not None:
         raise result.error
+
+
+class _Heartbeat:
+    """Rewrites ``status.json`` as ``running`` every ``HEARTBEAT_SECONDS`` while the driver waits."""
+
+    def __init__(self, run_uri: str):
+        self.run_uri = run_uri
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="mvrec-status-heartbeat", daemon=True)
+
+    def __enter__(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                write_status(self.run_uri, "running")
+            except OSError:  # storage hiccup: the next beat tries again; status is advisory
+                pass
+
+
+def run_training(cfg: TrainJobConfig) -> dict:
+    """Run the job on the connected Ray cluster with a ``TorchTrainer``; returns the final metrics.
+
+    Args:
+        cfg: The job config (Ray must already be initialised, see ``ray_session``).
+
+    Returns:
+        The metrics of the last report (``final_metrics``): best valid, test, throughput, times.
+
+    Raises:
+        PreflightError: when the cluster or the paths cannot run the job (nothing started).
+    """
+    from mvrec_dist.train.worker import config_payload, train_worker
+
+    cfg = absolute_paths(cfg)
+    resources, num_nodes = cluster_view()
+    preflight(cfg, resources=resources, num_nodes=num_nodes)
+    run_uri = f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}"
+    try:
+        write_status(run_uri, "running")
+    except OSError as exc:
+        raise PreflightError([f"train.storage_path={cfg.train.storage_path}: cannot write the run directory "
+                              f"({exc}); fix its permissions or credentials, or choose another path"]) from None
+    try:
+        with _Heartbeat(run_uri):
+            _fit(cfg, train_worker, config_payload(cfg), name=cfg.train.run_name, storage=cfg.train.storage_path,
+                 max_failures=cfg.train.max_failures)
+    except KeyboardInterrupt:
+        write_status(run_uri, "failed", error="interrupted (Ctrl-C); run the same command again to resume")
+        raise
+    except Exception as exc:
+        write_status(run_uri, "failed", error=_one_line(exc))
+        raise
+    write_status(run_uri, "finished")
     return read_result(cfg)
+
+
+def run_evaluation(cfg: TrainJobConfig, checkpoint: str, split: str, output: str) -> dict:
+    """Score a checkpoint on ``split`` with ``parallel.num_workers`` Ray Train workers.
+
+    Args:
+        cfg: The job config the checkpoint was trained with (plus any overrides); Ray initialised.
+        checkpoint: The checkpoint directory (local path or URI every worker can read).
+        split: ``valid`` or ``test``.
+        output: Where rank 0 writes the metrics as JSON (Ray Train's own records go to a
+            directory beside it, ``<output without .json>.ray/``, removed afterwards).
+
+    Returns:
+        The metrics (``run_eval_worker``'s dict).
+
+    Raises:
+        PreflightError: when the checkpoint, dataset, paths or cluster cannot run it.
+    """
+    from mvrec_dist.train.worker import config_payload, eval_worker
+
+    cfg = absolute_paths(cfg)
+    # Workers do not run in the driver's directory: local paths must be absolute.
+    checkpoint, output = (os.path.abspath(p) if "://" not in p else p for p in (checkpoint, output))
+    resources, num_nodes = cluster_view()
+    preflight(cfg, resources=resources, num_nodes=num_nodes, evaluating=checkpoint)
+    parent, _, stem = output.rstrip("/").rpartition("/")
+    payload = {**config_payload(cfg), "checkpoint": checkpoint, "split": split, "output": output}
+    records = f"{stem.removesuffix('.json')}.ray"
+    try:
+        _fit(cfg, eval_worker, payload, name=records, storage=parent, max_failures=0)
+    finally:
+        fs, root = resolve(f"{parent}/{records}")
+        with contextlib.suppress(OSError):  # absent when Ray Train failed before writing anything
+            fs.delete_dir(root)
+    metrics = read_json(output)
+    if metrics is None:
+        raise RuntimeError(f"{output}: the evaluation finished but wrote no result")
+    return metrics
+
+
+def _one_line(exc: BaseException) -> str:
+    cause = root_cause(exc, tuple(user_error_types()))
+    return one_line(cause) if cause is not None else f"{type(exc).__name__}: {one_line(exc)}"
 
 
 def read_result(cfg: TrainJobConfig) -> dict:
     """The finished run's ``result.json`` (written by rank 0 into the run directory)."""
-    import json
-
-    from mvrec_dist.data.fs import open_input_file
-
     uri = f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}/{RESULT_NAME}"
-    with open_input_file(uri) as f:
-        return json.loads(f.read().decode("utf-8"))
+    result = read_json(uri)
+    if result is None:
+        raise RuntimeError(f"{uri}: the run finished but its result is missing or unreadable")
+    return result

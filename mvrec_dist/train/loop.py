@@ -18,7 +18,77 @@ from mvrec_dist.eval.runner import evaluate_ranking
 from mvrec_dist.train.metrics_log import MetricsLog, format_eta
 from mvrec_dist.train.state import DataCursor, TrainState
 
-__all__ = ["Trainer", "FitResult"]
+__all__ = ["Trainer", "FitResult", "evaluate_split", "peak_memory"]
+
+
+EVAL_PROGRESS_SECONDS = 10.0
+"""Least time between two progress lines of one evaluation."""
+
+
+class _EvalProgress:
+    """Throttled progress lines of one evaluation: share done, users/s of every rank, ETA.
+
+    Rank 0 extrapolates from its own slice: the ranks' slices are equal up to one user.
+    """
+
+    def __init__(self, log: MetricsLog, split: str, world_size: int):
+        self.log, self.split, self.world_size = log, split, world_size
+        self._start = self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done == 0:  # item representations are ready: users are scored from here on
+            self._start = self._last = now
+            return
+        if done >= total or now - self._last < EVAL_PROGRESS_SECONDS:
+            return
+        self._last = now
+        rate = done / max(now - self._start, 1e-9)
+        self.log.progress(f"{self.split}: {100 * done / total:.0f}% of ~{total * self.world_size:,} users "
+                          f"({rate * self.world_size:,.0f} users/s) eta {format_eta((total - done) / rate)}")
+
+
+def evaluate_split(model: Any, data: Any, split: str, ks: tuple[int, ...],
+                   log: MetricsLog | None = None) -> dict[str, float]:
+    """HR@K / NDCG@K of ``model`` on ``split`` (``valid`` or ``test``), full ranking (collective).
+
+    Args:
+        model: The ``ParallelModel``.
+        data: This rank's ``TrainData`` (its slice of the split's users).
+        split: Which split.
+        ks: Cut-offs.
+        log: Where progress lines go while it runs (every ``EVAL_PROGRESS_SECONDS``); None for none.
+
+    Returns:
+        What ``evaluate_ranking`` returns (identical on every rank).
+    """
+    progress = _EvalProgress(log, split, data.world_size) if log is not None else None
+    with model.evaluating():
+        return evaluate_ranking(model, data.eval_batches(split), num_items=data.num_items, ks=ks, progress=progress)
+
+
+def peak_memory(model: Any) -> dict[str, float]:
+    """Peak resident memory of every rank so far, in MiB (collective: one tiny all-gather).
+
+    Returns:
+        ``peak_rss_mib_rank<r>`` per rank and ``peak_rss_mib_max``; on CUDA also
+        ``peak_gpu_mib_rank<r>`` / ``peak_gpu_mib_max`` (``torch.cuda.max_memory_allocated``).
+    """
+    import resource
+
+    import torch
+
+    row = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024]  # Linux reports KiB
+    cuda = model.ctx.is_cuda
+    if cuda:
+        row.append(torch.cuda.max_memory_allocated(model.ctx.device) >> 20)
+    peaks = model.gather_rows(torch.tensor([row], dtype=torch.long)).tolist()
+    out = {f"peak_rss_mib_rank{r}": float(p[0]) for r, p in enumerate(peaks)}
+    out["peak_rss_mib_max"] = max(out.values())
+    if cuda:
+        gpu = {f"peak_gpu_mib_rank{r}": float(p[1]) for r, p in enumerate(peaks)}
+        out.update(gpu, peak_gpu_mib_max=max(gpu.values()))
+    return out
 
 
 @dataclass(frozen=True)
@@ -62,6 +132,7 @@ class Trainer:
         self.report = report
         self._sequences = 0
         self._targets = 0
+        self._epoch_summary: dict[str, float] = {}  # the last finished epoch's loss, rate and memory
         self._audit = None
         if cfg.data.audit_dir:
             import os
@@ -103,18 +174,9 @@ class Trainer:
         best_valid = next((h["metrics"] for h in st.history if h["step"] == st.best_step), {})
         seconds = max(st.train_seconds, 1e-9)
         throughput = {"sequences_per_s": self._sequences / seconds, "targets_per_s": self._targets / seconds}
-        return FitResult(state=st, valid=best_valid, test=test, throughput=throughput, memory=self._peak_memory())
-
-    def _peak_memory(self) -> dict[str, float]:
-        import resource
-
-        import torch
-
-        mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # Linux reports KiB
-        peaks = self.model.gather_rows(torch.tensor([[mine]], dtype=torch.long)).flatten().tolist()
-        out = {f"peak_rss_mib_rank{r}": float(v) for r, v in enumerate(peaks)}
-        out["peak_rss_mib_max"] = float(max(peaks))
-        return out
+        memory = peak_memory(self.model)
+        self.log.record("memory", st.step, memory)
+        return FitResult(state=st, valid=best_valid, test=test, throughput=throughput, memory=memory)
 
     # ------------------------------------------------------------------ epochs
     def _train_epoch(self, run_start: float) -> bool:
@@ -130,7 +192,8 @@ class Trainer:
         cursors = {c.consumer: c for c in starts[self.data.rank * per_rank:(self.data.rank + 1) * per_rank]}
         batches = self.data.train_batches(st.epoch, plans, starts, skips)
         expected = max(1, self.data.estimated_steps_per_epoch())
-        epoch_start, seq0 = time.perf_counter(), self._sequences
+        epoch_start, seq0, tgt0 = time.perf_counter(), self._sequences, self._targets
+        loss_sum, loss_steps = 0.0, 0
         while True:
             t0 = time.perf_counter()
             batch = next(batches, None)
@@ -148,18 +211,20 @@ class Trainer:
                                                   "rows": batch.provenance.tolist()}) + "\n")
             st.step += 1
             st.epoch_step += 1
+            loss_sum, loss_steps = loss_sum + stats.loss, loss_steps + 1
             st.train_seconds += time.perf_counter() - t0
             self._sequences += sequences
             self._targets += targets
             if st.step % cfg.train.log_every_steps == 0:
                 now = time.perf_counter()
                 rate = (self._sequences - seq0) / max(now - epoch_start, 1e-9)
+                target_rate = (self._targets - tgt0) / max(now - epoch_start, 1e-9)
                 eta = (expected - st.epoch_step) * (now - epoch_start) / max(st.epoch_step, 1)
                 self.log.record("train", st.step, {"loss": stats.loss, "epoch": st.epoch, "sequences_per_s": rate,
-                                                   "sequences": self._sequences, "targets": self._targets,
-                                                   "train_seconds": st.train_seconds})
+                                                   "targets_per_s": target_rate, "sequences": self._sequences,
+                                                   "targets": self._targets, "train_seconds": st.train_seconds})
                 self.log.progress(f"epoch {st.epoch} step {st.epoch_step}/~{expected} loss {stats.loss:.4f} "
-                                  f"{rate:,.0f} seq/s eta {format_eta(eta)}")
+                                  f"{rate:,.0f} seq/s {target_rate:,.0f} targets/s eta {format_eta(eta)}")
             if cfg.train.checkpoint_every_steps and st.step % cfg.train.checkpoint_every_steps == 0:
                 st.cursors = self._all_cursors(cursors)
                 st.elapsed_seconds = time.perf_counter() - run_start
@@ -168,8 +233,20 @@ class Trainer:
                 st.cursors = self._all_cursors(cursors)
                 return True
         seconds = time.perf_counter() - epoch_start
-        self.log.progress(f"epoch {st.epoch} done: {st.epoch_step} steps in {seconds:.1f}s "
-                          f"({(self._sequences - seq0) / max(seconds, 1e-9):,.0f} seq/s)", always=True)
+        rate = (self._sequences - seq0) / max(seconds, 1e-9)
+        target_rate = (self._targets - tgt0) / max(seconds, 1e-9)
+        memory = peak_memory(self.model)
+        self._epoch_summary = {"loss": loss_sum / max(loss_steps, 1), "sequences_per_s": rate,
+                               "targets_per_s": target_rate,
+                               **{k: v for k, v in memory.items() if k in ("peak_rss_mib_max", "peak_gpu_mib_max")}}
+        self.log.record("epoch", st.step, {"epoch": st.epoch, "loss": self._epoch_summary["loss"],
+                                           "sequences_per_s": rate, "targets_per_s": target_rate, "seconds": seconds,
+                                           "steps": st.epoch_step})
+        self.log.record("memory", st.step, {"epoch": st.epoch, **memory})
+        gpu = f", peak GPU {memory['peak_gpu_mib_max']:,.0f} MiB" if "peak_gpu_mib_max" in memory else ""
+        self.log.progress(f"epoch {st.epoch} done: {st.epoch_step} steps in {seconds:.1f}s ({rate:,.0f} seq/s, "
+                          f"{target_rate:,.0f} targets/s, mean loss {self._epoch_summary['loss']:.4f}, peak RSS "
+                          f"{memory['peak_rss_mib_max']:,.0f} MiB{gpu})", always=True)
         st.cursors = []
         st.plan = None
         st.window_skips = {}
@@ -187,9 +264,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, split: str) -> dict[str, float]:
-        with self.model.evaluating():
-            return evaluate_ranking(self.model, self.data.eval_batches(split), num_items=self.data.num_items,
-                                    ks=self.cfg.eval.ks)
+        return evaluate_split(self.model, self.data, split, self.cfg.eval.ks, self.log)
 
     def _validate(self, run_start: float) -> bool:
         cfg, st = self.cfg, self.state
@@ -206,8 +281,12 @@ class Trainer:
         st.history.append({"epoch": st.epoch, "step": st.step, "metrics": metrics, "elapsed_s": elapsed})
         self.log.record("valid", st.step, {**metrics, "epoch": st.epoch})
         shown = " ".join(f"{k} {metrics[k]:.4f}" for k in metrics if "@" in k)
-        self.log.progress(f"valid epoch {st.epoch}: {shown} ({metrics['seconds']:.1f}s)"
-                          f"{' *best*' if improved else ''}", always=True)
+        # Epoch time so far (training and validation, over resumes too) times the epochs left: an upper
+        # bound, since early stopping may end the run sooner.
+        left = cfg.train.epochs - st.epoch - 1
+        eta = f", run eta <= {format_eta(elapsed / (st.epoch + 1) * left)}" if left > 0 else ""
+        self.log.progress(f"valid epoch {st.epoch}: {shown} ({metrics['users']:,} users in {metrics['seconds']:.1f}s"
+                          f"{eta}){' *best*' if improved else ''}", always=True)
         return improved
 
     def _test(self) -> dict[str, float]:
@@ -225,7 +304,8 @@ class Trainer:
         st = self.state
         last = st.history[-1]["metrics"] if st.history else {}
         return {"step": st.step, "epoch": st.epoch, "best_metric": st.best_metric,
-                **{f"valid/{k}": v for k, v in last.items() if "@" in k}}
+                **{f"valid/{k}": v for k, v in last.items() if "@" in k},
+                **{f"train/{k}": v for k, v in self._epoch_summary.items()}}
 
     def _checkpoint(self, *, is_best: bool) -> None:
         st = self.state

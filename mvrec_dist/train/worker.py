@@ -1,15 +1,17 @@
-"""The per-worker training function: under Ray Train (``train_worker``) or any torch.distributed group.
+"""The per-worker functions: training and evaluation, under Ray Train or any torch.distributed group.
 
-``run_worker`` assembles a rank's pieces (manifest, model, ``ParallelModel``, ``TrainData``,
-``Checkpointer``, ``MetricsLog``) and runs the one ``Trainer``. It needs only an initialised process
-group, so tests and benchmarks drive it without Ray; ``train_worker`` adapts it to Ray Train
-(process group from Ray, checkpoints and metrics through ``ray.train.report``).
+``build_rank`` assembles a rank's pieces (manifest, model, ``ParallelModel``, ``TrainData``), the
+same for both. ``run_worker`` adds the ``Checkpointer`` and ``MetricsLog`` and runs the one
+``Trainer``; ``run_eval_worker`` loads a checkpoint's weights and scores one split. Both need only
+an initialised process group, so tests and benchmarks drive them without Ray; ``train_worker`` and
+``eval_worker`` adapt them to Ray Train (process group from Ray, results through ``ray.train.report``).
 """
 
 from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -19,17 +21,19 @@ from mvrec_dist.config.jobs import TrainJobConfig
 from mvrec_dist.config.load import build_config, config_to_dict
 from mvrec_dist.data.fs import is_local
 from mvrec_dist.data.loader import TrainData, load_item_train_counts
-from mvrec_dist.data.manifest import load_manifest
+from mvrec_dist.data.manifest import Manifest, load_manifest
 from mvrec_dist.models.builders import build_recommender
 from mvrec_dist.parallel.facade import ParallelModel
 from mvrec_dist.parallel.process_groups import DistContext, current_context
 from mvrec_dist.train.checkpointing import Checkpointer
 from mvrec_dist.train.content import content_fn, open_content_store
-from mvrec_dist.train.loop import FitResult, Trainer
+from mvrec_dist.train.loop import FitResult, Trainer, evaluate_split
 from mvrec_dist.train.metrics_log import MetricsLog
+from mvrec_dist.train.runs import RESULT_NAME
 from mvrec_dist.train.state import TrainState
 
-__all__ = ["run_worker", "train_worker", "run_logs_dir", "final_metrics", "write_result"]
+__all__ = ["RankSetup", "build_rank", "run_worker", "run_eval_worker", "train_worker", "eval_worker", "run_logs_dir",
+           "final_metrics", "write_result", "config_payload"]
 
 
 def run_logs_dir(cfg: TrainJobConfig) -> str:
@@ -45,19 +49,39 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_worker(cfg: TrainJobConfig, ctx: DistContext, *,
-               publish: Callable[[str, str, dict], None] | None = None,
-               report: Callable[[dict], None] = lambda metrics: None) -> FitResult:
-    """Train, validate and test on this rank (every rank of the group calls it).
+@dataclass
+class RankSetup:
+    """One rank's assembled pieces, the same for training and evaluation."""
+
+    manifest: Manifest
+    """The dataset manifest."""
+    model: torch.nn.Module
+    """The unsharded recommender (its ID table lives in ``parallel``)."""
+    data: TrainData
+    """This rank's data."""
+    parallel: ParallelModel
+    """The model spread over the ranks."""
+
+    def describe(self, cfg: TrainJobConfig, ctx: DistContext) -> str:
+        """One progress line: ranks, device, dataset and model size."""
+        dense_params = sum(p.numel() for p in self.model.dense.parameters())
+        return (f"{ctx.world_size} ranks on {ctx.device.type} ({ctx.backend}); {self.manifest.num_items:,} items, "
+                f"{self.manifest.num_users:,} users; dense tower {dense_params:,} params, "
+                f"ZeRO-{cfg.parallel.zero_stage} {cfg.parallel.precision}")
+
+
+def build_rank(cfg: TrainJobConfig, ctx: DistContext) -> RankSetup:
+    """Build this rank's manifest, model, ``ParallelModel`` and data (every rank calls it).
+
+    Seeds: the model is initialised identically on every rank from ``train.seed``; afterwards each
+    rank gets its own seed, so dropout masks differ between ranks.
 
     Args:
         cfg: The job config.
         ctx: This rank's process group and device.
-        publish: How a written checkpoint part is published (Ray Train report); None copies to storage.
-        report: Where metric-only reports go.
 
     Returns:
-        The ``FitResult`` (the same on every rank).
+        The ``RankSetup``.
     """
     if not ctx.is_cuda:
         torch.set_num_threads(cfg.parallel.cpus_per_worker)
@@ -74,6 +98,25 @@ def run_worker(cfg: TrainJobConfig, ctx: DistContext, *,
         pm.set_content_source(content_fn(store), cfg.eval.content_batch_size)
     # Identical model init above; from here on each rank draws its own dropout masks.
     _seed_everything(cfg.train.seed + 7919 * (ctx.rank + 1))
+    return RankSetup(manifest=manifest, model=model, data=data, parallel=pm)
+
+
+def run_worker(cfg: TrainJobConfig, ctx: DistContext, *,
+               publish: Callable[[str, str, dict], None] | None = None,
+               report: Callable[[dict], None] = lambda metrics: None) -> FitResult:
+    """Train, validate and test on this rank (every rank of the group calls it).
+
+    Args:
+        cfg: The job config.
+        ctx: This rank's process group and device.
+        publish: How a written checkpoint part is published (Ray Train report); None copies to storage.
+        report: Where metric-only reports go.
+
+    Returns:
+        The ``FitResult`` (the same on every rank).
+    """
+    setup = build_rank(cfg, ctx)
+    pm = setup.parallel
     log = MetricsLog(run_logs_dir(cfg), quiet=cfg.train.quiet, enabled=ctx.rank == 0)
     checkpointer = Checkpointer(cfg, ctx, publish)
     try:
@@ -87,18 +130,64 @@ def run_worker(cfg: TrainJobConfig, ctx: DistContext, *,
                          f"{len(state.cursors)} consumer cursors, written by {state.world_size} ranks)", always=True)
         if pm.sparse is not None:
             log.progress(f"item table: {pm.sparse.plan_text}")
-        dense_params = sum(p.numel() for p in model.dense.parameters())
+        log.progress(setup.describe(cfg, ctx))
+        store = setup.data.content_store
         if store is not None:
             log.progress(f"item content: {store.name}, {store.items_with_content:,} of {store.num_items:,} items, "
                          f"{store.dtype} {list(store.shape)} each")
-        log.progress(f"{ctx.world_size} ranks on {ctx.device.type} ({ctx.backend}); {manifest.num_items:,} items, "
-                     f"{manifest.num_users:,} users; dense tower {dense_params:,} params, "
-                     f"ZeRO-{cfg.parallel.zero_stage} {cfg.parallel.precision}")
-        trainer = Trainer(cfg, pm, data, checkpointer, log, state, report)
+        trainer = Trainer(cfg, pm, setup.data, checkpointer, log, state, report)
         return trainer.fit()
     finally:
         log.close()
         checkpointer.close()
+        if ctx.rank == 0 and not is_local(cfg.train.storage_path):
+            _upload_logs(cfg)
+
+
+def _upload_logs(cfg: TrainJobConfig) -> None:
+    """Copy rank 0's local ``logs/`` into the run directory on remote storage (overwriting older copies)."""
+    import pyarrow.fs as pafs
+
+    from mvrec_dist.data.fs import resolve
+
+    local = run_logs_dir(cfg)
+    if not os.path.isdir(local):
+        return
+    fs, root = resolve(f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}/logs")
+    fs.create_dir(root, recursive=True)
+    pafs.copy_files(local, root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def run_eval_worker(cfg: TrainJobConfig, ctx: DistContext, checkpoint: str, split: str) -> dict:
+    """Evaluate a checkpoint's weights on ``split`` on this rank (every rank of the group calls it).
+
+    Args:
+        cfg: The job config (normally the checkpoint's own ``config.json`` with overrides).
+        ctx: This rank's process group and device.
+        checkpoint: The checkpoint directory (local path or URI every rank can read).
+        split: ``valid`` or ``test``.
+
+    Returns:
+        ``{"hr@K": ..., "ndcg@K": ..., "users", "seconds", "split", "checkpoint", "step",
+        "recorded_valid"}`` (the same on every rank); ``recorded_valid`` holds the validation
+        metrics the run recorded at the checkpoint's step, if it validated there.
+    """
+    setup = build_rank(cfg, ctx)
+    log = MetricsLog(None, quiet=cfg.train.quiet, enabled=ctx.rank == 0)
+    checkpointer = Checkpointer(cfg, ctx)
+    try:
+        log.progress(setup.describe(cfg, ctx))
+        state = TrainState.from_json(checkpointer.load_weights(setup.parallel, checkpoint))
+        log.progress(f"loaded {checkpoint} (step {state.step}); scoring {split}")
+        metrics = evaluate_split(setup.parallel, setup.data, split, cfg.eval.ks, log)
+        shown = " ".join(f"{k} {metrics[k]:.4f}" for k in metrics if "@" in k)
+        log.progress(f"{split}: {shown} ({metrics['users']:,} users in {metrics['seconds']:.1f}s, "
+                     f"{metrics['users'] / max(metrics['seconds'], 1e-9):,.0f} users/s)", always=True)
+    finally:
+        log.close()
+        checkpointer.close()
+    recorded = next((h["metrics"] for h in state.history if h["step"] == state.step), None)
+    return {**metrics, "split": split, "checkpoint": checkpoint, "step": state.step, "recorded_valid": recorded}
 
 
 def final_metrics(result: FitResult) -> dict:
@@ -131,16 +220,34 @@ def train_worker(loop_config: dict) -> None:
     ray.train.report(metrics)
 
 
-def write_result(cfg: TrainJobConfig, metrics: dict) -> None:
-    """Write the run's final metrics to ``<storage_path>/<run_name>/result.json`` (rank 0)."""
+def eval_worker(loop_config: dict) -> None:
+    """Ray Train's ``train_loop_per_worker`` of ``mvrec eval``.
+
+    ``loop_config = {"config": <resolved config dict>, "checkpoint": uri, "split": name, "output": uri}``;
+    rank 0 writes the metrics as JSON to ``output``.
+    """
+    import ray.train
+
+    cfg = build_config(TrainJobConfig, loop_config["config"])
+    ctx = current_context(use_gpu=cfg.parallel.use_gpu)
+    metrics = run_eval_worker(cfg, ctx, loop_config["checkpoint"], loop_config["split"])
+    if ctx.rank == 0:
+        _write_json(loop_config["output"], metrics)
+    ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+
+
+def _write_json(uri: str, data: dict) -> None:
     import json
 
     from mvrec_dist.data.fs import open_output_stream
-    from mvrec_dist.train.launch import RESULT_NAME
 
-    uri = f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}/{RESULT_NAME}"
     with open_output_stream(uri) as f:
-        f.write(json.dumps(metrics, indent=1, sort_keys=True).encode("utf-8"))
+        f.write(json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
+
+
+def write_result(cfg: TrainJobConfig, metrics: dict) -> None:
+    """Write the run's final metrics to ``<storage_path>/<run_name>/result.json`` (rank 0)."""
+    _write_json(f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}/{RESULT_NAME}", metrics)
 
 
 def config_payload(cfg: TrainJobConfig) -> dict:

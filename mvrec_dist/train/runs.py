@@ -1,0 +1,294 @@
+"""What a run directory holds, read without torch: checkpoints, status, metrics, the final result.
+
+A run is ``<train.storage_path>/<train.run_name>/`` (local, shared filesystem or object store):
+
+```
+checkpoint-step<9 digits>/   COMMIT.json (written last), state.json, config.json, tensors
+logs/metrics.jsonl           one JSON record per line (train / valid / test / memory / checkpoint)
+logs/tensorboard/            TensorBoard event files of the same records
+status.json                  the driver's view: running (a heartbeat while it runs), failed, finished
+result.json                  final metrics, written by rank 0 when the run finished
+evals/<checkpoint>-<split>.json   results of ``mvrec eval``
+```
+
+A run counts as *finished* when ``result.json`` exists, *failed* when the driver recorded a failure
+or nothing in the run changed for longer than ``stale_after`` seconds (a killed driver leaves no
+record; resubmitting the same command resumes it), and *in progress* otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from mvrec_dist.data.fs import open_output_stream, resolve
+
+__all__ = ["RESULT_NAME", "STATUS_NAME", "COMMIT_NAME", "HEARTBEAT_SECONDS", "RunSummary", "checkpoint_name",
+           "checkpoint_position", "list_checkpoints", "list_runs", "summarize_run", "resolve_checkpoint", "write_status",
+           "read_json"]
+
+RESULT_NAME = "result.json"
+STATUS_NAME = "status.json"
+COMMIT_NAME = "COMMIT.json"  # parallel.checkpoint.COMMIT_NAME, repeated so that this module imports no torch
+HEARTBEAT_SECONDS = 60.0
+"""How often a running driver rewrites ``status.json``; ``stale_after`` should be several of these."""
+
+_CHECKPOINT = re.compile(r"^checkpoint-step(\d{9})$")
+
+
+def checkpoint_name(step: int) -> str:
+    """Directory name of the checkpoint taken after ``step`` optimiser steps."""
+    return f"checkpoint-step{step:09d}"
+
+
+def list_checkpoints(run_uri: str) -> list[tuple[int, str]]:
+    """``(step, name)`` of every checkpoint directory under a run directory, newest first."""
+    fs, root = resolve(run_uri)
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return []
+    found = []
+    for entry in fs.get_file_info(pafs.FileSelector(root)):
+        m = _CHECKPOINT.match(entry.base_name)
+        if m and entry.type == pafs.FileType.Directory:
+            found.append((int(m.group(1)), entry.base_name))
+    return sorted(found, reverse=True)
+
+
+def read_json(uri: str) -> dict | None:
+    """The JSON object stored at ``uri``; None when the file is absent or not a JSON object."""
+    fs, path = resolve(uri)
+    try:
+        with fs.open_input_stream(path) as f:
+            data = json.loads(f.read().decode("utf-8"))
+    except (FileNotFoundError, OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_status(run_uri: str, status: str, *, error: str | None = None) -> None:
+    """Record the driver's view of a run in ``<run>/status.json`` (``running``/``failed``/``finished``).
+
+    Args:
+        run_uri: The run directory.
+        status: What the driver knows.
+        error: One line saying why the run failed.
+    """
+    record = {"status": status, "updated": time.time()}
+    if error:
+        record["error"] = error
+    with open_output_stream(f"{run_uri.rstrip('/')}/{STATUS_NAME}") as f:
+        f.write(json.dumps(record, indent=1, sort_keys=True).encode("utf-8"))
+
+
+@dataclass
+class RunSummary:
+    """One run as ``mvrec runs list/show`` reports it."""
+
+    name: str
+    """Run name (directory name)."""
+    uri: str
+    """Run directory."""
+    status: str
+    """``finished``, ``in progress`` or ``failed``."""
+    detail: str = ""
+    """Why a run is failed (the driver's error, or how long it has been silent)."""
+    updated: float = 0.0
+    """Newest modification time seen in the run (seconds since the epoch; 0 when unknown)."""
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    """Newest first: ``name``, ``step``, ``committed``, and from its state (None when unfinished) ``epoch``
+    (the epoch in progress, 0-based) and ``epoch_step`` (its steps done; 0 at an epoch's end)."""
+    select_metric: str = "ndcg@10"
+    """The validation metric that picks the best checkpoint."""
+    best_valid: dict[str, float] = field(default_factory=dict)
+    """Metrics of the best validation so far (``hr@10``, ``ndcg@10``, ...)."""
+    best_epoch: int | None = None
+    """Epoch of the best validation."""
+    best_step: int | None = None
+    """Step of the best validation (the best checkpoint is ``checkpoint_name(best_step)``)."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """Every validation of the newest committed checkpoint's state: ``epoch``, ``step``, ``metrics``."""
+    test: dict[str, float] | None = None
+    """Test metrics of the best weights (finished runs that tested)."""
+    result: dict[str, Any] | None = None
+    """``result.json`` as written (finished runs)."""
+    evals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """``mvrec eval`` results under ``evals/``, by file stem."""
+
+    @property
+    def newest_checkpoint(self) -> dict[str, Any] | None:
+        """The newest committed checkpoint, if any."""
+        return next((c for c in self.checkpoints if c["committed"]), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``--json`` output."""
+        return {k: getattr(self, k) for k in ("name", "uri", "status", "detail", "updated", "checkpoints",
+                                              "select_metric", "best_valid", "best_epoch", "best_step", "history",
+                                              "test", "result", "evals")}
+
+
+def checkpoint_position(checkpoint: dict[str, Any]) -> str:
+    """Where in training a ``RunSummary.checkpoints`` entry was taken, e.g. ``end of epoch 2``."""
+    epoch, epoch_step = checkpoint.get("epoch"), checkpoint.get("epoch_step")
+    if epoch is None:
+        return "unfinished"
+    if not epoch_step:
+        return f"end of epoch {epoch - 1}" if epoch > 0 else "start"
+    return f"epoch {epoch}, step {epoch_step} of it"
+
+
+def _mtime(info: pafs.FileInfo) -> float:
+    return info.mtime.timestamp() if info.type != pafs.FileType.NotFound and info.mtime is not None else 0.0
+
+
+def _is_run(fs: pafs.FileSystem, root: str) -> bool:
+    names = {e.base_name for e in fs.get_file_info(pafs.FileSelector(root))}
+    return bool(names & {RESULT_NAME, STATUS_NAME, "logs"}) or any(_CHECKPOINT.match(n) for n in names)
+
+
+def list_runs(storage_path: str, *, stale_after: float = 600.0) -> list[RunSummary]:
+    """Every run directory directly under ``storage_path``, most recently updated first.
+
+    Args:
+        storage_path: A ``train.storage_path`` (local path or URI).
+        stale_after: Seconds without any change after which an unfinished run counts as failed.
+
+    Returns:
+        The runs' summaries (an empty list when the directory does not exist).
+    """
+    fs, root = resolve(storage_path)
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return []
+    runs = []
+    for entry in fs.get_file_info(pafs.FileSelector(root)):
+        if entry.type == pafs.FileType.Directory and _is_run(fs, entry.path):
+            runs.append(summarize_run(f"{storage_path.rstrip('/')}/{entry.base_name}", stale_after=stale_after))
+    return sorted(runs, key=lambda r: r.updated, reverse=True)
+
+
+def summarize_run(run_uri: str, *, stale_after: float = 600.0, now: float | None = None) -> RunSummary:
+    """Read a run directory into a ``RunSummary``.
+
+    Args:
+        run_uri: The run directory.
+        stale_after: Seconds without any change after which an unfinished run counts as failed.
+        now: The current time (tests pass a fixed one).
+
+    Returns:
+        The summary.
+    """
+    fs, root = resolve(run_uri)
+    name = root.rstrip("/").rsplit("/", 1)[-1]
+    summary = RunSummary(name=name, uri=run_uri, status="in progress")
+    run = run_uri.rstrip("/")
+    times = [_mtime(i) for i in fs.get_file_info([f"{root}/{STATUS_NAME}", f"{root}/{RESULT_NAME}",
+                                                   f"{root}/logs/metrics.jsonl"])]
+    for step, ckpt in list_checkpoints(run_uri):
+        commit_info = fs.get_file_info(f"{root}/{ckpt}/{COMMIT_NAME}")
+        times.append(max(_mtime(commit_info), _mtime(fs.get_file_info(f"{root}/{ckpt}"))))
+        commit = read_json(f"{run}/{ckpt}/{COMMIT_NAME}") if commit_info.type == pafs.FileType.File else None
+        state = (read_json(f"{run}/{ckpt}/state.json") or {}) if commit else {}
+        summary.checkpoints.append({"name": ckpt, "step": step, "committed": commit is not None,
+                                    "epoch": state.get("epoch"), "epoch_step": state.get("epoch_step")})
+    summary.updated = max(times, default=0.0)
+    newest = summary.newest_checkpoint
+    if newest is not None:
+        config = read_json(f"{run}/{newest['name']}/config.json") or {}
+        summary.select_metric = config.get("eval", {}).get("select_metric", summary.select_metric)
+        state = read_json(f"{run}/{newest['name']}/state.json") or {}
+        summary.history = state.get("history", [])
+        best = next((h for h in summary.history if h.get("step") == state.get("best_step")), None)
+        if best is not None:
+            summary.best_valid, summary.best_epoch, summary.best_step = best["metrics"], best["epoch"], best["step"]
+    _read_evals(fs, root, run, summary)
+    result = read_json(f"{run}/{RESULT_NAME}")
+    status = read_json(f"{run}/{STATUS_NAME}") or {}
+    if result is not None:
+        summary.status, summary.result = "finished", result
+        valid = {k[len("valid/"):]: v for k, v in result.items() if k.startswith("valid/")}
+        if valid:
+            summary.best_valid, summary.best_epoch = valid, result.get("best_epoch")
+        test = {k[len("test/"):]: v for k, v in result.items() if k.startswith("test/")}
+        summary.test = test or None
+    elif status.get("status") == "failed":
+        summary.status, summary.detail = "failed", status.get("error", "the driver recorded a failure")
+    else:
+        silent = (time.time() if now is None else now) - summary.updated
+        if silent > stale_after:
+            summary.status = "failed"
+            summary.detail = (f"no change for {_duration(silent)} and no result.json (the driver was stopped "
+                              "or killed); resubmit the same command to resume from the newest checkpoint")
+    return summary
+
+
+def _read_evals(fs: pafs.FileSystem, root: str, run: str, summary: RunSummary) -> None:
+    if fs.get_file_info(f"{root}/evals").type != pafs.FileType.Directory:
+        return
+    for entry in fs.get_file_info(pafs.FileSelector(f"{root}/evals")):
+        if entry.base_name.endswith(".json"):
+            data = read_json(f"{run}/evals/{entry.base_name}")
+            if data is not None:
+                summary.evals[entry.base_name[:-len(".json")]] = data
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    days, rem = divmod(seconds, 86400)
+    h, rem = divmod(rem, 3600)
+    m = rem // 60
+    return f"{days}d{h:02d}h" if days else (f"{h}h{m:02d}m" if h else f"{m}m")
+
+
+def resolve_checkpoint(target: str, which: str = "best") -> tuple[str, str]:
+    """Find the checkpoint ``mvrec eval`` should score.
+
+    Args:
+        target: A run directory, or a checkpoint directory (one holding ``COMMIT.json``).
+        which: For a run directory: ``best`` (the best validation's checkpoint, as the newest
+            committed checkpoint's state records it), ``latest`` (the newest committed one) or a
+            checkpoint's directory name. Ignored for a checkpoint directory.
+
+    Returns:
+        ``(run directory, checkpoint directory)``.
+
+    Raises:
+        PathError: one line naming what is missing and what to pass instead.
+    """
+    from mvrec_dist.runtime.paths import PathError
+
+    fs, path = resolve(target)
+    target = target.rstrip("/")
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.NotFound:
+        raise PathError(f"{target} does not exist; pass a run directory (<train.storage_path>/<train.run_name>, "
+                        "see `mvrec runs list`) or a checkpoint directory inside one")
+    if kind != pafs.FileType.Directory:
+        raise PathError(f"{target} is a file; pass a run directory or a checkpoint directory")
+    if fs.get_file_info(f"{path}/{COMMIT_NAME}").type == pafs.FileType.File:
+        return target.rpartition("/")[0] or ".", target
+    names = {c["name"]: c for c in summarize_run(target, stale_after=float("inf")).checkpoints}
+    committed = [n for n, c in names.items() if c["committed"]]
+    if not committed:
+        raise PathError(f"{target} has no finished checkpoint (no checkpoint-step*/ with {COMMIT_NAME}); "
+                        "train longer or pass a checkpoint directory")
+    if which == "latest":
+        return target, f"{target}/{committed[0]}"
+    if which == "best":
+        state = read_json(f"{target}/{committed[0]}/state.json") or {}
+        step = state.get("best_step", -1)
+        if step is None or step < 0:
+            raise PathError(f"{target}: the run has not validated yet, so it has no best checkpoint; "
+                            "pass --checkpoint latest")
+        name = checkpoint_name(step)
+        if name not in committed:
+            raise PathError(f"{target}: the best checkpoint {name} is missing or unfinished; "
+                            f"pass --checkpoint latest or one of {', '.join(committed)}")
+        return target, f"{target}/{name}"
+    if which not in committed:
+        raise PathError(f"{target} has no finished checkpoint {which}; pass best, latest or one of "
+                        f"{', '.join(committed)}")
+    return target, f"{target}/{which}"

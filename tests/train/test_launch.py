@@ -1,0 +1,78 @@
+"""The driver's side of a job: what ``preflight`` checks, what is prepared before training, and in what order.
+
+No Ray and no workers: the dataset is ``manifest_dataset`` (tests/conftest.py, without video content),
+and the steps that need a cluster are replaced by recorders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mvrec_dist.config import TrainJobConfig, load_config
+from mvrec_dist.train.launch import PreflightError, preflight, prepare_features
+
+REPO = Path(__file__).resolve().parents[2]
+CACHED = REPO / "jobs" / "configs" / "microlens-50k" / "sasrec-video-frozen-cached.yaml"
+
+
+def _cached(dataset: Path, tmp_path: Path, *overrides: str) -> TrainJobConfig:
+    return load_config(TrainJobConfig, CACHED, [f"data.dataset_dir={dataset}", "data.prepare_with=null",
+                                                f"data.content_features={tmp_path / 'features'}",
+                                                f"train.storage_path={tmp_path / 'runs'}", *overrides])
+
+
+def test_a_video_tower_on_a_dataset_without_content_fails_preflight(manifest_dataset, tmp_path):
+    with pytest.raises(PreflightError) as exc:
+        preflight(_cached(manifest_dataset, tmp_path))
+    assert exc.value.problems == [f"model.item_tower='id+content' needs video content but {manifest_dataset} has "
+                                  "none; run jobs/ingest_microlens.py with video.enabled=true video.videos=<dir> on it"]
+
+
+def test_evaluation_needs_the_features_training_would_build(manifest_dataset, tmp_path, monkeypatch):
+    """Training may build a missing trunk-feature store (trunk_cache.build_if_missing); evaluation
+    never does, so its content check treats the store as required."""
+    import mvrec_dist.train.content as content
+
+    seen = []
+    monkeypatch.setattr(content, "content_problems", lambda cfg: seen.append(cfg.trunk_cache.build_if_missing) or [])
+    cfg = _cached(manifest_dataset, tmp_path)
+    assert cfg.trunk_cache.build_if_missing
+    preflight(cfg)
+    preflight(cfg, evaluating=str(tmp_path / "checkpoint-step000000001"))
+    assert seen == [True, False]
+
+
+@pytest.fixture
+def computed(monkeypatch) -> list[TrainJobConfig]:
+    """The configs ``run_trunk_cache`` was called with (it is not run)."""
+    import mvrec_dist.features.trunk_cache as trunk_cache
+
+    calls: list[TrainJobConfig] = []
+    monkeypatch.setattr(trunk_cache, "run_trunk_cache", calls.append)
+    return calls
+
+
+def test_missing_trunk_features_are_computed_first(manifest_dataset, tmp_path, monkeypatch, computed, capsys):
+    monkeypatch.chdir(tmp_path)
+    prepare_features(_cached(manifest_dataset, tmp_path, "data.content_features=features"))  # relative: made absolute
+    assert [c.data.content_features for c in computed] == [str(tmp_path / "features")]
+    assert "features holds no trunk features yet: computing them" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("overrides", [["trunk_cache.build_if_missing=false"],
+                                       ["model.content_encoder.cached_trunk=false"]])
+def test_features_are_computed_only_when_asked(manifest_dataset, tmp_path, computed, overrides):
+    prepare_features(_cached(manifest_dataset, tmp_path, *overrides))
+    prepare_features(load_config(TrainJobConfig, None, []))  # an ID-only run
+    assert computed == []
+
+
+def test_an_existing_feature_store_is_left_alone(manifest_dataset, tmp_path, monkeypatch, computed):
+    import mvrec_dist.data.content_store as content_store
+
+    monkeypatch.setattr(content_store, "load_features_manifest", lambda uri: {})
+    prepare_features(_cached(manifest_dataset, tmp_path))
+    assert computed == []
+

@@ -1,0 +1,182 @@
+"""The training loop's metrics: loss, HR/NDCG, throughput and memory reach metrics.jsonl, TensorBoard and
+the reports Ray Train gets; the progress lines carry rates and ETAs.
+
+The loop runs on duck-typed stand-ins for ``ParallelModel``, ``TrainData`` and ``Checkpointer`` (one
+process, no process group), so this checks the loop's bookkeeping in a second; the real pieces
+under Ray Train are covered end to end by tests/jobs/test_train_job.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mvrec_dist.config import TrainJobConfig, load_config
+from mvrec_dist.data.cursor import DataCursor
+from mvrec_dist.parallel.facade import StepStats
+from mvrec_dist.train.loop import Trainer
+from mvrec_dist.train.metrics_log import MetricsLog
+from mvrec_dist.train.state import TrainState
+
+N, D = 20, 4
+
+
+class FakeModel:
+    """One rank that 'learns': the loss halves every step; item i's representation is one-hot-ish."""
+
+    ctx = SimpleNamespace(rank=0, is_cuda=False)
+
+    def __init__(self):
+        self.steps = 0
+        self.items = torch.randn(N + 1, D, generator=torch.Generator().manual_seed(0))
+
+    def sync_step(self, has_batch, num_targets, sequences):
+        return has_batch, num_targets, sequences
+
+    def train_step(self, batch, *, global_targets, global_sequences):
+        self.steps += 1
+        return StepStats(loss=4.0 / self.steps, num_targets=global_targets, sequences=global_sequences)
+
+    def gather_rows(self, rows):
+        return rows
+
+    @contextlib.contextmanager
+    def evaluating(self):
+        yield
+
+    def item_representations(self, num_items):
+        return self.items
+
+    def user_states(self, history, lengths, item_repr):
+        return item_repr[history[:, 0]]
+
+    def sum_over_ranks(self, values):
+        return values
+
+
+class FakeData:
+    rank, world_size, loader_workers, consumers_per_rank, num_items = 0, 1, 0, 1, N
+
+    def resume_plan(self, epoch, cursors, plan, world_size, loader_workers, skips):
+        return [[]], [DataCursor(consumer=0, samples=0, windows=0, batches=0)], {}, False
+
+    def train_batches(self, epoch, plans, starts, skips):
+        for _ in range(3):
+            yield SimpleNamespace(lengths=torch.tensor([3, 4]), cursor=None)
+
+    def estimated_steps_per_epoch(self):
+        return 3
+
+    def eval_batches(self, split):
+        return [SimpleNamespace(history=torch.tensor([[1], [2]]), lengths=torch.tensor([1, 1]),
+                                targets=torch.tensor([3, 4]), history_values=torch.tensor([1, 2]),
+                                history_offsets=torch.tensor([0, 1, 2]))]
+
+
+class FakeCheckpointer:
+    def __init__(self):
+        self.reports = []
+
+    def save(self, model, state, *, is_best, metrics):
+        self.reports.append(metrics)
+        return f"checkpoint-step{state.step:09d}"
+
+    def load_best(self, model, state):
+        pass
+
+
+@pytest.fixture
+def fitted(tmp_path, capsys):
+    cfg = load_config(TrainJobConfig, None, ["train.epochs=2", "train.log_every_steps=1", "train.patience=0"])
+    log = MetricsLog(str(tmp_path / "logs"), quiet=False, enabled=True)
+    checkpointer, reports = FakeCheckpointer(), []
+    result = Trainer(cfg, FakeModel(), FakeData(), checkpointer, log, TrainState(), reports.append).fit()
+    log.close()
+    rows = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
+    return SimpleNamespace(result=result, rows=rows, reports=checkpointer.reports + reports,
+                           out=capsys.readouterr().out, logs=tmp_path / "logs")
+
+
+def test_metrics_jsonl_has_loss_ranking_throughput_and_memory(fitted):
+    kinds = {}
+    for row in fitted.rows:
+        kinds.setdefault(row["kind"], []).append(row)
+    assert [r["loss"] for r in kinds["train"]] == pytest.approx([4.0 / s for s in range(1, 7)])
+    assert all(r["sequences_per_s"] > 0 and r["targets_per_s"] > 0 for r in kinds["train"])
+    assert [r["epoch"] for r in kinds["valid"]] == [0, 1] and all("hr@10" in r and "ndcg@10" in r
+                                                                  for r in kinds["valid"])
+    assert "ndcg@20" in kinds["test"][0]
+    assert [r["loss"] for r in kinds["epoch"]] == pytest.approx([(4 + 2 + 4 / 3) / 3, (1 + 0.8 + 4 / 6) / 3])
+    # Each step: 2 sequences of lengths 3 and 4, so 2 + 3 targets: the two rates stand in that ratio.
+    assert all(r["targets_per_s"] == pytest.approx(2.5 * r["sequences_per_s"]) and r["steps"] == 3
+               for r in kinds["epoch"])
+    # One memory record per epoch and one at the end, all with the per-rank and the max peak RSS.
+    assert len(kinds["memory"]) == 3
+    assert all(r["peak_rss_mib_max"] == r["peak_rss_mib_rank0"] > 0 for r in kinds["memory"])
+
+
+def test_tensorboard_has_the_same_scalars(fitted):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(fitted.logs / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/sequences_per_s", "train/targets_per_s", "valid/hr@10", "valid/ndcg@10",
+            "test/ndcg@10", "epoch/loss", "epoch/sequences_per_s", "epoch/targets_per_s", "memory/peak_rss_mib_max",
+            "memory/peak_rss_mib_rank0"} <= tags
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_ray_train_reports_carry_loss_ranking_throughput_and_memory(fitted):
+    assert len(fitted.reports) == 2  # one per epoch (a checkpoint each)
+    for report in fitted.reports:
+        assert {"train/loss", "train/sequences_per_s", "train/targets_per_s", "train/peak_rss_mib_max",
+                "valid/hr@10", "valid/ndcg@10"} <= set(report)
+    assert fitted.reports[1]["train/loss"] == pytest.approx((1 + 0.8 + 4 / 6) / 3)
+    result = fitted.result
+    assert result.throughput["sequences_per_s"] > 0 and result.memory["peak_rss_mib_rank0"] > 0
+
+
+def test_progress_lines_have_rates_and_etas(fitted):
+    out = fitted.out
+    assert "epoch 0 step 1/~3 loss 4.0000" in out and " seq/s " in out and " targets/s eta " in out
+    assert "epoch 0 done: 3 steps in" in out and " targets/s, mean loss 2.4444, peak RSS" in out
+    valid = [line for line in out.splitlines() if line.startswith("valid epoch")]
+    assert "run eta <= " in valid[0] and "run eta" not in valid[1]  # nothing left after the last epoch
+    assert "2 users in" in valid[0]
+
+
+def test_quiet_mode_prints_only_summaries(tmp_path, capsys):
+    cfg = load_config(TrainJobConfig, None, ["train.epochs=1", "train.log_every_steps=1", "train.quiet=true"])
+    log = MetricsLog(str(tmp_path), quiet=True, enabled=True)
+    Trainer(cfg, FakeModel(), FakeData(), FakeCheckpointer(), log, TrainState(), lambda m: None).fit()
+    log.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 0 done", "valid epoch 0", "test (weights of epoch 0)"]
+
+
+class FourBatches(FakeData):
+    def eval_batches(self, split):
+        return [SimpleNamespace(history=torch.tensor([[1], [2]]), lengths=torch.tensor([1, 1]),
+                                targets=torch.tensor([3, 4]), history_values=torch.tensor([1, 2]),
+                                history_offsets=torch.tensor([0, 1, 2]))] * 4
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_evaluation_progress_has_a_rate_and_an_eta(monkeypatch, capsys, quiet):
+    from mvrec_dist.train import loop
+
+    monkeypatch.setattr(loop, "EVAL_PROGRESS_SECONDS", 0.0)  # a line after every batch but the last
+    metrics = loop.evaluate_split(FakeModel(), FourBatches(), "valid", (10,), MetricsLog(None, quiet=quiet,
+                                                                                         enabled=True))
+    assert metrics["users"] == 8
+    lines = capsys.readouterr().out.splitlines()
+    if quiet:
+        assert lines == []
+        return
+    assert [line.split(" (")[0] for line in lines] == [f"valid: {p}% of ~8 users" for p in (25, 50, 75)]
+    assert all(line.endswith("s") and " users/s) eta " in line for line in lines)
