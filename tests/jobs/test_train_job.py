@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -43,16 +44,23 @@ def _ray_processes() -> int:
     return len(out.split())
 
 
-@pytest.mark.integration
-def test_two_workers_end_to_end(tmp_path):
-    ingest = tmp_path / "ingest.yaml"
-    ingest.write_text(TINY_INGEST.format(out=tmp_path / "ds", raw=tmp_path / "raw"))
-    runs = tmp_path / "runs"
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One run of the job: a tiny dataset ingested by the job itself, 2 epochs on 2 workers."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    ingest = tmp / "ingest.yaml"
+    ingest.write_text(TINY_INGEST.format(out=tmp / "ds", raw=tmp / "raw"))
     before = _ray_processes()
     started = time.time()
-    proc = _run(["--config", str(DEMO), f"data.dataset_dir={tmp_path / 'ds'}", f"data.prepare_with={ingest}",
-                 f"train.storage_path={runs}", "train.run_name=e2e", "train.epochs=2", "train.batch_size=64",
+    proc = _run(["--config", str(DEMO), f"data.dataset_dir={tmp / 'ds'}", f"data.prepare_with={ingest}",
+                 f"train.storage_path={tmp / 'runs'}", "train.run_name=e2e", "train.epochs=2", "train.batch_size=64",
                  "train.log_every_steps=2", "ray.num_cpus=2", "ray.dashboard=false"])
+    return SimpleNamespace(proc=proc, runs=tmp / "runs", seconds=time.time() - started, ray_before=before)
+
+
+@pytest.mark.integration
+def test_two_workers_end_to_end(trained):
+    proc, runs = trained.proc, trained.runs
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "ingesting it with" in proc.stdout  # the dataset was prepared by the job itself
 
@@ -60,19 +68,46 @@ def test_two_workers_end_to_end(tmp_path):
     assert result["test/users"] == result["valid/users"] > 0
     for key in ("test/hr@10", "test/ndcg@10", "valid/hr@20", "valid/ndcg@20"):
         assert 0.0 <= result[key] <= 1.0
-    assert result["sequences_per_s"] > 0 and result["steps"] > 0
+    assert result["sequences_per_s"] > 0 and result["targets_per_s"] > 0 and result["steps"] > 0
 
     rows = [json.loads(line) for line in (runs / "e2e" / "logs" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if r["kind"] == "train"]
     assert len(losses) >= 4
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2  # it learns
-    assert [r for r in rows if r["kind"] == "valid"] and [r for r in rows if r["kind"] == "test"]
+    assert {"train", "valid", "test", "epoch", "memory", "checkpoint"} <= {r["kind"] for r in rows}
+    assert all(r["peak_rss_mib_max"] > 0 for r in rows if r["kind"] == "memory")
+    assert result["peak_rss_mib_max"] >= result["peak_rss_mib_rank1"] > 0
+    assert json.loads((runs / "e2e" / "status.json").read_text())["status"] == "finished"
+    assert "run eta <= " in proc.stdout  # the first validation's line (2 epochs)
     assert any((runs / "e2e" / "logs" / "tensorboard").iterdir())
     checkpoints = sorted(p.name for p in (runs / "e2e").glob("checkpoint-step*"))
     assert checkpoints and all((runs / "e2e" / c / "COMMIT.json").exists() for c in checkpoints)
     # The embedded cluster is gone once the job returns.
-    assert _ray_processes() <= before
-    assert time.time() - started < 400
+    assert _ray_processes() <= trained.ray_before
+    assert trained.seconds < 400
+
+
+@pytest.mark.integration
+def test_mvrec_eval_scores_the_best_checkpoint_as_the_run_tested_it(trained):
+    """``mvrec eval <run>``: the best checkpoint on test, under Ray Train with the run's own config,
+    gives the test metrics the run recorded (the same weights, users and ranks)."""
+    from mvrec_dist.train.runs import checkpoint_name
+
+    assert trained.proc.returncode == 0
+    run = trained.runs / "e2e"
+    proc = subprocess.run([sys.executable, "-m", "mvrec_dist.cli", "eval", str(run), "ray.num_cpus=2",
+                           "ray.dashboard=false"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((run / "result.json").read_text())
+    newest = sorted(run.glob("checkpoint-step*"))[-1]
+    best = checkpoint_name(json.loads((newest / "state.json").read_text())["best_step"])
+    scored = json.loads((run / "evals" / f"{best}-test.json").read_text())
+    assert scored["split"] == "test" and scored["checkpoint"] == str(run / best)
+    for key in ("hr@10", "ndcg@10", "hr@20", "ndcg@20", "users"):
+        assert scored[key] == pytest.approx(result[f"test/{key}"], abs=1e-9)
+    assert scored["recorded_valid"]["ndcg@10"] == pytest.approx(result["valid/ndcg@10"])
+    assert [p.name for p in (run / "evals").iterdir()] == [f"{best}-test.json"]  # Ray Train's records removed
 
 
 @pytest.mark.parametrize("override,fragment", [

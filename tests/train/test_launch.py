@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mvrec_dist.config import TrainJobConfig, load_config
+from mvrec_dist.train import launch
 from mvrec_dist.train.launch import PreflightError, preflight, prepare_features
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,3 +77,26 @@ def test_an_existing_feature_store_is_left_alone(manifest_dataset, tmp_path, mon
     prepare_features(_cached(manifest_dataset, tmp_path))
     assert computed == []
 
+
+def test_train_prepares_the_dataset_and_the_features_before_training(monkeypatch):
+    """``mvrec train`` (and jobs/train_videorec.py): checks, then inside the Ray session ingestion,
+    trunk features and training, in that order."""
+    import contextlib
+
+    import mvrec_dist.runtime.ray_cluster as ray_cluster
+    from mvrec_dist.cli.train import train
+
+    calls = []
+    for name in ("preflight", "prepare_dataset", "prepare_features"):
+        monkeypatch.setattr(launch, name, lambda cfg, _name=name: calls.append(_name))
+    monkeypatch.setattr(launch, "run_training", lambda cfg: calls.append("run_training") or {"ok": 1})
+
+    @contextlib.contextmanager
+    def session(cfg):
+        calls.append("ray up")
+        yield "local"
+        calls.append("ray down")
+
+    monkeypatch.setattr(ray_cluster, "ray_session", session)
+    assert train(load_config(TrainJobConfig, None, [])) == {"ok": 1}
+    assert calls == ["preflight", "ray up", "prepare_dataset", "prepare_features", "run_training", "ray down"]

@@ -1,0 +1,26 @@
+"""``mvrec ingest``'s summary: one line per stage with its rates, from an ``IngestResult``."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from mvrec_dist.cli.ingest import stage_lines
+
+COUNTS = {"input_rows": 2000, "input_interactions": 2000, "users": 100, "items": 50, "kept_interactions": 1900}
+
+
+def test_each_stage_has_its_rates():
+    result = SimpleNamespace(manifest={"counts": COUNTS}, timings={"read_group": 2.0, "ids": 0.5, "write": 4.0,
+                                                                   "items": 0.5, "finish": 0.25, "publish": 0.25})
+    lines = stage_lines(result)
+    assert [line.split(":")[0] for line in lines] == ["read+group", "ids", "write", "items", "finish"]
+    assert "2,000 rows (1,000 rows/s), 2,000 interactions (1,000/s)" in lines[0]
+    assert "100 users (25/s), 1,900 interactions (475/s)" in lines[2]
+    assert lines[3].endswith("50 items (100/s)") and lines[4].startswith("finish:         0.5 s")
+
+
+def test_a_reused_dataset_with_new_videos():
+    result = SimpleNamespace(manifest={"counts": COUNTS, "content": {"counts": {"items": 50, "with_content": 3}}},
+                             timings={"reused": 0.0, "content": 10.0})
+    assert stage_lines(result) == ["interactions: already ingested with these inputs; reused",
+                                   "videos:        10.0 s  50 items (5/s), 3 with content"]
