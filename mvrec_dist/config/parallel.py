@@ -33,7 +33,7 @@ class ParallelConfig:
         "fp32", doc="Dense precision: fp32; bf16 weights with fp32 master copies (DeepSpeed bf16); or fp32 weights under torch.autocast(bf16).")
     offload_optimizer: bool = setting(False, doc="ZeRO optimizer-state offload to CPU memory (stage >= 1).")
     pipeline: Literal["auto", "simple", "sparse_dist"] = setting(
-        "auto", doc="Train step: 'sparse_dist' overlaps input dist and H2D copy (TrainPipelineSparseDist, CUDA); 'auto' picks by device.")
+        "auto", doc="Train step: 'sparse_dist' is TorchRec's TrainPipelineSparseDist (the next batches' input all-to-all and, on CUDA, host-to-device copy overlap the current step; same numbers as 'simple'; needs an ID table); 'auto' is sparse_dist on CUDA with an ID table, else 'simple'.")
     timeout_s: int = setting(1800, doc="Collective-operation timeout of the process group, in seconds.")
 
     def __post_init__(self) -> None:

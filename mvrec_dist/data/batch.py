@@ -89,6 +89,17 @@ class SequenceBatch:
         """Return a copy whose tensors live in page-locked memory (DataLoader ``pin_memory``)."""
         return self._map(lambda t: t.pin_memory())
 
+    def record_stream(self, stream: torch.Stream) -> None:
+        """Mark every tensor as in use by ``stream`` (CUDA caching allocator; TorchRec's train pipeline calls it).
+
+        Args:
+            stream: The CUDA stream that will read the tensors.
+        """
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Tensor):
+                value.record_stream(stream)
+
     def _map(self, fn) -> "SequenceBatch":
         return dataclasses.replace(self, **{f.name: _move(getattr(self, f.name), fn)
                                             for f in dataclasses.fields(self)

@@ -9,26 +9,31 @@ measured: two ranks pushing gradients 1 and 2 into one row move it by 1.5 under 
 back-propagates ``S_r * W / N``, which makes both averages equal the gradient of the global mean.
 Should TorchRec's division be switched off, the embedding outputs pass through a ``1 / W`` gradient
 scale instead (``sparse_gradient_scale``).
+
+Train steps (``train_steps``, ``parallel.pipeline``): ``simple`` runs ``train_step`` one batch at a
+time; ``sparse_dist`` runs the same operations through TorchRec's ``TrainPipelineSparseDist``
+(``pipeline.py``), with later batches' input dists in flight.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 from torch import nn
 
 from mvrec_dist.config.jobs import TrainJobConfig
+from mvrec_dist.config.parallel import ParallelConfig
+from mvrec_dist.models.recommender import ITEM_FEATURE
 from mvrec_dist.parallel.checkpoint import persistent_buffers
 from mvrec_dist.parallel.process_groups import DistContext, all_gather_variable, all_reduce_sum
-from mvrec_dist.parallel.sharding import ShardedEmbeddings, shard_item_embeddings, sparse_gradient_scale
+from mvrec_dist.parallel.sharding import (ShardedEmbeddings, lookup_features, shard_item_embeddings,
+                                          sparse_gradient_scale)
 from mvrec_dist.parallel.zero import build_engine
 
-__all__ = ["ParallelModel", "StepStats", "GradScale", "ITEM_FEATURE"]
-
-ITEM_FEATURE = "item_id"
+__all__ = ["ParallelModel", "StepStats", "SyncedStep", "GradScale", "loss_scale", "train_pipeline"]
 
 
 class GradScale(torch.autograd.Function):
@@ -71,6 +76,44 @@ class StepStats:
     """Real (non-dummy) sequences in the step over all ranks."""
 
 
+class SyncedStep(NamedTuple):
+    """One rank's batch for one step, after the step's counts were all-reduced."""
+
+    source: Any
+    """The loader's batch, or None on a rank whose data ran out."""
+    batch: Any
+    """What this rank trains on: ``source``, or a dummy batch without targets."""
+    global_targets: int
+    """Targets of the step over all ranks."""
+    global_sequences: int
+    """Real sequences of the step over all ranks."""
+
+
+def loss_scale(global_targets: int, world_size: int) -> float:
+    """Factor of each rank's loss sum: ``W / N`` (see the module docstring), N clamped to >= 1."""
+    return world_size / max(global_targets, 1)
+
+
+def train_pipeline(cfg: ParallelConfig, *, is_cuda: bool, has_id_table: bool) -> str:
+    """The train step ``cfg.pipeline`` resolves to: ``'simple'`` or ``'sparse_dist'``.
+
+    Args:
+        cfg: The ``parallel`` section.
+        is_cuda: Whether the ranks compute on GPUs.
+        has_id_table: Whether the model has a sharded ID table (the input dist to pipeline).
+
+    Returns:
+        ``'auto'`` gives ``'sparse_dist'`` on CUDA with an ID table (it hides the input all-to-all
+        and the copy to the GPU), ``'simple'`` otherwise (on CPU there is no copy or stream to overlap).
+    """
+    if cfg.pipeline == "sparse_dist" and not has_id_table:
+        raise ValueError("parallel.pipeline: 'sparse_dist' pipelines the ID table's input dist, and this model "
+                         "has no ID table (content-only item tower); use 'simple' or 'auto'")
+    if cfg.pipeline == "auto":
+        return "sparse_dist" if is_cuda and has_id_table else "simple"
+    return cfg.pipeline
+
+
 class ParallelModel:
     """A ``SequentialRecommender`` spread over ranks: sharded ID table + dense tower in a ZeRO engine.
 
@@ -84,6 +127,7 @@ class ParallelModel:
     def __init__(self, model: nn.Module, cfg: TrainJobConfig, ctx: DistContext, *, total_steps: int):
         self.ctx = ctx
         self.cfg = cfg
+        self.pipeline = train_pipeline(cfg.parallel, is_cuda=ctx.is_cuda, has_id_table=model.item_ids is not None)
         self.sparse: ShardedEmbeddings | None = None
         if model.item_ids is not None:
             self.sparse = shard_item_embeddings(
@@ -105,11 +149,7 @@ class ParallelModel:
     # ------------------------------------------------------------------ training
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         """ID embeddings of ``ids`` [U] through the sharded table: Tensor[U, D] (collective)."""
-        from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-
-        kjt = KeyedJaggedTensor(keys=[ITEM_FEATURE], values=ids,
-                                lengths=torch.tensor([ids.numel()], dtype=torch.int32, device=ids.device))
-        return self.sparse.module(kjt)[ITEM_FEATURE].values()
+        return self.sparse.module(lookup_features(ids))[ITEM_FEATURE].values()
 
     def sync_step(self, has_batch: bool, num_targets: int, sequences: int) -> tuple[bool, int, int]:
         """One all-reduce per step: does any rank have data, and the global target/sequence counts."""
@@ -131,10 +171,59 @@ class ParallelModel:
         self.engine.train()
         batch = batch.to(self.ctx.device, non_blocking=True)
         id_emb = self.lookup(batch.unique_items) if self.sparse is not None else None
-        scale = torch.tensor(self.ctx.world_size / max(global_targets, 1), device=self.ctx.device)
+        scale = torch.tensor(loss_scale(global_targets, self.ctx.world_size), device=self.ctx.device)
         loss, out = self.engine(id_emb, batch, scale)
         self.engine.backward(loss)
         self.engine.step()
+        return self._finish_step(out, global_targets, global_sequences)
+
+    def train_steps(self, batches: Iterator[Any], dummy_batch: Callable[[], Any]
+                    ) -> Iterator[tuple[Any | None, StepStats]]:
+        """Train on every batch of ``batches`` with the configured train step (every rank calls it).
+
+        Steps go on while any rank has a batch; a rank whose batches ran out trains on
+        ``dummy_batch()`` meanwhile, so collectives stay matched. With ``'sparse_dist'`` up to two
+        later batches are already fetched (and their counts all-reduced) when a step is yielded.
+
+        Args:
+            batches: This rank's ``SequenceBatch`` iterator (on CPU).
+            dummy_batch: Makes a batch without targets.
+
+        Returns:
+            An iterator of ``(batch, StepStats)`` per step, each yielded after its update: ``batch``
+            is the loader's batch of the step (its cursor may be recorded), or None when this rank
+            trained on a dummy batch.
+        """
+        steps = self._synced_steps(batches, dummy_batch)
+        if self.pipeline == "sparse_dist":
+            from mvrec_dist.parallel.pipeline import StepInput, StepModule, pipelined_steps
+
+            inputs = (StepInput.of(s, world_size=self.ctx.world_size) for s in steps)
+            module = StepModule(self.sparse.module, self.engine)
+            # Closed with this generator (the loop stops early): the pipeline restores the table's forward.
+            with contextlib.closing(pipelined_steps(module, self.ctx.device, inputs)) as done:
+                for out, step in done:
+                    yield step.source, self._finish_step(out, step.global_targets, step.global_sequences)
+        else:
+            for step in steps:
+                yield step.source, self.train_step(step.batch, global_targets=step.global_targets,
+                                                   global_sequences=step.global_sequences)
+
+    def _synced_steps(self, batches: Iterator[Any], dummy_batch: Callable[[], Any]) -> Iterator[SyncedStep]:
+        """``batches`` with each step's counts all-reduced; ends on every rank when no rank has data."""
+        exhausted = False
+        while True:
+            batch = None if exhausted else next(batches, None)
+            exhausted = batch is None
+            local_targets = int((batch.lengths - 1).clamp(min=0).sum()) if batch is not None else 0
+            local_sequences = int((batch.lengths > 0).sum()) if batch is not None else 0
+            has, targets, sequences = self.sync_step(batch is not None, local_targets, local_sequences)
+            if not has:
+                return
+            yield SyncedStep(batch, batch if batch is not None else dummy_batch(), targets, sequences)
+
+    def _finish_step(self, out: Any, global_targets: int, global_sequences: int) -> StepStats:
+        """After a step's update: BatchNorm buffers averaged, the loss all-reduced."""
         self._average_buffers()
         loss_sum = all_reduce_sum(out.loss_sum.detach().float().reshape(1), self.ctx)
         return StepStats(loss=float(loss_sum) / max(global_targets, 1), num_targets=global_targets,

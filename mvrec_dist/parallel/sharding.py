@@ -17,10 +17,11 @@ from torch import nn
 
 from mvrec_dist.config.parallel import ParallelConfig
 from mvrec_dist.models.embedding_init import init_table_block
+from mvrec_dist.models.recommender import ITEM_FEATURE
 from mvrec_dist.parallel.process_groups import DistContext
 
 __all__ = ["SUPPORTED_SHARDING_TYPES", "SUPPORTED_EMBEDDING_OPTIMIZERS", "sharding_problems",
-           "ShardedEmbeddings", "shard_item_embeddings", "describe_plan", "sparse_gradient_scale"]
+           "ShardedEmbeddings", "shard_item_embeddings", "lookup_features", "describe_plan", "sparse_gradient_scale"]
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,6 @@ def sharding_problems(cfg: ParallelConfig) -> list[str]:
         why = _WHY_NOT.get((device, cfg.embedding_optimizer), "not supported")
         problems.append(f"parallel.embedding_optimizer: '{cfg.embedding_optimizer}' is not available on {device} "
                         f"({why}); choose one of {list(SUPPORTED_EMBEDDING_OPTIMIZERS[device])}")
-    if cfg.pipeline == "sparse_dist" and not cfg.use_gpu:
-        problems.append("parallel.pipeline: 'sparse_dist' overlaps CUDA streams and needs parallel.use_gpu=true; "
-                        "use 'auto' or 'simple' on CPU")
     return problems
 
 
@@ -149,6 +147,25 @@ def shard_item_embeddings(ec: nn.Module, cfg: ParallelConfig, ctx: DistContext, 
         log.warning("column_wise sharding with rowwise_adagrad keeps one accumulator per row *per column "
                     "shard*: updates differ from an unsharded table (use adagrad or sgd for exact equivalence)")
     return ShardedEmbeddings(module=dmp, plan_text=describe_plan(plan), sharding_type=chosen.get("item", "?"))
+
+
+def lookup_features(ids: torch.Tensor):
+    """The sharded table's input that looks up ``ids`` in order.
+
+    One bag holding all U ids (not U bags of one): every rank sends a KJT of batch size 1, also a
+    rank that looks up nothing (U = 0 in evaluation chunks).
+
+    Args:
+        ids: ``LongTensor[U]`` item ids.
+
+    Returns:
+        A ``KeyedJaggedTensor`` with key ``item_id``, values ``ids`` and lengths ``[U]``; the table's
+        output ``[ITEM_FEATURE].values()`` is ``[U, D]`` in the order of ``ids``.
+    """
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    return KeyedJaggedTensor(keys=[ITEM_FEATURE], values=ids,
+                             lengths=torch.tensor([ids.numel()], dtype=torch.int32, device=ids.device))
 
 
 def _table_names(ec: nn.Module) -> list[str]:
