@@ -51,6 +51,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default=str(REPO / "runs" / "quality"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "quality"))
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line about how the runs were made (commit, machine load, ...); repeatable")
     args = parser.parse_args()
     runs = [_run(d) for d in sorted(glob.glob(os.path.join(args.runs, "final-*"))) if os.path.exists(os.path.join(d, "result.json"))]
     sweeps = []
@@ -59,7 +61,7 @@ def main() -> int:
     payload = {"benchmark": "quality", "command": "python benchmarks/quality_report.py --runs " + args.runs,
                "dataset": "MicroLens-50K (../shared/data/microlens-50k)", "runs": runs,
                "references": {"paper_microlens_100k": PAPER_100K, "recbole_microlens_50k": RECBOLE_50K},
-               "target": TARGET, "sweep_candidates": len(sweeps)}
+               "target": TARGET, "sweep_candidates": len(sweeps), "notes": args.note}
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1, sort_keys=True))
     out.with_suffix(".md").write_text(_markdown(payload, sweeps))
@@ -109,6 +111,8 @@ def _markdown(p: dict, sweeps: list[dict]) -> str:
     for loss, s in sorted(families.items(), key=lambda kv: -kv[1]["best_valid"]["ndcg@10"]):
         lines.append(f"| {loss} | {s['best_valid']['hr@10']:.4f} | {s['best_valid']['ndcg@10']:.4f} | "
                      f"`{' '.join(s['overrides'])}` |")
+    if p.get("notes"):
+        lines += ["", "Notes on the runs:", ""] + [f"* {n}" for n in p["notes"]]
     lines.append("")
     return "\n".join(lines)
 
