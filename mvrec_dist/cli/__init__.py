@@ -51,7 +51,15 @@ def _fail(message: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``mvrec``; returns the exit status (0 success, 1 failed, 2 cannot start as given)."""
+    """Run ``mvrec``: pick the subcommand and hand it the rest of the command line.
+
+    Args:
+        argv: Arguments without the program name (default ``sys.argv[1:]``); a leading
+            ``--debug`` is passed on to the subcommand.
+
+    Returns:
+        The exit status: 0 success, 1 failed, 2 cannot start as given.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args[:1]
     if debug:

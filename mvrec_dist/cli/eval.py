@@ -44,7 +44,15 @@ def _parser(prog: str) -> CommandParser:
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "mvrec eval") -> int:
-    """``mvrec eval``: score a checkpoint; returns the exit status (0 done, 2 cannot start, 1 failed)."""
+    """``mvrec eval TARGET``: score a checkpoint.
+
+    Args:
+        argv: Arguments without the program name (default ``sys.argv[1:]``).
+        prog: Program name for usage and error lines.
+
+    Returns:
+        The exit status: 0 done, 2 cannot start as given, 1 failed.
+    """
     args = _parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
     overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
     return guarded(prog, args.debug, lambda: evaluate(args.target, which=args.checkpoint, split=args.split,
@@ -54,6 +62,13 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "mvrec eval") -> int:
 
 def checkpoint_config(checkpoint: str, overrides: Sequence[str]) -> TrainJobConfig:
     """The config a checkpoint was trained with (its ``config.json``) with ``overrides`` applied.
+
+    Args:
+        checkpoint: The checkpoint directory (verified before this reads from it).
+        overrides: ``section.key=value`` settings; ``model.*`` is refused.
+
+    Returns:
+        The resolved config.
 
     Raises:
         PathError: when the checkpoint has no readable config.

@@ -83,6 +83,9 @@ def preflight(cfg: IngestJobConfig, *, num_nodes: int | None = None) -> None:
 def ingest(cfg: IngestJobConfig):
     """Check the inputs, connect to Ray, check that paths are shared, and run the ingestion.
 
+    Args:
+        cfg: The job config.
+
     Returns:
         The ``IngestResult``.
 
@@ -104,7 +107,14 @@ def _rate(n: float, seconds: float) -> str:
 
 
 def stage_lines(result) -> list[str]:
-    """One line per stage of an ``IngestResult``: seconds and the rates that matter for it."""
+    """One line per stage of an ingestion: seconds and the rates that matter for it.
+
+    Args:
+        result: The ``IngestResult`` (its manifest counts and per-stage ``timings``).
+
+    Returns:
+        The lines, in stage order; stages that did not run are left out.
+    """
     c, t = result.manifest["counts"], result.timings
     lines = []
     if "reused" in t:

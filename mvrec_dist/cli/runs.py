@@ -47,7 +47,15 @@ def _age(updated: float, now: float) -> str:
 
 
 def format_table(runs: list, *, now: float | None = None) -> str:
-    """The ``runs list`` table: one row per run, newest first."""
+    """The ``runs list`` table: one row per run, in the given order.
+
+    Args:
+        runs: ``RunSummary`` objects (``list_runs`` orders them newest first).
+        now: The current time for the UPDATED column (tests pass a fixed one).
+
+    Returns:
+        The table as text.
+    """
     now = time.time() if now is None else now
     from mvrec_dist.train.runs import checkpoint_position
 
@@ -63,7 +71,15 @@ def format_table(runs: list, *, now: float | None = None) -> str:
 
 
 def format_run(r, *, now: float | None = None) -> str:
-    """The ``runs show`` report of one run."""
+    """The ``runs show`` report of one run.
+
+    Args:
+        r: The run's ``RunSummary``.
+        now: The current time, for how long ago it was updated.
+
+    Returns:
+        The report as text.
+    """
     from mvrec_dist.train.runs import checkpoint_position
 
     now = time.time() if now is None else now
@@ -98,7 +114,15 @@ def format_run(r, *, now: float | None = None) -> str:
 
 
 def main_list(argv: Sequence[str] | None = None, *, prog: str = "mvrec runs list") -> int:
-    """``mvrec runs list``; returns the exit status (2 when the storage path does not exist)."""
+    """``mvrec runs list [STORAGE_PATH]``.
+
+    Args:
+        argv: Arguments without the program name (default ``sys.argv[1:]``).
+        prog: Program name for usage and error lines.
+
+    Returns:
+        The exit status (2 when the storage path does not exist).
+    """
     parser = _parser(prog, json_help="print JSON (one object per run) instead of a table")
     parser.add_argument("storage_path", nargs="?", default="runs",
                         help="the runs' train.storage_path: local dir or URI (default: runs)")
@@ -121,7 +145,15 @@ def main_list(argv: Sequence[str] | None = None, *, prog: str = "mvrec runs list
 
 
 def main_show(argv: Sequence[str] | None = None, *, prog: str = "mvrec runs show") -> int:
-    """``mvrec runs show``; returns the exit status (2 when the run does not exist)."""
+    """``mvrec runs show RUN``.
+
+    Args:
+        argv: Arguments without the program name (default ``sys.argv[1:]``).
+        prog: Program name for usage and error lines.
+
+    Returns:
+        The exit status (2 when the run does not exist).
+    """
     parser = _parser(prog, json_help="print the summary as JSON")
     parser.add_argument("run", help="a run directory, or a run name under --storage-path")
     parser.add_argument("--storage-path", default="runs",

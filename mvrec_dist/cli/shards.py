@@ -24,7 +24,15 @@ def _check(dataset: str) -> None:
 
 
 def main_verify(argv: Sequence[str] | None = None, *, prog: str = "mvrec shards verify") -> int:
-    """``mvrec shards verify DATASET``; returns 0 (verified), 1 (problems) or 2 (not a dataset)."""
+    """``mvrec shards verify DATASET``.
+
+    Args:
+        argv: Arguments without the program name (default ``sys.argv[1:]``).
+        prog: Program name for usage and error lines.
+
+    Returns:
+        0 verified, 1 problems found (each printed), 2 not a dataset.
+    """
     parser = CommandParser(prog=prog, description=__doc__)
     parser.add_argument("dataset", help="dataset directory (the ingest job's ingest.output_dir): local path or URI")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -39,7 +47,15 @@ def main_verify(argv: Sequence[str] | None = None, *, prog: str = "mvrec shards 
 
 
 def main_inspect(argv: Sequence[str] | None = None, *, prog: str = "mvrec shards inspect") -> int:
-    """``mvrec shards inspect DATASET [--split S] [--key K]``; returns 0, 1 (no such sample) or 2."""
+    """``mvrec shards inspect DATASET [--split S] [--key K]``.
+
+    Args:
+        argv: Arguments without the program name (default ``sys.argv[1:]``).
+        prog: Program name for usage and error lines.
+
+    Returns:
+        0 printed, 1 no such sample, 2 not a dataset.
+    """
     parser = CommandParser(prog=prog, description=__doc__)
     parser.add_argument("dataset", help="dataset directory (the ingest job's ingest.output_dir): local path or URI")
     parser.add_argument("--split", default=None,

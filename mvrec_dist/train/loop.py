@@ -70,6 +70,9 @@ def evaluate_split(model: Any, data: Any, split: str, ks: tuple[int, ...],
 def peak_memory(model: Any) -> dict[str, float]:
     """Peak resident memory of every rank so far, in MiB (collective: one tiny all-gather).
 
+    Args:
+        model: The ``ParallelModel`` (its ``ctx`` and ``gather_rows``).
+
     Returns:
         ``peak_rss_mib_rank<r>`` per rank and ``peak_rss_mib_max``; on CUDA also
         ``peak_gpu_mib_rank<r>`` / ``peak_gpu_mib_max`` (``torch.cuda.max_memory_allocated``).
