@@ -79,12 +79,29 @@ def run(ctx: RunContext) -> dict:
     parts_dir = root / "parts"
     parts_dir.mkdir(parents=True, exist_ok=True)
     rows, generated, gen_seconds = [], {}, 0.0
+    started = time.perf_counter()
     try:
         t = time.perf_counter()
         with ray_session(RayConfig(num_cpus=os.cpu_count() or 2, dashboard=False)):
             res["data"]["ray_start_s"] = time.perf_counter() - t
             task = ray.remote(_gen_part)
             for k in s["parts_per_size"]:
+                budget = ctx.extra.get("ingest_budget_s")
+                if budget and rows:
+                    # Linear in size from the largest size so far (its cost per interaction, generation included).
+                    per_part = (rows[-1]["seconds"] + gen_seconds) / rows[-1]["parts"]
+                    projected = per_part * k + (time.perf_counter() - started)
+                    if projected > budget:
+                        # The largest multiple of 10 parts that still fits, if it is larger than what was run.
+                        fits = int((budget - (time.perf_counter() - started)) / per_part) // 10 * 10
+                        note = (f"{k} parts skipped: about {projected / 60:.0f} min projected from the "
+                                f"{rows[-1]['parts']}-part size, over the {budget / 60:.0f}-min budget "
+                                "(--ingest-budget-min)")
+                        if fits <= rows[-1]["parts"]:
+                            res["notes"].append(note)
+                            break
+                        res["notes"].append(f"{note}; ran {fits} parts instead")
+                        k = fits
                 need = [p for p in range(k) if p not in generated]
                 per_part = (sum(g["bytes"] for g in generated.values()) / len(generated)) if generated else 0
                 est = len(need) * (per_part or CSV_BYTES_PER_INTERACTION * 1e6) + _shard_estimate(rows, k)

@@ -79,7 +79,7 @@ def _steps(batch: int, quick: bool) -> tuple[int, int]:
 def run(ctx: RunContext) -> dict:
     """Plain loop vs the system at one worker, for each batch size."""
     dataset, preset = ctx.train_data()
-    batches = [32] if ctx.quick else [64, 128, 256, 512, 1024]
+    batches = ctx.extra.get("train_batches") or ([32] if ctx.quick else [64, 128, 256, 512, 1024])
     res = ctx.new_result("train", TITLE, {"dataset": dataset, "preset": preset, "batch_sizes": batches,
                                           "launcher": ctx.launcher, "repeats": ctx.repeats,
                                           "steps": {b: _steps(b, ctx.quick)[0] for b in batches},

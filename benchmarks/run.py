@@ -87,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--global-batch", type=int, default=None, help="scaling: strong-scaling global batch")
     p.add_argument("--per-worker-batch", type=int, default=None, help="scaling: weak-scaling per-worker batch")
     p.add_argument("--ingest-max", default=None, help="ingest: largest synthetic size, e.g. 100m or 200m")
+    p.add_argument("--ingest-budget-min", type=float, default=None,
+                   help="ingest_scale: skip a size whose linearly projected finish is past this many minutes")
+    p.add_argument("--train-batches", default=None,
+                   help="train: comma-separated batch sizes (default 64,128,256,512,1024; quick 32)")
     p.add_argument("--results-dir", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--report", default=str(REPO / "benchmarks" / "REPORT.md"))
     p.add_argument("--work-dir", default=str(REPO / "benchmarks" / "work"),
@@ -127,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                      workers=tuple(int(w) for w in args.workers.split(",")), use_gpu=args.use_gpu,
                      address=args.address, dataset=args.dataset, preset=args.preset, storage=args.storage,
                      extra={"global_batch": args.global_batch, "per_worker_batch": args.per_worker_batch,
-                            "ingest_max": args.ingest_max})
+                            "ingest_max": args.ingest_max,
+                            "ingest_budget_s": 60 * args.ingest_budget_min if args.ingest_budget_min else None,
+                            "train_batches": [int(b) for b in args.train_batches.split(",")] if args.train_batches else None})
     failed = []
     try:
         for name in ([] if args.render_only else _run_order(chosen)):
@@ -151,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                 ctx.log(f"part {name} FAILED: {type(exc).__name__}: {exc}")
                 failed.append(name)
                 continue
+            if isinstance(result.get("machine"), dict):
+                result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
             problems = validate_result(result, results_dir=str(results_dir))
             if problems:
                 ctx.log(f"part {name}: result does not match the schema: {problems}")

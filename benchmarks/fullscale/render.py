@@ -19,9 +19,21 @@ def _assumptions(raw: dict) -> str:
     return table(["input", "value", "unit", "source"], rows)
 
 
+def _by_int(d: dict) -> list:
+    """Items of a dict keyed by numbers as strings (JSON sorts them as text), in numeric order."""
+    return sorted(d.items(), key=lambda kv: int(kv[0]))
+
+
+def _series_key(item: tuple) -> tuple:
+    """Projection rows: ID models before video ones, then by D numerically, then by name."""
+    label = item[0]
+    dim = int(label.rsplit("D=", 1)[1]) if "D=" in label else 0
+    return ("ID" not in label, dim, label)
+
+
 def _workload(res: dict) -> str:
     w, e, s = res["data"]["workload"], res["data"]["epoch"], res["settings"]
-    imb = ", ".join(f"W={k}: {fmt(v)}" for k, v in w["shard_load_max_over_mean"].items())
+    imb = ", ".join(f"W={k}: {fmt(v)}" for k, v in _by_int(w["shard_load_max_over_mean"]))
     return (f"Per rank and step ({s['batch_per_rank']:,} sequences, {s['negatives']:,} popularity-sampled negatives, "
             f"mean over {w['steps']} collated steps of {w['drawn_users']:,} full-shaped users): {fmt(w['targets'])} "
             f"targets, {fmt(w['unique_batch_ids'])} unique ids in the windows, {fmt(w['unique_ids'])} unique ids looked "
@@ -34,7 +46,7 @@ def _workload(res: dict) -> str:
 def _flops(res: dict) -> str:
     dense = res["data"]["dense_flops"]
     out = [table(["D", "forward FLOPs/sequence", "backward FLOPs/sequence", "total", "dense params"],
-                 [[k, fmt(v["forward"]), fmt(v["backward"]), fmt(v["total"]), v["dense_params"]] for k, v in dense.items()])]
+                 [[k, fmt(v["forward"]), fmt(v["backward"]), fmt(v["total"]), v["dense_params"]] for k, v in _by_int(dense)])]
     video = res["data"]["video_flops"]
     if video:
         modes = list(next(iter(video.values()))["train"])
@@ -65,7 +77,7 @@ def _check(res: dict) -> str:
     if c.get("cpu"):
         cpu = c["cpu"]
         rows = []
-        for w, x in cpu["check"].items():
+        for w, x in _by_int(cpu["check"]):
             comp = ", ".join(f"{k} {fmt(v)}" for k, v in x["components_ms"].items())
             rows.append([w, fmt(x["measured_ms"]), fmt(x["predicted_ms"]), fmt(x["predicted_over_measured"]),
                          "fitted here" if x["fitted"] else "predicted", fmt(x["a2a_bytes_model"]),
@@ -91,7 +103,7 @@ def _projection(res: dict, rctx: RenderContext) -> str:
     p = res["data"]["projection"]
     gpus = [str(g) for g in p["gpus"]]
     rows = []
-    for label, s in p["series"].items():
+    for label, s in sorted(p["series"].items(), key=_series_key):
         rows.append([label] + [f"{fmt(s['by_gpus'][g]['epoch']['total_s'] / 60)} ({s['by_gpus'][g]['step']['bound']})"
                                for g in gpus])
     lu = res["data"].get("loader_us_per_sequence", {})
@@ -101,17 +113,18 @@ def _projection(res: dict, rctx: RenderContext) -> str:
            "a conservative sum), spread over the preset's loader workers per GPU.\n",
            "Projected minutes per epoch (training windows of all users + one full-ranking validation); in parentheses "
            "what bounds the step:\n", table(["model"] + [f"{g} GPUs" for g in gpus], rows)]
-    first = next(iter(p["series"].values()))
+    first_label = min(p["series"], key=lambda k: _series_key((k, None)))
+    first = p["series"][first_label]
     g = "32" if "32" in first["by_gpus"] else gpus[-1]
     step = first["by_gpus"][g]["step"]
-    out.append(f"Step anatomy, {next(iter(p['series']))} on {g} GPUs (ms): "
+    out.append(f"Step anatomy, {first_label} on {g} GPUs (ms): "
                + ", ".join(f"{k} {fmt(1e3 * v)}" for k, v in step.items() if k not in ("bound",)) + ".\n")
     ing = res["data"].get("ingest_projection")
     if ing:
         out.append("Projected ingestion of the full MicroLens (minutes; bound):\n")
         out.append(table(["CPU nodes", "minutes", "bound", "cpu s", "shuffle s", "write s"],
                          [[n, fmt(x["total"] / 60), x["bound"], fmt(x["cpu"]), fmt(x["shuffle"]), fmt(x["write"])]
-                          for n, x in ing.items()]))
+                          for n, x in _by_int(ing)]))
     for f in res["figures"]:
         out.append(rctx.figure_md(f))
     return "\n".join(out)

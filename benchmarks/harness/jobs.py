@@ -190,16 +190,24 @@ def prepare_tiny_dataset(out_dir: str) -> str:
     return shards
 
 
-def ensure_dataset(path: str, ingest_preset: str | None) -> str:
-    """``path`` when it holds a dataset; else ingest it with ``ingest_preset`` (e.g. MicroLens-50K from ../shared)."""
+def ensure_dataset(shared: str, own: str, ingest_preset: str, log=print) -> str:
+    """The MicroLens-50K dataset the full-mode parts train on.
+
+    ``shared`` (``data/shards/microlens-50k``, what the jobs use) when it loads with this code;
+    otherwise the harness's own copy ``own`` under the work directory, ingested from the raw release
+    with ``ingest_preset`` when it is missing or in an older shard format. The harness never writes
+    the shared dataset: other jobs and engineers read it.
+    """
     from mvrec_dist.data.manifest import ManifestError, load_manifest
 
-    try:
-        load_manifest(path)
-        return path
-    except ManifestError:
-        if ingest_preset is None:
-            raise
+    for path in (shared, own):
+        try:
+            load_manifest(path)
+            return path
+        except ManifestError as exc:
+            log(f"dataset {path} not usable ({str(exc)[:160]})")
+    log(f"ingesting MicroLens-50K into the harness's own copy {own}")
     subprocess.run([sys.executable, str(REPO / "jobs" / "ingest_microlens.py"), "--config", ingest_preset,
-                    f"ingest.output_dir={path}", "ingest.progress=false"], cwd=REPO, check=True)
-    return path
+                    f"ingest.output_dir={own}", "ingest.overwrite=true", "ingest.progress=false"], cwd=REPO, check=True)
+    load_manifest(own)
+    return own

@@ -65,6 +65,7 @@ class RunContext:
     _pools: dict[int, RankPool] = dataclasses.field(default_factory=dict)
     _machine: dict | None = None
     _tiny: str | None = None
+    _full: str | None = None
 
     # ------------------------------------------------------------------ identity
     @property
@@ -80,8 +81,9 @@ class RunContext:
 
     def new_result(self, part: str, title: str, settings: dict) -> dict:
         """An empty result of ``part`` stamped with the command, mode and machine."""
-        return new_result(part, title, command=self.command, quick=self.quick, machine=self.machine(),
-                          settings=settings)
+        # The load average when the part starts (run.py adds the one at its end): this machine may be shared.
+        machine = {**self.machine(), "load_average_start": [round(x, 2) for x in os.getloadavg()]}
+        return new_result(part, title, command=self.command, quick=self.quick, machine=machine, settings=settings)
 
     def log(self, line: str) -> None:
         """A progress line on stderr (stdout stays for the final summary)."""
@@ -95,7 +97,11 @@ class RunContext:
                 self.log("preparing the CI-sized synthetic dataset")
                 self._tiny = prepare_tiny_dataset(str(self.work_dir / "tiny"))
             return self.dataset or self._tiny, self.preset or str(REPO / QUICK_PRESET)
-        dataset = self.dataset or ensure_dataset(str(REPO / FULL_DATASET), str(REPO / FULL_INGEST))
+        if self.dataset is None and self._full is None:
+            # The shared dataset when it loads; else an own copy kept beside the (per-run) scratch directory.
+            self._full = ensure_dataset(str(REPO / FULL_DATASET), str(self.work_dir.parent / "datasets" / "microlens-50k"),
+                                        str(REPO / FULL_INGEST), log=self.log)
+        dataset = self.dataset or self._full
         return dataset, self.preset or str(REPO / FULL_PRESET)
 
     def runs_dir(self, part: str) -> str:

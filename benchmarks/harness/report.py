@@ -12,7 +12,11 @@ from typing import Any, Iterable, Sequence
 
 from benchmarks.harness.parts import Part, RenderContext
 
-__all__ = ["render_report", "table", "fmt_stats", "fmt", "machine_line", "measurement_table", "targets_table"]
+# Free-form notes of the latest suite run (results directory), shown under the machine block.
+RUN_NOTES = "run_notes.md"
+
+__all__ = ["render_report", "table", "fmt_stats", "fmt", "machine_line", "load_line", "measurement_table",
+           "targets_table"]
 
 
 def fmt(x: Any, digits: int = 3) -> str:
@@ -60,6 +64,19 @@ def machine_line(m: dict) -> str:
             if git.get("commit") else "")
     return (f"{m.get('cpu', '?')}, {m.get('cores', '?')} logical cores, {m.get('memory_gib', '?')} GiB RAM, {gpus}; "
             f"Python {m.get('python', '?')}; {libs}.{code}")
+
+
+def load_line(m: dict | None) -> str:
+    """`` Load average ...`` of a machine block that recorded it (the machine may have been shared), else ''."""
+    if not isinstance(m, dict) or "load_average_start" not in m:
+        return ""
+    cores = m.get("cores", "?")
+    start = "/".join(f"{x:.1f}" for x in m["load_average_start"])
+    end = "/".join(f"{x:.1f}" for x in m["load_average_end"]) if "load_average_end" in m else "?"
+    loads = list(m["load_average_start"]) + list(m.get("load_average_end", []))
+    shared = (" (above the core count: other jobs shared the machine)"
+              if isinstance(cores, int) and max(loads) > cores else "")
+    return f" Load average (1/5/15 min) on the {cores} cores: {start} at the start, {end} at the end{shared}."
 
 
 def measurement_table(result: dict, names: Sequence[str] | None = None) -> str:
@@ -125,6 +142,9 @@ def render_report(parts: Sequence[Part], results: dict[str, dict], rctx: RenderC
            "## Machine", ""]
     for m, names in _machines(mine) or [({}, [])]:
         out.append(f"* {machine_line(m)} Parts: {', '.join(names) or '-'}.")
+    notes = rctx.results_dir / RUN_NOTES
+    if notes.exists():  # what the person who ran the suite wants every reader to know (shared machine, skips)
+        out += ["", "## Run notes", "", notes.read_text().strip()]
     out += ["", "## Targets", "", targets_table(mine), "## Contents", ""]
     for p in parts:
         state = "" if p.name in results else " (no result yet)"
@@ -139,7 +159,7 @@ def render_report(parts: Sequence[Part], results: dict[str, dict], rctx: RenderC
             continue
         if p.run is not None:
             quick = " **Quick (CI-sized) run: not a measurement.**" if r.get("quick") else ""
-            out += [f"Command: `{r['command']}`; measured {r['date']}.{quick}", ""]
+            out += [f"Command: `{r['command']}`; measured {r['date']}.{load_line(r.get('machine'))}{quick}", ""]
         out.append(p.render(r, rctx))
         notes = r.get("notes") or []
         if notes and p.run is not None:
