@@ -28,7 +28,7 @@ class IngestConfig:
         "error", doc="'error' stops at the first malformed row naming file, line and reason; 'quarantine' sets them aside.")
     overwrite: bool = setting(False, doc="Replace an output directory that already holds a different dataset.")
     read_block_bytes: int = setting(64 << 20, doc="Byte range each read task parses; large files are split on line boundaries.")
-    group_partitions: int = setting(0, doc="Hash partitions for grouping interactions by user; 0 picks from input size and cores.")
+    group_partitions: int = setting(0, doc="User-range partitions for grouping interactions by user; 0 picks from input size and cores.")
     progress: bool = setting(True, doc="Show Ray Data progress bars on the driver (off in CI quiet mode).")
 
     def __post_init__(self) -> None:

@@ -1,11 +1,12 @@
-"""Per-user sequences from a hash partition of interactions, vectorised over the whole block.
+"""Per-user sequences from a partition of interactions, vectorised over the whole block.
 
-The pipeline hash-partitions interactions by user (``repartition(P, keys=["user"])``), which puts
-every interaction of a user into the same single block (Ray's own ``map_groups`` relies on the
-same property), and then calls ``group_users`` once per block. Instead of one Python call per user,
-one ``lexsort`` orders the block by (user, timestamp, order key) and group boundaries come from
-comparing neighbours. The whole-groups property is checked again downstream: user lists of all
-blocks are merged and a user found in two blocks fails the job (``ids.merge_summaries``).
+The pipeline range-partitions interactions by raw user id (``partition.range_partition``), which
+puts every interaction of a user into the same single block, sorted by (user, timestamp, order
+key), and then calls ``group_users`` once per block. Instead of one Python call per user, group
+boundaries come from comparing neighbours; a block that is not sorted yet (any other caller) is
+ordered with one ``lexsort`` first. The whole-groups property is checked again downstream: user
+lists of all blocks are merged and a user found in two blocks fails the job
+(``ids.merge_summaries``).
 """
 
 from __future__ import annotations
@@ -29,8 +30,25 @@ def _np(table: pa.Table, name: str) -> np.ndarray:
     return table.column(name).to_numpy()
 
 
-def user_order(user: np.ndarray, ts: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Permutation sorting interactions by user, then timestamp, then order key (file, position)."""
+def user_order(user: np.ndarray, ts: np.ndarray, order: np.ndarray) -> np.ndarray | None:
+    """Permutation sorting interactions by user, then timestamp, then order key (file, position).
+
+    Args:
+        user: Raw user ids, int64 [M].
+        ts: Timestamps, int64 [M].
+        order: Order keys (unique), int64 [M].
+
+    Returns:
+        The permutation, or None when the rows are in that order already (what the range
+        partitioning's sorting reducers deliver): a few vectorised comparisons instead of a sort.
+    """
+    a, b = slice(1, None), slice(None, -1)
+    if np.all(user[a] >= user[b]):
+        tie = user[a] == user[b]
+        if np.all(ts[a][tie] >= ts[b][tie]):
+            tie &= ts[a] == ts[b]
+            if np.all(order[a][tie] > order[b][tie]):
+                return None
     return np.lexsort((order, ts, user))
 
 
@@ -52,23 +70,23 @@ def group_users(block: pa.Table, *, min_seq_len: int, with_ts: bool) -> pa.Table
     if block.num_rows == 0:
         return schema.empty_table()
     user, item, ts, order = (_np(block, c) for c in ("user", "item", "ts", "order"))
+    first = _np(block, "first") if "first" in block.column_names else None
     idx = user_order(user, ts, order)
-    u = user[idx]
-    boundary = np.empty(len(u), dtype=bool)
+    if idx is not None:
+        user, item, ts = user[idx], item[idx], ts[idx]
+        first = first[idx] if first is not None else None
+    boundary = np.empty(len(user), dtype=bool)
     boundary[0] = True
-    np.not_equal(u[1:], u[:-1], out=boundary[1:])
+    np.not_equal(user[1:], user[:-1], out=boundary[1:])
     starts = np.flatnonzero(boundary)
-    n = np.diff(np.append(starts, len(u)))
-    if "first" in block.column_names:
-        # pairs_tsv: a row is a line; a user may (unusually) have several lines.
-        rows = np.add.reduceat(_np(block, "first")[idx].astype(np.int64), starts)
-    else:
-        rows = n
+    n = np.diff(np.append(starts, len(user)))
+    # pairs_tsv: a row is a line; a user may (unusually) have several lines.
+    rows = np.add.reduceat(first.astype(np.int64), starts) if first is not None else n
     kept = n >= min_seq_len
-    take = idx[np.repeat(kept, n)]
+    take = np.repeat(kept, n)
     offsets = np.zeros(len(n) + 1, dtype=np.int64)
     np.cumsum(np.where(kept, n, 0), out=offsets[1:])
-    columns = {"user": u[starts], "n": n, "rows": rows, "kept": kept,
+    columns = {"user": user[starts], "n": n, "rows": rows, "kept": kept,
                "items": pa.LargeListArray.from_arrays(offsets, item[take])}
     if with_ts:
         columns["ts"] = pa.LargeListArray.from_arrays(offsets, ts[take])

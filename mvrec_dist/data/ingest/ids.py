@@ -6,7 +6,7 @@ their sequences with train-split counts, and its row/interaction counts); summar
 in a tree of Ray tasks, so no process ever sees more than the id arrays. The merged arrays go to
 the object store and every mapping task reads them zero-copy and maps with ``np.searchsorted``.
 
-The merge is also where the whole-groups guarantee of the hash partitioning is checked: blocks
+The merge is also where the whole-groups guarantee of the range partitioning is checked: blocks
 must hold disjoint users, and a user seen in two blocks fails the job instead of producing two
 samples.
 """
@@ -95,7 +95,7 @@ def merge_summaries(parts: list[Summary]) -> Summary:
     dup = np.flatnonzero(users[1:] == users[:-1])
     if len(dup):
         raise IngestError(f"user {int(users[dup[0]])} was grouped in two partitions ({len(dup)} such users): "
-                          "the shuffle did not keep each user's interactions together; refusing to write "
+                          "the exchange did not keep each user's interactions together; refusing to write "
                           "duplicate samples")
     all_items = np.concatenate([p.items for p in parts]) if parts else np.zeros(0, np.int64)
     all_counts = np.concatenate([p.train_counts for p in parts]) if parts else np.zeros(0, np.int64)

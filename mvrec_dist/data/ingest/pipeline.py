@@ -3,19 +3,20 @@
 Stages (no process holds the interactions; the driver holds only id arrays and counts):
 
 1. read: ``InteractionsDatasource``, one task per byte range, parsed and validated vectorised;
-2. group: ``repartition(P, keys=["user"])`` (hash shuffle: one block per partition, each user in
-   exactly one) then ``map_batches(group_users, batch_size=None)`` over whole blocks; materialised,
-   because the ids need a global pass before anything can be written;
+2. group: ``partition.range_partition`` (a sort with boundaries from a sample of the users: each
+   output block holds every interaction of a contiguous raw-user range, sorted by user,
+   timestamp and order key) then ``map_batches(group_users, batch_size=None)`` over whole blocks
+   (no sort left to do there); materialised, because the ids need a global pass before anything
+   can be written;
 3. ids: per-block summaries merged in a tree of tasks (``ids.merge_tree``) into the sorted kept
    users and items, which go to the object store;
-4. write: ``map_batches(assign_dense)`` -> ``repartition(keys=["shard"])`` -> ``ShardDatasink``,
-   each shard a contiguous range of dense user ids cut into blocks of ``ingest.users_per_block``
-   users (``shards/README.md``, schema 2); items shards (blocks of ``ingest.items_per_block``),
-   id maps and stats beside them;
+4. write: ``map_batches(range_writer.write_ranges)``: a block's users are a contiguous range of
+   dense ids, so it writes the shards inside its range itself and hands back the users of the
+   one or two shards it shares with its neighbours, which ``range_writer.write_pieces`` writes
+   (no second exchange). Shards are cut into blocks of ``ingest.users_per_block`` users
+   (``shards/README.md``, schema 2); items shards (blocks of ``ingest.items_per_block``), id
+   maps and stats beside them;
 5. reconcile every count and publish atomically (``manifest_writer``).
-
-The shuffle in (2) is not sorted (``sort=False``): ``group_users`` sorts by (user, timestamp,
-order) itself, so a sort by user in the reducer would be paid twice.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ from mvrec_dist.data import fs as dfs
 from mvrec_dist.data.ingest.datasource import InteractionsDatasource, ReadLedger
 from mvrec_dist.data.ingest.errors import IngestError, find_ingest_error
 from mvrec_dist.data.ingest.grouping import group_users
-from mvrec_dist.data.ingest.ids import assign_dense, merge_tree
+from mvrec_dist.data.ingest.ids import merge_tree
 from mvrec_dist.data.ingest.items import write_item_shards
 from mvrec_dist.data.ingest.manifest_writer import (build_manifest, check_output_dir, fingerprint, publish,
                                                     reconcile, remove_tree, temp_dir_for)
 from mvrec_dist.data.ingest.quarantine import merge_quarantine
-from mvrec_dist.data.ingest.shard_writer import USER_SPLITS, ShardDatasink
+from mvrec_dist.data.ingest.partition import exchange_context, range_partition, sample_users, user_boundaries
+from mvrec_dist.data.ingest.range_writer import collect, write_pieces, write_ranges
+from mvrec_dist.data.ingest.shard_writer import USER_SPLITS
 from mvrec_dist.data.ingest.sources import detect_format, list_inputs, plan_ranges
 from mvrec_dist.data.ingest.tar_writer import write_bytes
 from mvrec_dist.data.ingest.titles import Titles, read_titles
@@ -49,6 +52,8 @@ from mvrec_dist.data.manifest import BLOCK_SIZE_KEYS
 __all__ = ["IngestResult", "DatasetIdentity", "dataset_identity", "run_ingest", "group_partitions"]
 
 _BYTES_PER_PARTITION = 128 << 20
+_SAMPLE_BYTES = 1 << 20
+"""Bytes sampled at the start of every read range to place the user-range boundaries."""
 
 
 @dataclass
@@ -64,7 +69,7 @@ class IngestResult:
 
 
 def group_partitions(cfg: IngestConfig, input_bytes: int, cluster_cpus: int) -> int:
-    """Partitions of the group-by-user shuffle: ``ingest.group_partitions``, or enough for the cores
+    """Partitions of the group-by-user exchange: ``ingest.group_partitions``, or enough for the cores
     and for about 128 MiB of input per partition."""
     if cfg.group_partitions:
         return cfg.group_partitions
@@ -181,13 +186,13 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, titles_info: dict
 
     t = time.perf_counter()
     S = cfg.shard_max_samples
-    sink = ShardDatasink(tmp, shard_size=S, block_size=cfg.users_per_block, num_users=len(summary.users),
-                         with_ts=with_ts)
-    (grouped.map_batches(assign_dense, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
-                         fn_kwargs={"maps": maps, "shard_size": S, "with_ts": with_ts})
-     .repartition(min(-(-len(summary.users) // S), partitions), keys=["shard"], sort=False)
-     .write_datasink(sink))
-    del grouped
+    layout = {"root": tmp, "shard_size": S, "block_size": cfg.users_per_block, "num_users": len(summary.users),
+              "with_ts": with_ts}
+    results = grouped.map_batches(write_ranges, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
+                                  fn_kwargs={"maps": maps, **layout}).to_arrow_refs()
+    user_entries, pieces = collect(ray.get(results))
+    user_entries += write_pieces(pieces, **layout)
+    del grouped, results
     timings["write"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -203,8 +208,8 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, titles_info: dict
 
     t = time.perf_counter()
     quarantine = _quarantine(cfg, titles, reports, files, parts_dir, tmp, files_section)
-    splits = _splits(sink.entries, item_entries, cfg)
-    counts = _counts(reports, summary, sink.entries, without_title)
+    splits = _splits(user_entries, item_entries, cfg)
+    counts = _counts(reports, summary, user_entries, without_title)
     reconciliation = reconcile(counts, splits, summary.counts["train_interactions"], S)
     timings["finish"] = time.perf_counter() - t
     parts = {"counts": counts, "reconciliation": reconciliation, "splits": splits, "files": files_section,
@@ -216,14 +221,15 @@ def _read_and_group(cfg: IngestConfig, files: list, fmt: str, partitions: int,
                     parts_dir: str) -> tuple[ray.data.Dataset, list]:
     """Stages 1-2: the materialised per-user rows, and every read range's report."""
     ranges = plan_ranges(files, cfg.read_block_bytes)
+    boundaries = user_boundaries(sample_users(ranges, fmt, _SAMPLE_BYTES), partitions)
     ledger = ReadLedger.remote()
     source = InteractionsDatasource(ranges, fmt, on_bad_rows=cfg.on_bad_rows, ledger=ledger,
                                     quarantine_dir=parts_dir)
-    grouped = (ray.data.read_datasource(source)
-               .repartition(partitions, keys=["user"], sort=False)
-               .map_batches(group_users, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
-                            fn_kwargs={"min_seq_len": cfg.min_seq_len, "with_ts": fmt == "pairs_csv"})
-               .materialize())
+    with exchange_context():
+        grouped = (range_partition(ray.data.read_datasource(source), boundaries)
+                   .map_batches(group_users, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
+                                fn_kwargs={"min_seq_len": cfg.min_seq_len, "with_ts": fmt == "pairs_csv"})
+                   .materialize())
     reports = ray.get(ledger.reports.remote())
     if len(reports) != len(ranges):
         raise IngestError(f"{len(ranges) - len(reports)} of {len(ranges)} read ranges did not report; "

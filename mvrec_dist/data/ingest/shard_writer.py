@@ -2,9 +2,10 @@
 
 Shard ``j`` of every split holds the users with dense ids ``j*S+1 .. (j+1)*S`` (``S`` =
 ``ingest.shard_max_samples``), so shard names and contents depend only on the data, ``S`` and the
-block size ``B``, never on how Ray partitioned the work. The pipeline hash-partitions the per-user
-rows by shard index and a ``ShardDatasink`` write task renders every shard of its block; it checks
-that each shard arrived whole (exactly the users of its id range) before writing it.
+block size ``B``, never on how Ray partitioned the work. ``write_user_shards`` is called with
+whole shards (``range_writer``: by the task holding a shard's user range, or from the pieces of
+neighbouring ranges) and checks that each shard arrived whole (exactly the users of its id range)
+before writing it.
 
 A shard is cut into blocks of ``B`` consecutive users (the last block of a shard may be shorter);
 block ``k`` of shard ``j`` has the split-wide index ``j * ceil(S/B) + k`` (every shard but the last
@@ -25,15 +26,13 @@ from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
-from ray.data.datasource import Datasink
 
 from mvrec_dist.data.blocks import LAYOUTS, block_key, block_meta, block_sizes
 from mvrec_dist.data.ingest.errors import IngestError
 from mvrec_dist.data.ingest.tar_writer import Payload, tar_bytes, write_bytes
 
 __all__ = ["USER_SPLITS", "UserShard", "npy_header", "npy_payload", "json_payload", "render_blocks",
-           "render_user_shards", "write_user_shards", "shard_path", "first_block_index", "ShardDatasink",
-           "dense_schema"]
+           "render_user_shards", "write_user_shards", "shard_path", "first_block_index", "dense_schema"]
 
 USER_SPLITS = ("train", "valid", "test")
 _I32 = np.dtype("<i4")
@@ -232,41 +231,3 @@ def write_user_shards(table: pa.Table, *, root: str, shard_size: int, block_size
             out.append({"split": split, "index": j, "path": path, "samples": len(users), "blocks": blocks, **info,
                         "interactions": train_interactions if split == "train" else len(users)})
     return out
-
-
-class ShardDatasink(Datasink):
-    """Ray Data sink writing train/valid/test shards; the driver collects the shard entries."""
-
-    def __init__(self, root: str, *, shard_size: int, block_size: int, num_users: int, with_ts: bool) -> None:
-        """Create the sink.
-
-        Args:
-            root: Dataset directory being written (the temporary one).
-            shard_size: ``ingest.shard_max_samples``.
-            block_size: ``ingest.users_per_block``.
-            num_users: Total kept users U.
-            with_ts: Whether train blocks get ``ts.npy``.
-        """
-        self._root = root
-        self._shard_size = shard_size
-        self._block_size = block_size
-        self._num_users = num_users
-        self._with_ts = with_ts
-        self.entries: list[dict] = []
-
-    def write(self, blocks: Iterable[pa.Table], ctx: object) -> list[dict]:
-        """Write the shards held by this task's blocks."""
-        tables = [b for b in blocks if b.num_rows]
-        if not tables:
-            return []
-        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-        return write_user_shards(table, root=self._root, shard_size=self._shard_size, block_size=self._block_size,
-                                 num_users=self._num_users, with_ts=self._with_ts)
-
-    def on_write_complete(self, write_result: object) -> None:
-        """Keep every task's entries (runs on the driver)."""
-        self.entries = [e for returns in write_result.write_returns for e in returns]
-
-    def get_name(self) -> str:
-        """Name shown in progress bars."""
-        return "WriteUserShards"

@@ -5,7 +5,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mvrec_dist.data.ingest.grouping import group_users
+from mvrec_dist.data.ingest.grouping import group_users, user_order
 
 
 def reference(rows, min_seq_len):
@@ -23,12 +23,16 @@ interaction = st.tuples(st.integers(0, 6), st.integers(0, 50), st.integers(0, 3)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(interaction, max_size=60), st.integers(3, 6), st.booleans(), st.randoms())
-def test_group_users_matches_reference(raw, min_seq_len, tsv, rnd):
-    # Unique order keys (file << 40 | position), shuffled as a hash partition delivers them.
+@given(st.lists(interaction, max_size=60), st.integers(3, 6), st.booleans(), st.randoms(), st.booleans())
+def test_group_users_matches_reference(raw, min_seq_len, tsv, rnd, presorted):
+    # Unique order keys (file << 40 | position), in any order, or sorted by (user, ts, order) as the
+    # range partitioning's reducers deliver them (then no sort is needed).
     orders = rnd.sample(range(1 << 41), len(raw))
     rows = [(u, i, 0 if tsv else t, o, int(first)) for (u, i, t, first), o in zip(raw, orders)]
     rnd.shuffle(rows)
+    if presorted:
+        rows.sort(key=lambda r: (r[0], r[2], r[3]))
+        assert len(rows) < 2 or user_order(*(np.array([r[k] for r in rows]) for k in (0, 2, 3))) is None
     cols = list(zip(*rows)) if rows else [[], [], [], [], []]
     data = {"user": pa.array(cols[0], pa.int64()), "item": pa.array(cols[1], pa.int64()),
             "ts": pa.array(cols[2], pa.int64()), "order": pa.array(cols[3], pa.int64())}
@@ -50,6 +54,13 @@ def test_ties_on_timestamp_follow_file_then_position():
                       "order": [f(1, 0), f(0, 900), f(0, 20), f(3, 3), f(0, 21)]})
     out = group_users(table, min_seq_len=3, with_ts=True).to_pydict()
     assert out["items"] == [[13, 12, 14, 11, 10]] and out["ts"] == [[4, 5, 5, 5, 5]]
+
+
+def test_nearly_sorted_blocks_are_sorted():
+    user, ts, order = np.array([1, 1, 2, 2]), np.array([5, 5, 1, 2]), np.array([9, 8, 1, 2])
+    assert user_order(user, ts, order).tolist() == [1, 0, 2, 3]  # a tie on ts broken by order
+    assert user_order(user, np.array([5, 4, 1, 2]), order).tolist() == [1, 0, 2, 3]
+    assert user_order(np.array([2, 1]), np.array([0, 0]), np.array([0, 1])).tolist() == [1, 0]
 
 
 def test_short_users_are_dropped_but_counted():
