@@ -7,6 +7,9 @@
 * **Phases**: ``ParallelModel.train_step`` timed phase by phase (``harness/phases.py``) on a local
   rank pool at the strong-scaling batch, with the all-to-all bytes each rank sends.
 * **Equivalence**: the phase-timed step gives bitwise the parameters of ``train_step`` (max |diff| = 0).
+* **Train pipelines**: time per step of ``ParallelModel.train_steps`` with ``parallel.pipeline=simple``
+  and ``sparse_dist`` (TorchRec's ``TrainPipelineSparseDist``) on a local 2-rank pool at the
+  strong-scaling batch, interleaved over repeats, with the largest loss difference between them.
 
 On this machine (2 cores): ``python benchmarks/run.py --only scaling`` (1 and 2 CPU workers).
 On a GPU cluster, one command (storage shared by all nodes):
@@ -29,7 +32,7 @@ from benchmarks.harness.rank_model import build_rank_model, epoch_batches
 from benchmarks.harness.report import fmt, fmt_stats, table
 from benchmarks.harness.schema import figure, measurement, stats_of, target
 
-__all__ = ["PART", "phase_task", "equivalence_task"]
+__all__ = ["PART", "phase_task", "equivalence_task", "pipeline_task"]
 
 TITLE = "Scaling and step anatomy"
 
@@ -111,6 +114,26 @@ def equivalence_task(ctx: Any, preset: str, overrides: list[str], steps: int) ->
     return {"max_abs_diff": diff, "tensors": len(a)}
 
 
+def pipeline_task(ctx: Any, preset: str, overrides: list[str], pipeline: str, steps: int) -> dict:
+    """``steps`` steps of ``ParallelModel.train_steps`` with ``parallel.pipeline=pipeline``: seconds and loss of each.
+
+    A step's seconds run from the previous step's yield to its own, loading included: the simple
+    step loads its own batch, ``sparse_dist`` the batch two steps ahead.
+    """
+    import itertools
+    import time
+
+    rm = build_rank_model(ctx, preset, [*overrides, f"parallel.pipeline={pipeline}"])
+    seconds, losses = [], []
+    t = time.perf_counter()
+    for _, stats in rm.pm.train_steps(itertools.islice(epoch_batches(rm), steps), rm.data.dummy_batch):
+        now = time.perf_counter()  # stats.loss is a host float: the step has finished on the device
+        seconds.append(now - t)
+        losses.append(stats.loss)
+        t = now
+    return {"pipeline": rm.pm.pipeline, "seconds": seconds, "losses": losses}
+
+
 # ---------------------------------------------------------------------- driver side
 def _configs(workers: tuple[int, ...], global_batch: int, per_worker: int) -> dict[tuple[int, int], list[str]]:
     """(workers, global batch) -> the study roles it plays (a run can be both strong and weak)."""
@@ -128,7 +151,8 @@ def _settings(ctx: RunContext) -> dict:
     return {"global_batch": ctx.extra.get("global_batch") or (64 if quick else 512),
             "per_worker_batch": ctx.extra.get("per_worker_batch") or (32 if quick else 256),
             "steps": 8 if quick else 60, "log_every": 2 if quick else 10,
-            "phase_steps": 6 if quick else 40, "phase_warmup": 2 if quick else 5, "equivalence_steps": 2}
+            "phase_steps": 6 if quick else 40, "phase_warmup": 2 if quick else 5, "equivalence_steps": 2,
+            "pipeline_steps": 7 if quick else 45}
 
 
 def run(ctx: RunContext) -> dict:
@@ -170,6 +194,7 @@ def run(ctx: RunContext) -> dict:
                                      study["weak"][2]["speedup"]["median"], op=">=", threshold=1.6, unit="ratio",
                                      source="issue 3"))
     _phases(ctx, res, dataset, preset, s)
+    _pipelines(ctx, res, dataset, preset, s)
     _figures(ctx, res)
     return res
 
@@ -198,6 +223,34 @@ def _phases(ctx: RunContext, res: dict, dataset: str, preset: str, s: dict) -> N
         res["measurements"].append(measurement("phase-timed step vs train_step, max |param diff|", "count", value=worst))
         res["targets"].append(target("phase-timed step equals ParallelModel.train_step (max |param diff|)", worst,
                                      op="<=", threshold=0.0, unit="count", source="harness self-check"))
+
+
+def _pipelines(ctx: RunContext, res: dict, dataset: str, preset: str, s: dict) -> None:
+    """Step time of the simple and sparse_dist train steps on 2 local ranks, interleaved over repeats."""
+    if 2 not in ctx.workers or (ctx.use_gpu and len(ctx.machine()["gpus"]) < 2):
+        return
+    overrides = [f"data.dataset_dir={dataset}", f"train.batch_size={s['global_batch']}"]
+    steps, warmup = s["pipeline_steps"], s["phase_warmup"]
+    # Measured: after the warm-up, before the last two steps (the pipeline loads nothing for those).
+    measured = range(warmup, steps - 2)
+    ms: dict[str, list[float]] = {"simple": [], "sparse_dist": []}
+    ratio, loss_diff = [], 0.0
+    for rep in range(ctx.repeats):
+        got = {}
+        for pipeline in (("simple", "sparse_dist") if rep % 2 == 0 else ("sparse_dist", "simple")):
+            ctx.log(f"train pipeline {pipeline}, repeat {rep + 1}/{ctx.repeats}, 2 ranks, {steps} steps")
+            per_rank = ctx.pool(2).run(pipeline_task, preset, overrides, pipeline, steps)
+            got[pipeline] = per_rank[0]
+            ms[pipeline].append(1e3 * statistics.fmean(statistics.fmean(r["seconds"][i] for r in per_rank)
+                                                       for i in measured))
+        ratio.append(ms["sparse_dist"][-1] / ms["simple"][-1])
+        loss_diff = max([loss_diff] + [abs(a - b) for a, b in zip(got["simple"]["losses"], got["sparse_dist"]["losses"])])
+    res["data"]["pipelines"] = {"ms_per_step": ms, "ratio": ratio, "max_loss_diff": loss_diff,
+                                "measured_steps": len(measured), "steps": steps}
+    for pipeline, values in ms.items():
+        res["measurements"].append(measurement("train step time", "ms/step", values=values, pipeline=pipeline, workers=2))
+    res["measurements"] += [measurement("train step time, sparse_dist / simple", "ratio", values=ratio, workers=2),
+                            measurement("max |loss difference|, sparse_dist vs simple", "count", value=loss_diff)]
 
 
 def _figures(ctx: RunContext, res: dict) -> None:
@@ -259,6 +312,16 @@ def render(res: dict, rctx: RenderContext) -> str:
                        f"looked-up ids per rank per step (D={r0['embedding_dim']}); all-to-all bytes sent to other "
                        f"ranks per step: " + (", ".join(f"{ph} {fmt(v)}" for ph, v in a2a.items()) or "none"))
         out.append("")
+    pl = res["data"].get("pipelines")
+    if pl:
+        rows = [[p, fmt_stats(stats_of(v))] for p, v in pl["ms_per_step"].items()]
+        rows.append(["sparse_dist / simple", fmt_stats(stats_of(pl["ratio"]))])
+        out += [f"Train pipelines on 2 ranks (`parallel.pipeline`; global batch {s['global_batch']}): ms per step, "
+                f"loading included, mean of {pl['measured_steps']} steps after {s['phase_warmup']} warm-up steps; "
+                "the ratio is formed within each repeat. `sparse_dist` is TorchRec's `TrainPipelineSparseDist` "
+                "(the next batch's input all-to-all in flight during a step; on CUDA also the host-to-device "
+                f"copy). Largest loss difference between the two over all steps: {pl['max_loss_diff']:.3g}.", "",
+                table(["train step", "ms per step"], rows), ""]
     eq = res["data"].get("equivalence")
     if eq:
         out.append(f"Phase timers change nothing: after {s['equivalence_steps']} steps on 2 ranks the phase-timed step "
