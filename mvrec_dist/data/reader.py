@@ -161,6 +161,18 @@ class ShardReader:
         current = _ShardPass(self, s)
         return current.fetch(k0, k1), current
 
+    def _spans(self, current: _ShardPass | None, s: int, lo: int,
+               hi: int) -> tuple[list[tuple[Block, int, int]], _ShardPass]:
+        """The blocks holding global rows ``lo .. hi-1`` of shard ``s``, each with its row range ``[a, b)``."""
+        base, size = self.starts[s], self.block_size
+        blocks, current = self._fetch(current, s, (lo - base) // size, (hi - 1 - base) // size)
+        spans = []
+        for block in blocks:
+            a, b = max(lo, block.first) - block.first, min(hi, block.first + len(block)) - block.first
+            self.stats.rows += b - a
+            spans.append((block, a, b))
+        return spans, current
+
     def iter_chunks(self, chunks: Iterable[Chunk]) -> Iterator[tuple[int, Sample]]:
         """Stream ``(g, sample)`` for every index the chunks emit, in plan order.
 
@@ -207,15 +219,9 @@ class ShardReader:
             for chunk in chunks:
                 if chunk.seed is not None:
                     raise ValueError(f"iter_blocks reads unshuffled chunks only, got seed {chunk.seed}")
-                s = self._shard_of(chunk)
                 lo = chunk.start + chunk.skip
-                hi = lo + chunk.take
-                base = self.starts[s]
-                blocks, current = self._fetch(current, s, (lo - base) // self.block_size,
-                                              (hi - 1 - base) // self.block_size)
-                for block in blocks:
-                    a, b = max(lo, block.first) - block.first, min(hi, block.first + len(block)) - block.first
-                    self.stats.rows += b - a
+                spans, current = self._spans(current, self._shard_of(chunk), lo, lo + chunk.take)
+                for block, a, b in spans:
                     yield block.slice(a, b)
         finally:
             if current is not None:
@@ -231,12 +237,9 @@ class ShardReader:
                 offsets = chunk.offsets()
                 if chunk.seed is None:
                     lo = chunk.start + chunk.skip
-                    hi = lo + chunk.take
-                    blocks, current = self._fetch(current, s, (lo - base) // size, (hi - 1 - base) // size)
-                    for block in blocks:
-                        a, b = max(lo, block.first) - block.first, min(hi, block.first + len(block)) - block.first
+                    spans, current = self._spans(current, s, lo, lo + chunk.take)
+                    for block, a, b in spans:
                         g = block.first + a
-                        self.stats.rows += b - a
                         for sample in block.samples(range(a, b), wanted):
                             yield g, sample
                             g += 1
