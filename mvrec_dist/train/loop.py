@@ -197,16 +197,12 @@ class Trainer:
         expected = max(1, self.data.estimated_steps_per_epoch())
         epoch_start, seq0, tgt0 = time.perf_counter(), self._sequences, self._targets
         loss_sum, loss_steps = 0.0, 0
-        while True:
-            t0 = time.perf_counter()
-            batch = next(batches, None)
-            local_targets = int((batch.lengths - 1).clamp(min=0).sum()) if batch is not None else 0
-            local_sequences = int((batch.lengths > 0).sum()) if batch is not None else 0
-            has, targets, sequences = self.model.sync_step(batch is not None, local_targets, local_sequences)
-            if not has:
-                break
-            stats = self.model.train_step(batch if batch is not None else self.data.dummy_batch(),
-                                          global_targets=targets, global_sequences=sequences)
+        # Steps go on while any rank has data (ranks out of it train on dummy batches); each is yielded
+        # after its update, so a batch's cursor is recorded only once its step ran.
+        steps = self.model.train_steps(batches, self.data.dummy_batch)
+        t0 = time.perf_counter()
+        for batch, stats in steps:
+            targets, sequences = stats.num_targets, stats.sequences
             if batch is not None and batch.cursor is not None:
                 cursors[batch.cursor.consumer] = batch.cursor
                 if self._audit is not None:
@@ -234,7 +230,9 @@ class Trainer:
                 self._checkpoint(is_best=False)
             if cfg.train.max_steps and st.step >= cfg.train.max_steps:
                 st.cursors = self._all_cursors(cursors)
+                steps.close()  # batches a pipeline fetched ahead are not run (their cursors were not recorded)
                 return True
+            t0 = time.perf_counter()
         seconds = time.perf_counter() - epoch_start
         rate = (self._sequences - seq0) / max(seconds, 1e-9)
         target_rate = (self._targets - tgt0) / max(seconds, 1e-9)

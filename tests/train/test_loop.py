@@ -34,12 +34,11 @@ class FakeModel:
         self.steps = 0
         self.items = torch.randn(N + 1, D, generator=torch.Generator().manual_seed(0))
 
-    def sync_step(self, has_batch, num_targets, sequences):
-        return has_batch, num_targets, sequences
-
-    def train_step(self, batch, *, global_targets, global_sequences):
-        self.steps += 1
-        return StepStats(loss=4.0 / self.steps, num_targets=global_targets, sequences=global_sequences)
+    def train_steps(self, batches, dummy_batch):
+        for batch in batches:
+            self.steps += 1
+            yield batch, StepStats(loss=4.0 / self.steps, num_targets=int((batch.lengths - 1).sum()),
+                                   sequences=len(batch.lengths))
 
     def gather_rows(self, rows):
         return rows
@@ -67,6 +66,9 @@ class FakeData:
     def train_batches(self, epoch, plans, starts, skips):
         for _ in range(3):
             yield SimpleNamespace(lengths=torch.tensor([3, 4]), cursor=None)
+
+    def dummy_batch(self):
+        return SimpleNamespace(lengths=torch.tensor([0]), cursor=None)
 
     def estimated_steps_per_epoch(self):
         return 3
