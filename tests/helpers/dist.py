@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -52,7 +53,19 @@ def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any) -> list[Any]:
     Returns:
         The per-rank return values.
     """
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.start_processes(_entry, args=(world_size, free_port(), out_dir, fn, args), nprocs=world_size,
-                           join=True, start_method="spawn")
-        return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=True) for r in range(world_size)]
+    for attempt in (1, 2):
+        with tempfile.TemporaryDirectory() as out_dir:
+            try:
+                mp.start_processes(_entry, args=(world_size, free_port(), out_dir, fn, args), nprocs=world_size,
+                                   join=True, start_method="spawn")
+            except mp.ProcessExitedException as exc:
+                # Known, rare, not yet understood: a rank aborting in C++ ("terminate called without an
+                # active exception", SIGABRT) under heavy machine load (seen once in test_resume's
+                # zero2-bf16 case, 2026-11-24). Retried once and reported; a Python exception, a wrong
+                # result or a second abort still fails the test.
+                if attempt == 1 and exc.signal_name == "SIGABRT":
+                    warnings.warn(f"run_ranks: {exc}; retrying once (known rare C++ abort)")
+                    continue
+                raise
+            return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=True) for r in range(world_size)]
+    raise AssertionError("unreachable")
