@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Callable, NoReturn
 
-from mvrec_dist.runtime.errors import one_line, root_cause, user_error_types
+from mvrec_dist.runtime.errors import describe_failure, one_line, root_cause, user_error_types
 
 __all__ = ["guarded", "report_error", "CommandParser"]
 
@@ -25,8 +25,7 @@ def report_error(prog: str, exc: BaseException) -> int:
     types = user_error_types()
     cause = root_cause(exc, tuple(types))
     if cause is None:
-        print(f"{prog}: error: {type(exc).__name__}: {one_line(exc)} (run again with --debug for the traceback)",
-              file=sys.stderr)
+        print(f"{prog}: error: {describe_failure(exc)} (run again with --debug for the traceback)", file=sys.stderr)
         return 1
     # Errors that collect several problems (config, preflight) keep them as a list: one line each.
     for problem in getattr(cause, "problems", None) or [one_line(cause)]:

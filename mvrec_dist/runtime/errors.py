@@ -3,12 +3,17 @@
 A check that fails on the driver raises its own error directly. One that fails inside a Ray task
 or a Ray Train worker reaches the driver wrapped (``RayTaskError``, ``WorkerGroupError`` holding
 each rank's exception, ``ControllerError``, exception chains); ``root_cause`` digs the original out
-so the command can print its one line instead of pages of tracebacks.
+so the command can print its one line instead of pages of tracebacks. ``failure_cause`` does the
+same for any failure (an ``OSError`` on a worker, a killed worker): the exception that explains it,
+and ``is_deterministic`` whether retrying the run could change the outcome.
 """
 
 from __future__ import annotations
 
-__all__ = ["USER_ERRORS", "user_error_types", "root_cause", "one_line"]
+import errno
+
+__all__ = ["USER_ERRORS", "user_error_types", "root_cause", "one_line", "failure_cause", "is_deterministic",
+           "describe_failure"]
 
 # (module, class) of every exception whose message is one actionable line meant for users, and the
 # exit status a command returns for it: 2 = the command cannot start as given (fix the config, a
@@ -17,6 +22,8 @@ USER_ERRORS = {
     ("mvrec_dist.config.fields", "ConfigError"): 2,
     ("mvrec_dist.runtime.paths", "PathError"): 2,
     ("mvrec_dist.train.launch", "PreflightError"): 2,
+    ("mvrec_dist.train.run_lease", "RunBusyError"): 2,
+    ("mvrec_dist.train.launch", "RunFailedError"): 1,
     ("mvrec_dist.train.content", "ContentSetupError"): 2,
     ("mvrec_dist.features.identity", "FeatureIdentityError"): 2,
     ("mvrec_dist.data.manifest", "ManifestError"): 1,
@@ -47,7 +54,8 @@ def _children(exc: BaseException) -> list[BaseException]:
     failures = getattr(exc, "worker_failures", None)  # ray.train.WorkerGroupError: rank -> exception
     if isinstance(failures, dict):
         found.extend(failures[rank] for rank in sorted(failures))
-    for attr in ("controller_failure", "cause"):  # ray.train.ControllerError, ray.exceptions.RayTaskError
+    # ray.train.ControllerError, ray.exceptions.RayTaskError, Ray Train's UserExceptionWithTraceback
+    for attr in ("controller_failure", "cause", "_base_exc"):
         inner = getattr(exc, attr, None)
         if isinstance(inner, BaseException):
             found.append(inner)
@@ -86,3 +94,67 @@ def one_line(exc: BaseException) -> str:
     """``exc`` as one line: its message's first line, or its type name when it has none."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# OS errors that a retry on the same storage and cluster meets again: a full or read-only disk, a
+# quota, missing permissions, a name the filesystem refuses.
+DETERMINISTIC_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG,
+                                  errno.ENAMETOOLONG})
+# Exceptions that are bugs or bad input in the code path itself: the same step raises them again.
+_PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, ImportError, SyntaxError, NotImplementedError)
+# Ray's wrappers: never the explanation themselves when they hold something more specific.
+_WRAPPER_NAMES = {"WorkerGroupError", "ControllerError", "TrainingFailedError", "UserExceptionWithTraceback",
+                  "RayTaskError", "TaskError"}
+
+
+def _is_wrapper(exc: BaseException) -> bool:
+    return any(cls.__name__ in _WRAPPER_NAMES or cls.__name__.startswith("RayTaskError(") for cls in type(exc).__mro__)
+
+
+def is_deterministic(exc: BaseException) -> bool:
+    """Whether ``exc`` (a ``failure_cause``) would fail the same way on a retry.
+
+    Users' errors (config, paths, data, checkpoints), OS errors of ``DETERMINISTIC_ERRNOS`` and
+    programming errors are; lost workers, nodes and connections, timeouts and anything unknown are not.
+    """
+    if isinstance(exc, tuple(user_error_types())):
+        return True
+    if isinstance(exc, OSError) and exc.errno in DETERMINISTIC_ERRNOS:
+        return True
+    return isinstance(exc, _PROGRAMMING_ERRORS)
+
+
+def failure_cause(exc: BaseException) -> BaseException:
+    """The exception that explains a failure, dug out of Ray's wrappers.
+
+    Among everything ``exc`` wraps (each rank's failure, causes, chains): a users' error first
+    (``USER_ERRORS``), then one that ``is_deterministic`` (a full disk on rank 0 explains the
+    connection error of rank 1 that followed it), then the first that is not a Ray wrapper, else
+    ``exc`` itself.
+    """
+    found: list[BaseException] = []
+    queue, seen = [exc], set()
+    while queue:
+        e = queue.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        found.append(e)
+        queue.extend(_children(e))
+    users = tuple(user_error_types())
+    for accept in (lambda e: isinstance(e, users), is_deterministic, lambda e: not _is_wrapper(e)):
+        hits = [e for e in found if accept(e)]
+        if hits:  # Ray's hybrid RayTaskError(OSError) passes too: the original it wraps reads better
+            return next((e for e in hits if not _is_wrapper(e)), hits[0])
+    return exc
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line naming the exception that explains ``exc``: its type and message (errno and path of OS errors).
+
+    A users' error is its own message; anything else is prefixed with its type name.
+    """
+    cause = failure_cause(exc)
+    if isinstance(cause, tuple(user_error_types())):
+        return one_line(cause)
+    return f"{type(cause).__name__}: {one_line(cause)}"
