@@ -75,7 +75,7 @@ def checkpoint_io_task(ctx: Any, sizes: list[tuple[int, int]], repeats: int, sto
             ckpt = Checkpointer(rm.cfg, ctx)
             dist.barrier()
             t = time.perf_counter()
-            name = ckpt.save(rm.pm, state, is_best=False, metrics={})
+            name = ckpt.save(rm.pm, state)
             saves.append(time.perf_counter() - t)
             ckpt.close()
             sizes_b = _dir_bytes(os.path.join(storage, run, name))

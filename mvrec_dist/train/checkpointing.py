@@ -1,12 +1,15 @@
-"""Where checkpoints live, how they are published, kept, found again and loaded.
+"""Where checkpoints live, how they are written, committed, kept, found again and loaded.
 
 A run's checkpoints are directories ``<storage_path>/<run_name>/checkpoint-step<step>`` (local
 disk, a shared filesystem, or an object store through pyarrow/fsspec). Each rank writes its part
-into a local temporary directory; under Ray Train ``ray.train.report(checkpoint=...)`` uploads and
-merges the ranks' parts (a checkpoint counts for Ray once every rank has reported); without Ray
-each rank copies its part itself. ``COMMIT.json`` (sizes and sha256 of every file of every rank)
-decides on load whether a checkpoint is complete; a bad one is skipped for the previous good one
-with a warning that names it. Retention keeps the newest ``train.keep_checkpoints`` plus the best.
+into a local temporary directory and uploads it; once every rank has, rank 0 uploads ``COMMIT.json``
+(sizes and sha256 of every file of every rank) last. On load ``COMMIT.json`` decides whether a
+checkpoint is complete; a bad one is skipped for the previous good one with a warning that names it.
+
+This class is the only owner of the checkpoints: Ray Train is given metrics, never checkpoints, so
+no second record of them (Ray's run snapshot) can disagree with what retention deleted. Retention
+keeps the newest ``train.keep_checkpoints`` committed checkpoints plus the best, and deletes any
+uncommitted directory left by a failed attempt.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow.fs as pafs
 import torch.distributed as dist
@@ -24,7 +27,8 @@ import torch.distributed as dist
 from mvrec_dist.config.jobs import TrainJobConfig
 from mvrec_dist.config.load import config_to_dict
 from mvrec_dist.data.fs import resolve
-from mvrec_dist.parallel.checkpoint import CheckpointError, read_checkpoint, verify_checkpoint, write_checkpoint
+from mvrec_dist.parallel.checkpoint import (COMMIT_NAME, CheckpointError, read_checkpoint, verify_checkpoint,
+                                            write_checkpoint)
 from mvrec_dist.parallel.process_groups import DistContext, barrier
 from mvrec_dist.train.runs import checkpoint_name, list_checkpoints
 from mvrec_dist.train.state import TrainState
@@ -40,16 +44,12 @@ class Checkpointer:
     Args:
         cfg: The job config (run name, storage path, resume mode, retention, ZeRO stage).
         ctx: Process group.
-        publish: ``(local_dir, name, metrics) -> None`` called by every rank after writing its part;
-            under Ray Train it is ``ray.train.report``; ``None`` copies the part into storage directly.
     """
 
-    def __init__(self, cfg: TrainJobConfig, ctx: DistContext,
-                 publish: Callable[[str, str, dict], None] | None = None):
+    def __init__(self, cfg: TrainJobConfig, ctx: DistContext):
         self.cfg = cfg
         self.ctx = ctx
         self.run_uri = f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}"
-        self.publish = publish or self._copy_to_storage
         self.skipped: list[str] = []
         """Checkpoints ``restore`` passed over because they did not verify (newest first)."""
         self.restored_from: str | None = None
@@ -57,39 +57,47 @@ class Checkpointer:
         self._scratch = tempfile.mkdtemp(prefix=f"mvrec-ckpt-r{ctx.rank}-")
 
     # ------------------------------------------------------------------ save
-    def save(self, model: Any, state: TrainState, *, is_best: bool, metrics: dict) -> str:
-        """Write, publish and prune; returns the checkpoint's name (collective)."""
+    def save(self, model: Any, state: TrainState) -> str:
+        """Write, upload, commit and prune; returns the checkpoint's name (collective).
+
+        Raises:
+            OSError: a file could not be written to storage (errno and the file's path in it); the
+                checkpoint stays uncommitted and the previous committed ones are untouched.
+        """
         name = checkpoint_name(state.step)
         local = os.path.join(self._scratch, name)
         shutil.rmtree(local, ignore_errors=True)
         write_checkpoint(model, self.ctx, local, state_json=state.to_json(),
                          config_json=json.dumps(config_to_dict(self.cfg), indent=1, sort_keys=True),
                          zero_stage=self.cfg.parallel.zero_stage)
-        self.publish(local, name, {**metrics, "checkpoint": name, "is_best": is_best})
+        fs, root = resolve(f"{self.run_uri}/{name}")
+        if self.ctx.rank == 0:  # a failed attempt at this step may have left files (another world size's)
+            if fs.get_file_info(root).type != pafs.FileType.NotFound:
+                fs.delete_dir(root)
+            fs.create_dir(root, recursive=True)
         barrier(self.ctx)
-        shutil.rmtree(local, ignore_errors=True)
+        _upload(local, fs, root, skip=COMMIT_NAME)
+        barrier(self.ctx)  # every rank's files are in storage: only now may the checkpoint count
         if self.ctx.rank == 0:
+            _commit(local, fs, root)
             self._prune(best_step=state.best_step)
         barrier(self.ctx)
+        shutil.rmtree(local, ignore_errors=True)
         return name
-
-    def _copy_to_storage(self, local: str, name: str, metrics: dict) -> None:
-        fs, root = resolve(f"{self.run_uri}/{name}")
-        fs.create_dir(root, recursive=True)
-        for dirpath, _, files in os.walk(local):
-            for f in files:
-                src = os.path.join(dirpath, f)
-                rel = os.path.relpath(src, local).replace(os.sep, "/")
-                dst = f"{root}/{rel}"
-                fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
-                with open(src, "rb") as fin, fs.open_output_stream(dst) as fout:
-                    shutil.copyfileobj(fin, fout, 1 << 20)
 
     def _prune(self, *, best_step: int) -> None:
         keep = self.cfg.train.keep_checkpoints
         fs, root = resolve(self.run_uri)
-        for i, (step, name) in enumerate(list_checkpoints(self.run_uri)):
-            if i >= keep and step != best_step:
+        committed = 0
+        for step, name in list_checkpoints(self.run_uri):
+            if fs.get_file_info(f"{root}/{name}/{COMMIT_NAME}").type != pafs.FileType.File:
+                # Rank 0 prunes after every rank uploaded this save: an uncommitted directory is what a
+                # failed attempt left, and nothing will ever complete it.
+                fs.delete_dir(f"{root}/{name}")
+                log.info("deleted unfinished checkpoint %s", name)
+                continue
+            committed += 1
+            if committed > keep and step != best_step:
                 fs.delete_dir(f"{root}/{name}")
                 log.info("deleted old checkpoint %s", name)
 
@@ -98,20 +106,21 @@ class Checkpointer:
         """Load the checkpoint ``train.resume`` asks for; None means start fresh (collective).
 
         ``auto`` takes the newest checkpoint of the run that verifies, skipping (with a warning naming
-        it) any that is partial or corrupt; ``never`` starts fresh; anything else is a checkpoint path.
+        it) any that is partial or corrupt; ``never`` starts fresh; a checkpoint path is where the run
+        starts while it has no good checkpoint of its own (once it has, a restarted worker group or a
+        resubmitted job resumes those instead of going back to the path).
         """
         mode = self.cfg.train.resume
         if mode == "never":
             return None
-        if mode == "auto":
-            candidates = [f"{self.run_uri}/{name}" for _, name in list_checkpoints(self.run_uri)]
-        else:
-            candidates = [mode]
+        candidates = [f"{self.run_uri}/{name}" for _, name in list_checkpoints(self.run_uri)]
+        if mode != "auto":
+            candidates.append(mode)
         for uri in candidates:
             local = self._fetch(uri)
             ok = self._agree(self._verified(uri, local))
             if not ok:
-                if mode != "auto":
+                if uri == mode:
                     raise CheckpointError(f"train.resume={mode}: the checkpoint does not verify (see the log)")
                 self.skipped.append(uri)
                 continue
@@ -177,6 +186,34 @@ class Checkpointer:
         shutil.rmtree(self._scratch, ignore_errors=True)
 
 
+def _copy_file(src: str, fs: pafs.FileSystem, dst: str) -> None:
+    """Copy the local file ``src`` to ``dst`` on ``fs``; an ``OSError`` names its errno and ``dst`` (pyarrow's do not)."""
+    try:
+        fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
+        with open(src, "rb") as fin, fs.open_output_stream(dst) as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+    except OSError as exc:
+        code = exc.errno or 0
+        raise OSError(code, f"{os.strerror(code) if code else exc} (writing a checkpoint)", dst) from exc
+
+
+def _upload(local: str, fs: pafs.FileSystem, root: str, *, skip: str) -> None:
+    """Copy every file of the local directory ``local`` but ``skip`` to ``root`` on ``fs``."""
+    for dirpath, _, files in os.walk(local):
+        for f in files:
+            src = os.path.join(dirpath, f)
+            rel = os.path.relpath(src, local).replace(os.sep, "/")
+            if rel != skip:
+                _copy_file(src, fs, f"{root}/{rel}")
+
+
+def _commit(local: str, fs: pafs.FileSystem, root: str) -> None:
+    """Put ``COMMIT.json`` in place in one step: written beside it, then renamed (a failed write leaves none)."""
+    tmp = f"{root}/{COMMIT_NAME}.tmp"
+    _copy_file(os.path.join(local, COMMIT_NAME), fs, tmp)
+    fs.move(tmp, f"{root}/{COMMIT_NAME}")
+
+
 def check_checkpoint(uri: str, *, key: str = "checkpoint") -> str:
     """Check on the driver, before any worker starts, that ``uri`` is a complete, safe checkpoint.
 
@@ -199,7 +236,7 @@ def check_checkpoint(uri: str, *, key: str = "checkpoint") -> str:
     import torch
 
     from mvrec_dist.data.fs import is_local
-    from mvrec_dist.parallel.checkpoint import COMMIT_NAME, SafeDCPReader
+    from mvrec_dist.parallel.checkpoint import SafeDCPReader
     from mvrec_dist.runtime.paths import PathError
 
     hint = "pick a committed checkpoint that `mvrec runs show <run dir>` lists"

@@ -120,8 +120,8 @@ class Trainer:
         checkpointer: Saves/loads checkpoints (collective).
         log: Metrics and progress sink.
         state: Starting state (fresh, or restored from a checkpoint).
-        report: Called with metrics at report points that write no checkpoint (Ray Train's
-            ``report``; checkpoints are published by the checkpointer).
+        report: Called with metrics at every report point (Ray Train's ``report``); at a checkpoint
+            they name it (the checkpointer writes it; Ray Train is never handed checkpoints).
     """
 
     def __init__(self, cfg: TrainJobConfig, model: Any, data: Any, checkpointer: Any, log: MetricsLog,
@@ -310,6 +310,7 @@ class Trainer:
 
     def _checkpoint(self, *, is_best: bool) -> None:
         st = self.state
-        name = self.checkpointer.save(self.model, st, is_best=is_best, metrics=self._report_metrics())
+        name = self.checkpointer.save(self.model, st)
+        self.report({**self._report_metrics(), "checkpoint": name, "is_best": is_best})
         self.log.record("checkpoint", st.step, {"epoch": st.epoch, "best": is_best})
         self.log.progress(f"checkpoint {name}{' (best)' if is_best else ''}")

@@ -102,14 +102,12 @@ def build_rank(cfg: TrainJobConfig, ctx: DistContext) -> RankSetup:
 
 
 def run_worker(cfg: TrainJobConfig, ctx: DistContext, *,
-               publish: Callable[[str, str, dict], None] | None = None,
                report: Callable[[dict], None] = lambda metrics: None) -> FitResult:
     """Train, validate and test on this rank (every rank of the group calls it).
 
     Args:
         cfg: The job config.
         ctx: This rank's process group and device.
-        publish: How a written checkpoint part is published (Ray Train report); None copies to storage.
         report: Where metric-only reports go.
 
     Returns:
@@ -118,7 +116,7 @@ def run_worker(cfg: TrainJobConfig, ctx: DistContext, *,
     setup = build_rank(cfg, ctx)
     pm = setup.parallel
     log = MetricsLog(run_logs_dir(cfg), quiet=cfg.train.quiet, enabled=ctx.rank == 0)
-    checkpointer = Checkpointer(cfg, ctx, publish)
+    checkpointer = Checkpointer(cfg, ctx)
     try:
         state = checkpointer.restore(pm)
         for uri in checkpointer.skipped:
@@ -209,11 +207,7 @@ def train_worker(loop_config: dict) -> None:
     cfg = build_config(TrainJobConfig, loop_config["config"])
     ctx = current_context(use_gpu=cfg.parallel.use_gpu)
 
-    def publish(local_dir: str, name: str, metrics: dict) -> None:
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(local_dir),
-                         checkpoint_dir_name=name)
-
-    result = run_worker(cfg, ctx, publish=publish, report=lambda m: ray.train.report(m))
+    result = run_worker(cfg, ctx, report=lambda m: ray.train.report(m))
     metrics = final_metrics(result)
     if ctx.rank == 0:
         write_result(cfg, metrics)

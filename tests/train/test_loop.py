@@ -80,11 +80,7 @@ class FakeData:
 
 
 class FakeCheckpointer:
-    def __init__(self):
-        self.reports = []
-
-    def save(self, model, state, *, is_best, metrics):
-        self.reports.append(metrics)
+    def save(self, model, state):
         return f"checkpoint-step{state.step:09d}"
 
     def load_best(self, model, state):
@@ -99,7 +95,7 @@ def fitted(tmp_path, capsys):
     result = Trainer(cfg, FakeModel(), FakeData(), checkpointer, log, TrainState(), reports.append).fit()
     log.close()
     rows = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
-    return SimpleNamespace(result=result, rows=rows, reports=checkpointer.reports + reports,
+    return SimpleNamespace(result=result, rows=rows, reports=reports,
                            out=capsys.readouterr().out, logs=tmp_path / "logs")
 
 
@@ -135,6 +131,7 @@ def test_tensorboard_has_the_same_scalars(fitted):
 
 def test_ray_train_reports_carry_loss_ranking_throughput_and_memory(fitted):
     assert len(fitted.reports) == 2  # one per epoch (a checkpoint each)
+    assert [r["checkpoint"] for r in fitted.reports] == ["checkpoint-step000000003", "checkpoint-step000000006"]
     for report in fitted.reports:
         assert {"train/loss", "train/sequences_per_s", "train/targets_per_s", "train/peak_rss_mib_max",
                 "valid/hr@10", "valid/ndcg@10"} <= set(report)
