@@ -4,7 +4,8 @@ Local, on an embedded loopback Ray cluster (ingests the synthetic demo data firs
     mvrec train --config jobs/configs/synthetic/sasrec-id-small.yaml
 On a running cluster (or submit jobs/train_videorec.py with `ray job submit`, see its docstring):
     mvrec train --config jobs/configs/microlens-full/sasrec-id.yaml --address auto
-The same run name and storage path resume the run from its newest good checkpoint (train.resume=auto).
+The same run name and storage path resume the run from its newest good checkpoint (train.resume=auto);
+a finished run's command run again prints its result; a second driver for a run in progress is refused.
 Any setting can be overridden as section.key=value (e.g. train.lr=3e-4 parallel.zero_stage=2).
 Progress lines come from rank 0 (per-epoch rate and ETA, each validation with the run's ETA);
 train.quiet=true prints only epoch summaries and results. Metrics go to
@@ -62,13 +63,20 @@ def train(cfg: TrainJobConfig) -> dict:
         PreflightError: when the config, paths or cluster cannot run the job (nothing started).
     """
     from mvrec_dist.runtime.ray_cluster import ray_session
-    from mvrec_dist.train.launch import absolute_paths, preflight, prepare_dataset, prepare_features, run_training
+    from mvrec_dist.train.launch import (absolute_paths, claim_run, finished_message, finished_result, preflight,
+                                         prepare_dataset, prepare_features, run_training)
 
-    preflight(absolute_paths(cfg))  # what can fail without a cluster fails before one starts
-    with ray_session(cfg.ray):
-        prepare_dataset(cfg)
-        prepare_features(cfg)
-        return run_training(cfg)
+    cfg = absolute_paths(cfg)
+    preflight(cfg)  # what can fail without a cluster fails before one starts
+    done = finished_result(cfg)
+    if done is not None:
+        print(finished_message(cfg, done), flush=True)
+        return done
+    with claim_run(cfg):  # one driver per run, from before Ray starts until the outcome is recorded
+        with ray_session(cfg.ray):
+            prepare_dataset(cfg)
+            prepare_features(cfg)
+            return run_training(cfg)
 
 
 def _show(metrics: dict) -> int:

@@ -30,9 +30,15 @@ class TrainConfig:
     storage_path: str = setting("runs", doc="Where runs, checkpoints and metrics go: local dir, shared FS or s3:// / gs:// URI.")
     checkpoint_every_steps: int = setting(0, doc="Save a checkpoint every N steps (0: only at epoch ends).")
     checkpoint_at_epoch_end: bool = setting(True, doc="Save a checkpoint after every epoch's validation.")
-    keep_checkpoints: int = setting(2, doc="Checkpoints kept besides the best one.")
-    resume: str = setting("auto", doc="'auto' resumes the run's latest good checkpoint, 'never' starts fresh, else a checkpoint path.")
-    max_failures: int = setting(3, doc="Worker-group restarts Ray Train attempts after a failure.")
+    keep_checkpoints: int = setting(2, doc="Committed checkpoints kept besides the best one (older ones are deleted).")
+    resume: str = setting("auto", doc="'auto' resumes the run's newest good checkpoint (a finished run shows its result); "
+                                      "'never' empties the run directory and starts afresh; else a checkpoint path "
+                                      "to start from while the run has no checkpoint of its own.")
+    max_failures: int = setting(3, doc="Restarts from the newest checkpoint after a failure a retry may fix (lost "
+                                       "workers, nodes, connections); a full disk or a bad config is never retried.")
+    owner_timeout_s: float = setting(300.0, doc="A run whose driver's heartbeat (every 60 s) is older than this, on "
+                                                "another host, is taken over by a new driver of the same run; on the "
+                                                "same host a driver that is not running is taken over at once.")
     quiet: bool = setting(False, doc="Log only epoch summaries and the final result (CI).")
     test_after_training: bool = setting(True, doc="Evaluate the best-validation weights on the test split once, at the end.")
 
@@ -53,6 +59,8 @@ class TrainConfig:
                 f"must be >= 0, got {self.checkpoint_every_steps}")
         p.check(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
         p.check(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")
+        p.check(self.owner_timeout_s > 60, "owner_timeout_s",
+                f"must exceed the 60 s heartbeat interval, got {self.owner_timeout_s}")
         p.check(bool(self.run_name) and "/" not in self.run_name and ".." not in self.run_name,
                 "run_name", f"must be a plain name without '/' or '..', got {self.run_name!r}")
         p.raise_if_any()

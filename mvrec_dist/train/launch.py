@@ -5,9 +5,11 @@ of the sharding/optimizer choices, the dataset, a checkpoint to resume or evalua
 paths (writable, and shared when the cluster has several nodes), and the cluster's resources.
 Each failure is one line naming the setting to change.
 
-While a run trains, the driver keeps ``<run>/status.json`` up to date (a heartbeat, then
-``finished`` or ``failed`` with the reason), which is how ``mvrec runs list`` tells a run in
-progress from one whose driver is gone.
+A run directory has one driver (``claim_run``, ``train.run_lease``): it keeps ``<run>/status.json``
+up to date (a heartbeat, then ``finished`` or ``failed`` with the reason), refuses a second live
+driver and takes over a dead one's run. Running a finished run's command again shows its result
+(``finished_result``). The driver also decides retries (``run_training``): a lost worker or node is
+retried from the newest checkpoint, a full disk or a bad config is not.
 """
 
 from __future__ import annotations
@@ -15,19 +17,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import threading
 from typing import Callable
+
+import pyarrow.fs as pafs
 
 from mvrec_dist.config.jobs import TrainJobConfig
 from mvrec_dist.data.fs import resolve
 from mvrec_dist.data.manifest import ManifestError, load_manifest
-from mvrec_dist.runtime.errors import one_line, root_cause, user_error_types
+from mvrec_dist.runtime.errors import describe_failure, failure_cause, is_deterministic, user_error_types
 from mvrec_dist.runtime.paths import PathError, check_dataset_dir, check_storage_path
 from mvrec_dist.runtime.ray_cluster import cluster_view
-from mvrec_dist.train.runs import HEARTBEAT_SECONDS, RESULT_NAME, read_json, write_status
+from mvrec_dist.train.run_lease import RunLease
+from mvrec_dist.train.runs import RESULT_NAME, STATUS_NAME, list_checkpoints, read_json
 
-__all__ = ["PreflightError", "preflight", "prepare_dataset", "prepare_features", "absolute_paths", "run_training",
-           "run_evaluation", "read_result", "RESULT_NAME"]
+__all__ = ["PreflightError", "RunFailedError", "preflight", "prepare_dataset", "prepare_features", "absolute_paths",
+           "run_uri_of", "finished_result", "finished_message", "claim_run", "run_training", "run_evaluation",
+           "read_result", "RESULT_NAME"]
 
 
 class PreflightError(RuntimeError):
@@ -172,9 +177,12 @@ def absolute_paths(cfg: TrainJobConfig) -> TrainJobConfig:
     return dataclasses.replace(cfg, data=data, train=dataclasses.replace(train, resume=resume))
 
 
-def _fit(cfg: TrainJobConfig, worker: Callable[[dict], None], payload: dict, *, name: str, storage: str,
-         max_failures: int) -> None:
-    """Run ``worker`` on ``parallel.num_workers`` Ray Train workers; raise what failed."""
+def _fit(cfg: TrainJobConfig, worker: Callable[[dict], None], payload: dict, *, name: str, storage: str) -> None:
+    """Run ``worker`` once on ``parallel.num_workers`` Ray Train workers; raise what failed.
+
+    Ray Train restarts nothing itself (``max_failures=0``): whether a failed run is retried is
+    decided by ``run_training``, which knows a full disk from a lost worker.
+    """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -189,8 +197,9 @@ def _fit(cfg: TrainJobConfig, worker: Callable[[dict], None], payload: dict, *, 
         scaling_config=ScalingConfig(num_workers=p.num_workers, use_gpu=p.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name, storage_path=storage,
-            failure_config=FailureConfig(max_failures=max_failures),
-            # Retention (newest K plus the best) is the Checkpointer's: Ray keeps what it is given.
+            failure_config=FailureConfig(max_failures=0),
+            # Checkpoints are the Checkpointer's alone (written, committed and pruned by it); Ray Train
+            # is given metrics only, so its run snapshot never lists a checkpoint the Checkpointer pruned.
             checkpoint_config=CheckpointConfig(num_to_keep=None),
             # Our own progress lines say what happens; Ray Train's per-report INFO lines repeat it.
             logging_config=LoggingConfig(log_level="WARNING"),
@@ -202,65 +211,133 @@ def _fit(cfg: TrainJobConfig, worker: Callable[[dict], None], payload: dict, *, 
         raise result.error
 
 
-class _Heartbeat:
-    """Rewrites ``status.json`` as ``running`` every ``HEARTBEAT_SECONDS`` while the driver waits."""
-
-    def __init__(self, run_uri: str):
-        self.run_uri = run_uri
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="mvrec-status-heartbeat", daemon=True)
-
-    def __enter__(self) -> "_Heartbeat":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            try:
-                write_status(self.run_uri, "running")
-            except OSError:  # storage hiccup: the next beat tries again; status is advisory
-                pass
+class RunFailedError(RuntimeError):
+    """A run failed on its workers; the message is one line: the cause, and whether it was retried."""
 
 
-def run_training(cfg: TrainJobConfig) -> dict:
+def run_uri_of(cfg: TrainJobConfig) -> str:
+    """The run directory ``<train.storage_path>/<train.run_name>``."""
+    return f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}"
+
+
+def finished_result(cfg: TrainJobConfig) -> dict | None:
+    """The result of the run ``cfg`` names when it already finished and ``train.resume`` keeps it, else None.
+
+    ``train.resume=never`` asks for a fresh run, so a finished one does not count.
+    """
+    if cfg.train.resume == "never":
+        return None
+    return read_json(f"{run_uri_of(cfg)}/{RESULT_NAME}")
+
+
+def finished_message(cfg: TrainJobConfig, result: dict) -> str:
+    """What a rerun of a finished run prints before its result: that it finished, and how to train more."""
+    run = run_uri_of(cfg)
+    newest = list_checkpoints(run)
+    last = f"{run}/{newest[0][1]}" if newest else f"{run}/checkpoint-step<N>"
+    return (f"run {cfg.train.run_name} already finished ({result.get('epochs', '?')} "
+            f"epochs, best epoch {result.get('best_epoch', '?')}); its result is below. To train it again from "
+            f"scratch: train.resume=never. To train on from its weights as a new run: "
+            f"train.run_name=<new name> train.resume={last} train.epochs=<more>")
+
+
+def claim_run(cfg: TrainJobConfig, say: Callable[[str], None] = print) -> RunLease:
+    """Take ownership of the run directory for this driver and prepare it for ``train.resume``.
+
+    A live driver of the same run makes this raise ``RunBusyError``; a dead one's run is taken over.
+    With ``train.resume=never`` everything an earlier run left in the directory is removed (it would
+    otherwise be resumed by a retry or mixed into this run's checkpoints).
+
+    Args:
+        cfg: The job config (local paths absolute).
+        say: Where messages go.
+
+    Returns:
+        The held lease; use it as a context manager around the run (it records the outcome).
+
+    Raises:
+        RunBusyError: another live driver owns the run.
+        PreflightError: the run directory cannot be written.
+    """
+    run = run_uri_of(cfg)
+    try:
+        lease = RunLease.acquire(run, timeout_s=cfg.train.owner_timeout_s, describe_error=describe_failure, say=say)
+    except OSError as exc:
+        raise PreflightError([f"train.storage_path={cfg.train.storage_path}: cannot write the run directory "
+                              f"({exc}); fix its permissions or credentials, or choose another path"]) from None
+    fs, root = resolve(run)
+    leftovers = [e for e in fs.get_file_info(pafs.FileSelector(root)) if e.base_name != STATUS_NAME]
+    if cfg.train.resume == "never" and leftovers:
+        ckpts = sum(1 for e in leftovers if e.base_name.startswith("checkpoint-step"))
+        for e in leftovers:
+            fs.delete_dir(e.path) if e.type == pafs.FileType.Directory else fs.delete_file(e.path)
+        say(f"train.resume=never: run {cfg.train.run_name} starts afresh; removed what an earlier run left in "
+            f"{run} ({ckpts} checkpoints, {len(leftovers) - ckpts} other entries)")
+    elif any(e.base_name == RAY_SNAPSHOT_NAME for e in leftovers):
+        _drop_legacy_ray_snapshot(fs, f"{root}/{RAY_SNAPSHOT_NAME}", say)
+    return lease
+
+
+RAY_SNAPSHOT_NAME = "checkpoint_manager_snapshot.json"
+"""Ray Train's record of the checkpoints reported to it, kept in the run directory."""
+
+
+def _drop_legacy_ray_snapshot(fs: pafs.FileSystem, path: str, say: Callable[[str], None]) -> None:
+    # Runs written before the Checkpointer owned retention reported their checkpoints to Ray Train, whose
+    # snapshot then still lists the ones pruned since; Ray refuses to start on it. Nothing of it is used
+    # (checkpoints are found by listing the run directory), so such a snapshot is removed.
+    with fs.open_input_stream(path) as f:
+        legacy = b"checkpoint-step" in f.read()
+    if legacy:
+        fs.delete_file(path)
+        say(f"removed {RAY_SNAPSHOT_NAME} left by an older version (it listed checkpoints that were pruned since)")
+
+
+def run_training(cfg: TrainJobConfig, say: Callable[[str], None] = print) -> dict:
     """Run the job on the connected Ray cluster with a ``TorchTrainer``; returns the final metrics.
+
+    The caller holds the run (``claim_run``). A failure that a retry could fix (a lost worker, node
+    or connection) restarts the workers from the newest checkpoint, up to ``train.max_failures``
+    times; one that would fail the same way again (a full disk, missing permissions, a bad config
+    found on a worker: ``runtime.errors.is_deterministic``) ends the run at once.
 
     Args:
         cfg: The job config (Ray must already be initialised, see ``ray_session``).
+        say: Where the retry messages go.
 
     Returns:
         The metrics of the last report (``final_metrics``): best valid, test, throughput, times.
 
     Raises:
         PreflightError: when the cluster or the paths cannot run the job (nothing started).
+        RunFailedError: the workers failed; one line with the cause and whether it was retried.
     """
     from mvrec_dist.train.worker import config_payload, train_worker
 
     cfg = absolute_paths(cfg)
     resources, num_nodes = cluster_view()
     preflight(cfg, resources=resources, num_nodes=num_nodes)
-    run_uri = f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}"
-    try:
-        write_status(run_uri, "running")
-    except OSError as exc:
-        raise PreflightError([f"train.storage_path={cfg.train.storage_path}: cannot write the run directory "
-                              f"({exc}); fix its permissions or credentials, or choose another path"]) from None
-    try:
-        with _Heartbeat(run_uri):
-            _fit(cfg, train_worker, config_payload(cfg), name=cfg.train.run_name, storage=cfg.train.storage_path,
-                 max_failures=cfg.train.max_failures)
-    except KeyboardInterrupt:
-        write_status(run_uri, "failed", error="interrupted (Ctrl-C); run the same command again to resume")
-        raise
-    except Exception as exc:
-        write_status(run_uri, "failed", error=_one_line(exc))
-        raise
-    write_status(run_uri, "finished")
-    return read_result(cfg)
+    if cfg.train.resume == "never":
+        # claim_run emptied the run directory: from here on every checkpoint in it is this run's own,
+        # and a restarted worker group must resume from them, not start over.
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume="auto"))
+    retries = cfg.train.max_failures
+    for attempt in range(retries + 1):
+        try:
+            _fit(cfg, train_worker, config_payload(cfg), name=cfg.train.run_name, storage=cfg.train.storage_path)
+            return read_result(cfg)
+        except Exception as exc:  # noqa: BLE001 (every failure is classified, then re-raised or retried)
+            cause, line = failure_cause(exc), describe_failure(exc)
+            if isinstance(cause, tuple(user_error_types())):
+                raise cause from exc  # its own line says what to fix; retrying would not
+            if is_deterministic(cause):
+                raise RunFailedError(f"{line} (not retried: a retry would fail the same way)") from exc
+            if attempt == retries:
+                raise RunFailedError(f"{line} (failed {retries + 1} times; train.max_failures={retries} "
+                                     "retries used up; run the same command again to resume)") from exc
+            say(f"training failed: {line}; restarting the workers from the newest checkpoint "
+                f"(retry {attempt + 1} of train.max_failures={retries})")
+    raise AssertionError("unreachable")
 
 
 def run_evaluation(cfg: TrainJobConfig, checkpoint: str, split: str, output: str) -> dict:
@@ -290,7 +367,7 @@ def run_evaluation(cfg: TrainJobConfig, checkpoint: str, split: str, output: str
     payload = {**config_payload(cfg), "checkpoint": checkpoint, "split": split, "output": output}
     records = f"{stem.removesuffix('.json')}.ray"
     try:
-        _fit(cfg, eval_worker, payload, name=records, storage=parent, max_failures=0)
+        _fit(cfg, eval_worker, payload, name=records, storage=parent)
     finally:
         fs, root = resolve(f"{parent}/{records}")
         with contextlib.suppress(OSError):  # absent when Ray Train failed before writing anything
@@ -301,14 +378,9 @@ def run_evaluation(cfg: TrainJobConfig, checkpoint: str, split: str, output: str
     return metrics
 
 
-def _one_line(exc: BaseException) -> str:
-    cause = root_cause(exc, tuple(user_error_types()))
-    return one_line(cause) if cause is not None else f"{type(exc).__name__}: {one_line(exc)}"
-
-
 def read_result(cfg: TrainJobConfig) -> dict:
     """The finished run's ``result.json`` (written by rank 0 into the run directory)."""
-    uri = f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}/{RESULT_NAME}"
+    uri = f"{run_uri_of(cfg)}/{RESULT_NAME}"
     result = read_json(uri)
     if result is None:
         raise RuntimeError(f"{uri}: the run finished but its result is missing or unreadable")

@@ -70,17 +70,20 @@ def read_json(uri: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def write_status(run_uri: str, status: str, *, error: str | None = None) -> None:
+def write_status(run_uri: str, status: str, *, error: str | None = None, owner: dict | None = None) -> None:
     """Record the driver's view of a run in ``<run>/status.json`` (``running``/``failed``/``finished``).
 
     Args:
         run_uri: The run directory.
         status: What the driver knows.
         error: One line saying why the run failed.
+        owner: The driver that writes it (``run_lease.DriverIdentity.to_dict()``).
     """
-    record = {"status": status, "updated": time.time()}
+    record: dict = {"status": status, "updated": time.time()}
     if error:
         record["error"] = error
+    if owner:
+        record["owner"] = owner
     with open_output_stream(f"{run_uri.rstrip('/')}/{STATUS_NAME}") as f:
         f.write(json.dumps(record, indent=1, sort_keys=True).encode("utf-8"))
 

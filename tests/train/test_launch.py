@@ -78,10 +78,12 @@ def test_an_existing_feature_store_is_left_alone(manifest_dataset, tmp_path, mon
     assert computed == []
 
 
-def test_train_prepares_the_dataset_and_the_features_before_training(monkeypatch):
-    """``mvrec train`` (and jobs/train_videorec.py): checks, then inside the Ray session ingestion,
-    trunk features and training, in that order."""
+def test_train_prepares_the_dataset_and_the_features_before_training(monkeypatch, tmp_path):
+    """``mvrec train`` (and jobs/train_videorec.py): checks, the claim on the run directory, then
+    inside the Ray session ingestion, trunk features and training, in that order; the outcome is
+    recorded in status.json when the claim is released."""
     import contextlib
+    import json
 
     import mvrec_dist.runtime.ray_cluster as ray_cluster
     from mvrec_dist.cli.train import train
@@ -90,6 +92,8 @@ def test_train_prepares_the_dataset_and_the_features_before_training(monkeypatch
     for name in ("preflight", "prepare_dataset", "prepare_features"):
         monkeypatch.setattr(launch, name, lambda cfg, _name=name: calls.append(_name))
     monkeypatch.setattr(launch, "run_training", lambda cfg: calls.append("run_training") or {"ok": 1})
+    real_claim = launch.claim_run
+    monkeypatch.setattr(launch, "claim_run", lambda cfg: calls.append("claim") or real_claim(cfg))
 
     @contextlib.contextmanager
     def session(cfg):
@@ -98,5 +102,60 @@ def test_train_prepares_the_dataset_and_the_features_before_training(monkeypatch
         calls.append("ray down")
 
     monkeypatch.setattr(ray_cluster, "ray_session", session)
-    assert train(load_config(TrainJobConfig, None, [])) == {"ok": 1}
-    assert calls == ["preflight", "ray up", "prepare_dataset", "prepare_features", "run_training", "ray down"]
+    cfg = load_config(TrainJobConfig, None, [f"train.storage_path={tmp_path}", "train.run_name=r"])
+    assert train(cfg) == {"ok": 1}
+    assert calls == ["preflight", "claim", "ray up", "prepare_dataset", "prepare_features", "run_training", "ray down"]
+    assert json.loads((tmp_path / "r" / "status.json").read_text())["status"] == "finished"
+
+
+def _run_dir(tmp_path: Path, *overrides: str) -> TrainJobConfig:
+    return load_config(TrainJobConfig, None, [f"train.storage_path={tmp_path}", "train.run_name=r", *overrides])
+
+
+def _leave_an_earlier_run(run: Path) -> None:
+    for step in (4, 8):
+        (run / f"checkpoint-step{step:09d}").mkdir(parents=True)
+        (run / f"checkpoint-step{step:09d}" / "COMMIT.json").write_text("{}")
+    (run / "logs").mkdir()
+    (run / "logs" / "metrics.jsonl").write_text("{}\n")
+    (run / "result.json").write_text('{"epochs": 2, "best_epoch": 1, "test/ndcg@10": 0.5}')
+
+
+def test_a_finished_run_is_shown_not_trained_again_unless_resume_is_never(tmp_path):
+    _leave_an_earlier_run(tmp_path / "r")
+    cfg = _run_dir(tmp_path)
+    assert launch.finished_result(cfg) == {"epochs": 2, "best_epoch": 1, "test/ndcg@10": 0.5}
+    message = launch.finished_message(cfg, launch.finished_result(cfg))
+    assert message == (f"run r already finished (2 epochs, best epoch 1); its result is below. To train it again from "
+                       f"scratch: train.resume=never. To train on from its weights as a new run: train.run_name=<new "
+                       f"name> train.resume={tmp_path}/r/checkpoint-step000000008 train.epochs=<more>")
+    assert launch.finished_result(_run_dir(tmp_path, "train.resume=never")) is None
+
+
+def test_resume_never_empties_the_run_directory_it_claims(tmp_path):
+    _leave_an_earlier_run(tmp_path / "r")
+    said = []
+    with launch.claim_run(_run_dir(tmp_path, "train.resume=never"), say=said.append):
+        assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["status.json"]
+    assert said == [f"train.resume=never: run r starts afresh; removed what an earlier run left in {tmp_path}/r "
+                    "(2 checkpoints, 2 other entries)"]
+
+
+def test_resume_auto_keeps_the_run_and_drops_only_a_legacy_ray_snapshot(tmp_path):
+    """Runs of older versions reported checkpoints to Ray Train, whose snapshot then named pruned ones
+    and made the next TorchTrainer on the run fail; such a snapshot is removed, a current one kept."""
+    run = tmp_path / "r"
+    _leave_an_earlier_run(run)
+    (run / "result.json").unlink()
+    snapshot = run / "checkpoint_manager_snapshot.json"
+    snapshot.write_text('{"checkpoint_results": [{"checkpoint_dir_name": "checkpoint-step000000002"}]}')
+    said = []
+    with launch.claim_run(_run_dir(tmp_path), say=said.append):
+        pass
+    assert not snapshot.exists() and len(said) == 1 and "older version" in said[0]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-step000000004", "checkpoint-step000000008", "logs",
+                                                     "status.json"]
+    snapshot.write_text('{"checkpoint_results": []}')
+    with launch.claim_run(_run_dir(tmp_path), say=said.append):
+        pass
+    assert snapshot.exists() and len(said) == 1
