@@ -63,8 +63,8 @@ def train(cfg: TrainJobConfig) -> dict:
         PreflightError: when the config, paths or cluster cannot run the job (nothing started).
     """
     from mvrec_dist.runtime.ray_cluster import ray_session
-    from mvrec_dist.train.launch import (absolute_paths, claim_run, finished_message, finished_result, preflight,
-                                         prepare_dataset, prepare_features, run_training)
+    from mvrec_dist.train.launch import (absolute_paths, finished_message, finished_result, preflight, prepare_dataset,
+                                         prepare_features, run_training)
 
     cfg = absolute_paths(cfg)
     preflight(cfg)  # what can fail without a cluster fails before one starts
@@ -72,11 +72,10 @@ def train(cfg: TrainJobConfig) -> dict:
     if done is not None:
         print(finished_message(cfg, done), flush=True)
         return done
-    with claim_run(cfg):  # one driver per run, from before Ray starts until the outcome is recorded
-        with ray_session(cfg.ray):
-            prepare_dataset(cfg)
-            prepare_features(cfg)
-            return run_training(cfg)
+    with ray_session(cfg.ray):
+        prepare_dataset(cfg)
+        prepare_features(cfg)
+        return run_training(cfg)
 
 
 def _show(metrics: dict) -> int:

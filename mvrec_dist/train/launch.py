@@ -296,10 +296,12 @@ def _drop_legacy_ray_snapshot(fs: pafs.FileSystem, path: str, say: Callable[[str
 def run_training(cfg: TrainJobConfig, say: Callable[[str], None] = print) -> dict:
     """Run the job on the connected Ray cluster with a ``TorchTrainer``; returns the final metrics.
 
-    The caller holds the run (``claim_run``). A failure that a retry could fix (a lost worker, node
-    or connection) restarts the workers from the newest checkpoint, up to ``train.max_failures``
-    times; one that would fail the same way again (a full disk, missing permissions, a bad config
-    found on a worker: ``runtime.errors.is_deterministic``) ends the run at once.
+    After the cluster checks it claims the run directory (``claim_run``: a second live driver is
+    refused, ``train.resume=never`` empties it) and holds it until the outcome is recorded. A failure
+    that a retry could fix (a lost worker, node or connection) restarts the workers from the newest
+    checkpoint, up to ``train.max_failures`` times; one that would fail the same way again (a full
+    disk, missing permissions, a bad config found on a worker: ``runtime.errors.is_deterministic``)
+    ends the run at once.
 
     Args:
         cfg: The job config (Ray must already be initialised, see ``ray_session``).
@@ -310,10 +312,9 @@ def run_training(cfg: TrainJobConfig, say: Callable[[str], None] = print) -> dic
 
     Raises:
         PreflightError: when the cluster or the paths cannot run the job (nothing started).
+        RunBusyError: another live driver owns the run.
         RunFailedError: the workers failed; one line with the cause and whether it was retried.
     """
-    from mvrec_dist.train.worker import config_payload, train_worker
-
     cfg = absolute_paths(cfg)
     resources, num_nodes = cluster_view()
     preflight(cfg, resources=resources, num_nodes=num_nodes)
@@ -321,6 +322,13 @@ def run_training(cfg: TrainJobConfig, say: Callable[[str], None] = print) -> dic
         # claim_run emptied the run directory: from here on every checkpoint in it is this run's own,
         # and a restarted worker group must resume from them, not start over.
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume="auto"))
+    with claim_run(cfg, say):  # one driver per run; the lease records the outcome in status.json
+        return _fit_with_retries(cfg, say)
+
+
+def _fit_with_retries(cfg: TrainJobConfig, say: Callable[[str], None]) -> dict:
+    from mvrec_dist.train.worker import config_payload, train_worker
+
     retries = cfg.train.max_failures
     for attempt in range(retries + 1):
         try:

@@ -78,12 +78,10 @@ def test_an_existing_feature_store_is_left_alone(manifest_dataset, tmp_path, mon
     assert computed == []
 
 
-def test_train_prepares_the_dataset_and_the_features_before_training(monkeypatch, tmp_path):
-    """``mvrec train`` (and jobs/train_videorec.py): checks, the claim on the run directory, then
-    inside the Ray session ingestion, trunk features and training, in that order; the outcome is
-    recorded in status.json when the claim is released."""
+def test_train_prepares_the_dataset_and_the_features_before_training(monkeypatch):
+    """``mvrec train`` (and jobs/train_videorec.py): checks, then inside the Ray session ingestion,
+    trunk features and training (which claims the run directory), in that order."""
     import contextlib
-    import json
 
     import mvrec_dist.runtime.ray_cluster as ray_cluster
     from mvrec_dist.cli.train import train
@@ -92,8 +90,6 @@ def test_train_prepares_the_dataset_and_the_features_before_training(monkeypatch
     for name in ("preflight", "prepare_dataset", "prepare_features"):
         monkeypatch.setattr(launch, name, lambda cfg, _name=name: calls.append(_name))
     monkeypatch.setattr(launch, "run_training", lambda cfg: calls.append("run_training") or {"ok": 1})
-    real_claim = launch.claim_run
-    monkeypatch.setattr(launch, "claim_run", lambda cfg: calls.append("claim") or real_claim(cfg))
 
     @contextlib.contextmanager
     def session(cfg):
@@ -102,9 +98,21 @@ def test_train_prepares_the_dataset_and_the_features_before_training(monkeypatch
         calls.append("ray down")
 
     monkeypatch.setattr(ray_cluster, "ray_session", session)
-    cfg = load_config(TrainJobConfig, None, [f"train.storage_path={tmp_path}", "train.run_name=r"])
-    assert train(cfg) == {"ok": 1}
-    assert calls == ["preflight", "claim", "ray up", "prepare_dataset", "prepare_features", "run_training", "ray down"]
+    assert train(load_config(TrainJobConfig, None, [])) == {"ok": 1}
+    assert calls == ["preflight", "ray up", "prepare_dataset", "prepare_features", "run_training", "ray down"]
+
+
+def test_training_claims_the_run_after_the_cluster_checks_and_records_the_outcome(monkeypatch, tmp_path):
+    import json
+
+    calls = []
+    monkeypatch.setattr(launch, "cluster_view", lambda: ({"CPU": 2}, 1))
+    monkeypatch.setattr(launch, "preflight", lambda cfg, **kw: calls.append("preflight"))
+    real_claim = launch.claim_run
+    monkeypatch.setattr(launch, "claim_run", lambda cfg, say: calls.append("claim") or real_claim(cfg, say))
+    monkeypatch.setattr(launch, "_fit_with_retries", lambda cfg, say: calls.append("fit") or {"ok": 1})
+    assert launch.run_training(_run_dir(tmp_path)) == {"ok": 1}
+    assert calls == ["preflight", "claim", "fit"]
     assert json.loads((tmp_path / "r" / "status.json").read_text())["status"] == "finished"
 
 
