@@ -103,6 +103,13 @@ def test_fallback_keeps_original_positions_and_counts():
     assert [x.index for x in b.bad] == [1, 3] and b.rows == 3 and b.lines == 5
 
 
+def test_a_bare_carriage_return_next_to_a_blank_line_is_not_two_rows():
+    # pyarrow splits rows at a bare '\r' and skips blank lines: counts alone cannot tell.
+    for fmt, line in (("pairs_csv", b"1,2,3\r4,5,6"), ("pairs_tsv", b"1\t2\r4\t5")):
+        parsed = parse_block(b"\n" + line, fmt, file_index=0, offset=1000, at_eof=True)
+        assert parsed.table.num_rows == 0 and [b.index for b in parsed.bad] == [0, 1]
+
+
 def test_tsv_order_keys_follow_file_order():
     block = b"7\t30 10 20\r\n3\t5\n7\t1\n"
     parsed = parse_block(block, "pairs_tsv", file_index=0, offset=50, at_eof=True)
