@@ -1,7 +1,7 @@
 """The Ray Data source of raw interactions: one read task per byte range, parsed and validated.
 
 Read tasks return interaction tables (``parse.interaction_schema``) to the pipeline and report
-what they saw (lines, header lines, valid rows, interactions, bad lines) to a ``ReadLedger``
+what they saw (lines, header lines, valid rows, interactions, bad lines, a stripped BOM) to a ``ReadLedger``
 actor, keyed by range, so a retried task overwrites rather than double counts. The driver sums
 the ledger afterwards: those counts are measured independently of the grouping stage, which is
 what makes the end-of-job reconciliation a real check.
@@ -51,6 +51,8 @@ class BlockReport:
     """Valid rows."""
     interactions: int
     bad_rows: int
+    bom: int = 0
+    """1 when the range starts its file with a UTF-8 byte-order mark (stripped)."""
 
 
 @ray.remote(num_cpus=0)
@@ -92,7 +94,7 @@ def _read(r: ByteRange, fmt: str, policy: str, ledger: "ray.actor.ActorHandle",
     ray.get(ledger.record.remote(BlockReport(
         file_index=r.file.index, start=r.start, offset=offset, lines=parsed.lines,
         header_rows=parsed.header_rows, rows=parsed.rows, interactions=parsed.table.num_rows,
-        bad_rows=len(parsed.bad))))
+        bad_rows=len(parsed.bad), bom=parsed.bom)))
     yield parsed.table
 
 

@@ -7,6 +7,10 @@ line count (pyarrow skips blank lines), and ids are non-negative. Anything else 
 to ``validate.find_bad_lines``, which names each bad line and its reason; the good lines are then
 parsed by the fast path again, keeping their original byte offsets.
 
+A UTF-8 byte-order mark at the start of a file (spreadsheet exports write one) is stripped
+before anything else looks at the block and reported in ``ParsedBlock.bom``; the first line then
+starts at byte 3, so order keys stay byte positions in the file.
+
 Every interaction carries ``order = (file_index << 40) | byte position`` (line start, plus the
 token index for ``pairs_tsv``), the deterministic tie-break of equal timestamps: file order, then
 position in the file.
@@ -21,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from mvrec_dist.data.ingest.validate import BadLine, find_bad_lines, is_header, strip_terminator
+from mvrec_dist.data.ingest.validate import BOM, BadLine, find_bad_lines, is_header, strip_terminator
 
 __all__ = ["ParsedBlock", "parse_block", "line_starts", "empty_interactions", "interaction_schema",
            "MAX_FILE_BYTES", "MAX_FILES"]
@@ -31,8 +35,8 @@ MAX_FILE_BYTES = 1 << 40
 MAX_FILES = 1 << 22
 """Order keys hold the file index in the remaining bits."""
 
-# Bytes a valid data line can contain; anything else (letters, '+', BOM, 'x' of '0x1' which
-# pyarrow would read as hex) routes the block to the slow path.
+# Bytes a valid data line can contain; anything else (letters, '+', a BOM after the start of a
+# file, 'x' of '0x1' which pyarrow would read as hex) routes the block to the slow path.
 _ALLOWED = b"0123456789-, \t\r\n"
 
 
@@ -55,6 +59,8 @@ class ParsedBlock:
     """Valid rows (lines that became interactions)."""
     bad: list[BadLine]
     """Bad lines, in order."""
+    bom: int = 0
+    """1 when the block starts its file with a UTF-8 byte-order mark, which was stripped."""
 
 
 def interaction_schema(fmt: str) -> pa.Schema:
@@ -152,26 +158,30 @@ def parse_block(data: bytes, fmt: str, *, file_index: int, offset: int, at_eof: 
         data: The lines (the last may lack ``\\n`` only when ``at_eof``).
         fmt: ``pairs_csv`` or ``pairs_tsv``.
         file_index: Position of the file in the sorted input list.
-        offset: Byte offset of ``data`` in its file (0: the block may start with a header).
+        offset: Byte offset of ``data`` in its file (0: the block may start with a BOM and a header).
         at_eof: The block ends at the end of its file.
 
     Returns:
         The ``ParsedBlock``; its ``bad`` lines are excluded from ``table``.
     """
+    at_file_start = offset == 0
+    bom = int(at_file_start and data.startswith(BOM))
+    if bom:
+        data, offset = data[len(BOM):], len(BOM)
     starts = line_starts(data)
     lines = len(starts)
     base = (file_index << 40) + offset
     header = 0
-    if offset == 0 and lines and is_header(strip_terminator(data[:starts[1] if lines > 1 else len(data)]), fmt):
+    if at_file_start and lines and is_header(strip_terminator(data[:starts[1] if lines > 1 else len(data)]), fmt):
         header = 1
     body_from = int(starts[header]) if lines > header else len(data)
     body, body_starts = data[body_from:], starts[header:] - body_from
     try:
         table = _fast(body, body_starts, fmt, base + body_from)
-        return ParsedBlock(table=table, lines=lines, header_rows=header, rows=lines - header, bad=[])
+        return ParsedBlock(table=table, lines=lines, header_rows=header, rows=lines - header, bad=[], bom=bom)
     except _Rejected as exc:
         first_problem = str(exc)
-    bad = find_bad_lines(data, starts.tolist(), fmt, at_file_start=offset == 0, at_eof=at_eof)
+    bad = find_bad_lines(data, starts.tolist(), fmt, at_file_start=at_file_start, at_eof=at_eof)
     bad_idx = {b.index for b in bad}
     keep = np.array([i for i in range(header, lines) if i not in bad_idx], dtype=np.int64)
     ends = np.append(starts[1:], len(data))
@@ -189,7 +199,7 @@ def parse_block(data: bytes, fmt: str, *, file_index: int, offset: int, at_eof: 
     if table.num_rows:
         table = table.set_column(table.schema.get_field_index("order"), "order",
                                  pa.array(_restore_order(table, keep, starts, clean_starts, base, fmt)))
-    return ParsedBlock(table=table, lines=lines, header_rows=header, rows=len(keep), bad=bad)
+    return ParsedBlock(table=table, lines=lines, header_rows=header, rows=len(keep), bad=bad, bom=bom)
 
 
 def _restore_order(table: pa.Table, keep: np.ndarray, starts: np.ndarray, clean_starts: np.ndarray,

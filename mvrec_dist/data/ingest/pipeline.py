@@ -146,7 +146,7 @@ def run_ingest(cfg: IngestConfig, *, extra_config: dict | None = None) -> Ingest
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = cfg.progress
     try:
-        parts, timings = _build(cfg, files, fmt, tmp, titles_info)
+        parts, timings = _build(cfg, files, fmt, tmp, inputs, titles_info)
         manifest = build_manifest(fp=fp, config={"ingest": ingest_dict, **(extra_config or {})}, inputs=inputs,
                                   titles=titles_info, **parts)
         t = time.perf_counter()
@@ -162,18 +162,23 @@ def run_ingest(cfg: IngestConfig, *, extra_config: dict | None = None) -> Ingest
                         timings=timings)
 
 
-def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, titles_info: dict | None) -> tuple[dict, dict]:
-    """Run every stage into ``tmp``; return the manifest sections and the stage timings."""
+def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, inputs: list[dict],
+           titles_info: dict | None) -> tuple[dict, dict]:
+    """Run every stage into ``tmp``; return the manifest sections and the stage timings (``inputs`` and
+    ``titles_info`` get what reading found: stripped BOMs, titles rows)."""
     timings: dict[str, float] = {}
     t = time.perf_counter()
     titles: Titles | None = read_titles(cfg.titles, cfg.on_bad_rows) if cfg.titles else None
     if titles_info is not None:
-        titles_info.update(rows=titles.rows, header_rows=titles.header_rows, quarantined_rows=len(titles.bad))
+        titles_info.update(rows=titles.rows, header_rows=titles.header_rows, quarantined_rows=len(titles.bad),
+                           bom_stripped=titles.bom_stripped)
     with_ts = fmt == "pairs_csv"
     cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
     partitions = group_partitions(cfg, sum(f.size for f in files), cpus)
     parts_dir = f"{tmp}/_quarantine_parts"
     grouped, reports = _read_and_group(cfg, files, fmt, partitions, parts_dir)
+    for entry, f in zip(inputs, files):
+        entry["bom_stripped"] = sum(r.bom for r in reports if r.file_index == f.index)
     timings["read_group"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -263,6 +268,7 @@ def _counts(reports: list, summary, user_entries: list[dict], without_title: int
     return {
         "input_rows": sum(r.lines - r.header_rows for r in reports),
         "header_rows": sum(r.header_rows for r in reports),
+        "bom_stripped": sum(r.bom for r in reports),
         "kept_rows": c["kept_rows"], "filtered_rows": c["filtered_rows"],
         "quarantined_rows": sum(r.bad_rows for r in reports),
         "input_interactions": sum(r.interactions for r in reports),

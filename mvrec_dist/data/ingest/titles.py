@@ -1,7 +1,8 @@
 """The titles CSV (``item,title``): parsed with a real CSV reader, bad rows named by line.
 
 Titles may be quoted and hold commas and newlines, so lines and records differ; error messages
-give the line where the record starts. The file is read whole on the driver (the full MicroLens
+give the line where the record starts. A UTF-8 byte-order mark at the start of the file (spreadsheet
+exports write one) is stripped before parsing and counted. The file is read whole on the driver (the full MicroLens
 release has about 1.1M titles, a few hundred MB at most).
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from mvrec_dist.data import fs as dfs
 from mvrec_dist.data.ingest.errors import IngestError
-from mvrec_dist.data.ingest.validate import TITLES_HEADER, escape_raw
+from mvrec_dist.data.ingest.validate import BOM, TITLES_HEADER, escape_raw
 
 __all__ = ["Titles", "read_titles", "parse_titles"]
 
@@ -35,6 +36,8 @@ class Titles:
     rows: int = 0
     """Records read (header excluded), bad ones included."""
     header_rows: int = 0
+    bom_stripped: int = 0
+    """1 when the file started with a UTF-8 byte-order mark (stripped before parsing)."""
     bad: list[tuple[int, str, str]] = field(default_factory=list)
     """``(line, reason, escaped raw record)`` of each bad record."""
 
@@ -61,17 +64,19 @@ def parse_titles(data: bytes, display: str, on_bad_rows: str) -> Titles:
     Raises:
         IngestError: on a bad record in ``error`` mode, or an empty file.
     """
-    text = data.decode("utf-8", errors="surrogateescape")
+    out = Titles(items=np.zeros(0, np.int64), titles=[], bom_stripped=int(data.startswith(BOM)))
+    # Stripped before the CSV reader sees it: a BOM before a quote would make the quote literal.
+    text = data[len(BOM) * out.bom_stripped:].decode("utf-8", errors="surrogateescape")
     reader = csv.reader(io.StringIO(text, newline=""))
     ids: list[int] = []
     titles: list[str] = []
     first_line: dict[int, int] = {}
-    out = Titles(items=np.zeros(0, np.int64), titles=[])
     line = 1
     for record in reader:
         start, line = line, reader.line_num + 1
         reason = None
-        if start == 1 and ",".join(record).strip().encode().removeprefix(b"\xef\xbb\xbf") == TITLES_HEADER:
+        # Compared as text: a first record with invalid UTF-8 (surrogates) must reach its reason below.
+        if start == 1 and ",".join(record).strip() == TITLES_HEADER.decode():
             out.header_rows = 1
             continue
         out.rows += 1

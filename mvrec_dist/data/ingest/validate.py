@@ -11,6 +11,8 @@ Valid lines:
 * ``pairs_tsv``: ``user<TAB>item item ...``, a non-empty sequence of single-space separated
   non-negative decimal integers.
 * A line ends with ``\\n`` (``\\r\\n`` accepted); only the last line of a file may lack it.
+* A UTF-8 byte-order mark (``BOM``) at the very start of a file is not part of its first line
+  (``parse.parse_block`` strips it and counts it); anywhere else it makes a bad line.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["BadLine", "CSV_HEADER", "TSV_HEADERS", "TITLES_HEADER", "is_header", "find_bad_lines",
+__all__ = ["BOM", "BadLine", "CSV_HEADER", "TSV_HEADERS", "TITLES_HEADER", "is_header", "find_bad_lines",
            "escape_raw"]
 
 CSV_HEADER = b"user,item,timestamp"
 TSV_HEADERS = (b"user\titems", b"user\titem")
 TITLES_HEADER = b"item,title"
+BOM = b"\xef\xbb\xbf"
+"""The UTF-8 byte-order mark spreadsheet exports start with."""
 
 _INT = re.compile(rb"-?[0-9]+")
 _INT64_MAX = (1 << 63) - 1
@@ -44,7 +48,7 @@ class BadLine:
 
 def is_header(line: bytes, fmt: str) -> bool:
     """Whether ``line`` (terminator stripped) is the header line of format ``fmt``."""
-    text = line.removeprefix(b"\xef\xbb\xbf").strip(b" \t")  # spreadsheet exports start with a BOM
+    text = line.removeprefix(BOM).strip(b" \t")  # a header checked on its own may still carry it
     return text == CSV_HEADER if fmt == "pairs_csv" else text in TSV_HEADERS
 
 

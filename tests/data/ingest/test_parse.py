@@ -3,12 +3,14 @@
 import re
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mvrec_dist.data.ingest.parse import line_starts, parse_block
 
 _INT = re.compile(rb"[ \t]*(-?[0-9]+)[ \t]*")
+BOM = b"\xef\xbb\xbf"
 
 
 def _int(field: bytes, non_negative: bool) -> int | None:
@@ -20,8 +22,13 @@ def _int(field: bytes, non_negative: bool) -> int | None:
 
 
 def reference(data: bytes, fmt: str, file_index: int, offset: int, at_eof: bool):
-    """Line by line with Python ints: ``(rows [(user, item, ts, order)], bad line indices, header)``."""
+    """Line by line with Python ints: ``(rows [(user, item, ts, order)], bad line indices, header)``.
+
+    A UTF-8 BOM at the start of a file is not part of the first line (positions stay file offsets)."""
     rows, bad, pos, header = [], [], 0, 0
+    at_start = offset == 0
+    if at_start and data.startswith(BOM):
+        data, offset = data[3:], 3
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -35,7 +42,7 @@ def reference(data: bytes, fmt: str, file_index: int, offset: int, at_eof: bool)
         except UnicodeDecodeError:
             bad.append(i)
             continue
-        if i == 0 and offset == 0 and line.strip() in (b"user,item,timestamp", b"user\titems", b"user\titem"):
+        if i == 0 and at_start and line.strip() in (b"user,item,timestamp", b"user\titems", b"user\titem"):
             header = 1
             continue
         if fmt == "pairs_csv":
@@ -77,19 +84,21 @@ tsv_lines = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(st.data(), st.sampled_from(["pairs_csv", "pairs_tsv"]), st.booleans(), st.booleans(),
-       st.integers(0, 3), st.booleans())
-def test_parse_block_matches_reference(data, fmt, header, trailing_newline, file_index, at_start):
+       st.integers(0, 3), st.booleans(), st.booleans())
+def test_parse_block_matches_reference(data, fmt, header, trailing_newline, file_index, at_start, bom):
     lines = data.draw(st.lists(csv_lines if fmt == "pairs_csv" else tsv_lines, min_size=1, max_size=25))
     if header:
         lines = [b"user,item,timestamp" if fmt == "pairs_csv" else b"user\titems"] + lines
-    block = b"\n".join(lines) + (b"\n" if trailing_newline else b"")
+    block = (BOM if bom else b"") + b"\n".join(lines) + (b"\n" if trailing_newline else b"")
     offset = 0 if at_start else 1000
     parsed = parse_block(block, fmt, file_index=file_index, offset=offset, at_eof=True)
     rows, bad, head = reference(block, fmt, file_index, offset, True)
     assert table_rows(parsed.table) == rows
     assert [b.index for b in parsed.bad] == bad
     assert parsed.header_rows == head
-    assert parsed.lines == len(line_starts(block))
+    stripped = bom and at_start
+    assert parsed.bom == int(stripped)
+    assert parsed.lines == len(line_starts(block[3:] if stripped else block))
     assert parsed.rows + len(parsed.bad) + parsed.header_rows == parsed.lines
 
 
@@ -125,3 +134,26 @@ def test_header_is_only_recognised_at_file_start():
     assert parsed.header_rows == 0 and parsed.bad[0].reason == "header line in the middle of the file"
     parsed = parse_block(b"user,item,timestamp\n", "pairs_csv", file_index=0, offset=0, at_eof=True)
     assert parsed.header_rows == 1 and parsed.rows == 0 and parsed.table.num_rows == 0
+
+
+@pytest.mark.parametrize("fmt, header, line", [("pairs_tsv", b"user\titems", b"1\t2 3"),
+                                               ("pairs_csv", b"user,item,timestamp", b"1,2,3")])
+def test_a_bom_at_the_start_of_a_file_is_stripped_and_counted(fmt, header, line):
+    # Spreadsheet exports start with a UTF-8 byte-order mark, with or without a header line.
+    for first, header_rows in ((line, 0), (header, 1)):
+        parsed = parse_block(BOM + first + b"\n" + line + b"\n", fmt, file_index=1, offset=0, at_eof=True)
+        assert (parsed.bad, parsed.bom, parsed.header_rows, parsed.rows) == ([], 1, header_rows, 2 - header_rows)
+    # Order keys stay byte positions in the file: the first line starts after the three BOM bytes.
+    parsed = parse_block(BOM + line + b"\n", fmt, file_index=1, offset=0, at_eof=True)
+    assert parsed.table.column("order")[0].as_py() == (1 << 40) + 3
+    # Only at the start of a file: anywhere else the BOM belongs to a bad line.
+    later = parse_block(BOM + line + b"\n", fmt, file_index=1, offset=100, at_eof=True)
+    assert later.bom == 0 and [b.index for b in later.bad] == [0] and "not a decimal integer" in later.bad[0].reason
+    second = parse_block(line + b"\n" + BOM + line + b"\n", fmt, file_index=1, offset=0, at_eof=True)
+    assert second.bom == 0 and [b.index for b in second.bad] == [1]
+
+
+def test_a_bom_with_bad_lines_keeps_positions():
+    parsed = parse_block(BOM + b"1,2,3\nx\n4,5,6\n", "pairs_csv", file_index=0, offset=0, at_eof=True)
+    assert parsed.bom == 1 and [b.index for b in parsed.bad] == [1] and parsed.rows == 2
+    assert parsed.table.column("order").to_pylist() == [3, 11]  # file offsets of "1,2,3" and "4,5,6"

@@ -18,6 +18,7 @@ from mvrec_dist.data.verify import verify_dataset
 pytestmark = pytest.mark.integration
 BLOCKS = {"users_per_block": 64, "items_per_block": 50}
 """Small blocks: every shard of the synthetic dataset holds several, the last one shorter."""
+BOM = b"\xef\xbb\xbf"
 
 
 def ingest(input, out, **kw):
@@ -257,3 +258,25 @@ def test_an_interrupted_ingestion_leaves_no_manifest(ray_local, tmp_path, synthe
     with pytest.raises(KeyboardInterrupt):
         ingest(synthetic_input, tmp_path / "ds")
     assert list(tmp_path.iterdir()) == []  # neither a manifest nor the temporary directory
+
+
+def test_a_bom_at_the_start_of_each_input_is_stripped_and_counted(ray_local, tmp_path):
+    # Spreadsheet exports start with a UTF-8 byte-order mark, with or without a header line.
+    (tmp_path / "tsv").mkdir()
+    (tmp_path / "tsv" / "a.tsv").write_bytes(BOM + b"1\t5 6 7 8 9\n2\t5 6 7\n")
+    (tmp_path / "tsv" / "b.tsv").write_bytes(b"3\t9 8 7 6\n")
+    (tmp_path / "titles.csv").write_bytes(BOM + b"5,five\n6,six\n")
+    m = ingest(tmp_path / "tsv", tmp_path / "ds", min_seq_len=3, titles=str(tmp_path / "titles.csv")).manifest
+    assert [i["bom_stripped"] for i in m["inputs"]] == [1, 0] and m["counts"]["bom_stripped"] == 1
+    assert m["titles"]["bom_stripped"] == 1 and m["titles"]["rows"] == 2 and m["counts"]["items_without_title"] == 3
+    assert (m["counts"]["input_rows"], m["counts"]["users"]) == (3, 3)
+    assert raw_sequence(tmp_path / "ds", "u0000000001")[0] == [5, 6, 7, 8, 9]
+    (tmp_path / "csv").mkdir()
+    rows = {users: b"".join(b"%d,%d,%d\n" % (u, i, i) for u in users for i in range(5)) for users in ((1, 2), (3, 4))}
+    (tmp_path / "csv" / "a.csv").write_bytes(BOM + rows[1, 2])
+    (tmp_path / "csv" / "b.csv").write_bytes(BOM + b"user,item,timestamp\n" + rows[3, 4])
+    m = ingest(tmp_path / "csv", tmp_path / "ds2").manifest
+    assert [i["bom_stripped"] for i in m["inputs"]] == [1, 1] and m["counts"]["bom_stripped"] == 2
+    assert (m["counts"]["input_rows"], m["counts"]["header_rows"], m["counts"]["users"]) == (20, 1, 4)
+    assert verify_dataset(str(tmp_path / "ds2")) == []
+
