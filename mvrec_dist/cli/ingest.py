@@ -106,8 +106,26 @@ def _rate(n: float, seconds: float) -> str:
     return f"{n / seconds:,.0f}" if seconds > 0 else "-"
 
 
+def _plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _input_notes(c: dict) -> str:
+    """What reading changed or found in the inputs: stripped BOMs, duplicate rows ('' when nothing)."""
+    notes = []
+    if c.get("bom_stripped"):
+        notes.append(f"{_plural(c['bom_stripped'], 'file')} started with a UTF-8 BOM (stripped)")
+    if c.get("duplicate_rows"):
+        what = (f"dropped ({_plural(c['dropped_interactions'], 'interaction')})" if c.get("dropped_rows")
+                else "kept")
+        notes.append(f"{_plural(c['duplicate_rows'], 'duplicate row')} of {_plural(c['duplicate_users'], 'user')}: "
+                     f"{what}")
+    return "; ".join(notes)
+
+
 def stage_lines(result) -> list[str]:
-    """One line per stage of an ingestion: seconds and the rates that matter for it.
+    """One line per stage of an ingestion: seconds and the rates that matter for it (and an
+    ``inputs`` line when reading stripped a BOM or found duplicate rows).
 
     Args:
         result: The ``IngestResult`` (its manifest counts and per-stage ``timings``).
@@ -123,6 +141,9 @@ def stage_lines(result) -> list[str]:
         s = t["read_group"]
         lines.append(f"read+group: {s:7.1f} s  {c['input_rows']:,} rows ({_rate(c['input_rows'], s)} rows/s), "
                      f"{c['input_interactions']:,} interactions ({_rate(c['input_interactions'], s)}/s)")
+    inputs = _input_notes(c)
+    if inputs:
+        lines.append(f"inputs:     {inputs}")
     if "ids" in t:
         lines.append(f"ids:        {t['ids']:7.1f} s  {c['users']:,} users, {c['items']:,} items")
     if "write" in t:

@@ -26,6 +26,12 @@ class IngestConfig:
     items_per_block: int = setting(1024, doc="Consecutive items per tar sample (block) of the items shards.")
     on_bad_rows: Literal["error", "quarantine"] = setting(
         "error", doc="'error' stops at the first malformed row naming file, line and reason; 'quarantine' sets them aside.")
+    duplicates: Literal["keep", "drop", "error"] = setting(
+        "error", doc="A user on several lines of a *_pairs.tsv, or an exact duplicate row (same user, item, "
+        "timestamp) of a *_pairs.csv: 'error' (the default: MicroLens has neither, and no sequence changes "
+        "silently) stops naming the file, the line and the earlier line; "
+        "'keep' merges the lines in file order / keeps both rows; 'drop' keeps the user's first line / the first "
+        "row. Counted in the manifest either way.")
     overwrite: bool = setting(False, doc="Replace an output directory that already holds a different dataset.")
     read_block_bytes: int = setting(64 << 20, doc="Byte range each read task parses; large files are split on line boundaries.")
     group_partitions: int = setting(0, doc="User-range partitions for grouping interactions by user; 0 picks from input size and cores.")

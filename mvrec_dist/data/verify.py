@@ -119,8 +119,9 @@ def _check_counts(m, split_inter: dict[str, int], problems: Problems) -> None:
         if c["interactions"][split] != value:
             problems.add("manifest", f"interactions.{split} = {c['interactions'][split]}, shards hold {value}")
     identities = {
-        "input_rows = kept_rows + filtered_rows + quarantined_rows":
-            c["input_rows"] == c["kept_rows"] + c["filtered_rows"] + c["quarantined_rows"],
+        # dropped_rows: duplicates dropped with ingest.duplicates=drop (absent from older manifests).
+        "input_rows = kept_rows + filtered_rows + quarantined_rows + dropped_rows":
+            c["input_rows"] == c["kept_rows"] + c["filtered_rows"] + c["quarantined_rows"] + c.get("dropped_rows", 0),
         "train + valid + test = kept_interactions": sum(c["interactions"].values()) == c["kept_interactions"],
         "valid = test = users": c["interactions"]["valid"] == c["interactions"]["test"] == c["users"],
     }

@@ -24,3 +24,15 @@ def test_a_reused_dataset_with_new_videos():
                              timings={"reused": 0.0, "content": 10.0})
     assert stage_lines(result) == ["interactions: already ingested with these inputs; reused",
                                    "videos:        10.0 s  50 items (5/s), 3 with content"]
+
+
+def test_a_stripped_bom_and_duplicate_rows_are_reported():
+    counts = dict(COUNTS, bom_stripped=1, duplicate_users=1, duplicate_rows=2, dropped_rows=2, dropped_interactions=3)
+    lines = stage_lines(SimpleNamespace(manifest={"counts": counts}, timings={"read_group": 2.0}))
+    assert lines[1] == "inputs:     1 file started with a UTF-8 BOM (stripped); 2 duplicate rows of 1 user: " \
+                       "dropped (3 interactions)"
+    kept = dict(counts, bom_stripped=0, dropped_rows=0, dropped_interactions=0)
+    assert stage_lines(SimpleNamespace(manifest={"counts": kept}, timings={}))[0] == \
+        "inputs:     2 duplicate rows of 1 user: kept"
+    clean = dict(COUNTS, bom_stripped=0, duplicate_rows=0)
+    assert stage_lines(SimpleNamespace(manifest={"counts": clean}, timings={})) == []

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mvrec_dist.config import ConfigError, IngestJobConfig, VideoIngestConfig, load_config
+from mvrec_dist.config import ConfigError, IngestConfig, IngestJobConfig, VideoIngestConfig, load_config
+from mvrec_dist.config.fields import field_doc
 
 
 def test_frames_per_item_follows_the_mode():
@@ -25,3 +26,17 @@ def test_bad_video_settings_name_their_key(override, message):
 def test_video_needs_a_directory_when_enabled():
     with pytest.raises(ConfigError, match="video.videos: must be set when video.enabled is true"):
         load_config(IngestJobConfig, None, ["ingest.input=x", "video.enabled=true"])
+
+
+def test_duplicates_default_to_error_and_accept_keep_and_drop():
+    assert IngestConfig().duplicates == "error"
+    for policy in ("keep", "drop", "error"):
+        cfg = load_config(IngestJobConfig, None, ["ingest.input=x", f"ingest.duplicates={policy}"])
+        assert cfg.ingest.duplicates == policy
+    with pytest.raises(ConfigError, match="ingest.duplicates"):
+        load_config(IngestJobConfig, None, ["ingest.input=x", "ingest.duplicates=merge"])
+
+
+def test_the_duplicates_doc_states_the_default_and_each_value():
+    doc = field_doc(IngestConfig, "duplicates")
+    assert all(word in doc for word in ("'keep'", "'drop'", "'error'", "several lines", "exact duplicate", "default"))

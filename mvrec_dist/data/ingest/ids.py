@@ -25,7 +25,8 @@ from mvrec_dist.data.ingest.shard_writer import dense_schema
 __all__ = ["Summary", "summarize", "merge_summaries", "merge_tree", "lookup", "assign_dense", "COUNT_KEYS"]
 
 COUNT_KEYS = ("kept_users", "kept_rows", "kept_interactions", "filtered_users", "filtered_rows",
-              "filtered_interactions", "train_interactions")
+              "filtered_interactions", "train_interactions", "duplicate_users", "duplicate_rows", "dropped_rows",
+              "dropped_interactions")
 
 
 @dataclass
@@ -61,6 +62,8 @@ def summarize(grouped: pa.Table) -> Summary:
     n = grouped.column("n").to_numpy()
     rows = grouped.column("rows").to_numpy()
     kept = grouped.column("kept").to_numpy(zero_copy_only=False)
+    dup_rows = grouped.column("dup_rows").to_numpy()
+    dropped = grouped.column("dropped").to_numpy()
     items = _flat(grouped.column("items"))
     n_kept = n[kept]
     # Position of each item in its user's sequence; the train split is all but the last two.
@@ -72,6 +75,10 @@ def summarize(grouped: pa.Table) -> Summary:
         "kept_interactions": int(n_kept.sum()), "filtered_users": int((~kept).sum()),
         "filtered_rows": int(rows[~kept].sum()), "filtered_interactions": int(n[~kept].sum()),
         "train_interactions": int(in_train.sum()),
+        # A dropped duplicate row always takes at least one interaction with it, so the users
+        # with dropped interactions are exactly those whose duplicate rows were dropped.
+        "duplicate_users": int((dup_rows > 0).sum()), "duplicate_rows": int(dup_rows.sum()),
+        "dropped_rows": int(dup_rows[dropped > 0].sum()), "dropped_interactions": int(dropped.sum()),
     }
     return Summary(users=np.sort(user[kept]), items=uniq,
                    train_counts=np.bincount(inverse[in_train], minlength=len(uniq)).astype(np.int64),

@@ -33,7 +33,13 @@ CONTENT_KEYS = ("format", "min_seq_len", "shard_max_samples", "users_per_block",
 
 def fingerprint(ingest_config: dict, inputs: list[dict], titles: dict | None) -> str:
     """Identity of a dataset: the content-relevant config and the input files (path, size)."""
-    ident = {"config": {k: ingest_config[k] for k in CONTENT_KEYS},
+    config = {k: ingest_config[k] for k in CONTENT_KEYS}
+    # Of ingest.duplicates only 'drop' changes the data: 'keep' and 'error' write the same bytes
+    # whenever 'error' lets the job finish, as did every ingestion before the setting existed, so
+    # those datasets keep their fingerprint.
+    if ingest_config.get("duplicates") == "drop":
+        config["duplicates"] = "drop"
+    ident = {"config": config,
              "inputs": [{"path": i["path"], "bytes": i["bytes"]} for i in inputs],
              "titles": titles and {"path": titles["path"], "bytes": titles["bytes"]}}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
@@ -79,7 +85,7 @@ def check_output_dir(output_dir: str, fp: str, overwrite: bool) -> None:
                       "ingest.output_dir or set ingest.overwrite=true to replace it")
 
 
-def reconcile(counts: dict, splits: dict, summary_train: int, shard_size: int) -> dict:
+def reconcile(counts: dict, splits: dict, summary_train: int, shard_size: int, duplicates: str = "keep") -> dict:
     """Check every count identity of ``shards/README.md``.
 
     Args:
@@ -87,6 +93,7 @@ def reconcile(counts: dict, splits: dict, summary_train: int, shard_size: int) -
         splits: The manifest ``splits`` section.
         summary_train: Train interactions counted by the id pass (independent of the writers).
         shard_size: ``ingest.shard_max_samples``.
+        duplicates: ``ingest.duplicates`` (only ``drop`` may drop rows).
 
     Returns:
         The manifest ``reconciliation`` section (``ok`` true).
@@ -96,12 +103,17 @@ def reconcile(counts: dict, splits: dict, summary_train: int, shard_size: int) -
     """
     c, inter = counts, counts["interactions"]
     users, items = c["users"], c["items"]
+    dropped = c["dropped_rows"]
     checks = {
-        "input_rows = kept_rows + filtered_rows + quarantined_rows":
-            c["input_rows"] == c["kept_rows"] + c["filtered_rows"] + c["quarantined_rows"],
-        "valid rows read = kept_rows + filtered_rows": c["valid_rows"] == c["kept_rows"] + c["filtered_rows"],
-        "input_interactions = kept_interactions + filtered_interactions":
-            c["input_interactions"] == c["kept_interactions"] + c["filtered_interactions"],
+        "input_rows = kept_rows + filtered_rows + quarantined_rows + dropped_rows":
+            c["input_rows"] == c["kept_rows"] + c["filtered_rows"] + c["quarantined_rows"] + dropped,
+        "valid rows read = kept_rows + filtered_rows + dropped_rows":
+            c["valid_rows"] == c["kept_rows"] + c["filtered_rows"] + dropped,
+        "input_interactions = kept_interactions + filtered_interactions + dropped_interactions":
+            c["input_interactions"] == c["kept_interactions"] + c["filtered_interactions"]
+            + c["dropped_interactions"],
+        "dropped_rows = duplicate_rows with ingest.duplicates=drop, else 0":
+            dropped == (c["duplicate_rows"] if duplicates == "drop" else 0),
         "train + valid + test interactions = kept_interactions":
             inter["train"] + inter["valid"] + inter["test"] == c["kept_interactions"],
         "valid = test = users": inter["valid"] == inter["test"] == users,
@@ -122,7 +134,8 @@ def reconcile(counts: dict, splits: dict, summary_train: int, shard_size: int) -
         raise IngestError("counts do not reconcile, no manifest written: " + "; ".join(failed) +
                           f" (counts: {json.dumps(c, sort_keys=True)})")
     return {"input_rows": c["input_rows"], "kept_rows": c["kept_rows"], "filtered_rows": c["filtered_rows"],
-            "quarantined_rows": c["quarantined_rows"], "ok": True, "checks": sorted(checks)}
+            "quarantined_rows": c["quarantined_rows"], "dropped_rows": dropped, "ok": True,
+            "checks": sorted(checks)}
 
 
 def build_manifest(*, fp: str, config: dict, inputs: list[dict], titles: dict | None, counts: dict,

@@ -6,8 +6,9 @@ Stages (no process holds the interactions; the driver holds only id arrays and c
 2. group: ``partition.range_partition`` (a sort with boundaries from a sample of the users: each
    output block holds every interaction of a contiguous raw-user range, sorted by user,
    timestamp and order key) then ``map_batches(group_users, batch_size=None)`` over whole blocks
-   (no sort left to do there); materialised, because the ids need a global pass before anything
-   can be written;
+   (no sort left to do there), which also finds a user's duplicate rows wherever they were read
+   (``duplicates.py``, ``ingest.duplicates``); materialised, because the ids need a global pass
+   before anything can be written;
 3. ids: per-block summaries merged in a tree of tasks (``ids.merge_tree``) into the sorted kept
    users and items, which go to the object store;
 4. write: ``map_batches(range_writer.write_ranges)``: a block's users are a contiguous range of
@@ -215,7 +216,7 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, inputs: list[dict
     quarantine = _quarantine(cfg, titles, reports, files, parts_dir, tmp, files_section)
     splits = _splits(user_entries, item_entries, cfg)
     counts = _counts(reports, summary, user_entries, without_title)
-    reconciliation = reconcile(counts, splits, summary.counts["train_interactions"], S)
+    reconciliation = reconcile(counts, splits, summary.counts["train_interactions"], S, cfg.duplicates)
     timings["finish"] = time.perf_counter() - t
     parts = {"counts": counts, "reconciliation": reconciliation, "splits": splits, "files": files_section,
              "quarantine": quarantine}
@@ -233,7 +234,8 @@ def _read_and_group(cfg: IngestConfig, files: list, fmt: str, partitions: int,
     with exchange_context():
         grouped = (range_partition(ray.data.read_datasource(source), boundaries)
                    .map_batches(group_users, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
-                                fn_kwargs={"min_seq_len": cfg.min_seq_len, "with_ts": fmt == "pairs_csv"})
+                                fn_kwargs={"min_seq_len": cfg.min_seq_len, "with_ts": fmt == "pairs_csv",
+                                           "duplicates": cfg.duplicates, "files": files})
                    .materialize())
     reports = ray.get(ledger.reports.remote())
     if len(reports) != len(ranges):
@@ -271,8 +273,11 @@ def _counts(reports: list, summary, user_entries: list[dict], without_title: int
         "bom_stripped": sum(r.bom for r in reports),
         "kept_rows": c["kept_rows"], "filtered_rows": c["filtered_rows"],
         "quarantined_rows": sum(r.bad_rows for r in reports),
+        "duplicate_users": c["duplicate_users"], "duplicate_rows": c["duplicate_rows"],
+        "dropped_rows": c["dropped_rows"],
         "input_interactions": sum(r.interactions for r in reports),
         "kept_interactions": c["kept_interactions"], "filtered_interactions": c["filtered_interactions"],
+        "dropped_interactions": c["dropped_interactions"],
         "users": len(summary.users), "items": len(summary.items), "filtered_users": c["filtered_users"],
         "items_without_title": without_title,
         "interactions": {s: sum(e["interactions"] for e in user_entries if e["split"] == s) for s in USER_SPLITS},

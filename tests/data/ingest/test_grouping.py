@@ -67,4 +67,5 @@ def test_short_users_are_dropped_but_counted():
     table = pa.table({"user": np.array([2, 2, 9, 9, 9]), "item": np.arange(5), "ts": np.zeros(5, np.int64),
                       "order": np.arange(5)})
     out = group_users(table, min_seq_len=3, with_ts=False).to_pydict()
-    assert out == {"user": [2, 9], "n": [2, 3], "rows": [2, 3], "kept": [False, True], "items": [[], [2, 3, 4]]}
+    assert out == {"user": [2, 9], "n": [2, 3], "rows": [2, 3], "dup_rows": [0, 0], "dropped": [0, 0],
+                   "kept": [False, True], "items": [[], [2, 3, 4]]}

@@ -17,7 +17,9 @@ def grouped(users, items, min_seq_len=3):
 
 
 def test_summaries_merge_into_sorted_ids_and_train_counts():
-    a = grouped([7, 7, 7, 7, 2], [50, 10, 50, 30, 99])  # user 2 has 1 interaction: dropped
+    # User 2 has 1 interaction: dropped. User 7 has item 50 twice at the same time (all ts are 0 and
+    # there is no tsv line flag): one exact duplicate row, kept and counted.
+    a = grouped([7, 7, 7, 7, 2], [50, 10, 50, 30, 99])
     b = grouped([4, 4, 4], [30, 20, 10])
     s = merge_summaries([summarize(a), summarize(b)])
     assert s.users.tolist() == [4, 7]
@@ -25,7 +27,24 @@ def test_summaries_merge_into_sorted_ids_and_train_counts():
     # train = all but the last two: user 7 -> [50, 10], user 4 -> [30]
     assert s.train_counts.tolist() == [1, 0, 1, 1]
     assert s.counts == {"kept_users": 2, "kept_rows": 7, "kept_interactions": 7, "filtered_users": 1,
-                        "filtered_rows": 1, "filtered_interactions": 1, "train_interactions": 3}
+                        "filtered_rows": 1, "filtered_interactions": 1, "train_interactions": 3,
+                        "duplicate_users": 1, "duplicate_rows": 1, "dropped_rows": 0, "dropped_interactions": 0}
+
+
+def test_summaries_count_duplicates_and_dropped_rows():
+    table = pa.table({"user": np.array([7, 7, 7, 7, 7, 4, 4, 4, 4]), "item": np.array([1, 2, 1, 3, 4, 5, 6, 5, 7]),
+                      "ts": np.array([1, 1, 1, 2, 3, 1, 2, 2, 2]), "order": np.arange(9, dtype=np.int64)})
+    a, b = table.slice(0, 5), table.slice(5)  # user 7: item 1 at ts 1 twice; user 4: none (5 at ts 1 and 2)
+    keep = merge_summaries([summarize(group_users(t, min_seq_len=3, with_ts=True, duplicates="keep")) for t in (a, b)])
+    assert {k: keep.counts[k] for k in ("duplicate_users", "duplicate_rows", "dropped_rows", "dropped_interactions",
+                                        "kept_rows", "kept_interactions")} == \
+        {"duplicate_users": 1, "duplicate_rows": 1, "dropped_rows": 0, "dropped_interactions": 0,
+         "kept_rows": 9, "kept_interactions": 9}
+    drop = merge_summaries([summarize(group_users(t, min_seq_len=3, with_ts=True, duplicates="drop")) for t in (a, b)])
+    assert {k: drop.counts[k] for k in ("duplicate_users", "duplicate_rows", "dropped_rows", "dropped_interactions",
+                                        "kept_rows", "kept_interactions")} == \
+        {"duplicate_users": 1, "duplicate_rows": 1, "dropped_rows": 1, "dropped_interactions": 1,
+         "kept_rows": 8, "kept_interactions": 8}
 
 
 def test_a_user_in_two_blocks_fails_instead_of_duplicating():

@@ -22,6 +22,16 @@ def test_fingerprint_ignores_settings_that_do_not_change_the_data():
     assert fp != fingerprint(CONFIG, inputs, {"path": "t.csv", "bytes": 1})
 
 
+def test_only_dropping_duplicates_changes_the_fingerprint():
+    # keep and error write the same bytes whenever error lets the job finish, as did every
+    # ingestion before ingest.duplicates existed: those datasets keep their fingerprint.
+    inputs = [{"path": "/d/a.csv", "bytes": 10}]
+    fp = fingerprint(CONFIG, inputs, None)
+    assert fp == fingerprint(dict(CONFIG, duplicates="keep"), inputs, None)
+    assert fp == fingerprint(dict(CONFIG, duplicates="error"), inputs, None)
+    assert fp != fingerprint(dict(CONFIG, duplicates="drop"), inputs, None)
+
+
 def test_check_output_dir(tmp_path):
     out = tmp_path / "ds"
     check_output_dir(str(out), "fp", overwrite=False)  # absent
@@ -41,6 +51,7 @@ def test_check_output_dir(tmp_path):
 def counts(**changes):
     c = {"input_rows": 10, "kept_rows": 6, "filtered_rows": 3, "quarantined_rows": 1, "valid_rows": 9,
          "input_interactions": 9, "kept_interactions": 6, "filtered_interactions": 3, "users": 2, "items": 3,
+         "duplicate_rows": 0, "dropped_rows": 0, "dropped_interactions": 0,
          "interactions": {"train": 2, "valid": 2, "test": 2}}
     c.update(changes)
     return c
@@ -57,7 +68,20 @@ def splits(users=2, items=3, size=10, per_block=1):
 
 def test_reconcile_accepts_consistent_counts():
     r = reconcile(counts(), splits(), summary_train=2, shard_size=10)
-    assert r["ok"] and r["input_rows"] == 10 and len(r["checks"]) == 18
+    assert r["ok"] and r["input_rows"] == 10 and r["dropped_rows"] == 0 and len(r["checks"]) == 19
+
+
+def test_dropped_duplicates_are_part_of_the_reconciliation():
+    dropped = counts(input_rows=12, valid_rows=11, input_interactions=13, duplicate_rows=2, dropped_rows=2,
+                     dropped_interactions=4)
+    r = reconcile(dropped, splits(), summary_train=2, shard_size=10, duplicates="drop")
+    assert r["ok"] and r["dropped_rows"] == 2
+    with pytest.raises(IngestError, match=r"dropped_rows = duplicate_rows with ingest.duplicates=drop, else 0"):
+        reconcile(dropped, splits(), summary_train=2, shard_size=10, duplicates="keep")
+    with pytest.raises(IngestError, match=r"input_rows = kept_rows \+ filtered_rows \+ quarantined_rows \+ "
+                                          r"dropped_rows"):
+        reconcile(counts(dropped_rows=1, duplicate_rows=1), splits(), summary_train=2, shard_size=10,
+                  duplicates="drop")
 
 
 def test_reconcile_checks_the_block_counts():
@@ -68,9 +92,10 @@ def test_reconcile_checks_the_block_counts():
 
 
 @pytest.mark.parametrize("change, failed", [
-    ({"quarantined_rows": 0}, "input_rows = kept_rows + filtered_rows + quarantined_rows"),
-    ({"valid_rows": 8}, "valid rows read = kept_rows + filtered_rows"),
-    ({"input_interactions": 10}, "input_interactions = kept_interactions + filtered_interactions"),
+    ({"quarantined_rows": 0}, "input_rows = kept_rows + filtered_rows + quarantined_rows + dropped_rows"),
+    ({"valid_rows": 8}, "valid rows read = kept_rows + filtered_rows + dropped_rows"),
+    ({"input_interactions": 10},
+     "input_interactions = kept_interactions + filtered_interactions + dropped_interactions"),
     ({"interactions": {"train": 2, "valid": 2, "test": 1}}, "valid = test = users"),
 ])
 def test_reconcile_names_each_failed_identity(change, failed):

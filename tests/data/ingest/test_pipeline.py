@@ -167,9 +167,10 @@ def test_standard_webdataset_readers(ray_local, synthetic_ds):
 def test_tsv_keeps_file_order_and_filters_short_users(ray_local, tmp_path):
     # User 5 spans two lines (rows=2); user 8 is too short; the last line has no newline.
     (tmp_path / "pairs.tsv").write_bytes(b"5\t40 10 30\n8\t1 2\n2\t7 6 5 4\r\n5\t20 50\n9\t3 1 4 1 5")
-    result = ingest(tmp_path / "pairs.tsv", tmp_path / "ds", min_seq_len=4)
+    result = ingest(tmp_path / "pairs.tsv", tmp_path / "ds", min_seq_len=4, duplicates="keep")
     c = result.manifest["counts"]
     assert (c["input_rows"], c["kept_rows"], c["filtered_rows"], c["filtered_users"]) == (5, 4, 1, 1)
+    assert (c["duplicate_users"], c["duplicate_rows"], c["dropped_rows"]) == (1, 1, 0)
     assert (c["users"], c["kept_interactions"], c["filtered_interactions"]) == (3, 14, 2)
     assert raw_sequence(tmp_path / "ds", "u0000000002")[0] == [40, 10, 30, 20, 50]  # raw user 5
     assert raw_sequence(tmp_path / "ds", "u0000000003")[0] == [3, 1, 4, 1, 5]
@@ -280,3 +281,55 @@ def test_a_bom_at_the_start_of_each_input_is_stripped_and_counted(ray_local, tmp
     assert (m["counts"]["input_rows"], m["counts"]["header_rows"], m["counts"]["users"]) == (20, 1, 4)
     assert verify_dataset(str(tmp_path / "ds2")) == []
 
+
+def many_users_tsv(tmp_path, extra: bytes, where: int, lines: int = 8000) -> Path:
+    """A tsv of ``lines`` users, one line each (several 64 KiB ranges), with ``extra`` inserted as line ``where``."""
+    rows = [b"%d\t%s" % (u, b" ".join(b"%d" % ((u * 7 + k) % 500) for k in range(5))) for u in range(lines)]
+    rows.insert(where - 1, extra)
+    path = tmp_path / "pairs.tsv"
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    return path
+
+
+def reconciled(c) -> bool:
+    return (c["input_rows"] == c["kept_rows"] + c["filtered_rows"] + c["quarantined_rows"] + c["dropped_rows"]
+            and c["input_interactions"] == c["kept_interactions"] + c["filtered_interactions"]
+            + c["dropped_interactions"])
+
+
+# Duplicates meet only in the grouping stage: line 4 / 10 is in the first 64 KiB read range, the
+# repeat at line 7000 / 11000 two ranges later, and the users are split over three partitions.
+SPREAD = {"read_block_bytes": 1 << 16, "group_partitions": 3}
+
+
+def test_a_tsv_user_on_two_lines_in_different_read_ranges(ray_local, tmp_path):
+    path = many_users_tsv(tmp_path, b"3\t901 902", where=7000)
+    assert path.read_bytes().index(b"\n3\t901") > 2 * SPREAD["read_block_bytes"]
+    with pytest.raises(IngestError) as exc:  # the default: a user on several lines stops the job
+        ingest(path, tmp_path / "ds", **SPREAD)
+    assert str(exc.value).startswith(f"{path}:7000: user 3 again (first on line 4)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.tsv"]
+    first = [21, 22, 23, 24, 25]
+    for policy, sequence, dropped in (("keep", first + [901, 902], 0), ("drop", first, 1)):
+        out = tmp_path / policy
+        c = ingest(path, out, duplicates=policy, **SPREAD).manifest["counts"]
+        assert (c["input_rows"], c["duplicate_users"], c["duplicate_rows"]) == (8001, 1, 1)
+        assert (c["dropped_rows"], c["dropped_interactions"]) == (dropped, 2 * dropped) and reconciled(c)
+        assert c["kept_rows"] == 8001 - dropped and c["kept_interactions"] == 40_000 + 2 - 2 * dropped
+        assert raw_sequence(out, "u0000000004")[0] == sequence  # raw user 3
+        assert verify_dataset(str(out)) == []
+
+
+def test_exact_duplicate_csv_rows_in_different_read_ranges(ray_local, tmp_path):
+    path = bad_csv(tmp_path, b"8,8,8", where=11_000, lines=12_000)  # line 10 is row 8: "8,8,8"
+    assert path.read_bytes().split(b"\n")[9] == b"8,8,8"
+    with pytest.raises(IngestError) as exc:
+        ingest(path, tmp_path / "ds", **SPREAD)
+    assert str(exc.value).startswith(f"{path}:11000: exact duplicate of line 10 (user 8, item 8, timestamp 8)")
+    for policy, head, dropped in (("keep", [8, 8, 708 % 97], 0), ("drop", [8, 708 % 97, 1408 % 97], 1)):
+        out = tmp_path / policy
+        c = ingest(path, out, duplicates=policy, **SPREAD).manifest["counts"]
+        assert (c["input_rows"], c["duplicate_users"], c["duplicate_rows"]) == (12_000, 1, 1)
+        assert (c["dropped_rows"], c["dropped_interactions"]) == (dropped, dropped) and reconciled(c)
+        assert raw_sequence(out, "u0000000009")[0][:3] == head  # raw user 8
+        assert verify_dataset(str(out)) == []
