@@ -37,7 +37,7 @@ def _rank_main(rank: int, world_size: int, port: int, threads: int, use_gpu: boo
     import torch
 
     torch.set_num_threads(threads)
-    from mvrec_dist.parallel.process_groups import destroy_distributed, init_distributed
+    from mvrec_dist.parallel.process_groups import destroy_distributed, exit_rank_process, init_distributed
 
     ctx = init_distributed(use_gpu=use_gpu, timeout_s=timeout_s)
     try:
@@ -54,6 +54,7 @@ def _rank_main(rank: int, world_size: int, port: int, threads: int, use_gpu: boo
     finally:
         destroy_distributed()
         conn.close()
+    exit_rank_process(0)  # no interpreter finalization with gloo threads alive (see there)
 
 
 class RankPool:

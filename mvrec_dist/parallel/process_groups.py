@@ -8,13 +8,15 @@ nccl on GPU); tests and the plain benchmarks create it here. Either way the resu
 from __future__ import annotations
 
 import datetime
+import logging
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "init_distributed", "current_context", "destroy_distributed",
+__all__ = ["DistContext", "init_distributed", "current_context", "destroy_distributed", "exit_rank_process",
            "all_reduce_sum", "all_gather_variable", "barrier"]
 
 
@@ -90,9 +92,45 @@ def current_context(*, use_gpu: bool) -> DistContext:
 
 
 def destroy_distributed() -> None:
-    """Destroy the default group if this module created one (Ray Train destroys its own)."""
+    """Destroy the default group if this module created one (Ray Train destroys its own).
+
+    This does not stop the groups' gloo threads: ``destroy_process_group`` unregisters every group,
+    but a ``ProcessGroupGloo`` (its two ``pt_gloo_runloop`` workers and its ``gloo_tcp_loop``) lives
+    on while Python still refers to it, and DeepSpeed keeps its clone of the world group in
+    ``deepspeed.utils.groups`` and on the engine, optimizer and parameters. A process that owns the
+    group should end with ``exit_rank_process`` (see there why).
+    """
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_rank_process(code: int = 0) -> None:
+    """End a rank process that created its group here: destroy the group, flush, ``os._exit(code)``.
+
+    Why not a normal interpreter exit: a gloo worker thread (``pt_gloo_runloop``) that completed a
+    collective still owns the finished ``AsyncWork`` for a moment after the caller was woken. When
+    it drops it after Python has let go of the work's tensors, it releases their Python objects and
+    takes the GIL to do so (``~AsyncWork`` -> ``TensorImpl::decref_pyobject`` ->
+    ``gil_scoped_acquire``). If that happens while the interpreter finalizes, CPython ends the
+    thread with ``pthread_exit``; its forced unwind meets the ``noexcept`` destructor and libstdc++
+    calls ``std::terminate``: "terminate called without an active exception", SIGABRT. After the
+    last collective only milliseconds pass before finalization, so it takes a worker thread
+    preempted at that point, which is what a loaded machine does now and then (test_resume's
+    zero2-bf16 case, once). The gloo threads outlive ``destroy_distributed`` (see there), so the
+    only exit that never runs into them is one without finalization. Ray Train workers are ended
+    by ``ray.kill`` and need none of this.
+
+    Args:
+        code: The process exit status.
+    """
+    destroy_distributed()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken: nothing more to flush
+            pass
+    os._exit(code)
 
 
 def all_reduce_sum(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
