@@ -3,6 +3,12 @@
 The torchrec ``multi_process.py`` idea: spawn real processes with a real process group, one thread
 each, so sharded and ZeRO code paths run exactly as in a job. Results travel back through
 ``torch.save`` files (tensors, numbers, lists, dicts), loaded with ``weights_only=True``.
+
+A rank that returned ends with ``exit_rank_process`` (no interpreter finalization): a gloo worker
+thread that drops a finished collective's tensors while the interpreter finalizes aborts the
+process ("terminate called without an active exception"); see that function. A rank that raised
+leaves through ``torch.multiprocessing`` (its traceback is written before the process exits), and
+any abort, SIGABRT included, fails the test.
 """
 
 from __future__ import annotations
@@ -10,7 +16,6 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-import warnings
 from typing import Any, Callable
 
 import torch
@@ -32,14 +37,15 @@ def _entry(rank: int, world_size: int, port: int, out_dir: str, fn: Callable, ar
                       OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    from mvrec_dist.parallel.process_groups import destroy_distributed, init_distributed
+    from mvrec_dist.parallel.process_groups import destroy_distributed, exit_rank_process, init_distributed
 
     ctx = init_distributed(use_gpu=False, timeout_s=300)
     try:
-        result = fn(ctx, *args)
-    finally:
+        torch.save(fn(ctx, *args), os.path.join(out_dir, f"rank{rank}.pt"))
+    except BaseException:
         destroy_distributed()
-    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        raise
+    exit_rank_process(0)
 
 
 def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any) -> list[Any]:
@@ -53,19 +59,7 @@ def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any) -> list[Any]:
     Returns:
         The per-rank return values.
     """
-    for attempt in (1, 2):
-        with tempfile.TemporaryDirectory() as out_dir:
-            try:
-                mp.start_processes(_entry, args=(world_size, free_port(), out_dir, fn, args), nprocs=world_size,
-                                   join=True, start_method="spawn")
-            except mp.ProcessExitedException as exc:
-                # Known, rare, not yet understood: a rank aborting in C++ ("terminate called without an
-                # active exception", SIGABRT) under heavy machine load (seen once in test_resume's
-                # zero2-bf16 case, 2026-11-24). Retried once and reported; a Python exception, a wrong
-                # result or a second abort still fails the test.
-                if attempt == 1 and exc.signal_name == "SIGABRT":
-                    warnings.warn(f"run_ranks: {exc}; retrying once (known rare C++ abort)")
-                    continue
-                raise
-            return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=True) for r in range(world_size)]
-    raise AssertionError("unreachable")
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.start_processes(_entry, args=(world_size, free_port(), out_dir, fn, args), nprocs=world_size, join=True,
+                           start_method="spawn")
+        return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=True) for r in range(world_size)]
