@@ -76,18 +76,22 @@ def root_cause(exc: BaseException, wanted: tuple[type[BaseException], ...]) -> B
     Returns:
         That exception, or None when ``exc`` wraps none.
     """
+    # Ray re-raises a task's exception as a class deriving from both RayTaskError and the
+    # original, so isinstance finds it before its wrapper is unpacked.
+    return next((e for e in _wrapped(exc) if isinstance(e, wanted)), None)
+
+
+def _wrapped(exc: BaseException) -> list[BaseException]:
+    """``exc`` and everything it wraps, breadth first, each once."""
+    found: list[BaseException] = []
     queue, seen = [exc], set()
     while queue:
         e = queue.pop(0)
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        # Ray re-raises a task's exception as a class deriving from both RayTaskError and the
-        # original, so isinstance finds it before its wrapper is unpacked.
-        if isinstance(e, wanted):
-            return e
-        queue.extend(_children(e))
-    return None
+        if id(e) not in seen:
+            seen.add(id(e))
+            found.append(e)
+            queue.extend(_children(e))
+    return found
 
 
 def one_line(exc: BaseException) -> str:
@@ -132,15 +136,7 @@ def failure_cause(exc: BaseException) -> BaseException:
     connection error of rank 1 that followed it), then the first that is not a Ray wrapper, else
     ``exc`` itself.
     """
-    found: list[BaseException] = []
-    queue, seen = [exc], set()
-    while queue:
-        e = queue.pop(0)
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        found.append(e)
-        queue.extend(_children(e))
+    found = _wrapped(exc)
     users = tuple(user_error_types())
     for accept in (lambda e: isinstance(e, users), is_deterministic, lambda e: not _is_wrapper(e)):
         hits = [e for e in found if accept(e)]
