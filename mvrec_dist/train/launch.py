@@ -270,7 +270,10 @@ def claim_run(cfg: TrainJobConfig, say: Callable[[str], None] = print) -> RunLea
     if cfg.train.resume == "never" and leftovers:
         ckpts = sum(1 for e in leftovers if e.base_name.startswith("checkpoint-step"))
         for e in leftovers:
-            fs.delete_dir(e.path) if e.type == pafs.FileType.Directory else fs.delete_file(e.path)
+            if e.type == pafs.FileType.Directory:
+                fs.delete_dir(e.path)
+            else:
+                fs.delete_file(e.path)
         say(f"train.resume=never: run {cfg.train.run_name} starts afresh; removed what an earlier run left in "
             f"{run} ({ckpts} checkpoints, {len(leftovers) - ckpts} other entries)")
     elif any(e.base_name == RAY_SNAPSHOT_NAME for e in leftovers):
@@ -318,11 +321,11 @@ def run_training(cfg: TrainJobConfig, say: Callable[[str], None] = print) -> dic
     cfg = absolute_paths(cfg)
     resources, num_nodes = cluster_view()
     preflight(cfg, resources=resources, num_nodes=num_nodes)
-    if cfg.train.resume == "never":
-        # claim_run emptied the run directory: from here on every checkpoint in it is this run's own,
-        # and a restarted worker group must resume from them, not start over.
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume="auto"))
     with claim_run(cfg, say):  # one driver per run; the lease records the outcome in status.json
+        if cfg.train.resume == "never":
+            # claim_run emptied the run directory: from here on every checkpoint in it is this run's
+            # own, and a restarted worker group must resume from them, not start over.
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume="auto"))
         return _fit_with_retries(cfg, say)
 
 

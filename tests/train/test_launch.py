@@ -110,10 +110,18 @@ def test_training_claims_the_run_after_the_cluster_checks_and_records_the_outcom
     monkeypatch.setattr(launch, "preflight", lambda cfg, **kw: calls.append("preflight"))
     real_claim = launch.claim_run
     monkeypatch.setattr(launch, "claim_run", lambda cfg, say: calls.append("claim") or real_claim(cfg, say))
-    monkeypatch.setattr(launch, "_fit_with_retries", lambda cfg, say: calls.append("fit") or {"ok": 1})
+    monkeypatch.setattr(launch, "_fit_with_retries",
+                        lambda cfg, say: calls.append(f"fit {cfg.train.resume}") or {"ok": 1})
     assert launch.run_training(_run_dir(tmp_path)) == {"ok": 1}
-    assert calls == ["preflight", "claim", "fit"]
+    assert calls == ["preflight", "claim", "fit auto"]
     assert json.loads((tmp_path / "r" / "status.json").read_text())["status"] == "finished"
+    # resume=never: the claim empties the run first, then the workers (and their retries) resume only
+    # what this run writes.
+    _leave_an_earlier_run(tmp_path / "r")
+    calls.clear()
+    assert launch.run_training(_run_dir(tmp_path, "train.resume=never"), say=lambda line: None) == {"ok": 1}
+    assert calls == ["preflight", "claim", "fit auto"]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["status.json"]
 
 
 def _run_dir(tmp_path: Path, *overrides: str) -> TrainJobConfig:
