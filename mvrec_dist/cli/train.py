@@ -63,8 +63,8 @@ def train(cfg: TrainJobConfig) -> dict:
         PreflightError: when the config, paths or cluster cannot run the job (nothing started).
     """
     from mvrec_dist.runtime.ray_cluster import ray_session
-    from mvrec_dist.train.launch import (absolute_paths, finished_message, finished_result, preflight, prepare_dataset,
-                                         prepare_features, run_training)
+    from mvrec_dist.train.launch import (absolute_paths, check_run_free, finished_message, finished_result, preflight,
+                                         prepare_dataset, prepare_features, run_training)
 
     cfg = absolute_paths(cfg)
     preflight(cfg)  # what can fail without a cluster fails before one starts
@@ -72,6 +72,7 @@ def train(cfg: TrainJobConfig) -> dict:
     if done is not None:
         print(finished_message(cfg, done), flush=True)
         return done
+    check_run_free(cfg)  # a second driver of a live run is refused before it starts a cluster
     with ray_session(cfg.ray):
         prepare_dataset(cfg)
         prepare_features(cfg)

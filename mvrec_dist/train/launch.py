@@ -31,8 +31,8 @@ from mvrec_dist.train.run_lease import RunLease
 from mvrec_dist.train.runs import RESULT_NAME, STATUS_NAME, list_checkpoints, read_json
 
 __all__ = ["PreflightError", "RunFailedError", "preflight", "prepare_dataset", "prepare_features", "absolute_paths",
-           "run_uri_of", "finished_result", "finished_message", "claim_run", "run_training", "run_evaluation",
-           "read_result", "RESULT_NAME"]
+           "run_uri_of", "finished_result", "finished_message", "check_run_free", "claim_run", "run_training",
+           "run_evaluation", "read_result", "RESULT_NAME"]
 
 
 class PreflightError(RuntimeError):
@@ -241,6 +241,11 @@ def finished_message(cfg: TrainJobConfig, result: dict) -> str:
             f"train.run_name=<new name> train.resume={last} train.epochs=<more>")
 
 
+def check_run_free(cfg: TrainJobConfig) -> None:
+    """Raise ``RunBusyError`` when a live driver owns the run (before this driver starts a cluster)."""
+    RunLease.check_free(run_uri_of(cfg), timeout_s=cfg.train.owner_timeout_s)
+
+
 def claim_run(cfg: TrainJobConfig, say: Callable[[str], None] = print) -> RunLease:
     """Take ownership of the run directory for this driver and prepare it for ``train.resume``.
 
@@ -322,6 +327,10 @@ def run_training(cfg: TrainJobConfig, say: Callable[[str], None] = print) -> dic
     resources, num_nodes = cluster_view()
     preflight(cfg, resources=resources, num_nodes=num_nodes)
     with claim_run(cfg, say):  # one driver per run; the lease records the outcome in status.json
+        done = finished_result(cfg)
+        if done is not None:  # another driver finished the run while this one was starting
+            say(finished_message(cfg, done))
+            return done
         if cfg.train.resume == "never":
             # claim_run emptied the run directory: from here on every checkpoint in it is this run's
             # own, and a restarted worker group must resume from them, not start over.

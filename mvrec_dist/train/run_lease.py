@@ -150,14 +150,11 @@ class RunLease:
         """
         me = me or this_driver()
         lease = cls(run_uri, me, describe_error)
-        record = read_json(lease.status_uri)
-        if record is not None:
+        record = cls.check_free(run_uri, timeout_s=timeout_s, me=me)
+        if record is not None and record.get("status") == "running":
             now = time.time()
-            gone = _owner_gone(record, me, now, timeout_s)
-            if gone is None:
-                raise lease._busy(record, now)
-            if record.get("status") == "running":
-                say(f"taking over run {lease.run_uri}: {gone} ({_describe_owner(record, now)})")
+            say(f"taking over run {lease.run_uri}: {_owner_gone(record, me, now, timeout_s)} "
+                f"({_describe_owner(record, now)})")
         lease._write("running")
         time.sleep(CLAIM_SETTLE_SECONDS)
         record = read_json(lease.status_uri) or {}
@@ -165,6 +162,25 @@ class RunLease:
             raise lease._busy(record, time.time(), racing=True)
         lease._thread.start()
         return lease
+
+    @classmethod
+    def check_free(cls, run_uri: str, *, timeout_s: float, me: DriverIdentity | None = None) -> dict | None:
+        """Raise ``RunBusyError`` when a live driver owns ``run_uri``; claims nothing.
+
+        A driver calls it before it starts anything (a Ray cluster), so that a second driver of a
+        live run is refused at once; ``acquire`` checks again when it claims.
+
+        Returns:
+            The run's ``status.json`` record (None when there is none).
+        """
+        me = me or this_driver()
+        probe = cls(run_uri, me, str)
+        record = read_json(probe.status_uri)
+        if record is not None:
+            now = time.time()
+            if _owner_gone(record, me, now, timeout_s) is None:
+                raise probe._busy(record, now)
+        return record
 
     @property
     def status_uri(self) -> str:

@@ -178,17 +178,22 @@ def test_the_same_command_again_shows_the_finished_run(straight):
 
 
 def test_a_second_driver_of_a_run_in_progress_is_refused(straight):
-    proc = _start(_args(straight, "busy"))
+    # Long enough (no early stop) that the first driver is still training when the second one asks.
+    first = [*_args(straight, "busy"), "train.epochs=40", "train.patience=0"]
+    proc = _start(first)
     run = straight / "runs" / "busy"
     _wait_for_commit(run, proc)
-    second = subprocess.run([sys.executable, str(JOB), *_args(straight, "busy")], cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
+    started = time.time()
+    second = subprocess.run([sys.executable, str(JOB), *first], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+    assert proc.poll() is None, "the first driver ended before the second one was refused; lengthen its run"
     lines = [line for line in second.stderr.splitlines() if "error:" in line]
     assert len(lines) == 1 and f"error: run {run} is in use by another driver (host " in lines[0]
     assert f", pid {proc.pid}, last heartbeat " in lines[0]
+    assert time.time() - started < 60  # refused before it starts a cluster
     _finish(proc)  # the first driver was not disturbed
-    _assert_same_run(straight / "runs" / "straight", run)
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
+    assert json.loads((run / "result.json").read_text())["epochs"] == 40
 
 
 @pytest.fixture

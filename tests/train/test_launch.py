@@ -87,7 +87,7 @@ def test_train_prepares_the_dataset_and_the_features_before_training(monkeypatch
     from mvrec_dist.cli.train import train
 
     calls = []
-    for name in ("preflight", "prepare_dataset", "prepare_features"):
+    for name in ("preflight", "check_run_free", "prepare_dataset", "prepare_features"):
         monkeypatch.setattr(launch, name, lambda cfg, _name=name: calls.append(_name))
     monkeypatch.setattr(launch, "run_training", lambda cfg: calls.append("run_training") or {"ok": 1})
 
@@ -99,7 +99,8 @@ def test_train_prepares_the_dataset_and_the_features_before_training(monkeypatch
 
     monkeypatch.setattr(ray_cluster, "ray_session", session)
     assert train(load_config(TrainJobConfig, None, [])) == {"ok": 1}
-    assert calls == ["preflight", "ray up", "prepare_dataset", "prepare_features", "run_training", "ray down"]
+    assert calls == ["preflight", "check_run_free", "ray up", "prepare_dataset", "prepare_features", "run_training",
+                     "ray down"]
 
 
 def test_training_claims_the_run_after_the_cluster_checks_and_records_the_outcome(monkeypatch, tmp_path):
@@ -122,6 +123,12 @@ def test_training_claims_the_run_after_the_cluster_checks_and_records_the_outcom
     assert launch.run_training(_run_dir(tmp_path, "train.resume=never"), say=lambda line: None) == {"ok": 1}
     assert calls == ["preflight", "claim", "fit auto"]
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["status.json"]
+    # Another driver finished the run while this one was starting its cluster: shown, not trained again.
+    (tmp_path / "r" / "result.json").write_text('{"epochs": 2, "best_epoch": 1}')
+    calls.clear()
+    said = []
+    assert launch.run_training(_run_dir(tmp_path), say=said.append) == {"epochs": 2, "best_epoch": 1}
+    assert calls == ["preflight", "claim"] and said[0].startswith("run r already finished (2 epochs, best epoch 1)")
 
 
 def _run_dir(tmp_path: Path, *overrides: str) -> TrainJobConfig:
