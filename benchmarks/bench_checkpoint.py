@@ -68,7 +68,7 @@ def checkpoint_io_task(ctx: Any, sizes: list[tuple[int, int]], repeats: int, sto
         rm = build_rank_model(ctx, None, overrides, num_items=rows - 1)
         # One (target-free) step, so the dense optimizer has its AdamW moments like a real checkpoint.
         rm.pm.train_step(dummy_batch(rm.cfg.data.max_seq_len), global_targets=0, global_sequences=0)
-        state = TrainState(world_size=ctx.world_size, loader_workers=rm.cfg.data.loader_workers)
+        state = TrainState()
         saves, loads, sizes_b = [], [], {}
         for rep in range(repeats):
             state.step = rep + 1

@@ -63,7 +63,7 @@ def run(ctx: RunContext) -> dict:
     from benchmarks.fullscale.planner import plan_item_table
     from benchmarks.fullscale.workload import epoch_size, step_workload
     from benchmarks.harness.jobs import REPO
-    from mvrec_dist.parallel.sharding import SUPPORTED_SHARDING_TYPES
+    from mvrec_dist.parallel.planning import SUPPORTED_SHARDING_TYPES
 
     a, raw = load_assumptions()
     d, t = a["dataset"], a["training"]
@@ -107,7 +107,7 @@ def run(ctx: RunContext) -> dict:
         for dim in dims:
             p = plan_item_table(rows=d["items"] + 1, dim=dim, nodes=nodes, gpus_per_node=gpn, batch_per_rank=batch,
                                 ids_per_sequence=work["unique_ids"] / batch, gpu=a["gpu"], node=a["node"],
-                                reserve_fraction=0.15, sharding_types=list(SUPPORTED_SHARDING_TYPES["cuda"]),
+                                reserve_fraction=0.15, sharding_types=list(SUPPORTED_SHARDING_TYPES[("cuda", "sequence")]),
                                 bf16_output=cfg.parallel.precision == "bf16", learning_rate=cfg.parallel.embedding_lr)
             plans.append(p)
             res["measurements"] += [

@@ -126,7 +126,10 @@ def pipeline_task(ctx: Any, preset: str, overrides: list[str], pipeline: str, st
     rm = build_rank_model(ctx, preset, [*overrides, f"parallel.pipeline={pipeline}"])
     seconds, losses = [], []
     t = time.perf_counter()
-    for _, stats in rm.pm.train_steps(itertools.islice(epoch_batches(rm), steps), rm.data.dummy_batch):
+    from mvrec_dist.tasks import build_task
+
+    count = build_task(rm.cfg).count
+    for _, stats in rm.pm.train_steps(itertools.islice(epoch_batches(rm), steps), rm.data.dummy_batch, count):
         now = time.perf_counter()  # stats.loss is a host float: the step has finished on the device
         seconds.append(now - t)
         losses.append(stats.loss)

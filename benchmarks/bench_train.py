@@ -52,8 +52,7 @@ def plain_task(ctx: Any, preset: str, dataset: str, batch: int, steps: int, warm
                               max_seq_len=cfg.data.max_seq_len, seed=cfg.train.seed, device="meta")
     trainer = PlainTrainer(model, cfg, num_items=manifest.num_items, total_steps=steps)
     data = TrainData(cfg, manifest, rank=0, world_size=1)
-    plans, starts, skips, _ = data.resume_plan(0, [], None, 1, data.loader_workers, {})
-    batches = data.train_batches(0, plans, starts, skips)
+    batches = data.train_batches(0)
     sequences = targets = 0
     seconds = 0.0
     for step in range(steps):

@@ -90,7 +90,8 @@ def _store(root: Path, name: str, arrays: np.ndarray) -> ContentStore:
     data, offsets = render_array_shard(ids, "x.npy", list(arrays), [{"item": i} for i in ids])
     info = write_bytes(str(root / f"{name}.tar"), data)
     return ContentStore(root=str(root), shards=[f"{name}.tar"], shard_bytes=[info["bytes"]],
-                        index=build_index(len(ids), [(0, ids, offsets)]), shape=arrays.shape[1:],
+                        index=build_index(len(ids), [(0, ids, offsets)]),
+                        kind="frames" if arrays.dtype == np.uint8 else "features", shape=arrays.shape[1:],
                         dtype=str(arrays.dtype), name=name)
 
 
@@ -100,7 +101,7 @@ def measure(name: str, finetune: str, cached: bool, *, frames: int, size: int, i
     torch.manual_seed(0)
     enc = CONTENT_ENCODERS.build(_encoder_cfg(name, frames, size, finetune, cached))
     _, top, k = trunk_and_top(enc)
-    tower = ItemTower(mode="content", embedding_dim=64, content_encoder=enc, cached_top_blocks=k if cached else None)
+    tower = ItemTower(mode="content", embedding_dim=64, content_encoder=enc, cached_features=cached)
     tower.train()
     params = [p for p in tower.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
@@ -123,7 +124,7 @@ def measure(name: str, finetune: str, cached: bool, *, frames: int, size: int, i
             x = x.float()
             t2 = t3 = time.perf_counter()
         else:
-            x = enc.preprocess(x)
+            x = enc.prepare(x)
             t2 = time.perf_counter()
             trunk, _, _ = trunk_and_top(enc)
             with torch.no_grad():  # frozen blocks (in 'full' mode only the layout adapters): nothing to record

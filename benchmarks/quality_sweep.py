@@ -67,14 +67,13 @@ def run_one(preset: str, overrides: list[str], *, device: str, max_epochs: int) 
     curve, best, best_epoch, since = [], -1.0, -1, 0
     start = time.perf_counter()
     for epoch in range(cfg.train.epochs):
-        plans, starts, skips, _ = data.resume_plan(epoch, [], None, 1, cfg.data.loader_workers, {})
-        losses = [trainer.train_step(batch) for batch in data.train_batches(epoch, plans, starts, skips)]
+        losses = [trainer.train_step(batch) for batch in data.train_batches(epoch)]
         with trainer.evaluating():
             metrics = evaluate_ranking(trainer, data.eval_batches("valid"), num_items=manifest.num_items,
                                        ks=cfg.eval.ks)
-        value = metrics[cfg.eval.select_metric]
+        value = metrics[cfg.select_metric.name]
         curve.append({"epoch": epoch, "loss": sum(losses) / max(len(losses), 1),
-                      "valid": {k: round(v, 5) for k, v in metrics.items() if "@" in k},
+                      "valid": {m.name: round(metrics[m.name], 5) for m in cfg.metrics},
                       "elapsed_s": round(time.perf_counter() - start, 1)})
         if value > best:
             best, best_epoch, since = value, epoch, 0
@@ -82,7 +81,7 @@ def run_one(preset: str, overrides: list[str], *, device: str, max_epochs: int) 
             since += 1
             if cfg.train.patience and since >= cfg.train.patience:
                 break
-    return {"overrides": overrides, "best_valid_" + cfg.eval.select_metric: best, "best_epoch": best_epoch,
+    return {"overrides": overrides, "best_valid_" + cfg.select_metric.name: best, "best_epoch": best_epoch,
             "best_valid": curve[best_epoch]["valid"], "curve": curve, "device": device,
             "seconds": round(time.perf_counter() - start, 1)}
 

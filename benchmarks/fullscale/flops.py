@@ -31,6 +31,7 @@ def dense_flops_per_sequence(model_cfg: Any, *, num_items: int, batch: Any) -> d
     from torch.utils.flop_counter import FlopCounterMode
 
     from mvrec_dist.models.builders import build_recommender
+    from mvrec_dist.models.recommender import ITEM_FEATURE
 
     counts = np.ones(num_items + 1, dtype=np.int64)
     counts[0] = 0
@@ -40,7 +41,7 @@ def dense_flops_per_sequence(model_cfg: Any, *, num_items: int, batch: Any) -> d
     dense = model.dense.train()
     id_emb = torch.randn(batch.unique_items.numel(), model_cfg.embedding_dim, requires_grad=True)
     with FlopCounterMode(display=False) as fwd:
-        out = dense(id_emb, batch)
+        out = dense({ITEM_FEATURE: id_emb}, batch)
     with FlopCounterMode(display=False) as bwd:
         out.loss_sum.backward()
     b = int((batch.lengths > 0).sum())

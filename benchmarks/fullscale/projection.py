@@ -53,8 +53,7 @@ def _cpu_check(ctx: Any, res: dict) -> dict | None:
     cfg = load_config(TrainJobConfig, s["preset"], [f"data.dataset_dir={dataset}", "parallel.num_workers=1",
                                                     f"train.batch_size={s['global_batch']}"])
     data = TrainData(cfg, manifest, rank=0, world_size=1)
-    plans, starts, skips, _ = data.resume_plan(0, [], None, 1, data.loader_workers, {})
-    batch = next(data.train_batches(0, plans, starts, skips))
+    batch = next(data.train_batches(0))
     flops = dense_flops_per_sequence(cfg.model, num_items=manifest.num_items, batch=batch)["total"]
     rates = {}
     for w in sorted(phases, key=int):

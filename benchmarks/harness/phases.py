@@ -1,13 +1,14 @@
 """Where a training step's time goes: ``ParallelModel.train_step`` run phase by phase with timers.
 
-``phased_step`` performs exactly the operations of ``ParallelModel.train_step``, in the same order,
-with wall-clock marks between them (a CUDA synchronise before each mark on GPU, so kernels are
-charged to the phase that launched them). Two marks fall inside ``engine.backward``: a gradient
-hook on the looked-up embeddings fires when the dense tower's backward has produced their
-gradient (what follows is TorchRec's backward: the gradient all-to-all and the fused sparse
-optimizer update), and DeepSpeed's ``_backward_epilogue`` (the ZeRO gradient reduction) is
-wrapped for the step. The equivalence with ``train_step`` is checked (``tests/benchmarks``): the
-same batches give bitwise identical parameters.
+``phased_step`` runs ``ParallelModel.train_step`` itself, with a ``StepObserver``
+(``mvrec_dist.parallel.step``) that puts wall-clock marks between the step's stages (a CUDA
+synchronise before each mark on GPU, so kernels are charged to the phase that launched them). Two
+marks fall inside ``engine.backward``: a gradient hook on the looked-up embeddings fires when the
+dense tower's backward has produced their gradient (what follows is TorchRec's backward: the
+gradient all-to-all and the fused sparse optimizer update), and DeepSpeed's ``_backward_epilogue``
+(the ZeRO gradient reduction) is wrapped for the step (``_dense_grad_reduce_marked``). The
+observer must not change the step: ``tests/benchmarks`` checks that the same batches give bitwise
+identical parameters with and without it.
 
 ``CollectiveCounter`` counts the bytes of every ``all_to_all_single`` (TorchRec's input and output
 distribution call it through ``torch.distributed``) per phase, for the cost model's all-to-all
@@ -65,6 +66,57 @@ class PhaseClock:
         self.seconds = {p: 0.0 for p in PHASES}
 
 
+class _PhaseMarks:
+    """The ``StepObserver`` that charges each stage of a train step to its phase of ``clock``."""
+
+    def __init__(self, clock: PhaseClock):
+        self.clock = clock
+        self._hooks: list[Any] = []
+
+    def looked_up(self, embeddings: dict[str, torch.Tensor]) -> None:
+        self.clock.mark("lookup_fwd", "dense_fwd")
+
+        # Fires when the dense backward has produced the first table's gradient; TorchRec's backward follows.
+        def _reached(grad: torch.Tensor) -> None:
+            if self.clock.current == "dense_bwd":
+                self.clock.mark("dense_bwd", "embedding_bwd")
+        self._hooks = [e.register_hook(_reached) for e in embeddings.values() if e.requires_grad]
+
+    def forwarded(self) -> None:
+        self.clock.mark("dense_fwd", "dense_bwd")
+
+    def backwarded(self) -> None:
+        self.clock.mark(self.clock.current, "optimizer")
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+    def updated(self) -> None:
+        self.clock.mark("optimizer", "loss_reduce")
+
+
+@contextlib.contextmanager
+def _dense_grad_reduce_marked(engine: Any, clock: PhaseClock) -> Iterator[None]:
+    """Mark ``dense_grad_reduce`` where DeepSpeed's backward epilogue (the ZeRO gradient reduction) starts.
+
+    DeepSpeed has no public hook there: its engine timers (``wall_clock_breakdown``) time the
+    reduction but need a different engine config than the run's, and the ZeRO optimizer's
+    ``register_grad_acc_post_hook`` fires before the epilogue (and not at ZeRO stage 0). So the
+    private ``_backward_epilogue`` of this engine instance is wrapped for the duration, here only.
+    """
+    inner = engine._backward_epilogue
+
+    def _epilogue() -> None:
+        clock.mark(clock.current, "dense_grad_reduce")
+        inner()
+
+    engine._backward_epilogue = _epilogue
+    try:
+        yield
+    finally:
+        del engine._backward_epilogue
+
+
 def phased_step(pm: Any, batch: Any, *, global_targets: int, clock: PhaseClock) -> float:
     """``pm.train_step(batch, ...)`` with phase marks; returns the global mean loss.
 
@@ -75,42 +127,13 @@ def phased_step(pm: Any, batch: Any, *, global_targets: int, clock: PhaseClock) 
         clock: Marks are charged here; the caller has just marked ``step_sync`` done.
 
     Returns:
-        The loss ``train_step`` would report.
+        The loss ``train_step`` reports.
     """
-    from mvrec_dist.parallel.process_groups import all_reduce_sum
-
-    engine, ctx = pm.engine, pm.ctx
-    engine.train()
-    batch = batch.to(ctx.device, non_blocking=True)
-    id_emb = pm.lookup(batch.unique_items) if pm.sparse is not None else None
-    clock.mark("lookup_fwd", "dense_fwd")
-    scale = torch.tensor(ctx.world_size / max(global_targets, 1), device=ctx.device)
-    loss, out = engine(id_emb, batch, scale)
-    clock.mark("dense_fwd", "dense_bwd")
-    handle = None
-    if id_emb is not None and id_emb.requires_grad:
-        def _reached(grad: torch.Tensor) -> None:
-            clock.mark("dense_bwd", "embedding_bwd")
-        handle = id_emb.register_hook(_reached)
-    inner = engine._backward_epilogue
-
-    def _epilogue() -> None:
-        clock.mark(clock.current, "dense_grad_reduce")
-        inner()
-
-    engine._backward_epilogue = _epilogue  # this instance, this step only
-    try:
-        engine.backward(loss)
-    finally:
-        del engine._backward_epilogue
-        if handle is not None:
-            handle.remove()
-    clock.mark(clock.current, "optimizer")
-    engine.step()
-    clock.mark("optimizer", "loss_reduce")
-    loss_sum = all_reduce_sum(out.loss_sum.detach().float().reshape(1), ctx)
+    with _dense_grad_reduce_marked(pm.engine, clock):
+        # global_sequences only feeds the step's report, which the phase timing does not use.
+        stats = pm.train_step(batch, global_targets=global_targets, global_sequences=0, observer=_PhaseMarks(clock))
     clock.mark("loss_reduce", "data")
-    return float(loss_sum) / max(global_targets, 1)
+    return stats.loss
 
 
 class CollectiveCounter:

@@ -80,5 +80,4 @@ def build_rank_model(ctx: Any, preset: str | None, overrides: Sequence[str], *,
 def epoch_batches(rm: RankModel, epoch: int = 0) -> Iterator[Any]:
     """This rank's training batches of ``epoch`` from its start (the loop's canonical plan)."""
     data = rm.data
-    plans, starts, skips, _ = data.resume_plan(epoch, [], None, data.world_size, data.loader_workers, {})
-    return data.train_batches(epoch, plans, starts, skips)
+    return data.train_batches(epoch)

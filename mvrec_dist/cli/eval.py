@@ -127,7 +127,8 @@ def evaluate(target: str, *, which: str = "best", split: str = "test", overrides
     preflight(absolute_paths(cfg), evaluating=checkpoint)  # fails before any cluster starts
     with ray_session(cfg.ray):
         metrics = run_evaluation(cfg, checkpoint, split, output)
-    shown = {k: v for k, v in metrics.items() if "@" in k}
-    print("result:", json.dumps({**shown, "users": metrics.get("users"), "step": metrics.get("step"),
+    shown = {m.name: metrics[m.name] for m in cfg.metrics if m.name in metrics}
+    counted = {k: metrics[k] for k in ("users", "items") if k in metrics}
+    print("result:", json.dumps({**shown, **counted, "step": metrics.get("step"),
                                  "split": split, "checkpoint": checkpoint, "written_to": output}, indent=1))
     return 0

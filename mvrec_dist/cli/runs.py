@@ -28,11 +28,15 @@ def _parser(prog: str, *, json_help: str) -> CommandParser:
     return parser
 
 
+_NOT_METRICS = ("users", "items", "seconds", "step", "epoch", "best_epoch")
+
+
 def _fmt_metrics(metrics: dict | None, keys: Sequence[str] | None = None) -> str:
     if not metrics:
         return "-"
-    # hr@10 ndcg@10 hr@20 ndcg@20: the order of the training's own progress lines.
-    keys = keys or sorted((k for k in metrics if "@" in k), key=lambda k: (int(k.split("@")[1]), k))
+    # The task's metrics in its display order (hr@10 ndcg@10 hr@20 ndcg@20 for next-item); when the
+    # run's config could not be read, every numeric entry that is not a count or a time.
+    keys = keys or [k for k, v in metrics.items() if isinstance(v, (int, float)) and k not in _NOT_METRICS]
     return " ".join(f"{k} {metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), (int, float)))
 
 
@@ -94,11 +98,13 @@ def format_run(r, *, now: float | None = None) -> str:
     if not r.checkpoints:
         lines.append("  none")
     lines.append(f"best valid (by {r.select_metric}"
-                 + (f", epoch {r.best_epoch}" if r.best_epoch is not None else "") + f"): {_fmt_metrics(r.best_valid)}")
-    lines.append(f"test: {_fmt_metrics(r.test)}")
+                 + (f", epoch {r.best_epoch}" if r.best_epoch is not None else "")
+                 + f"): {_fmt_metrics(r.best_valid, r.metric_names)}")
+    lines.append(f"test: {_fmt_metrics(r.test, r.metric_names)}")
     if r.history:
         lines.append("validations:")
-        lines += [f"  epoch {h['epoch']} step {h['step']}: {_fmt_metrics(h['metrics'])}" for h in r.history]
+        lines += [f"  epoch {h['epoch']} step {h['step']}: {_fmt_metrics(h['metrics'], r.metric_names)}"
+                  for h in r.history]
     if r.result:
         res = r.result
         lines.append(f"throughput: {res.get('sequences_per_s', 0):,.0f} sequences/s, "
@@ -108,7 +114,8 @@ def format_run(r, *, now: float | None = None) -> str:
             gpu = f", peak GPU {res['peak_gpu_mib_max']:,.0f} MiB" if "peak_gpu_mib_max" in res else ""
             lines.append(f"memory: peak RSS {res['peak_rss_mib_max']:,.0f} MiB (largest rank){gpu}")
     for name, ev in sorted(r.evals.items()):
-        lines.append(f"eval {name}: {_fmt_metrics(ev)} ({ev.get('users', '?')} users)")
+        noun = "items" if "items" in ev else "users"
+        lines.append(f"eval {name}: {_fmt_metrics(ev, r.metric_names)} ({ev.get(noun, '?')} {noun})")
     lines.append(f"logs: {r.uri.rstrip('/')}/logs/metrics.jsonl, {r.uri.rstrip('/')}/logs/tensorboard/")
     return "\n".join(lines)
 

@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "mvrec train", descri
     if args.print_config:
         print(resolved_yaml(args.config), end="")
         return 0
-    return guarded(prog, args.debug, lambda: _show(train(args.config)))
+    return guarded(prog, args.debug, lambda: _show(args.config, train(args.config)))
 
 
 def train(cfg: TrainJobConfig) -> dict:
@@ -79,8 +79,10 @@ def train(cfg: TrainJobConfig) -> dict:
         return run_training(cfg)
 
 
-def _show(metrics: dict) -> int:
-    shown = {k: v for k, v in metrics.items() if k.startswith(("test/", "valid/")) and "@" in k}
+def _show(cfg: TrainJobConfig, metrics: dict) -> int:
+    names = [m.name for m in cfg.metrics]
+    shown = {f"{split}/{n}": metrics[f"{split}/{n}"] for split in ("valid", "test") for n in names
+             if f"{split}/{n}" in metrics}
     print("result:", json.dumps({**shown, "sequences_per_s": metrics.get("sequences_per_s"),
                                  "targets_per_s": metrics.get("targets_per_s"),
                                  "peak_rss_mib_max": metrics.get("peak_rss_mib_max"),

@@ -13,10 +13,11 @@ stages of R3D-18 and the last 2 transformer layers of VideoMAE) and ``full``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from mvrec_dist.config.fields import Problems, setting
-from mvrec_dist.config.model import ContentEncoderConfig
+from mvrec_dist.config.load import config_to_dict
+from mvrec_dist.config.model import ContentEncoderConfig, ContentKind
 
 __all__ = ["VideoEncoderConfig", "VideoResNetConfig", "R3D18Config", "R2Plus1D18Config", "FrameCNNConfig",
            "VideoMAEConfig"]
@@ -40,6 +41,32 @@ class VideoEncoderConfig(ContentEncoderConfig):
     def num_blocks(self) -> int:
         """Blocks the fine-tuning modes count, bottom to top (each variant defines its own)."""
         raise NotImplementedError
+
+    @property
+    def content_kind(self) -> ContentKind:
+        """Video encoders read decoded frames."""
+        return "frames"
+
+    @property
+    def content_shape(self) -> tuple[int, ...]:
+        """``[F, S, S, 3]``: the frames the dataset's content split must hold."""
+        return (self.frames, self.size, self.size, 3)
+
+    @property
+    def cached_features(self) -> bool:
+        """The frozen trunk's output comes from a feature store (``cached_trunk``)."""
+        return self.cached_trunk
+
+    def cache_problems(self) -> list[str]:
+        """A trunk exists to cache unless every block trains."""
+        if self.finetune == "full":
+            return ["finetune: 'full' trains every block, so there is no frozen trunk to cache; use 'frozen' or 'top'"]
+        return []
+
+    def cache_identity(self) -> dict[str, Any]:
+        """Frames and size fix the trunk's input (the keys feature stores have always recorded)."""
+        return {"frames": self.frames, "size": self.size,
+                "encoder": {k: v for k, v in config_to_dict(self).items() if k != "cached_trunk"}}
 
     def _common_checks(self, p: Problems) -> None:
         p.check(self.frames >= 1, "frames", f"must be >= 1, got {self.frames}")

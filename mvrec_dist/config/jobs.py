@@ -13,6 +13,7 @@ from mvrec_dist.config.ingest import IngestConfig, SyntheticConfig, VideoIngestC
 from mvrec_dist.config.model import ModelConfig
 from mvrec_dist.config.parallel import ParallelConfig
 from mvrec_dist.config.runtime import RayConfig
+from mvrec_dist.config.task import MetricSpec, NextItemTaskConfig, TaskConfig
 from mvrec_dist.config.train import TrainConfig
 
 __all__ = ["IngestJobConfig", "TrainJobConfig"]
@@ -38,6 +39,8 @@ class IngestJobConfig:
 class TrainJobConfig:
     """``jobs/train_videorec.py``: distributed training, validation and test of a recommender."""
 
+    task: TaskConfig = setting(
+        factory=NextItemTaskConfig, doc="What the run learns; 'name' picks next_item (default) or item_popularity.")
     data: DataConfig = setting(factory=DataConfig, doc="Dataset and batching.")
     model: ModelConfig = setting(factory=ModelConfig, doc="Item tower, user encoder and loss.")
     parallel: ParallelConfig = setting(factory=ParallelConfig, doc="Workers, sharding and ZeRO.")
@@ -52,11 +55,27 @@ class TrainJobConfig:
         p.check(self.train.batch_size % self.parallel.num_workers == 0, "train.batch_size",
                 f"{self.train.batch_size} does not split evenly over parallel.num_workers="
                 f"{self.parallel.num_workers}")
-        cached = getattr(self.model.content_encoder, "cached_trunk", False) and self.model.item_tower != "id"
-        p.check(not cached or bool(self.data.content_features), "data.content_features",
-                "must name the trunk-feature store when model.content_encoder.cached_trunk is true "
-                "(jobs/cache_trunk_features.py writes it)")
+        p.check(not self.model.uses_cached_features or bool(self.data.content_features), "data.content_features",
+                "must name the trunk-feature store when the content encoder's features are cached "
+                "(video: model.content_encoder.cached_trunk=true; jobs/cache_trunk_features.py writes it)")
+        p.check(self.task.name != "item_popularity" or not self.model.uses_content, "model.item_tower",
+                "task item_popularity trains on the ID table only in this version (content towers for a "
+                f"regression task arrive with MMRA); set model.item_tower=id, got {self.model.item_tower!r}")
+        names = [m.name for m in self.task.metrics(self.eval.ks)]
+        p.check(self.eval.select_metric is None or self.eval.select_metric in names, "eval.select_metric",
+                f"must be a metric of task '{self.task.name}': one of {names}, got {self.eval.select_metric!r}")
         p.raise_if_any()
+
+    @property
+    def metrics(self) -> tuple[MetricSpec, ...]:
+        """The task's validation/test metrics, in display order."""
+        return self.task.metrics(self.eval.ks)
+
+    @property
+    def select_metric(self) -> MetricSpec:
+        """The metric that selects the best epoch and drives early stopping (with its direction)."""
+        name = self.eval.select_metric or self.task.default_select_metric(self.eval.ks)
+        return next(m for m in self.metrics if m.name == name)
 
     @property
     def batch_size_per_worker(self) -> int:

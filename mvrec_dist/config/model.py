@@ -9,15 +9,21 @@ component (MTIN, FRAME, a title-text tower) arrives as one config subclass plus 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, get_args
 
 from mvrec_dist.config.fields import Problems, setting
+from mvrec_dist.config.load import config_to_dict
 
 __all__ = [
     "UserEncoderConfig", "SASRecConfig", "GRU4RecConfig", "NextItNetConfig",
     "LossConfig", "FullSoftmaxConfig", "InBatchSoftmaxConfig", "SampledSoftmaxConfig",
-    "ContentEncoderConfig", "ModelConfig",
+    "ContentKind", "CONTENT_KINDS", "ContentEncoderConfig", "ModelConfig",
 ]
+
+ContentKind = Literal["frames", "tokens", "features"]
+"""What an item-content store holds per item: ``uint8 [F, S, S, 3]`` video frames, ``int [T]`` padded
+token ids, or float precomputed features (``mvrec_dist.data.content_store`` checks each kind's arrays)."""
+CONTENT_KINDS: tuple[str, ...] = get_args(ContentKind)
 
 
 # ---------------------------------------------------------------- user encoders
@@ -150,7 +156,48 @@ class ContentEncoderConfig:
     """Base of the item-content encoder variants (video encoders, title text); ``name`` selects one.
 
     Variants live in ``mvrec_dist.config.content`` so that each content modality owns its file.
+    Every variant answers the properties below; the rest of the package asks them instead of
+    testing for a modality's fields. An encoder whose bottom part never trains may have that
+    part's output cached ("frozen encoder -> cached features", ``mvrec_dist.features``): it then
+    overrides ``cached_features``, ``cache_problems`` and ``cache_identity``, and its module
+    ``ContentEncoder.cache_split`` (``mvrec_dist.models.item_encoders``).
     """
+
+    @property
+    def content_kind(self) -> ContentKind:
+        """The kind of content the encoder reads from the dataset's content split."""
+        raise NotImplementedError(f"{type(self).__name__} must say which content kind it reads")
+
+    @property
+    def content_shape(self) -> tuple[int, ...] | None:
+        """Per-item shape of that content the encoder takes (checked against the store), None for any."""
+        return None
+
+    @property
+    def cached_features(self) -> bool:
+        """Whether the encoder's frozen part is replaced by its stored output (a feature store)."""
+        return False
+
+    def cache_problems(self) -> list[str]:
+        """Why this encoder has no frozen part whose output could be cached (empty when it has one).
+
+        Returns:
+            ``"<field>: <message>"`` problems, keys relative to the encoder's config section.
+        """
+        return [f"name: {getattr(self, 'name', type(self).__name__)!r} has no frozen part whose output "
+                "could be cached"]
+
+    def cache_identity(self) -> dict[str, Any]:
+        """This config's part of a feature store's identity (``mvrec_dist.features.identity``).
+
+        Returns:
+            The settings that fix the frozen part's input, each under its own key (a store whose
+            value differs is refused), and ``encoder``: the settings for reference. A variant with
+            a switch that turns caching on leaves it out of ``encoder`` (the same features serve
+            both settings of it; video: ``cached_trunk``).
+        """
+        shape = self.content_shape
+        return {"content_shape": None if shape is None else list(shape), "encoder": config_to_dict(self)}
 
 
 # ---------------------------------------------------------------- the model
@@ -174,12 +221,34 @@ class ModelConfig:
         heads = getattr(self.user_encoder, "num_heads", 1)
         p.check(self.embedding_dim % heads == 0, "user_encoder.num_heads",
                 f"{heads} heads do not divide embedding_dim {self.embedding_dim}")
-        uses_content = self.item_tower != "id"
-        p.check(not uses_content or self.content_encoder is not None, "content_encoder",
+        p.check(not self.uses_content or self.content_encoder is not None, "content_encoder",
                 f"item_tower '{self.item_tower}' needs a content_encoder")
-        p.check(uses_content or self.content_encoder is None, "content_encoder",
+        p.check(self.uses_content or self.content_encoder is None, "content_encoder",
                 "is set but item_tower is 'id'; set item_tower to 'content' or 'id+content'")
-        p.check(not (uses_content and isinstance(self.loss, FullSoftmaxConfig)), "loss.name",
+        p.check(not (self.uses_content and isinstance(self.loss, FullSoftmaxConfig)), "loss.name",
                 "full_softmax needs every item's representation each step; with a content tower use "
                 "inbatch_softmax or sampled_softmax")
         p.raise_if_any()
+
+    # The item-tower mode is asked through these properties, never compared as a string elsewhere.
+    @property
+    def uses_id_table(self) -> bool:
+        """Whether items have a row in the ID table ('id' and 'id+content')."""
+        return self.item_tower != "content"
+
+    @property
+    def uses_content(self) -> bool:
+        """Whether the item tower reads item content through a content encoder ('content', 'id+content')."""
+        return self.item_tower != "id"
+
+    @property
+    def uses_cached_features(self) -> bool:
+        """Whether that content is the encoder's cached frozen-part output (a feature store)."""
+        return self.uses_content and self.content_encoder is not None and self.content_encoder.cached_features
+
+    @property
+    def content_kind(self) -> ContentKind | None:
+        """What the item tower's store must hold: None (ID only), 'features' (cached), else the encoder's kind."""
+        if not self.uses_content or self.content_encoder is None:
+            return None
+        return "features" if self.uses_cached_features else self.content_encoder.content_kind

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
-    "SequenceBatch", "EvalBatch", "training_windows", "collate_train", "dummy_batch",
+    "TensorBatch", "SequenceBatch", "EvalBatch", "training_windows", "collate_train", "dummy_batch",
     "collate_eval", "negative_sampling_probs",
 ]
 
@@ -33,8 +33,48 @@ def _move(value: Any, fn) -> Any:
     return fn(value) if isinstance(value, Tensor) else value
 
 
+class TensorBatch:
+    """What every training batch (a dataclass of tensors) can do: move, pin, be marked as used by a stream.
+
+    Fields named in ``kept`` (cursors, provenance) are shared by the copies, never moved.
+    """
+
+    kept: ClassVar[tuple[str, ...]] = ("cursor", "provenance")
+
+    def to(self, device: torch.device | str, non_blocking: bool = False):
+        """Return a copy with every tensor moved to ``device``.
+
+        Args:
+            device: Target device.
+            non_blocking: Passed to ``Tensor.to`` (asynchronous copies from pinned memory).
+
+        Returns:
+            A new batch of the same type; ``kept`` fields are shared, not copied.
+        """
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self):
+        """Return a copy whose tensors live in page-locked memory (DataLoader ``pin_memory``)."""
+        return self._map(lambda t: t.pin_memory())
+
+    def record_stream(self, stream: torch.Stream) -> None:
+        """Mark every tensor as in use by ``stream`` (CUDA caching allocator; TorchRec's train pipeline calls it).
+
+        Args:
+            stream: The CUDA stream that will read the tensors.
+        """
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Tensor):
+                value.record_stream(stream)
+
+    def _map(self, fn):
+        return dataclasses.replace(self, **{f.name: _move(getattr(self, f.name), fn)
+                                            for f in dataclasses.fields(self) if f.name not in self.kept})
+
+
 @dataclass
-class SequenceBatch:
+class SequenceBatch(TensorBatch):
     """One training step's sequences (see ``docs/DESIGN.md``, "Training batches").
 
     Attributes:
@@ -72,38 +112,6 @@ class SequenceBatch:
     def max_seq_len(self) -> int:
         """L: history positions the user encoder sees (``items`` has L+1 columns)."""
         return self.items.shape[1] - 1
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "SequenceBatch":
-        """Return a copy with every tensor moved to ``device``.
-
-        Args:
-            device: Target device.
-            non_blocking: Passed to ``Tensor.to`` (asynchronous copies from pinned memory).
-
-        Returns:
-            A new ``SequenceBatch``; ``cursor`` is shared, not copied.
-        """
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> "SequenceBatch":
-        """Return a copy whose tensors live in page-locked memory (DataLoader ``pin_memory``)."""
-        return self._map(lambda t: t.pin_memory())
-
-    def record_stream(self, stream: torch.Stream) -> None:
-        """Mark every tensor as in use by ``stream`` (CUDA caching allocator; TorchRec's train pipeline calls it).
-
-        Args:
-            stream: The CUDA stream that will read the tensors.
-        """
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, Tensor):
-                value.record_stream(stream)
-
-    def _map(self, fn) -> "SequenceBatch":
-        return dataclasses.replace(self, **{f.name: _move(getattr(self, f.name), fn)
-                                            for f in dataclasses.fields(self)
-                                            if f.name not in ("cursor", "provenance")})
 
 
 @dataclass

@@ -1,13 +1,19 @@
-"""Random access to an item's content by dense id: video frames, or cached trunk features.
+"""Random access to an item's content by dense id: video frames, token ids or precomputed features.
 
-Design: the content shards are the store. Every content (or trunk-feature) shard is an
-uncompressed tar whose per-item arrays start at known, 64-byte aligned offsets, recorded at
-ingestion time in ``index.npy`` (``mvrec_dist.data.ingest.array_shards``). Reading item ``i`` is
-one ``mmap`` slice of its shard (local disk or a shared filesystem: the page cache is the node's
-cache, shared by every rank and loader worker of the node) or one range read (object stores). So
-there is no second copy of the data to build per node (0.75 MB/item for 5x224x224 frames would
-be ~860 GB for the full MicroLens), nothing to rebuild when content changes, and memory is the
-index (16 bytes/item) plus the pages actually touched.
+Design: the content shards are the store. Every content (or feature) shard is an uncompressed
+tar whose per-item arrays start at known, 64-byte aligned offsets, recorded at ingestion time in
+``index.npy`` (``mvrec_dist.data.ingest.array_shards``). Reading item ``i`` is one ``mmap`` slice
+of its shard (local disk or a shared filesystem: the page cache is the node's cache, shared by
+every rank and loader worker of the node) or one range read (object stores). So there is no
+second copy of the data to build per node (0.75 MB/item for 5x224x224 frames would be ~860 GB for
+the full MicroLens), nothing to rebuild when content changes, and memory is the index (16
+bytes/item) plus the pages actually touched.
+
+One store class serves every content kind (``ContentKind``): the kind, dtype and per-item shape
+come from the manifest (a dataset's ``content`` section, whose ``kind`` defaults to ``'frames'``
+for manifests written before kinds existed; a feature store always holds ``'features'``), and
+``CONTENT_KIND_RULES`` says which arrays each kind may hold and how messages name it. Adding a
+kind is one entry there plus the ``ContentKind`` literal (``mvrec_dist.config.model``).
 
 A ``ContentStore`` holds no open file when pickled, so the loader's worker processes each open
 their own (lazily, at most ``max_open`` shards at once).
@@ -22,21 +28,98 @@ import mmap
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from mvrec_dist.config.model import CONTENT_KINDS, ContentKind
 from mvrec_dist.data import fs as dfs
 from mvrec_dist.data.manifest import Manifest
 
-__all__ = ["ContentStore", "ContentStoreError", "FEATURES_KIND", "FEATURES_MANIFEST", "load_features_manifest"]
+__all__ = ["ContentStore", "ContentStoreError", "ContentSpec", "ContentKindRules", "CONTENT_KIND_RULES",
+           "content_spec", "FEATURES_KIND", "FEATURES_MANIFEST", "load_features_manifest"]
 
 FEATURES_KIND = "mvrec_dist.trunk_features"
+"""The ``kind`` of a feature store's manifest (the file's type; its content kind is ``'features'``)."""
 FEATURES_MANIFEST = "manifest.json"
 
 
 class ContentStoreError(ValueError):
     """Content cannot be served as asked (absent split, stale index, an item without content)."""
+
+
+@dataclass(frozen=True)
+class ContentKindRules:
+    """What one content kind's arrays may be, and how messages name it."""
+
+    noun: str
+    """Names the content in messages ("needs video content")."""
+    ingest: str
+    """How a dataset gets this content (the command a message suggests)."""
+    accepts: Callable[[tuple[int, ...], np.dtype], bool]
+    """Whether an item array of this shape and dtype is of this kind."""
+    layout: str
+    """The accepted arrays, for messages."""
+    describe: Callable[[tuple[int, ...]], str]
+    """One item's shape in words ("5 frames of 224x224")."""
+
+
+CONTENT_KIND_RULES: dict[str, ContentKindRules] = {
+    "frames": ContentKindRules(
+        noun="video", ingest="jobs/ingest_microlens.py with video.enabled=true video.videos=<dir>",
+        accepts=lambda shape, dtype: dtype == np.uint8 and len(shape) == 4 and shape[3] == 3,
+        layout="uint8 [F, S, S, 3]", describe=lambda shape: f"{shape[0]} frames of {shape[1]}x{shape[2]}"),
+    "tokens": ContentKindRules(
+        noun="token-id", ingest="an ingestion that writes token ids (none does yet)",
+        accepts=lambda shape, dtype: np.issubdtype(dtype, np.integer) and len(shape) == 1,
+        layout="int [T] (padded)", describe=lambda shape: f"{shape[0]} token ids"),
+    "features": ContentKindRules(
+        noun="feature", ingest="an ingestion that writes precomputed features (none does yet)",
+        accepts=lambda shape, dtype: np.issubdtype(dtype, np.floating),
+        layout="float [...]", describe=lambda shape: f"features of shape {list(shape)}"),
+}
+
+
+@dataclass(frozen=True)
+class ContentSpec:
+    """What a store holds per item: its kind, shape and dtype."""
+
+    kind: ContentKind
+    shape: tuple[int, ...]
+    dtype: str
+
+    def describe(self) -> str:
+        """The item shape in words (``CONTENT_KIND_RULES[kind].describe``)."""
+        return CONTENT_KIND_RULES[self.kind].describe(self.shape)
+
+
+def _checked_spec(kind: str, shape: Any, dtype: str, name: str) -> ContentSpec:
+    rules = CONTENT_KIND_RULES.get(kind)
+    if rules is None:
+        raise ContentStoreError(f"{name}: unknown content kind {kind!r} (known: {', '.join(CONTENT_KINDS)})")
+    spec = ContentSpec(kind, tuple(int(d) for d in shape), str(np.dtype(dtype)))
+    if not rules.accepts(spec.shape, np.dtype(spec.dtype)):
+        raise ContentStoreError(f"{name}: {kind} content must be {rules.layout}, got {spec.dtype} {list(spec.shape)}")
+    return spec
+
+
+def content_spec(manifest: Manifest) -> ContentSpec:
+    """What a dataset's ``content`` split holds per item, from its manifest alone (nothing else is read).
+
+    Args:
+        manifest: The dataset's manifest.
+
+    Returns:
+        The ``ContentSpec`` (kind ``'frames'`` when the manifest predates content kinds).
+
+    Raises:
+        ContentStoreError: when the dataset has no content split, or its arrays do not fit its kind.
+    """
+    content = manifest.data.get("content")
+    if not manifest.has_split("content") or content is None:
+        raise ContentStoreError(f"{manifest.root}: the dataset has no item content; ingest it first (video frames: "
+                                "jobs/ingest_microlens.py video.enabled=true video.videos=<dir>)")
+    return _checked_spec(content.get("kind", "frames"), content["shape"], content["dtype"], f"{manifest.root} content")
 
 
 def _read(uri: str) -> bytes:
@@ -45,7 +128,7 @@ def _read(uri: str) -> bytes:
 
 
 def load_features_manifest(features_dir: str) -> dict:
-    """Read a trunk-feature store's ``manifest.json`` (written by ``mvrec_dist.features``).
+    """Read a feature store's ``manifest.json`` (written by ``mvrec_dist.features``).
 
     Args:
         features_dir: The store directory (local or URI).
@@ -54,7 +137,7 @@ def load_features_manifest(features_dir: str) -> dict:
         The manifest dict.
 
     Raises:
-        ContentStoreError: when it is missing or is not a trunk-feature manifest.
+        ContentStoreError: when it is missing or is not a feature-store manifest.
     """
     uri = f"{features_dir.rstrip('/')}/{FEATURES_MANIFEST}"
     try:
@@ -86,14 +169,16 @@ class ContentStore:
         shards: Relative shard paths, in shard-index order.
         shard_bytes: Size of each shard (checked when a shard is opened).
         index: ``int64 [N+1, 2]`` ``(shard, data offset)`` per dense id, ``-1`` without content.
-        shape: Shape of one item's array (frames ``[F, S, S, 3]``; features e.g. ``[C, T, H, W]``).
-        dtype: Its dtype (``uint8`` frames, ``float16``/``float32`` features).
+        kind: What the arrays are (``ContentKind``): ``'frames'``, ``'tokens'`` or ``'features'``.
+        shape: Shape of one item's array (frames ``[F, S, S, 3]``; tokens ``[T]``; features e.g. ``[C, T, H, W]``).
+        dtype: Its dtype (``uint8`` frames, an int dtype for tokens, ``float16``/``float32`` features).
         name: What the store holds, for messages.
         max_open: Shards kept open (mmapped) at once per process.
     """
 
-    def __init__(self, *, root: str, shards: list[str], shard_bytes: list[int], index: np.ndarray,
+    def __init__(self, *, root: str, shards: list[str], shard_bytes: list[int], index: np.ndarray, kind: ContentKind,
                  shape: tuple[int, ...], dtype: str, name: str, max_open: int = 128):
+        self.spec = _checked_spec(kind, shape, dtype, name)
         index = np.asarray(index)
         if index.ndim != 2 or index.shape[1] != 2 or index.dtype != np.int64:
             raise ContentStoreError(f"{name}: index must be int64 [N+1, 2], got {index.dtype} {index.shape}")
@@ -103,7 +188,7 @@ class ContentStore:
         if used.max(initial=-1) >= len(shards):
             raise ContentStoreError(f"{name}: index names shard {int(used.max())} of {len(shards)}")
         self.layout = _Layout(root.rstrip("/"), tuple(shards), tuple(int(b) for b in shard_bytes),
-                              tuple(int(d) for d in shape), str(np.dtype(dtype)))
+                              self.spec.shape, self.spec.dtype)
         self.index = index
         self.name = name
         self.max_open = max_open
@@ -117,52 +202,55 @@ class ContentStore:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def frames(cls, manifest: Manifest, **kwargs: Any) -> "ContentStore":
-        """The decoded video frames of a dataset's ``content`` split.
+    def from_dataset(cls, manifest: Manifest, **kwargs: Any) -> "ContentStore":
+        """The dataset's ``content`` split, of whatever kind its manifest says (``content_spec``).
 
         Args:
             manifest: The dataset's manifest.
             **kwargs: ``max_open``.
 
         Returns:
-            A store of ``uint8 [F, S, S, 3]`` frames.
+            A store of the content split's arrays (``uint8 [F, S, S, 3]`` frames for video ingestion).
 
         Raises:
             ContentStoreError: when the dataset has no content split or its index does not verify.
         """
-        content = manifest.data.get("content")
-        if not manifest.has_split("content") or content is None:
-            raise ContentStoreError(f"{manifest.root}: the dataset has no video content; ingest it with "
-                                    "jobs/ingest_microlens.py video.enabled=true video.videos=<dir>")
+        spec = content_spec(manifest)
+        content = manifest.data["content"]
         index = _load_index(manifest.root, content["index"], manifest.data["files"].get(content["index"], {}))
         _check_rows(index, manifest.num_items, manifest.root)
         shards = manifest.shards("content")
         return cls(root=manifest.root, shards=[s.path for s in shards], shard_bytes=[s.bytes for s in shards],
-                   index=index, shape=tuple(content["shape"]), dtype=content["dtype"],
+                   index=index, kind=spec.kind, shape=spec.shape, dtype=spec.dtype,
                    name=f"{manifest.root} content", **kwargs)
 
     @classmethod
-    def trunk_features(cls, features_dir: str, **kwargs: Any) -> "ContentStore":
-        """A trunk-feature store (``jobs/cache_trunk_features.py``).
+    def from_features(cls, features_dir: str, **kwargs: Any) -> "ContentStore":
+        """A feature store (``jobs/cache_trunk_features.py``): the cached output of an encoder's frozen part.
 
         Args:
             features_dir: The store directory.
             **kwargs: ``max_open``.
 
         Returns:
-            A store of per-item trunk outputs.
+            A store of kind ``'features'``; ``store.manifest`` is the store's manifest (with its identity).
         """
         m = load_features_manifest(features_dir)
         index = _load_index(features_dir, m["index"], m["files"].get(m["index"], {}))
         _check_rows(index, int(m["counts"]["items"]), features_dir)
         shards = m["splits"]["features"]["shards"]
         store = cls(root=features_dir, shards=[s["path"] for s in shards], shard_bytes=[s["bytes"] for s in shards],
-                    index=index, shape=tuple(m["shape"]), dtype=m["dtype"], name=f"{features_dir} trunk features",
-                    **kwargs)
+                    index=index, kind="features", shape=tuple(m["shape"]), dtype=m["dtype"],
+                    name=f"{features_dir} trunk features", **kwargs)
         store.manifest = m
         return store
 
     # ------------------------------------------------------------------ reading
+    @property
+    def kind(self) -> ContentKind:
+        """What the arrays are (``'frames'``, ``'tokens'``, ``'features'``)."""
+        return self.spec.kind
+
     @property
     def shape(self) -> tuple[int, ...]:
         """Shape of one item's array."""

@@ -11,18 +11,17 @@ size skips exactly that much; on another world size the rest of the epoch is re-
 from __future__ import annotations
 
 import zlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mvrec_dist.config.jobs import TrainJobConfig
-from mvrec_dist.config.model import FullSoftmaxConfig, SampledSoftmaxConfig
 from mvrec_dist.data.content_store import ContentStore
 from mvrec_dist.data.cursor import DataCursor
 from mvrec_dist.data.batch import (EvalBatch, SequenceBatch, collate_eval, collate_train, dummy_batch,
-                                   negative_sampling_probs, training_windows)
+                                   training_windows)
 from mvrec_dist.data.manifest import Manifest
 from mvrec_dist.data.plan import Chunk, epoch_plan, eval_plan, num_consumers, redistribute, skip_consumed
 from mvrec_dist.data.reader import ShardReader
@@ -162,10 +161,15 @@ class TrainData:
         pin_memory: Pin batches for asynchronous host-to-device copies (CUDA).
         content_store: Frames or cached trunk features of the items, for content towers; every
             training batch then carries the content of its unique items (loaded in the loader workers).
+        gather: All-gather of a ``[R_r, C]`` tensor over ranks in rank order (``state_dict`` on
+            several ranks gathers every consumer's cursor with it).
     """
 
     def __init__(self, cfg: TrainJobConfig, manifest: Manifest, *, rank: int, world_size: int,
-                 pin_memory: bool = False, content_store: ContentStore | None = None):
+                 pin_memory: bool = False, content_store: ContentStore | None = None,
+                 gather: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        from mvrec_dist.models.builders import collate_options
+
         self.cfg = cfg
         self.content_store = content_store
         self.manifest = manifest
@@ -176,12 +180,15 @@ class TrainData:
         self.num_items = manifest.num_items
         self.item_train_counts = load_item_train_counts(manifest)
         self.train_counts = [s.samples for s in manifest.shards("train")]
-        loss = cfg.model.loss
-        self._all_items = isinstance(loss, FullSoftmaxConfig)
-        self._negatives = loss.num_negatives if isinstance(loss, SampledSoftmaxConfig) else 0
-        self._sampler_probs = (negative_sampling_probs(loss.sampler, self.item_train_counts)
-                               if isinstance(loss, SampledSoftmaxConfig) else None)
+        # What the loss needs collated (every item, sampled negatives) is decided by the model's config.
+        self._collate = collate_options(cfg.model, self.item_train_counts)
         self._eval_cache: dict[str, list[EvalBatch]] = {}
+        self._gather = gather
+        self._loaded: dict[str, Any] | None = None
+        self._epoch = 0
+        self._cursors: dict[int, DataCursor] = {}
+        self._plan: list[list[Chunk]] | None = None
+        self._skips: dict[int, int] = {}
 
     @property
     def consumers_per_rank(self) -> int:
@@ -191,8 +198,8 @@ class TrainData:
     def _settings(self, epoch: int) -> dict[str, Any]:
         return {"max_seq_len": self.cfg.data.max_seq_len, "mode": self.cfg.data.train_windows,
                 "batch_size": self.cfg.batch_size_per_worker, "num_items": self.num_items,
-                "negatives": self._negatives, "sampler_probs": self._sampler_probs,
-                "all_items": self._all_items, "seed": self.cfg.train.seed, "epoch": epoch,
+                "negatives": self._collate["negatives"], "sampler_probs": self._collate["sampler_probs"],
+                "all_items": self._collate["all_items"], "seed": self.cfg.train.seed, "epoch": epoch,
                 "content": self.content_store}
 
     def canonical_plan(self, epoch: int, world_size: int, loader_workers: int) -> list[list[Chunk]]:
@@ -244,9 +251,79 @@ class TrainData:
         plans = redistribute(old_plans, consumed, mine)
         return plans, [DataCursor(c, 0, 0, 0) for c in range(mine)], skips, True
 
-    def train_batches(self, epoch: int, plans: list[list[Chunk]], starts: list[DataCursor],
-                      window_skips: dict[int, int]) -> Iterator[SequenceBatch]:
-        """This rank's training batches for (the rest of) ``epoch``, in a deterministic order."""
+    # ------------------------------------------------------------------ the stream and its state
+    def train_batches(self, epoch: int) -> Iterator[SequenceBatch]:
+        """This rank's training batches for (the rest of) ``epoch``, in a deterministic order.
+
+        Starts where ``load_state_dict`` left the stream when the loaded state is of this epoch
+        (on any world size or loader-worker count), at the epoch's start otherwise. Call
+        ``record(batch)`` after each batch's step ran, so ``state_dict`` knows what was consumed.
+        """
+        saved = self._loaded if self._loaded is not None and self._loaded.get("epoch") == epoch else None
+        self._loaded = None
+        if saved is None:
+            cursors, plan, world, workers, skips = [], None, self.world_size, self.loader_workers, {}
+        else:
+            cursors = [DataCursor.from_dict(c) for c in saved.get("cursors", [])]
+            plan, skips = saved.get("plan"), {int(k): v for k, v in saved.get("window_skips", {}).items()}
+            world, workers = int(saved.get("world_size", 1)), int(saved.get("loader_workers", 0))
+        plans, starts, skips, replanned = self.resume_plan(epoch, cursors, plan, world, workers, skips)
+        per_rank = self.consumers_per_rank
+        self._epoch, self._skips = epoch, skips
+        self._plan = plans if replanned else None
+        self._cursors = {c.consumer: c for c in starts[self.rank * per_rank:(self.rank + 1) * per_rank]}
+        return self._stream(epoch, plans, starts, skips)
+
+    def record(self, batch: SequenceBatch | None) -> None:
+        """Note that ``batch`` (a batch of ``train_batches``; None for a dummy) was trained on."""
+        if batch is not None and batch.cursor is not None:
+            self._cursors[batch.cursor.consumer] = batch.cursor
+
+    def end_epoch(self) -> None:
+        """The epoch in progress is finished: the stream's state is the start of the next one."""
+        self._epoch += 1
+        self._cursors, self._plan, self._skips = {}, None, {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the stream is, as JSON-able data (collective mid-epoch: every rank's cursors are gathered).
+
+        Returns:
+            ``epoch``; ``cursors`` of every consumer of every rank (empty at an epoch boundary);
+            ``plan`` (the consumers' chunks when not the epoch's canonical plan, after a resume on
+            another world size); ``window_skips``; the ``world_size`` and ``loader_workers`` the
+            cursors refer to.
+        """
+        cursors: list[DataCursor] = []
+        if self._cursors:
+            rows = torch.tensor([[c.consumer, c.samples, c.windows, c.batches] for c in self._cursors.values()],
+                                dtype=torch.long).reshape(-1, 4)
+            if self.world_size > 1:
+                if self._gather is None:
+                    raise RuntimeError("TrainData.state_dict on several ranks needs the gather collective")
+                rows = self._gather(rows).cpu()
+            cursors = sorted((DataCursor(consumer=r[0], samples=r[1], windows=r[2], batches=r[3])
+                              for r in rows.tolist()), key=lambda c: c.consumer)
+        return {"epoch": self._epoch, "cursors": [c.to_dict() for c in cursors],
+                "plan": [[c.to_dict() for c in part] for part in self._plan] if self._plan is not None else None,
+                "window_skips": {str(k): v for k, v in self._skips.items()},
+                "world_size": self.world_size, "loader_workers": self.loader_workers}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from ``state_dict()`` output (of any world size); empty means a fresh start."""
+        self._loaded = dict(state) if state else None
+        if self._loaded is not None:
+            self._epoch = int(self._loaded.get("epoch", 0))
+
+    def describe_state(self) -> str:
+        """One phrase about a loaded state, for the resume message."""
+        if not self._loaded or not self._loaded.get("cursors"):
+            return "at an epoch start"
+        return (f"{len(self._loaded['cursors'])} consumer cursors, written by "
+                f"{self._loaded.get('world_size', 1)} ranks")
+
+    def _stream(self, epoch: int, plans: list[list[Chunk]], starts: list[DataCursor],
+                window_skips: dict[int, int]) -> Iterator[SequenceBatch]:
+        """The batches of this rank's consumers from ``starts`` on."""
         per_rank = self.consumers_per_rank
         settings = self._settings(epoch)
         streams = []
@@ -264,7 +341,7 @@ class TrainData:
 
     def dummy_batch(self) -> SequenceBatch:
         """A batch without targets for a rank whose share of the epoch is used up."""
-        batch = dummy_batch(self.cfg.data.max_seq_len, num_items=self.num_items, all_items=self._all_items)
+        batch = dummy_batch(self.cfg.data.max_seq_len, num_items=self.num_items, all_items=self._collate["all_items"])
         return attach_content(batch, self.content_store)
 
     def estimated_steps_per_epoch(self) -> int:

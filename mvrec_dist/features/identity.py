@@ -1,53 +1,58 @@
-"""Which trunk, content and cut a trunk-feature store was computed with, and the check training does.
+"""Which frozen encoder part, content and cut a feature store was computed with, and the check training does.
 
 A store is valid for a run exactly when the run would compute the same features live: the same
-dataset content (fingerprint and content index checksum), the same trunk function
-(``trunk_digest``: weights, buffers, normalisation, cut), and the same input frames (F, S). Any
-difference fails the run before training with the fields that differ and the command that fixes it.
+dataset content (fingerprint and content index checksum), the same frozen part of the content
+encoder (its module's ``cache_identity``; video: ``trunk_digest`` of weights, buffers,
+normalisation, cut), and the same input (its config's ``cache_identity``; video: frames F and size
+S). Any difference fails the run before training with the fields that differ and the command that
+fixes it. This works for any content encoder whose config declares cached features.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from mvrec_dist.config.jobs import TrainJobConfig
-from mvrec_dist.config.load import config_to_dict
+from mvrec_dist.data.content_store import ContentStoreError, content_spec
 from mvrec_dist.data.manifest import Manifest
-from mvrec_dist.models.item_encoders.video import VideoEncoder, trunk_and_top, trunk_digest, trunk_output_shape
+from mvrec_dist.models.item_encoders.base import ContentEncoder, cached_feature_shape
 from mvrec_dist.models.registry import CONTENT_ENCODERS
 
-__all__ = ["FeatureIdentityError", "build_trunk_encoder", "features_identity", "check_identity", "IDENTITY_KEYS"]
+__all__ = ["FeatureIdentityError", "build_trunk_encoder", "features_identity", "check_identity"]
 
-IDENTITY_KEYS = ("dataset_fingerprint", "content_index_sha256", "trunk_digest", "top_blocks", "frames", "size",
-                 "shape", "dtype")
-"""Fields that must agree between a store and the run using it (``encoder`` is informative)."""
+_INFORMATIVE = ("dtype", "encoder")
+"""Identity fields that may differ between a store and its run: either stored dtype serves, and
+``encoder`` (the settings) is for reference; every other field must agree."""
 
 
 class FeatureIdentityError(ValueError):
-    """A trunk-feature store does not belong to this run's dataset content or trunk."""
+    """A feature store does not belong to this run's dataset content or frozen encoder part."""
 
 
-def build_trunk_encoder(cfg: TrainJobConfig) -> VideoEncoder:
-    """The run's video encoder, initialised exactly as ``build_recommender`` does in the workers.
+def build_trunk_encoder(cfg: TrainJobConfig) -> ContentEncoder:
+    """The run's content encoder, initialised exactly as ``build_recommender`` does in the workers.
 
     The workers seed torch with ``train.seed`` and build the content encoder first, so a randomly
-    initialised trunk is the same here; pretrained weights come from ``checkpoint`` either way.
+    initialised frozen part is the same here; pretrained weights come from ``checkpoint`` either way.
 
     Args:
-        cfg: The training job config (``model.content_encoder`` a video encoder).
+        cfg: The training job config (``model.content_encoder`` one with a frozen part: a video encoder
+            in 'frozen' or 'top' mode).
 
     Returns:
         The encoder on CPU, fine-tuning mode applied.
     """
     enc_cfg = cfg.model.content_encoder
-    if enc_cfg is None or not hasattr(enc_cfg, "cached_trunk"):
-        raise FeatureIdentityError(f"model.content_encoder: trunk features need a video encoder, got "
-                                   f"{type(enc_cfg).__name__}")
+    if enc_cfg is None or enc_cfg.cache_problems():
+        why = "none is set" if enc_cfg is None else "; ".join(enc_cfg.cache_problems())
+        raise FeatureIdentityError(f"model.content_encoder: cached features need an encoder with a frozen part "
+                                   f"(a video encoder in 'frozen' or 'top' mode): {why}")
     torch.manual_seed(cfg.train.seed)
     return CONTENT_ENCODERS.build(enc_cfg)
 
 
-def features_identity(cfg: TrainJobConfig, manifest: Manifest, encoder: VideoEncoder, dtype: str) -> dict:
+def features_identity(cfg: TrainJobConfig, manifest: Manifest, encoder: ContentEncoder, dtype: str) -> dict:
     """What a feature store for this run and dataset must record.
 
     Args:
@@ -57,36 +62,39 @@ def features_identity(cfg: TrainJobConfig, manifest: Manifest, encoder: VideoEnc
         dtype: Stored feature dtype.
 
     Returns:
-        The identity dict (``IDENTITY_KEYS`` plus ``encoder``, the encoder config for reference).
+        The identity dict: dataset fingerprint and content index checksum, the encoder module's and
+        config's ``cache_identity``, the feature ``shape`` and ``dtype`` (for a video encoder the
+        keys stores have always had: ``trunk_digest``, ``top_blocks``, ``frames``, ``size``, and
+        ``encoder``, the settings for reference).
     """
-    content = manifest.data.get("content")
-    if content is None:
-        raise FeatureIdentityError(f"{manifest.root}: the dataset has no video content to compute features from")
+    try:
+        spec = content_spec(manifest)
+    except ContentStoreError:
+        raise FeatureIdentityError(f"{manifest.root}: the dataset has no item content to compute features "
+                                   "from") from None
+    content = manifest.data["content"]
     enc_cfg = cfg.model.content_encoder
-    _, _, k = trunk_and_top(encoder)
+    # The shape the encoder is configured for (the run refuses content of another shape).
+    item_shape = enc_cfg.content_shape or spec.shape
     return {
         "dataset_fingerprint": manifest.data.get("fingerprint"),
         "content_index_sha256": manifest.data["files"][content["index"]]["sha256"],
-        "trunk_digest": trunk_digest(encoder),
-        "top_blocks": k,
-        "frames": enc_cfg.frames,
-        "size": enc_cfg.size,
-        "shape": list(trunk_output_shape(encoder, enc_cfg.frames, enc_cfg.size)),
+        **encoder.cache_identity(),
+        **enc_cfg.cache_identity(),
+        "shape": list(cached_feature_shape(encoder, item_shape, torch.from_numpy(np.zeros(0, spec.dtype)).dtype)),
         "dtype": dtype,
-        "encoder": {k2: v for k2, v in config_to_dict(enc_cfg).items() if k2 != "cached_trunk"},
     }
 
 
 def check_identity(stored: dict, expected: dict, *, where: str) -> None:
-    """Raise when a store's identity differs from the run's in any ``IDENTITY_KEYS`` field (dtype aside).
+    """Raise when a store's identity differs from the run's in any field but ``dtype`` and ``encoder``.
 
     Args:
         stored: The store manifest's ``identity``.
         expected: ``features_identity`` of the run (its ``dtype`` is ignored: either dtype serves).
         where: The store directory, for the message.
     """
-    keys = [k for k in IDENTITY_KEYS if k != "dtype"]
-    differ = [k for k in keys if stored.get(k) != expected.get(k)]
+    differ = [k for k in expected if k not in _INFORMATIVE and stored.get(k) != expected.get(k)]
     if differ:
         shown = "; ".join(f"{k}: store {stored.get(k)!r} vs run {expected.get(k)!r}" for k in differ)
         raise FeatureIdentityError(

@@ -1,8 +1,11 @@
-"""The cached-trunk pass: every item's frozen-trunk output, computed once, stored as feature shards.
+"""The cached-features pass: every item's output of the content encoder's frozen part (video: the
+frozen trunk), computed once, stored as feature shards.
 
+Any content encoder whose config declares cached features takes this path (``ContentEncoder``
+protocol: ``cache_split`` / ``cache_identity``, ``models.item_encoders.base.cached_features``).
 One Ray Data row per content shard; ``map_batches`` runs ``_TrunkWorker`` actors (``concurrency``
 of them, one GPU each with ``trunk_cache.use_gpu``), each of which builds the encoder once, reads
-its shard's frames through the ``ContentStore`` and runs the trunk in batches of
+its shard's content through the ``ContentStore`` and runs the frozen part in batches of
 ``trunk_cache.batch_size`` under ``no_grad`` (eval mode, so frozen BatchNorm uses its running
 statistics, as it does in training). Feature shard ``j`` holds exactly the items of content
 shard ``j``, as ``<key>.feature.npy`` + ``<key>.json``, with the same deterministic tar writer;
@@ -28,14 +31,15 @@ from ray.data import DataContext
 
 from mvrec_dist.config.jobs import TrainJobConfig
 from mvrec_dist.config.load import build_config, config_to_dict
-from mvrec_dist.data.content_store import FEATURES_KIND, ContentStore, ContentStoreError, load_features_manifest
+from mvrec_dist.data.content_store import (CONTENT_KIND_RULES, FEATURES_KIND, ContentStore, ContentStoreError,
+                                           load_features_manifest)
 from mvrec_dist.data.ingest.array_shards import build_index, npy_bytes, render_array_shard
 from mvrec_dist.data.ingest.errors import IngestError, find_ingest_error
 from mvrec_dist.data.ingest.manifest_writer import publish, remove_tree, temp_dir_for
 from mvrec_dist.data.ingest.tar_writer import write_bytes
 from mvrec_dist.data.manifest import SCHEMA_VERSION, ManifestError, load_manifest
 from mvrec_dist.features.identity import build_trunk_encoder, features_identity
-from mvrec_dist.models.item_encoders.video import trunk_features
+from mvrec_dist.models.item_encoders.base import cached_features
 
 __all__ = ["FeaturesResult", "run_trunk_cache", "trunk_cache_problems", "FEATURE_MEMBER"]
 
@@ -62,7 +66,7 @@ class _TrunkWorker:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.encoder = build_trunk_encoder(self.cfg).to(self.device).eval()
-        self.store = ContentStore.frames(load_manifest(self.cfg.data.dataset_dir))
+        self.store = ContentStore.from_dataset(load_manifest(self.cfg.data.dataset_dir))
         self.tmp, self.dtype, self.batch_size = tmp, np.dtype(dtype), batch_size
 
     def __call__(self, batch: dict) -> dict:
@@ -73,8 +77,8 @@ class _TrunkWorker:
             arrays: list[np.ndarray] = []
             for lo in range(0, len(ids), self.batch_size):
                 chunk = ids[lo:lo + self.batch_size]
-                frames = torch.from_numpy(self.store.gather(chunk)).to(self.device)
-                feats = trunk_features(self.encoder, frames).cpu().numpy().astype(self.dtype)  # U,...
+                content = torch.from_numpy(self.store.gather(chunk)).to(self.device)
+                feats = cached_features(self.encoder, content).cpu().numpy().astype(self.dtype)  # U,...
                 bad = ~np.isfinite(feats.reshape(len(chunk), -1)).all(axis=1)
                 if bad.any():
                     raise IngestError(f"item {int(chunk[bad][0])}: trunk feature is not finite in {self.dtype} "
@@ -102,15 +106,16 @@ def trunk_cache_problems(cfg: TrainJobConfig) -> list[str]:
     if not cfg.data.content_features:
         problems.append("data.content_features: set the directory the trunk features go to")
     enc = cfg.model.content_encoder
-    if not hasattr(enc, "cached_trunk"):
-        problems.append(f"model.content_encoder: trunk features need a video encoder, got {type(enc).__name__}")
-    elif enc.finetune == "full":
-        problems.append("model.content_encoder.finetune: 'full' trains every block, so there is no frozen trunk "
-                        "to cache; use 'frozen' or 'top'")
+    if enc is None:
+        problems.append("model.content_encoder: set the encoder whose frozen part's output is cached "
+                        "(a video encoder in 'frozen' or 'top' mode)")
+    else:
+        problems += [f"model.content_encoder.{p}" for p in enc.cache_problems()]
     try:
-        if not load_manifest(cfg.data.dataset_dir).has_split("content"):
-            problems.append(f"data.dataset_dir: {cfg.data.dataset_dir} has no video content; run "
-                            "jobs/ingest_microlens.py with video.enabled=true on it first")
+        if enc is not None and not load_manifest(cfg.data.dataset_dir).has_split("content"):
+            rules = CONTENT_KIND_RULES[enc.content_kind]
+            problems.append(f"data.dataset_dir: {cfg.data.dataset_dir} has no {rules.noun} content; run "
+                            f"{rules.ingest} on it first")
     except ManifestError as exc:
         problems.append(f"data.dataset_dir: {exc}")
     return problems
@@ -127,8 +132,8 @@ def run_trunk_cache(cfg: TrainJobConfig) -> FeaturesResult:
     """Compute ``data.content_features`` for the run ``cfg`` describes (Ray must be initialised).
 
     Args:
-        cfg: The training job config: ``model.content_encoder`` (a video encoder in 'frozen' or
-            'top' mode), ``data.dataset_dir`` (with content), ``data.content_features`` (output),
+        cfg: The training job config: ``model.content_encoder`` (one with a frozen part: a video
+            encoder in 'frozen' or 'top' mode), ``data.dataset_dir`` (with content), ``data.content_features`` (output),
             ``train.seed`` and the ``trunk_cache`` section.
 
     Returns:
@@ -144,7 +149,7 @@ def run_trunk_cache(cfg: TrainJobConfig) -> FeaturesResult:
         raise IngestError("; ".join(problems))
     tc, out = cfg.trunk_cache, cfg.data.content_features
     manifest = load_manifest(cfg.data.dataset_dir)
-    store = ContentStore.frames(manifest)
+    store = ContentStore.from_dataset(manifest)
     identity = features_identity(cfg, manifest, build_trunk_encoder(cfg), tc.dtype)
     fp = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     existing = _existing(out)

@@ -4,8 +4,7 @@ Importing this package registers every built-in component (through ``models.buil
 here imports ``torchrec.distributed``, deepspeed, ray or ``torch.distributed``.
 """
 
-from mvrec_dist.models.builders import (build_recommender, collate_options, init_item_rows_,
-                                        item_embedding_collection)
+from mvrec_dist.models.builders import build_recommender, collate_options, item_table_spec
 from mvrec_dist.models.item_tower import ItemTower
 from mvrec_dist.models.losses import (FullSoftmaxLoss, InBatchSoftmaxLoss, LossOutput,
                                       SampledSoftmaxLoss)
@@ -16,7 +15,7 @@ from mvrec_dist.models.registry import (CONTENT_ENCODERS, LOSSES, USER_ENCODERS,
 from mvrec_dist.models.user_encoders import GRU4Rec, NextItNet, SASRec
 
 __all__ = [
-    "build_recommender", "collate_options", "item_embedding_collection", "init_item_rows_",
+    "build_recommender", "collate_options", "item_table_spec",
     "SequentialRecommender", "DenseTower", "TaskOutput", "ITEM_TABLE", "ITEM_FEATURE", "ItemTower",
     "LossOutput", "FullSoftmaxLoss", "InBatchSoftmaxLoss", "SampledSoftmaxLoss",
     "Registry", "RegistryError", "USER_ENCODERS", "LOSSES", "CONTENT_ENCODERS",

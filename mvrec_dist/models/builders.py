@@ -7,13 +7,11 @@ module, so that their builders are registered whenever ``mvrec_dist.models`` is 
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torchrec import EmbeddingCollection, EmbeddingConfig
 
 # Registration of the built-in components: imported for their @register side effect, in one place.
 import mvrec_dist.models.item_encoders  # noqa: F401
@@ -21,60 +19,28 @@ import mvrec_dist.models.losses  # noqa: F401
 import mvrec_dist.models.user_encoders  # noqa: F401
 from mvrec_dist.config.model import FullSoftmaxConfig, ModelConfig, SampledSoftmaxConfig
 from mvrec_dist.data.batch import negative_sampling_probs
-from mvrec_dist.models.embedding_init import init_table_block
+from mvrec_dist.models.tables import EmbeddingTables, TableSpec
 from mvrec_dist.models.item_tower import ItemTower
 from mvrec_dist.models.recommender import ITEM_FEATURE, ITEM_TABLE, DenseTower, SequentialRecommender
 from mvrec_dist.models.registry import CONTENT_ENCODERS, LOSSES, USER_ENCODERS
 
-__all__ = ["build_recommender", "item_embedding_collection", "init_item_rows_", "collate_options"]
+__all__ = ["build_recommender", "item_table_spec", "collate_options"]
 
 
-def init_item_rows_(weight: Tensor, *, std: float, num_rows: int, seed: int) -> Tensor:
-    """Initialise the ID table ~ N(0, std) with a zero padding row, exactly as the sharded table.
-
-    Used as the table's TorchRec ``init_fn``. The whole table is filled from
-    ``embedding_init.init_table_block`` (the values depend only on ``seed``), so an unsharded table
-    starts where any sharding of it starts. TorchRec may call this on a shard (it does not pass the
-    shard's offsets); the parallel layer then overwrites every shard from the same global init.
-
-    Args:
-        weight: ``[rows, D]`` the table, or a shard of it (modified in place).
-        std: Standard deviation.
-        num_rows: N+1, rows of the whole table.
-        seed: Table seed.
-
-    Returns:
-        ``weight``.
-    """
-    with torch.no_grad():
-        if weight.shape[0] == num_rows:
-            dim = weight.shape[1]
-            weight.copy_(init_table_block(row_start=0, row_end=num_rows, col_start=0, col_end=dim, dim=dim,
-                                          std=std, seed=seed))
-        else:
-            weight.normal_(0.0, std)
-    return weight
-
-
-def item_embedding_collection(*, num_items: int, embedding_dim: int, init_std: float, seed: int = 0,
-                              device: str | torch.device = "cpu") -> EmbeddingCollection:
-    """The ID table: one table ``item`` with N+1 rows of width D, read by feature ``item_id``.
+def item_table_spec(*, num_items: int, embedding_dim: int, init_std: float, seed: int = 0) -> TableSpec:
+    """The ID table: one sequence table ``item`` with N+1 rows of width D, read by feature ``item_id``.
 
     Args:
         num_items: N.
         embedding_dim: D.
-        init_std: Std of the row init (``init_item_rows_``).
+        init_std: Std of the row init (``tables.init_rows_``).
         seed: Table seed (the same seed gives the same table sharded or not).
-        device: ``'meta'`` to defer allocation to the parallel layer (sharding), else a real device.
 
     Returns:
-        The ``EmbeddingCollection``.
+        The ``TableSpec``.
     """
-    table = EmbeddingConfig(name=ITEM_TABLE, embedding_dim=embedding_dim, num_embeddings=num_items + 1,
-                            feature_names=[ITEM_FEATURE],
-                            init_fn=functools.partial(init_item_rows_, std=init_std, num_rows=num_items + 1,
-                                                      seed=seed))
-    return EmbeddingCollection(tables=[table], device=torch.device(device))
+    return TableSpec(name=ITEM_TABLE, num_embeddings=num_items + 1, embedding_dim=embedding_dim,
+                     features=(ITEM_FEATURE,), keyed_by="item", init_std=init_std, seed=seed)
 
 
 def _counts(item_train_counts: np.ndarray | Tensor, num_items: int) -> np.ndarray:
@@ -113,21 +79,17 @@ def build_recommender(cfg: ModelConfig, *, num_items: int, item_train_counts: np
         raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
     counts = _counts(item_train_counts, num_items)
     dim = cfg.embedding_dim
-    content_encoder = CONTENT_ENCODERS.build(cfg.content_encoder) if cfg.item_tower != "id" else None
-    cached_top = None
-    if getattr(cfg.content_encoder, "cached_trunk", False):
-        # The trunk is what fine-tuning froze; the cached features are its output.
-        cached_top = len(content_encoder.blocks()) - content_encoder.frozen_blocks
+    content_encoder = CONTENT_ENCODERS.build(cfg.content_encoder) if cfg.uses_content else None
     item_tower = ItemTower(mode=cfg.item_tower, embedding_dim=dim, content_encoder=content_encoder,
-                           fusion=cfg.fusion, init_std=cfg.init_std, cached_top_blocks=cached_top)
+                           fusion=cfg.fusion, init_std=cfg.init_std, cached_features=cfg.uses_cached_features)
     user_encoder = USER_ENCODERS.build(cfg.user_encoder, embedding_dim=dim, max_seq_len=max_seq_len,
                                        init_std=cfg.init_std)
     loss = LOSSES.build(cfg.loss, num_items=num_items, item_train_counts=counts)
-    item_ids = None
-    if cfg.item_tower != "content":
-        item_ids = item_embedding_collection(num_items=num_items, embedding_dim=dim, init_std=cfg.init_std,
-                                             seed=seed, device=device)
-    return SequentialRecommender(item_ids=item_ids,
+    tables = None
+    if cfg.uses_id_table:
+        tables = EmbeddingTables([item_table_spec(num_items=num_items, embedding_dim=dim, init_std=cfg.init_std,
+                                                  seed=seed)], device=device)
+    return SequentialRecommender(tables=tables,
                                  dense=DenseTower(item_tower=item_tower, user_encoder=user_encoder, loss=loss))
 
 

@@ -1,6 +1,6 @@
 """The dense half of the item tower: content encoding, projection and fusion with ID embeddings.
 
-The ID half (the ``EmbeddingCollection``) lives in ``SequentialRecommender.item_ids`` so that the
+The ID half (the ``item`` table of ``EmbeddingTables``) lives in ``SequentialRecommender.tables`` so that the
 parallel layer can shard it; this module receives the looked-up ID embeddings. Modes follow the
 MicroLens paper's item towers: IDRec (``'id'``), VideoRec (``'content'``: content encoder ->
 linear projection to D, as MicroLens' video encoders end in a linear layer to ``embedding_dim``)
@@ -16,9 +16,11 @@ the encoder, and the others are represented without it:
 * ``'content'``: a learned ``[D]`` vector ``no_content`` shared by every item without video (with
   no ID, nothing else can tell such items apart; the vector starts at zero and is trained).
 
-Content arrives as the content store holds it: ``uint8 [U, F, S, S, 3]`` frames, normalised here
-with the encoder's ``preprocess`` (so the data path moves uint8), or float trunk features when the
-encoder's trunk is cached (``cached_top_blocks``): then only the encoder's top blocks run.
+Content arrives as the content store holds it and goes through the ``ContentEncoder`` protocol
+(``mvrec_dist.models.item_encoders.base``): ``prepare`` turns it into the encoder's input here
+(video: uint8 ``[U, F, S, S, 3]`` frames normalised, so the data path moves uint8), then
+``forward``. With cached features (``cached_features=True``) the content is the stored output of
+the encoder's frozen part (video: float trunk features) and only the head of ``cache_split()`` runs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from mvrec_dist.models.item_encoders.base import ContentEncoder
 
 __all__ = ["ItemTower"]
 
@@ -37,18 +41,18 @@ class ItemTower(nn.Module):
     Args:
         mode: ``'id'``, ``'content'`` or ``'id+content'``.
         embedding_dim: D.
-        content_encoder: Module with ``out_dim: int`` and ``forward(content[U, ...]) -> [U, out_dim]``;
-            required unless ``mode == 'id'``. A video encoder also has ``preprocess`` and ``split``.
+        content_encoder: A ``ContentEncoder`` (``prepare``, ``forward(...) -> [U, out_dim]``, ``out_dim``);
+            required unless ``mode == 'id'``.
         fusion: ``'sum'`` (ID + projected content) or ``'concat'`` (linear over [ID, content feature]).
         init_std: Std of the normal init of the projection weights.
-        cached_top_blocks: When set, content is the encoder's cached trunk output and only
-            ``content_encoder.split(cached_top_blocks)[1]`` (the top) runs on it; the trunk's
-            modules stay in the tower (frozen) so checkpoints and trunk digests match the live mode.
+        cached_features: Content is the stored output of the encoder's frozen part, and only the head
+            of ``content_encoder.cache_split()`` runs on it; the frozen modules stay in the tower
+            (they never train) so checkpoints and identities match the live mode.
     """
 
     def __init__(self, *, mode: Literal["id", "content", "id+content"], embedding_dim: int,
                  content_encoder: nn.Module | None = None, fusion: Literal["sum", "concat"] = "sum",
-                 init_std: float = 0.02, cached_top_blocks: int | None = None) -> None:
+                 init_std: float = 0.02, cached_features: bool = False) -> None:
         super().__init__()
         if mode not in ("id", "content", "id+content"):
             raise ValueError(f"ItemTower: mode must be 'id', 'content' or 'id+content', got {mode!r}")
@@ -57,19 +61,25 @@ class ItemTower(nn.Module):
         if (mode == "id") != (content_encoder is None):
             raise ValueError(f"ItemTower: mode {mode!r} " + ("takes no content encoder" if mode == "id"
                                                              else "needs a content encoder"))
-        if cached_top_blocks is not None and not hasattr(content_encoder, "split"):
-            raise ValueError("ItemTower: cached_top_blocks needs an encoder with split(top_blocks) (a video encoder)")
+        if content_encoder is not None:
+            if not isinstance(content_encoder, ContentEncoder):
+                raise ValueError(f"ItemTower: content encoder {type(content_encoder).__name__} must be a "
+                                 "ContentEncoder (prepare, forward, out_dim; mvrec_dist.models.item_encoders.base)")
+            if not isinstance(content_encoder.out_dim, int) or content_encoder.out_dim < 1:
+                raise ValueError(f"ItemTower: content encoder {type(content_encoder).__name__} must expose a "
+                                 f"positive int 'out_dim', got {content_encoder.out_dim!r}")
+        if cached_features:
+            if content_encoder is None:
+                raise ValueError("ItemTower: cached_features needs a content encoder")
+            content_encoder.cache_split()  # raises, naming the encoder, when it has no frozen part
         self.mode = mode
         self.fusion = fusion
         self.content_encoder = content_encoder
-        self.cached_top_blocks = cached_top_blocks
+        self.cached_features = cached_features
         self.projection: nn.Linear | None = None
         self.no_content: nn.Parameter | None = None
         if content_encoder is not None:
-            out_dim = getattr(content_encoder, "out_dim", None)
-            if not isinstance(out_dim, int) or out_dim < 1:
-                raise ValueError(f"ItemTower: content encoder {type(content_encoder).__name__} must expose a "
-                                 f"positive int 'out_dim', got {out_dim!r}")
+            out_dim = content_encoder.out_dim
             concat = mode == "id+content" and fusion == "concat"
             self.projection = nn.Linear(out_dim + embedding_dim if concat else out_dim, embedding_dim)
             nn.init.normal_(self.projection.weight, std=init_std)
@@ -82,23 +92,23 @@ class ItemTower(nn.Module):
         """Content features ``[U_c, out_dim]`` of the items that have content (any U_c >= 0).
 
         Args:
-            content: ``uint8 [U_c, F, S, S, 3]`` frames, float trunk features (cached mode), or
-                whatever a non-video encoder takes.
+            content: ``[U_c, ...]`` as the content store serves it (``uint8 [U_c, F, S, S, 3]`` frames,
+                token ids, features), or the frozen part's float output with ``cached_features``.
 
         Returns:
             ``[U_c, out_dim]`` in the projection's dtype.
         """
         dtype = self.projection.weight.dtype
         enc = self.content_encoder
-        if self.cached_top_blocks is not None:
+        if self.cached_features:
             if not content.is_floating_point():
-                raise ValueError(f"ItemTower: cached trunk mode takes float trunk features, got {content.dtype}")
-            return enc.split(self.cached_top_blocks)[1](content.to(dtype))  # U_c,out_dim
-        if content.dtype == torch.uint8 and hasattr(enc, "preprocess"):
-            content = enc.preprocess(content)  # U_c,F,3,S,S float32
-        if content.is_floating_point():
-            content = content.to(dtype)
-        return enc(content)  # U_c,out_dim
+                raise ValueError(f"ItemTower: cached mode takes float trunk features (the stored output of the "
+                                 f"encoder's frozen part), got {content.dtype}")
+            return enc.cache_split()[1](content.to(dtype))  # U_c,out_dim
+        x = enc.prepare(content)  # U_c,... (video: U_c,F,3,S,S float32)
+        if x.is_floating_point():
+            x = x.to(dtype)
+        return enc(x)  # U_c,out_dim
 
     def forward(self, id_emb: Tensor | None, content: Tensor | None, content_mask: Tensor | None = None) -> Tensor:
         """Represent U items.

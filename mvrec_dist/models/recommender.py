@@ -2,30 +2,40 @@
 
 ``SequentialRecommender`` has exactly two children that matter to ``mvrec_dist.parallel``:
 
-* ``item_ids``: a TorchRec ``EmbeddingCollection`` with one table ``item`` (N+1 rows, dim D) read
-  by one feature ``item_id``; None for a content-only item tower. The parallel layer shards it.
-* ``dense``: a ``DenseTower`` (item tower, user encoder, loss), an ordinary module that the parallel
-  layer hands to DeepSpeed.
+* ``tables``: the model's ``EmbeddingTables`` (``models.tables``) — for next-item the one sequence
+  table ``item`` (N+1 rows, dim D) read by feature ``item_id``; None for a content-only item tower.
+  The parallel layer shards it.
+* ``dense``: the dense tower (for next-item a ``DenseTower``: item tower, user encoder, loss), an
+  ordinary module that the parallel layer hands to DeepSpeed. It takes the step's lookups by feature
+  name (``forward(embeddings, batch) -> TaskOutput``).
 
-One step is ``dense(lookup(batch.unique_items), batch)``: every unique item of the batch is looked up
-and represented once, then gathered into ``[B, L+1, D]`` sequences (the TorchRec two-tower example's
-split between injected tables and a task wrapper that adds the loss).
+One step's forward is ``step_forward``: every unique item of the batch is looked up and represented
+once, then gathered into ``[B, L+1, D]`` sequences (the TorchRec two-tower example's split between
+injected tables and a task wrapper that adds the loss). Every training path runs that same function
+over its own parts (``StepParts``): this unsharded model, ``train.reference.PlainTrainer`` and the
+sharded table with the ZeRO engine (``parallel.step``), which adds backward and update.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
-from torchrec import EmbeddingCollection, KeyedJaggedTensor
 
 from mvrec_dist.data.batch import SequenceBatch
+from mvrec_dist.models.tables import EmbeddingTables, table_inputs
 
-__all__ = ["ITEM_TABLE", "ITEM_FEATURE", "TaskOutput", "DenseTower", "SequentialRecommender"]
+__all__ = ["ITEM_TABLE", "ITEM_FEATURE", "TaskOutput", "DenseTower", "SequentialRecommender", "StepParts",
+           "scaled_loss", "step_forward", "item_features"]
 
 ITEM_TABLE = "item"
 ITEM_FEATURE = "item_id"
+
+
+def item_features(batch: Any) -> dict[str, Tensor]:
+    """The sparse features of a batch that looks up its unique items: ``{"item_id": batch.unique_items}``."""
+    return {ITEM_FEATURE: batch.unique_items}
 
 
 class TaskOutput(NamedTuple):
@@ -92,17 +102,18 @@ class DenseTower(nn.Module):
         last = (lengths - 1).clamp(min=0)
         return states[torch.arange(states.shape[0], device=states.device), last]  # B,D
 
-    def forward(self, id_emb: Tensor | None, batch: SequenceBatch) -> TaskOutput:
+    def forward(self, embeddings: Mapping[str, Tensor], batch: SequenceBatch) -> TaskOutput:
         """One training step's loss.
 
         Args:
-            id_emb: ``[U, D]`` ID embeddings of ``batch.unique_items`` in that order (None for a
-                content-only tower).
+            embeddings: The step's lookups by feature: ``item_id`` -> ``[U, D]`` ID embeddings of
+                ``batch.unique_items`` in that order (absent for a content-only tower).
             batch: The step's sequences.
 
         Returns:
             ``TaskOutput`` with the loss summed over every target of the batch.
         """
+        id_emb = embeddings.get(ITEM_FEATURE)
         return self.task(self.item_representations(id_emb, batch.content, batch.content_mask), batch)
 
     def task(self, item_repr: Tensor, batch: SequenceBatch) -> TaskOutput:
@@ -125,47 +136,106 @@ class DenseTower(nn.Module):
         return TaskOutput(out.loss_sum, out.num_targets, (batch.lengths >= 2).sum().detach())
 
 
-class SequentialRecommender(nn.Module):
-    """ID table + dense tower; ``forward`` is the whole unsharded step.
+def scaled_loss(dense: nn.Module, embeddings: Mapping[str, Tensor], batch: Any,
+                loss_scale: Tensor | float) -> tuple[Tensor, TaskOutput]:
+    """A dense tower's step output and the loss that a training step back-propagates.
 
     Args:
-        item_ids: ``EmbeddingCollection`` with table ``item`` / feature ``item_id``, or None
-            (content-only item tower).
-        dense: The ``DenseTower``.
+        dense: Any dense tower (``forward(embeddings, batch) -> TaskOutput``; a ``DenseTower`` for next-item).
+        embeddings: The step's lookups by feature name (empty without tables).
+        batch: The step's batch.
+        loss_scale: Factor of the loss sum (``[]`` fp32 or a number): ``W / N`` on W ranks with N
+            targets in the global step (``parallel.step.loss_scale``), 1 for the sum itself.
+
+    Returns:
+        ``(loss_sum * loss_scale, TaskOutput)``.
+    """
+    out = dense(embeddings, batch)
+    return out.loss_sum * loss_scale, out
+
+
+class StepParts(Protocol):
+    """The forward half of a training step as each training path provides it (see ``step_forward``)."""
+
+    def sparse_inputs(self, batch: Any) -> dict[str, Any]:
+        """What ``embed`` takes to look up the batch's sparse features (``tables.table_inputs``: one
+        ``KeyedJaggedTensor`` per table kind; built on CPU, moved with the batch)."""
+
+    def embed(self, inputs: dict[str, Any]) -> dict[str, Tensor]:
+        """The lookups of ``inputs`` by feature name (empty without tables)."""
+
+    def dense_forward(self, embeddings: Mapping[str, Tensor], batch: Any,
+                      loss_scale: Tensor | float) -> tuple[Tensor, TaskOutput]:
+        """The dense tower on the step: ``scaled_loss`` (possibly inside an engine)."""
+
+
+def step_forward(parts: StepParts, inputs: dict[str, Any], batch: Any, loss_scale: Tensor | float, *,
+                 on_lookup: Callable[[dict[str, Tensor]], None] | None = None) -> tuple[Tensor, TaskOutput]:
+    """One training step's forward: the lookup of the step's sparse features, then the dense tower and the loss.
+
+    Args:
+        parts: The training path's tables and dense tower.
+        inputs: ``parts.sparse_inputs(batch)`` (on the step's device).
+        batch: The step's batch.
+        loss_scale: Factor of the loss sum (``scaled_loss``).
+        on_lookup: Called with the lookups between the lookup and the dense forward (phase timing
+            hooks the embeddings' gradients there).
+
+    Returns:
+        ``(loss_sum * loss_scale, TaskOutput)``: the first is what the step back-propagates.
+    """
+    embeddings = parts.embed(inputs)
+    if on_lookup is not None:
+        on_lookup(embeddings)
+    return parts.dense_forward(embeddings, batch, loss_scale)
+
+
+class SequentialRecommender(nn.Module):
+    """Embedding tables + dense tower; ``forward`` is the whole unsharded step (``step_forward`` over this module).
+
+    Args:
+        tables: The model's ``EmbeddingTables`` (next-item: the ``item`` table read by ``item_id``),
+            or None (content-only item tower).
+        dense: The dense tower (``forward(embeddings, batch) -> TaskOutput``).
+        features: The batch's sparse features by name (the task's ``sparse_features``; default:
+            ``item_features``).
     """
 
-    def __init__(self, *, item_ids: EmbeddingCollection | None, dense: DenseTower) -> None:
+    def __init__(self, *, tables: EmbeddingTables | None, dense: nn.Module,
+                 features: Callable[[Any], dict[str, Any]] = item_features) -> None:
         super().__init__()
-        self.item_ids = item_ids
+        self.tables = tables
         self.dense = dense
+        self.sparse_features = features
+        """The batch's sparse features by name (``Task.sparse_features``)."""
 
-    @staticmethod
-    def id_features(ids: Tensor) -> KeyedJaggedTensor:
-        """The ``EmbeddingCollection`` input that looks up ``ids``, one id per bag, in order.
+    def sparse_inputs(self, batch: Any) -> dict[str, Any]:
+        """The tables' inputs of ``batch``'s sparse features (empty without tables)."""
+        return table_inputs(self.tables.specs, self.sparse_features(batch)) if self.tables is not None else {}
 
-        Args:
-            ids: ``LongTensor[U]`` item ids.
-
-        Returns:
-            A ``KeyedJaggedTensor`` with key ``item_id``, values ``ids`` and all lengths 1; the
-            collection's output ``[ITEM_FEATURE].values()`` is then ``[U, D]`` in the order of ``ids``.
-        """
-        return KeyedJaggedTensor(keys=[ITEM_FEATURE], values=ids,
-                                 lengths=torch.ones(ids.shape[0], dtype=torch.int32, device=ids.device))
+    def embed(self, inputs: dict[str, Any]) -> dict[str, Tensor]:
+        """The lookups of ``inputs`` by feature name (empty for a content-only tower)."""
+        return self.tables(**inputs) if self.tables is not None else {}
 
     def lookup(self, ids: Tensor) -> Tensor | None:
-        """ID embeddings ``[U, D]`` of ``ids`` (None for a content-only tower)."""
-        if self.item_ids is None:
+        """ID embeddings ``[U, D]`` of item ``ids`` (None for a content-only tower)."""
+        if self.tables is None:
             return None
-        return self.item_ids(self.id_features(ids))[ITEM_FEATURE].values()  # U,D
+        return self.tables(**table_inputs(self.tables.specs, {ITEM_FEATURE: ids}, partial=True))[ITEM_FEATURE]  # U,D
 
-    def forward(self, batch: SequenceBatch) -> TaskOutput:
-        """The unsharded training step: look up ``batch.unique_items``, then the dense tower.
+    def dense_forward(self, embeddings: Mapping[str, Tensor], batch: Any,
+                      loss_scale: Tensor | float) -> tuple[Tensor, TaskOutput]:
+        """``scaled_loss`` of the dense tower (the ``StepParts`` method)."""
+        return scaled_loss(self.dense, embeddings, batch, loss_scale)
+
+    def forward(self, batch: Any) -> TaskOutput:
+        """The unsharded training step's forward: look up the batch's sparse features, then the dense tower.
 
         Args:
-            batch: The step's sequences.
+            batch: The step's batch.
 
         Returns:
             ``TaskOutput`` (loss summed over targets, target count, real rows).
         """
-        return self.dense(self.lookup(batch.unique_items), batch)
+        _, out = step_forward(self, self.sparse_inputs(batch), batch, 1.0)
+        return out

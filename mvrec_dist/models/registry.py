@@ -11,8 +11,11 @@ Builder keyword arguments per registry (what ``mvrec_dist.models.builders`` pass
 * ``USER_ENCODERS``: ``embedding_dim``, ``max_seq_len``, ``init_std``; the module follows the
   user-encoder interface (``forward(seq[B, L, D], lengths[B]) -> [B, L, D]``, causal).
 * ``LOSSES``: ``num_items``, ``item_train_counts``; the module follows ``models.losses``'s interface.
-* ``CONTENT_ENCODERS``: none (the config carries everything); the module has ``out_dim: int`` and
-  ``forward(content[U, ...]) -> Tensor[U, out_dim]``.
+* ``CONTENT_ENCODERS``: none (the config carries everything); the module is a ``ContentEncoder``
+  (``out_dim``, ``prepare``, ``forward(input[U, ...]) -> Tensor[U, out_dim]``, and for cached
+  features ``cache_split`` / ``cache_identity``: the protocol is documented in
+  ``mvrec_dist.models.item_encoders.base``), its config a ``ContentEncoderConfig`` answering
+  ``content_kind`` / ``content_shape`` / ``cached_features``.
 
 Registration happens when the component's module is imported. The built-in components are
 imported explicitly by ``mvrec_dist.models.builders`` (which ``mvrec_dist.models`` imports), so

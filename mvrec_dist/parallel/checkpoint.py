@@ -37,8 +37,8 @@ import torch.distributed as dist
 
 from mvrec_dist.parallel.process_groups import DistContext, barrier
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "write_checkpoint", "read_checkpoint", "verify_checkpoint",
-           "commit_record", "SafeDCPReader", "load_full_state"]
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "write_checkpoint", "read_checkpoint", "read_sparse",
+           "verify_checkpoint", "commit_record", "SafeDCPReader", "load_full_state"]
 
 CHECKPOINT_FORMAT = 1
 COMMIT_NAME = "COMMIT.json"
@@ -408,15 +408,9 @@ def read_checkpoint(model: Any, ctx: DistContext, path: str, *, zero_stage: int,
     import torch.distributed.checkpoint as dcp
 
     if model.sparse is not None:
-        dmp = model.sparse.module
         if not os.path.isdir(os.path.join(path, "sparse")):
             raise CheckpointError(f"{path}: has no sparse/ state but the model has an ID table")
-        model_sd = dmp.state_dict()
-        optim_sd = dmp.fused_optimizer.state_dict()
-        dcp.load({"model": model_sd, "optim": optim_sd}, storage_reader=SafeDCPReader(os.path.join(path, "sparse")),
-                 process_group=ctx.group)
-        dmp.load_state_dict(model_sd)
-        dmp.fused_optimizer.load_state_dict(optim_sd)
+        read_sparse(model.sparse.module, os.path.join(path, "sparse"), ctx)
     blob = torch.load(os.path.join(path, "dense.pt"), map_location="cpu", weights_only=True)
     _load_dense_full_state(model.engine, blob, zero_stage)
     rng_file = os.path.join(path, f"rng-rank{ctx.rank}.pt")
@@ -424,6 +418,36 @@ def read_checkpoint(model: Any, ctx: DistContext, path: str, *, zero_stage: int,
         _set_rng_state(torch.load(rng_file, weights_only=True))
     with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
         return f.read()
+
+
+LEGACY_TABLES_PREFIX = "sequence."
+"""Checkpoints written before ``EmbeddingTables`` held the item ``EmbeddingCollection`` at the DMP's root:
+their keys lack this prefix (``embeddings.item.weight``, not ``sequence.embeddings.item.weight``)."""
+
+
+def read_sparse(dmp: Any, sparse_dir: str, ctx: DistContext) -> None:
+    """Load a checkpoint's ``sparse/`` (DCP) into the DMP of the tables and its fused optimizer (collective).
+
+    A checkpoint of the older layout (the item ``EmbeddingCollection`` at the DMP's root) loads too:
+    the same tensors are read under their old names.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    model_sd = dmp.state_dict()
+    optim_sd = dmp.fused_optimizer.state_dict()
+    stored = SafeDCPReader(sparse_dir).read_metadata().state_dict_metadata
+    target: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
+    if not any(k.startswith("model." + LEGACY_TABLES_PREFIX) for k in stored) and \
+            any(k.startswith(LEGACY_TABLES_PREFIX) for k in model_sd):
+        # The tensors are the same objects under the old names: DCP fills them in place.
+        def old(key: str) -> str:
+            return key[len(LEGACY_TABLES_PREFIX):] if key.startswith(LEGACY_TABLES_PREFIX) else key
+
+        target = {"model": {old(k): v for k, v in model_sd.items()},
+                  "optim": {"state": {old(k): v for k, v in optim_sd["state"].items()}}}
+    dcp.load(target, storage_reader=SafeDCPReader(sparse_dir), process_group=ctx.group)
+    dmp.load_state_dict(model_sd)
+    dmp.fused_optimizer.load_state_dict(optim_sd)
 
 
 def load_full_state(path: str) -> dict[str, torch.Tensor]:

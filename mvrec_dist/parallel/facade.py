@@ -10,58 +10,36 @@ back-propagates ``S_r * W / N``, which makes both averages equal the gradient of
 Should TorchRec's division be switched off, the embedding outputs pass through a ``1 / W`` gradient
 scale instead (``sparse_gradient_scale``).
 
-Train steps (``train_steps``, ``parallel.pipeline``): ``simple`` runs ``train_step`` one batch at a
-time; ``sparse_dist`` runs the same operations through TorchRec's ``TrainPipelineSparseDist``
-(``pipeline.py``), with later batches' input dists in flight.
+Train steps (``train_steps``, ``parallel.pipeline``): both run the one step of ``step.py`` over
+``StepModule`` (sharded table + engine). ``simple`` runs ``train_step`` one batch at a time;
+``sparse_dist`` runs the same step through TorchRec's ``TrainPipelineSparseDist`` (``pipeline.py``),
+with later batches' input dists in flight.
+
+Model construction leaves the process's random state alone: the dense tower was initialised by
+``build_recommender`` (seeded by its caller), the table from ``train.seed`` alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
 from mvrec_dist.config.jobs import TrainJobConfig
 from mvrec_dist.config.parallel import ParallelConfig
-from mvrec_dist.models.recommender import ITEM_FEATURE
 from mvrec_dist.parallel.checkpoint import persistent_buffers
+from mvrec_dist.parallel.pipeline import pipelined_steps
 from mvrec_dist.parallel.process_groups import DistContext, all_gather_variable, all_reduce_sum
-from mvrec_dist.parallel.sharding import (ShardedEmbeddings, lookup_features, shard_item_embeddings,
-                                          sparse_gradient_scale)
+from mvrec_dist.models.recommender import ITEM_FEATURE
+from mvrec_dist.models.tables import table_inputs
+from mvrec_dist.parallel.sharding import ShardedEmbeddings, shard_tables, sparse_gradient_scale
+from mvrec_dist.parallel.step import ScaledDense, StepInput, StepModule, StepObserver, SyncedStep, run_train_step
 from mvrec_dist.parallel.zero import build_engine
 
-__all__ = ["ParallelModel", "StepStats", "SyncedStep", "GradScale", "loss_scale", "train_pipeline"]
-
-
-class GradScale(torch.autograd.Function):
-    """Identity forward; multiplies the gradient by ``scale`` on the way back."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        return grad * ctx.scale, None
-
-
-class _EngineModule(nn.Module):
-    """What DeepSpeed wraps: the dense tower, with the sparse-gradient scale and the loss scale applied."""
-
-    def __init__(self, dense: nn.Module, sparse_grad_scale: float):
-        super().__init__()
-        self.dense = dense
-        self.sparse_grad_scale = sparse_grad_scale
-
-    def forward(self, id_emb: torch.Tensor | None, batch: Any, loss_scale: torch.Tensor):
-        if id_emb is not None and id_emb.requires_grad and self.sparse_grad_scale != 1.0:
-            id_emb = GradScale.apply(id_emb, self.sparse_grad_scale)
-        out = self.dense(id_emb, batch)
-        return out.loss_sum * loss_scale, out
+__all__ = ["ParallelModel", "StepStats", "train_pipeline"]
 
 
 @dataclass(frozen=True)
@@ -74,24 +52,6 @@ class StepStats:
     """Targets in the step over all ranks."""
     sequences: int
     """Real (non-dummy) sequences in the step over all ranks."""
-
-
-class SyncedStep(NamedTuple):
-    """One rank's batch for one step, after the step's counts were all-reduced."""
-
-    source: Any
-    """The loader's batch, or None on a rank whose data ran out."""
-    batch: Any
-    """What this rank trains on: ``source``, or a dummy batch without targets."""
-    global_targets: int
-    """Targets of the step over all ranks."""
-    global_sequences: int
-    """Real sequences of the step over all ranks."""
-
-
-def loss_scale(global_targets: int, world_size: int) -> float:
-    """Factor of each rank's loss sum: ``W / N`` (see the module docstring), N clamped to >= 1."""
-    return world_size / max(global_targets, 1)
 
 
 def train_pipeline(cfg: ParallelConfig, *, is_cuda: bool, has_id_table: bool) -> str:
@@ -115,10 +75,11 @@ def train_pipeline(cfg: ParallelConfig, *, is_cuda: bool, has_id_table: bool) ->
 
 
 class ParallelModel:
-    """A ``SequentialRecommender`` spread over ranks: sharded ID table + dense tower in a ZeRO engine.
+    """A model spread over ranks: sharded embedding tables + dense tower in a ZeRO engine.
 
     Args:
-        model: The unsharded recommender (``item_ids`` may be on ``meta``; ``dense`` on cpu).
+        model: The unsharded model: ``tables`` (``EmbeddingTables``, may be on ``meta``; None for a
+            content-only tower), ``dense`` (on cpu) and ``sparse_inputs`` (its batches' sparse features).
         cfg: The job config (parallel, train, model sections).
         ctx: Process group and device.
         total_steps: Planned optimiser steps (learning-rate schedule).
@@ -127,19 +88,20 @@ class ParallelModel:
     def __init__(self, model: nn.Module, cfg: TrainJobConfig, ctx: DistContext, *, total_steps: int):
         self.ctx = ctx
         self.cfg = cfg
-        self.pipeline = train_pipeline(cfg.parallel, is_cuda=ctx.is_cuda, has_id_table=model.item_ids is not None)
+        self.pipeline = train_pipeline(cfg.parallel, is_cuda=ctx.is_cuda, has_id_table=model.tables is not None)
         self.sparse: ShardedEmbeddings | None = None
-        if model.item_ids is not None:
-            self.sparse = shard_item_embeddings(
-                model.item_ids, cfg.parallel, ctx, init_std=cfg.model.init_std, seed=cfg.train.seed,
-                batch_size=cfg.batch_size_per_worker)
-        torch.manual_seed(cfg.train.seed)
-        # Content-only towers have no table, so nothing of TorchRec is needed (nor importable on every GPU box).
-        grad_scale = sparse_gradient_scale(ctx.world_size) if self.sparse is not None else 1.0
-        wrapped = _EngineModule(model.dense, grad_scale)
-        self.engine = build_engine(wrapped, cfg.parallel, cfg.train, ctx, micro_batch=cfg.batch_size_per_worker,
-                                   total_steps=total_steps)
+        # Whatever TorchRec and DeepSpeed draw while they set up (shard init, engine) stays out of the
+        # caller's random streams: the rank setup seeds those (train.worker.build_rank).
+        with torch.random.fork_rng(devices=[ctx.device] if ctx.is_cuda else []):
+            if model.tables is not None:
+                self.sparse = shard_tables(model.tables, cfg.parallel, ctx, batch_size=cfg.batch_size_per_worker)
+            grad_scale = sparse_gradient_scale(ctx.world_size) if self.sparse is not None else 1.0
+            self.engine = build_engine(ScaledDense(model.dense, grad_scale), cfg.parallel, cfg.train, ctx,
+                                       micro_batch=cfg.batch_size_per_worker, total_steps=total_steps)
         self.dense = self.engine.module.dense
+        self.specs = model.tables.specs if model.tables is not None else ()
+        self._step = StepModule(self.sparse.module if self.sparse is not None else None, self.engine, self.specs,
+                                model.sparse_features)
         self._content_fn: Callable | None = None
         self._content_chunk = 0
         # BatchNorm running statistics of trainable video blocks move with each rank's own batch;
@@ -148,8 +110,8 @@ class ParallelModel:
 
     # ------------------------------------------------------------------ training
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        """ID embeddings of ``ids`` [U] through the sharded table: Tensor[U, D] (collective)."""
-        return self.sparse.module(lookup_features(ids))[ITEM_FEATURE].values()
+        """ID embeddings of item ``ids`` [U] through the sharded tables: Tensor[U, D] (collective)."""
+        return self._step.embed(table_inputs(self.specs, {ITEM_FEATURE: ids}, partial=True))[ITEM_FEATURE]
 
     def sync_step(self, has_batch: bool, num_targets: int, sequences: int) -> tuple[bool, int, int]:
         """One all-reduce per step: does any rank have data, and the global target/sequence counts."""
@@ -157,28 +119,27 @@ class ParallelModel:
         total = all_reduce_sum(flags, self.ctx).tolist()
         return total[0] > 0, int(total[1]), int(total[2])
 
-    def train_step(self, batch: Any, *, global_targets: int, global_sequences: int) -> StepStats:
+    def train_step(self, batch: Any, *, global_targets: int, global_sequences: int,
+                   observer: StepObserver | None = None) -> StepStats:
         """Forward, backward and update on this rank's ``batch`` (every rank calls it every step).
 
         Args:
             batch: A ``SequenceBatch`` (a dummy batch with no targets on ranks out of data).
             global_targets: Targets of the step over all ranks (from ``sync_step``).
             global_sequences: Sequences of the step over all ranks (for reporting).
+            observer: Told when each stage of the step ends (phase timing).
 
         Returns:
             ``StepStats`` with the global mean loss.
         """
-        self.engine.train()
-        batch = batch.to(self.ctx.device, non_blocking=True)
-        id_emb = self.lookup(batch.unique_items) if self.sparse is not None else None
-        scale = torch.tensor(loss_scale(global_targets, self.ctx.world_size), device=self.ctx.device)
-        loss, out = self.engine(id_emb, batch, scale)
-        self.engine.backward(loss)
-        self.engine.step()
+        self._step.train()
+        synced = SyncedStep(batch, batch, global_targets, global_sequences)
+        step = StepInput.of(synced, self._step, world_size=self.ctx.world_size).to(self.ctx.device, non_blocking=True)
+        [out] = run_train_step(self._step, [step], observer)
         return self._finish_step(out, global_targets, global_sequences)
 
-    def train_steps(self, batches: Iterator[Any], dummy_batch: Callable[[], Any]
-                    ) -> Iterator[tuple[Any | None, StepStats]]:
+    def train_steps(self, batches: Iterator[Any], dummy_batch: Callable[[], Any],
+                    count: Callable[[Any], tuple[int, int]]) -> Iterator[tuple[Any | None, StepStats]]:
         """Train on every batch of ``batches`` with the configured train step (every rank calls it).
 
         Steps go on while any rank has a batch; a rank whose batches ran out trains on
@@ -188,20 +149,18 @@ class ParallelModel:
         Args:
             batches: This rank's ``SequenceBatch`` iterator (on CPU).
             dummy_batch: Makes a batch without targets.
+            count: The task's ``(targets, examples)`` of a batch (``Task.count``).
 
         Returns:
             An iterator of ``(batch, StepStats)`` per step, each yielded after its update: ``batch``
             is the loader's batch of the step (its cursor may be recorded), or None when this rank
             trained on a dummy batch.
         """
-        steps = self._synced_steps(batches, dummy_batch)
+        steps = self._synced_steps(batches, dummy_batch, count)
         if self.pipeline == "sparse_dist":
-            from mvrec_dist.parallel.pipeline import StepInput, StepModule, pipelined_steps
-
-            inputs = (StepInput.of(s, world_size=self.ctx.world_size) for s in steps)
-            module = StepModule(self.sparse.module, self.engine)
+            inputs = (StepInput.of(s, self._step, world_size=self.ctx.world_size) for s in steps)
             # Closed with this generator (the loop stops early): the pipeline restores the table's forward.
-            with contextlib.closing(pipelined_steps(module, self.ctx.device, inputs)) as done:
+            with contextlib.closing(pipelined_steps(self._step, self.ctx.device, inputs)) as done:
                 for out, step in done:
                     yield step.source, self._finish_step(out, step.global_targets, step.global_sequences)
         else:
@@ -209,14 +168,14 @@ class ParallelModel:
                 yield step.source, self.train_step(step.batch, global_targets=step.global_targets,
                                                    global_sequences=step.global_sequences)
 
-    def _synced_steps(self, batches: Iterator[Any], dummy_batch: Callable[[], Any]) -> Iterator[SyncedStep]:
+    def _synced_steps(self, batches: Iterator[Any], dummy_batch: Callable[[], Any],
+                      count: Callable[[Any], tuple[int, int]]) -> Iterator[SyncedStep]:
         """``batches`` with each step's counts all-reduced; ends on every rank when no rank has data."""
         exhausted = False
         while True:
             batch = None if exhausted else next(batches, None)
             exhausted = batch is None
-            local_targets = int((batch.lengths - 1).clamp(min=0).sum()) if batch is not None else 0
-            local_sequences = int((batch.lengths > 0).sum()) if batch is not None else 0
+            local_targets, local_sequences = count(batch) if batch is not None else (0, 0)
             has, targets, sequences = self.sync_step(batch is not None, local_targets, local_sequences)
             if not has:
                 return

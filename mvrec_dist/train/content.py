@@ -1,10 +1,13 @@
 """The content a run's item tower reads: which store, checked against the model before training.
 
-* live trunk: the dataset's ``content`` split (``uint8 [F, S, S, 3]`` frames), whose F and S must
-  be the encoder's ``frames`` and ``size``;
-* cached trunk (``content_encoder.cached_trunk``): the trunk-feature store ``data.content_features``,
-  whose identity (dataset content, trunk digest, cut, frames) must be this run's
-  (``mvrec_dist.features.identity``).
+What the store must hold is a property of the model config (``ModelConfig.content_kind``):
+
+* live encoder: the dataset's ``content`` split, of the encoder's ``content_kind`` and, when the
+  encoder fixes one, its ``content_shape`` (video: ``uint8 [F, S, S, 3]`` frames whose F and S are
+  the encoder's ``frames`` and ``size``);
+* cached features (``content_encoder.cached_features``; video: ``cached_trunk``): the feature store
+  ``data.content_features``, whose identity (dataset content, frozen part's digest, cut, input)
+  must be this run's (``mvrec_dist.features.identity``).
 
 ``content_problems`` runs on the driver before any worker starts; ``open_content_store`` runs on
 every rank and also hands evaluation its ``content_fn``.
@@ -17,7 +20,9 @@ from typing import Callable
 import torch
 
 from mvrec_dist.config.jobs import TrainJobConfig
-from mvrec_dist.data.content_store import ContentStore, ContentStoreError, load_features_manifest
+from mvrec_dist.config.model import ContentEncoderConfig
+from mvrec_dist.data.content_store import (CONTENT_KIND_RULES, ContentSpec, ContentStore, ContentStoreError,
+                                           content_spec, load_features_manifest)
 from mvrec_dist.data.manifest import Manifest, ManifestError, load_manifest
 
 __all__ = ["ContentSetupError", "content_problems", "open_content_store", "content_fn"]
@@ -27,8 +32,16 @@ class ContentSetupError(ValueError):
     """The content the model needs is absent or does not fit it; the message says what to run."""
 
 
-def _cached(cfg: TrainJobConfig) -> bool:
-    return cfg.model.item_tower != "id" and bool(getattr(cfg.model.content_encoder, "cached_trunk", False))
+def _mismatch(enc: ContentEncoderConfig, spec: ContentSpec) -> str | None:
+    """Why the dataset's content (``spec``) cannot feed the live encoder ``enc``, or None."""
+    if spec.kind != enc.content_kind:
+        return (f"model.content_encoder reads {enc.content_kind} content but the dataset's content holds "
+                f"{spec.kind}; pick an encoder for it or ingest {CONTENT_KIND_RULES[enc.content_kind].noun} content")
+    if enc.content_shape is not None and spec.shape != tuple(enc.content_shape):
+        rules = CONTENT_KIND_RULES[spec.kind]
+        return (f"model.content_encoder takes {rules.describe(enc.content_shape)} but the dataset's content holds "
+                f"{spec.describe()}; set them to match or re-ingest the content")
+    return None
 
 
 def content_problems(cfg: TrainJobConfig) -> list[str]:
@@ -37,26 +50,30 @@ def content_problems(cfg: TrainJobConfig) -> list[str]:
     A missing dataset is reported by the dataset check itself; a missing feature store is fine
     when ``trunk_cache.build_if_missing`` will build it.
     """
-    if cfg.model.item_tower == "id":
+    model = cfg.model
+    if not model.uses_content:
         return []
     try:
         manifest = load_manifest(cfg.data.dataset_dir)
     except ManifestError:
         return []
+    enc = model.content_encoder
     if not manifest.has_split("content"):
-        return [f"model.item_tower={cfg.model.item_tower!r} needs video content but {cfg.data.dataset_dir} has "
-                "none; run jobs/ingest_microlens.py with video.enabled=true video.videos=<dir> on it"]
-    if _cached(cfg) and not cfg.trunk_cache.build_if_missing:
-        try:
-            load_features_manifest(cfg.data.content_features)
-        except ContentStoreError as exc:
-            return [f"data.content_features: {exc}"]
-    shape = manifest.data["content"]["shape"]
-    enc = cfg.model.content_encoder
-    if not _cached(cfg) and hasattr(enc, "frames") and shape != [enc.frames, enc.size, enc.size, 3]:
-        return [f"model.content_encoder takes frames={enc.frames} size={enc.size} but the dataset's content "
-                f"holds {shape[0]} frames of {shape[1]}x{shape[2]}; set them to match or re-ingest the videos"]
-    return []
+        rules = CONTENT_KIND_RULES[enc.content_kind]
+        return [f"model.item_tower={model.item_tower!r} needs {rules.noun} content but {cfg.data.dataset_dir} has "
+                f"none; run {rules.ingest} on it"]
+    if model.uses_cached_features:
+        if not cfg.trunk_cache.build_if_missing:
+            try:
+                load_features_manifest(cfg.data.content_features)
+            except ContentStoreError as exc:
+                return [f"data.content_features: {exc}"]
+        return []
+    try:
+        problem = _mismatch(enc, content_spec(manifest))
+    except ContentStoreError as exc:
+        return [f"data.dataset_dir: {exc}"]
+    return [] if problem is None else [problem]
 
 
 def open_content_store(cfg: TrainJobConfig, manifest: Manifest, encoder: torch.nn.Module | None
@@ -69,31 +86,31 @@ def open_content_store(cfg: TrainJobConfig, manifest: Manifest, encoder: torch.n
         encoder: The model's content encoder, before the parallel layer moves or casts it.
 
     Returns:
-        Frames of the dataset, or the cached trunk features.
+        The dataset's content split, or the feature store of the encoder's cached frozen part.
 
     Raises:
         ContentSetupError: when the content is absent or belongs to another encoder setting.
     """
-    if cfg.model.item_tower == "id":
+    model = cfg.model
+    if not model.uses_content:
         return None
     try:
-        if _cached(cfg):
+        if model.uses_cached_features:
             from mvrec_dist.features.identity import FeatureIdentityError, check_identity, features_identity
 
-            store = ContentStore.trunk_features(cfg.data.content_features)
+            store = ContentStore.from_features(cfg.data.content_features)
             try:
                 expected = features_identity(cfg, manifest, encoder, store.manifest["dtype"])
                 check_identity(store.manifest["identity"], expected, where=cfg.data.content_features)
             except FeatureIdentityError as exc:
                 raise ContentSetupError(str(exc)) from None
             return store
-        store = ContentStore.frames(manifest)
+        store = ContentStore.from_dataset(manifest)
     except ContentStoreError as exc:
         raise ContentSetupError(str(exc)) from None
-    enc = cfg.model.content_encoder
-    if hasattr(enc, "frames") and store.shape != (enc.frames, enc.size, enc.size, 3):
-        raise ContentSetupError(f"{manifest.root}: content frames are {list(store.shape)}, model.content_encoder "
-                                f"takes [{enc.frames}, {enc.size}, {enc.size}, 3]")
+    problem = _mismatch(model.content_encoder, store.spec)
+    if problem is not None:
+        raise ContentSetupError(f"{manifest.root}: {problem}")
     return store
 
 

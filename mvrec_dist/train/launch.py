@@ -79,13 +79,15 @@ def preflight(cfg: TrainJobConfig, *, resources: dict | None = None, num_nodes: 
             itself, before it reads the config from it), and cached trunk features must already
             exist (evaluation never computes them). None for training.
     """
-    from mvrec_dist.parallel.sharding import sharding_problems
+    from mvrec_dist.parallel.planning import sharding_problems
+    from mvrec_dist.tasks import build_task
     from mvrec_dist.train.checkpointing import check_checkpoint
     from mvrec_dist.train.content import content_problems
 
-    problems = list(sharding_problems(cfg.parallel))
+    problems: list[str] = []
+    manifest = None
     try:
-        load_manifest(check_dataset_dir(cfg.data.dataset_dir))  # the schema too, not only the file
+        manifest = load_manifest(check_dataset_dir(cfg.data.dataset_dir))  # the schema too, not only the file
     except ManifestError as exc:  # a dataset is there but unusable: prepare_with would not replace it
         problems.append(str(exc))
     except PathError as exc:
@@ -96,6 +98,8 @@ def preflight(cfg: TrainJobConfig, *, resources: dict | None = None, num_nodes: 
             problems.append(f"data.prepare_with={prepare} does not exist and data.dataset_dir holds no dataset "
                             "yet; give an ingest preset (jobs/configs/<dataset>/ingest*.yaml) or point "
                             "data.dataset_dir at an ingested dataset")
+    # The model's own tables when the dataset is there (their sizes need it); else the item table.
+    problems[:0] = sharding_problems(cfg.parallel, build_task(cfg).table_specs(manifest) if manifest else None)
     if evaluating is None and cfg.train.resume not in ("auto", "never"):
         try:
             check_checkpoint(cfg.train.resume, key="train.resume")
@@ -140,13 +144,12 @@ def prepare_dataset(cfg: TrainJobConfig) -> None:
 
 
 def prepare_features(cfg: TrainJobConfig) -> None:
-    """Compute the cached trunk features when ``trunk_cache.build_if_missing`` and the store is absent.
+    """Compute the cached (video: trunk) features when ``trunk_cache.build_if_missing`` and the store is absent.
 
     Needs a Ray session (the feature pass is a Ray Data job). An existing store is left alone; the
-    workers check that it belongs to this run's trunk and content.
+    workers check that it belongs to this run's frozen encoder part and content.
     """
-    enc = cfg.model.content_encoder
-    if cfg.model.item_tower == "id" or not getattr(enc, "cached_trunk", False) or not cfg.trunk_cache.build_if_missing:
+    if not cfg.model.uses_cached_features or not cfg.trunk_cache.build_if_missing:
         return
     from mvrec_dist.data.content_store import ContentStoreError, load_features_manifest
 

@@ -1,8 +1,9 @@
 """The one training loop: epochs of steps, validation, early stopping, checkpoints, the final test.
 
-Everything distributed is behind ``ParallelModel`` (``mvrec_dist.parallel``); data comes from
-``TrainData`` (``mvrec_dist.data.loader``); checkpoints from ``Checkpointer``. Differences between
-runs are config, never copies of this loop.
+Everything distributed is behind ``ParallelModel`` (``mvrec_dist.parallel``); what is learnt and how
+it is scored is the ``Task`` (``mvrec_dist.tasks``); data comes from the task's ``TaskData``, whose
+stream state the checkpoint holds as one opaque entry; checkpoints from ``Checkpointer``.
+Differences between runs are config, never copies of this loop.
 """
 
 from __future__ import annotations
@@ -14,57 +15,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from mvrec_dist.config.jobs import TrainJobConfig
-from mvrec_dist.eval.runner import evaluate_ranking
+from mvrec_dist.tasks import Task, build_task
 from mvrec_dist.train.metrics_log import MetricsLog, format_eta
-from mvrec_dist.train.state import DataCursor, TrainState
+from mvrec_dist.train.state import TrainState
 
-__all__ = ["Trainer", "FitResult", "evaluate_split", "peak_memory"]
-
-
-EVAL_PROGRESS_SECONDS = 10.0
-"""Least time between two progress lines of one evaluation."""
-
-
-class _EvalProgress:
-    """Throttled progress lines of one evaluation: share done, users/s of every rank, ETA.
-
-    Rank 0 extrapolates from its own slice: the ranks' slices are equal up to one user.
-    """
-
-    def __init__(self, log: MetricsLog, split: str, world_size: int):
-        self.log, self.split, self.world_size = log, split, world_size
-        self._start = self._last = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if done == 0:  # item representations are ready: users are scored from here on
-            self._start = self._last = now
-            return
-        if done >= total or now - self._last < EVAL_PROGRESS_SECONDS:
-            return
-        self._last = now
-        rate = done / max(now - self._start, 1e-9)
-        self.log.progress(f"{self.split}: {100 * done / total:.0f}% of ~{total * self.world_size:,} users "
-                          f"({rate * self.world_size:,.0f} users/s) eta {format_eta((total - done) / rate)}")
-
-
-def evaluate_split(model: Any, data: Any, split: str, ks: tuple[int, ...],
-                   log: MetricsLog | None = None) -> dict[str, float]:
-    """HR@K / NDCG@K of ``model`` on ``split`` (``valid`` or ``test``), full ranking (collective).
-
-    Args:
-        model: The ``ParallelModel``.
-        data: This rank's ``TrainData`` (its slice of the split's users).
-        split: Which split.
-        ks: Cut-offs.
-        log: Where progress lines go while it runs (every ``EVAL_PROGRESS_SECONDS``); None for none.
-
-    Returns:
-        What ``evaluate_ranking`` returns (identical on every rank).
-    """
-    progress = _EvalProgress(log, split, data.world_size) if log is not None else None
-    with model.evaluating():
-        return evaluate_ranking(model, data.eval_batches(split), num_items=data.num_items, ks=ks, progress=progress)
+__all__ = ["Trainer", "FitResult", "peak_memory"]
 
 
 def peak_memory(model: Any) -> dict[str, float]:
@@ -122,13 +77,16 @@ class Trainer:
         state: Starting state (fresh, or restored from a checkpoint).
         report: Called with metrics at every report point (Ray Train's ``report``); at a checkpoint
             they name it (the checkpointer writes it; Ray Train is never handed checkpoints).
+        task: The run's ``Task`` (built from ``cfg`` when None).
     """
 
     def __init__(self, cfg: TrainJobConfig, model: Any, data: Any, checkpointer: Any, log: MetricsLog,
-                 state: TrainState, report: Callable[[dict], None]):
+                 state: TrainState, report: Callable[[dict], None], task: Task | None = None):
         self.cfg = cfg
         self.model = model
         self.data = data
+        self.task = task if task is not None else build_task(cfg)
+        data.load_state_dict(state.data)
         self.checkpointer = checkpointer
         self.log = log
         self.state = state
@@ -152,10 +110,8 @@ class Trainer:
         run_start = time.perf_counter() - st.elapsed_seconds
         stop = False
         while st.epoch < cfg.train.epochs and not stop:
-            stop = self._train_epoch(run_start)
-            epoch_done = not stop or st.cursors == []
-            if not epoch_done:
-                break
+            if self._train_epoch(run_start):
+                break  # max_steps, mid-epoch
             if (st.epoch + 1) % cfg.eval.every_epochs == 0 or st.epoch + 1 == cfg.train.epochs:
                 improved = self._validate(run_start)
                 stop = stop or (cfg.train.patience > 0 and st.evals_since_best >= cfg.train.patience)
@@ -163,6 +119,7 @@ class Trainer:
                 improved = False
             st.epoch += 1
             st.epoch_step = 0
+            self.data.end_epoch()
             st.elapsed_seconds = time.perf_counter() - run_start
             if cfg.train.checkpoint_at_epoch_end or improved:
                 self._checkpoint(is_best=improved)
@@ -185,29 +142,20 @@ class Trainer:
     def _train_epoch(self, run_start: float) -> bool:
         """Run (the rest of) the current epoch. Returns True when ``max_steps`` stopped it early."""
         cfg, st = self.cfg, self.state
-        plans, starts, skips, replanned = self.data.resume_plan(
-            st.epoch, st.cursors, st.plan, st.world_size, st.loader_workers,
-            {int(k): v for k, v in st.window_skips.items()})
-        st.plan = [[c.to_dict() for c in part] for part in plans] if replanned else None
-        st.window_skips = {str(k): v for k, v in skips.items()}
-        st.world_size, st.loader_workers = self.data.world_size, self.data.loader_workers
-        per_rank = self.data.consumers_per_rank
-        cursors = {c.consumer: c for c in starts[self.data.rank * per_rank:(self.data.rank + 1) * per_rank]}
-        batches = self.data.train_batches(st.epoch, plans, starts, skips)
+        batches = self.data.train_batches(st.epoch)
         expected = max(1, self.data.estimated_steps_per_epoch())
         epoch_start, seq0, tgt0 = time.perf_counter(), self._sequences, self._targets
         loss_sum, loss_steps = 0.0, 0
         # Steps go on while any rank has data (ranks out of it train on dummy batches); each is yielded
         # after its update, so a batch's cursor is recorded only once its step ran.
-        steps = self.model.train_steps(batches, self.data.dummy_batch)
+        steps = self.model.train_steps(batches, self.data.dummy_batch, self.task.count)
         t0 = time.perf_counter()
         for batch, stats in steps:
             targets, sequences = stats.num_targets, stats.sequences
-            if batch is not None and batch.cursor is not None:
-                cursors[batch.cursor.consumer] = batch.cursor
-                if self._audit is not None:
-                    self._audit.write(json.dumps({"epoch": st.epoch, "step": st.step + 1,
-                                                  "rows": batch.provenance.tolist()}) + "\n")
+            self.data.record(batch)
+            if self._audit is not None and getattr(batch, "provenance", None) is not None:
+                self._audit.write(json.dumps({"epoch": st.epoch, "step": st.step + 1,
+                                              "rows": batch.provenance.tolist()}) + "\n")
             st.step += 1
             st.epoch_step += 1
             loss_sum, loss_steps = loss_sum + stats.loss, loss_steps + 1
@@ -225,11 +173,10 @@ class Trainer:
                 self.log.progress(f"epoch {st.epoch} step {st.epoch_step}/~{expected} loss {stats.loss:.4f} "
                                   f"{rate:,.0f} seq/s {target_rate:,.0f} targets/s eta {format_eta(eta)}")
             if cfg.train.checkpoint_every_steps and st.step % cfg.train.checkpoint_every_steps == 0:
-                st.cursors = self._all_cursors(cursors)
                 st.elapsed_seconds = time.perf_counter() - run_start
                 self._checkpoint(is_best=False)
             if cfg.train.max_steps and st.step >= cfg.train.max_steps:
-                st.cursors = self._all_cursors(cursors)
+                st.data = self.data.state_dict()
                 steps.close()  # batches a pipeline fetched ahead are not run (their cursors were not recorded)
                 return True
             t0 = time.perf_counter()
@@ -248,30 +195,22 @@ class Trainer:
         self.log.progress(f"epoch {st.epoch} done: {st.epoch_step} steps in {seconds:.1f}s ({rate:,.0f} seq/s, "
                           f"{target_rate:,.0f} targets/s, mean loss {self._epoch_summary['loss']:.4f}, peak RSS "
                           f"{memory['peak_rss_mib_max']:,.0f} MiB{gpu})", always=True)
-        st.cursors = []
-        st.plan = None
-        st.window_skips = {}
         return False
-
-    def _all_cursors(self, local: dict[int, DataCursor]) -> list[DataCursor]:
-        """Every consumer's cursor (all ranks), sorted by consumer id."""
-        import torch
-
-        rows = torch.tensor([[c.consumer, c.samples, c.windows, c.batches] for c in local.values()],
-                            dtype=torch.long).reshape(-1, 4)
-        everyone = self.model.gather_rows(rows).tolist()
-        return sorted((DataCursor(consumer=r[0], samples=r[1], windows=r[2], batches=r[3]) for r in everyone),
-                      key=lambda c: c.consumer)
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, split: str) -> dict[str, float]:
-        return evaluate_split(self.model, self.data, split, self.cfg.eval.ks, self.log)
+        return self.task.evaluate(self.model, self.data, split, self.log)
+
+    def _shown(self, metrics: dict[str, float]) -> str:
+        return " ".join(f"{k} {v:.4f}" for k, v in self.task.metric_values(metrics).items())
 
     def _validate(self, run_start: float) -> bool:
         cfg, st = self.cfg, self.state
         metrics = self._evaluate("valid")
-        value = metrics[cfg.eval.select_metric]
-        improved = value > st.best_metric and not math.isnan(value)
+        select = self.task.select_metric
+        value = metrics[select.name]
+        # best_step < 0: nothing validated yet (best_metric's start value says nothing about direction).
+        improved = not math.isnan(value) and (st.best_step < 0 or select.better(value, st.best_metric))
         elapsed = time.perf_counter() - run_start
         if improved:
             st.best_metric, st.best_epoch, st.best_step = value, st.epoch, st.step
@@ -281,12 +220,13 @@ class Trainer:
             st.evals_since_best += 1
         st.history.append({"epoch": st.epoch, "step": st.step, "metrics": metrics, "elapsed_s": elapsed})
         self.log.record("valid", st.step, {**metrics, "epoch": st.epoch})
-        shown = " ".join(f"{k} {metrics[k]:.4f}" for k in metrics if "@" in k)
+        shown = self._shown(metrics)
         # Epoch time so far (training and validation, over resumes too) times the epochs left: an upper
         # bound, since early stopping may end the run sooner.
         left = cfg.train.epochs - st.epoch - 1
         eta = f", run eta <= {format_eta(elapsed / (st.epoch + 1) * left)}" if left > 0 else ""
-        self.log.progress(f"valid epoch {st.epoch}: {shown} ({metrics['users']:,} users in {metrics['seconds']:.1f}s"
+        noun = self.task.examples_key
+        self.log.progress(f"valid epoch {st.epoch}: {shown} ({metrics[noun]:,} {noun} in {metrics['seconds']:.1f}s"
                           f"{eta}){' *best*' if improved else ''}", always=True)
         return improved
 
@@ -296,8 +236,7 @@ class Trainer:
             self.checkpointer.load_best(self.model, st)
         metrics = self._evaluate("test")
         self.log.record("test", st.step, {**metrics, "best_epoch": st.best_epoch})
-        shown = " ".join(f"{k} {metrics[k]:.4f}" for k in metrics if "@" in k)
-        self.log.progress(f"test (weights of epoch {st.best_epoch}): {shown}", always=True)
+        self.log.progress(f"test (weights of epoch {st.best_epoch}): {self._shown(metrics)}", always=True)
         return metrics
 
     # ------------------------------------------------------------------ checkpoints
@@ -305,11 +244,12 @@ class Trainer:
         st = self.state
         last = st.history[-1]["metrics"] if st.history else {}
         return {"step": st.step, "epoch": st.epoch, "best_metric": st.best_metric,
-                **{f"valid/{k}": v for k, v in last.items() if "@" in k},
+                **{f"valid/{k}": v for k, v in self.task.metric_values(last).items()},
                 **{f"train/{k}": v for k, v in self._epoch_summary.items()}}
 
     def _checkpoint(self, *, is_best: bool) -> None:
         st = self.state
+        st.data = self.data.state_dict()  # collective mid-epoch: every rank is here
         name = self.checkpointer.save(self.model, st)
         self.report({**self._report_metrics(), "checkpoint": name, "is_best": is_best})
         self.log.record("checkpoint", st.step, {"epoch": st.epoch, "best": is_best})

@@ -107,6 +107,8 @@ class RunSummary:
     (the epoch in progress, 0-based) and ``epoch_step`` (its steps done; 0 at an epoch's end)."""
     select_metric: str = "ndcg@10"
     """The validation metric that picks the best checkpoint."""
+    metric_names: list[str] = field(default_factory=list)
+    """The task's metrics in display order (from the checkpoint's config; empty when unknown)."""
     best_valid: dict[str, float] = field(default_factory=dict)
     """Metrics of the best validation so far (``hr@10``, ``ndcg@10``, ...)."""
     best_epoch: int | None = None
@@ -130,7 +132,7 @@ class RunSummary:
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json`` output."""
         return {k: getattr(self, k) for k in ("name", "uri", "status", "detail", "updated", "checkpoints",
-                                              "select_metric", "best_valid", "best_epoch", "best_step", "history",
+                                              "select_metric", "metric_names", "best_valid", "best_epoch", "best_step", "history",
                                               "test", "result", "evals")}
 
 
@@ -201,7 +203,7 @@ def summarize_run(run_uri: str, *, stale_after: float = 600.0, now: float | None
     newest = summary.newest_checkpoint
     if newest is not None:
         config = read_json(f"{run}/{newest['name']}/config.json") or {}
-        summary.select_metric = config.get("eval", {}).get("select_metric", summary.select_metric)
+        summary.select_metric, summary.metric_names = _task_metrics(config, summary.select_metric)
         state = read_json(f"{run}/{newest['name']}/state.json") or {}
         summary.history = state.get("history", [])
         best = next((h for h in summary.history if h.get("step") == state.get("best_step")), None)
@@ -295,3 +297,19 @@ def resolve_checkpoint(target: str, which: str = "best") -> tuple[str, str]:
         raise PathError(f"{target} has no finished checkpoint {which}; pass best, latest or one of "
                         f"{', '.join(committed)}")
     return target, f"{target}/{which}"
+
+
+def _task_metrics(config: dict[str, Any], default_select: str) -> tuple[str, list[str]]:
+    """``(selection metric, metric names)`` of a run from its checkpoint's ``config.json``.
+
+    The config is rebuilt so the task resolves them as the run did; a config this version cannot
+    read (written by a much older or newer one) keeps what it states, with names unknown.
+    """
+    from mvrec_dist.config.jobs import TrainJobConfig
+    from mvrec_dist.config.load import build_config
+
+    try:
+        cfg = build_config(TrainJobConfig, config)
+    except Exception:  # noqa: BLE001 (any unreadable config: show the run anyway)
+        return (config.get("eval", {}).get("select_metric") or default_select), []
+    return cfg.select_metric.name, [m.name for m in cfg.metrics]

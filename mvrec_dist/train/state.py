@@ -1,4 +1,4 @@
-"""The training state that a checkpoint carries besides tensors: counters, best metric, data cursors.
+"""The training state that a checkpoint carries besides tensors: counters, best metric, the data stream's state.
 
 Everything here is JSON (no pickle), so a checkpoint's state file is safe to read and easy to inspect.
 """
@@ -10,14 +10,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from mvrec_dist.data.cursor import DataCursor
-
 __all__ = ["TrainState"]
 
 
 @dataclass
 class TrainState:
-    """Counters and bookkeeping of a run (identical on every rank, except nothing: cursors are global)."""
+    """Counters and bookkeeping of a run (identical on every rank: the data state is gathered from all ranks)."""
 
     epoch: int = 0
     """Epoch in progress (0-based); after an epoch finishes it is the next one."""
@@ -26,7 +24,7 @@ class TrainState:
     epoch_step: int = 0
     """Steps taken in the current epoch."""
     best_metric: float = float("-inf")
-    """Best validation value of ``eval.select_metric`` so far."""
+    """Best validation value of the selection metric so far (meaningful once ``best_step >= 0``)."""
     best_epoch: int = -1
     """Epoch of the best validation."""
     best_step: int = -1
@@ -39,30 +37,29 @@ class TrainState:
     """Wall time (training + evaluation) from the start to the best validation."""
     elapsed_seconds: float = 0.0
     """Wall time (training + evaluation) so far, summed over resumes."""
-    world_size: int = 1
-    """World size of the run that wrote this state."""
-    loader_workers: int = 0
-    """Loader workers per rank of the run that wrote this state."""
-    cursors: list[DataCursor] = field(default_factory=list)
-    """Cursor of every consumer in the current epoch (empty at an epoch boundary)."""
-    plan: list[list[dict[str, Any]]] | None = None
-    """The current epoch's consumer plans when they are not the epoch's canonical plan (after a resume
-    on another world size), as ``Chunk`` dicts; None otherwise."""
-    window_skips: dict[str, int] = field(default_factory=dict)
-    """Global sample index -> training windows already consumed of it, for samples that were cut
-    mid-way by a resume on another world size (keys are strings for JSON)."""
+    data: dict[str, Any] = field(default_factory=dict)
+    """The training data stream's own state (``TaskData.state_dict()``: for next-item data the epoch's
+    consumer cursors, plan and window skips); opaque to the loop and the checkpoint. Empty: fresh start."""
     history: list[dict[str, Any]] = field(default_factory=list)
     """One entry per validation: epoch, step, metrics, seconds."""
 
     def to_json(self) -> str:
         """Serialise to JSON."""
-        d = dataclasses.asdict(self)
-        d["cursors"] = [c.to_dict() for c in self.cursors]
-        return json.dumps(d, indent=1, sort_keys=True)
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
 
     @staticmethod
     def from_json(text: str) -> "TrainState":
-        """Inverse of ``to_json``."""
+        """Inverse of ``to_json``; also reads states written before the data stream kept its own state."""
         d = json.loads(text)
-        d["cursors"] = [DataCursor.from_dict(c) for c in d.get("cursors", [])]
+        legacy = {k: d.pop(k) for k in _LEGACY_DATA_KEYS if k in d}
+        if legacy and "data" not in d:
+            # Checkpoints before the task seam kept the next-item stream's fields at the top level;
+            # they are that stream's state_dict under other names.
+            d["data"] = {"epoch": d.get("epoch", 0), "cursors": legacy.get("cursors", []),
+                         "plan": legacy.get("plan"), "window_skips": legacy.get("window_skips", {}),
+                         "world_size": legacy.get("world_size", 1),
+                         "loader_workers": legacy.get("loader_workers", 0)}
         return TrainState(**d)
+
+
+_LEGACY_DATA_KEYS = ("cursors", "plan", "window_skips", "world_size", "loader_workers")

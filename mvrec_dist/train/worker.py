@@ -20,14 +20,13 @@ import torch
 from mvrec_dist.config.jobs import TrainJobConfig
 from mvrec_dist.config.load import build_config, config_to_dict
 from mvrec_dist.data.fs import is_local
-from mvrec_dist.data.loader import TrainData, load_item_train_counts
 from mvrec_dist.data.manifest import Manifest, load_manifest
-from mvrec_dist.models.builders import build_recommender
 from mvrec_dist.parallel.facade import ParallelModel
-from mvrec_dist.parallel.process_groups import DistContext, current_context
+from mvrec_dist.parallel.process_groups import DistContext, all_gather_variable, current_context
+from mvrec_dist.tasks import Task, TaskData, build_task
 from mvrec_dist.train.checkpointing import Checkpointer
 from mvrec_dist.train.content import content_fn, open_content_store
-from mvrec_dist.train.loop import FitResult, Trainer, evaluate_split
+from mvrec_dist.train.loop import FitResult, Trainer
 from mvrec_dist.train.metrics_log import MetricsLog
 from mvrec_dist.train.runs import RESULT_NAME
 from mvrec_dist.train.state import TrainState
@@ -55,9 +54,11 @@ class RankSetup:
 
     manifest: Manifest
     """The dataset manifest."""
+    task: Task
+    """What the run learns."""
     model: torch.nn.Module
-    """The unsharded recommender (its ID table lives in ``parallel``)."""
-    data: TrainData
+    """The unsharded model (its ID table lives in ``parallel``)."""
+    data: TaskData
     """This rank's data."""
     parallel: ParallelModel
     """The model spread over the ranks."""
@@ -87,18 +88,17 @@ def build_rank(cfg: TrainJobConfig, ctx: DistContext) -> RankSetup:
         torch.set_num_threads(cfg.parallel.cpus_per_worker)
     _seed_everything(cfg.train.seed)
     manifest = load_manifest(cfg.data.dataset_dir)
-    counts = load_item_train_counts(manifest)
-    model = build_recommender(cfg.model, num_items=manifest.num_items, item_train_counts=counts,
-                              max_seq_len=cfg.data.max_seq_len, seed=cfg.train.seed, device="meta")
+    task = build_task(cfg)
+    model = task.build_model(manifest, device="meta")
     store = open_content_store(cfg, manifest, model.dense.item_tower.content_encoder)
-    data = TrainData(cfg, manifest, rank=ctx.rank, world_size=ctx.world_size, pin_memory=ctx.is_cuda,
-                     content_store=store)
+    data = task.build_data(manifest, rank=ctx.rank, world_size=ctx.world_size, pin_memory=ctx.is_cuda,
+                           content_store=store, gather=lambda rows: all_gather_variable(rows, ctx))
     pm = ParallelModel(model, cfg, ctx, total_steps=data.estimated_steps_per_epoch() * cfg.train.epochs)
     if store is not None:
         pm.set_content_source(content_fn(store), cfg.eval.content_batch_size)
     # Identical model init above; from here on each rank draws its own dropout masks.
     _seed_everything(cfg.train.seed + 7919 * (ctx.rank + 1))
-    return RankSetup(manifest=manifest, model=model, data=data, parallel=pm)
+    return RankSetup(manifest=manifest, task=task, model=model, data=data, parallel=pm)
 
 
 def run_worker(cfg: TrainJobConfig, ctx: DistContext, *,
@@ -121,11 +121,10 @@ def run_worker(cfg: TrainJobConfig, ctx: DistContext, *,
         state = checkpointer.restore(pm)
         for uri in checkpointer.skipped:
             log.progress(f"skipped checkpoint {uri}: it does not verify (partial or corrupt)", always=True)
-        if state is None:
-            state = TrainState(world_size=ctx.world_size, loader_workers=cfg.data.loader_workers)
-        else:
+        trainer = Trainer(cfg, pm, setup.data, checkpointer, log, state or TrainState(), report, task=setup.task)
+        if state is not None:
             log.progress(f"resumed from {checkpointer.restored_from}: step {state.step} (epoch {state.epoch}, "
-                         f"{len(state.cursors)} consumer cursors, written by {state.world_size} ranks)", always=True)
+                         f"data {setup.data.describe_state()})", always=True)
         if pm.sparse is not None:
             log.progress(f"item table: {pm.sparse.plan_text}")
         log.progress(setup.describe(cfg, ctx))
@@ -133,7 +132,6 @@ def run_worker(cfg: TrainJobConfig, ctx: DistContext, *,
         if store is not None:
             log.progress(f"item content: {store.name}, {store.items_with_content:,} of {store.num_items:,} items, "
                          f"{store.dtype} {list(store.shape)} each")
-        trainer = Trainer(cfg, pm, setup.data, checkpointer, log, state, report)
         return trainer.fit()
     finally:
         log.close()
@@ -177,10 +175,11 @@ def run_eval_worker(cfg: TrainJobConfig, ctx: DistContext, checkpoint: str, spli
         log.progress(setup.describe(cfg, ctx))
         state = TrainState.from_json(checkpointer.load_weights(setup.parallel, checkpoint))
         log.progress(f"loaded {checkpoint} (step {state.step}); scoring {split}")
-        metrics = evaluate_split(setup.parallel, setup.data, split, cfg.eval.ks, log)
-        shown = " ".join(f"{k} {metrics[k]:.4f}" for k in metrics if "@" in k)
-        log.progress(f"{split}: {shown} ({metrics['users']:,} users in {metrics['seconds']:.1f}s, "
-                     f"{metrics['users'] / max(metrics['seconds'], 1e-9):,.0f} users/s)", always=True)
+        metrics = setup.task.evaluate(setup.parallel, setup.data, split, log)
+        shown = " ".join(f"{k} {v:.4f}" for k, v in setup.task.metric_values(metrics).items())
+        noun = setup.task.examples_key
+        log.progress(f"{split}: {shown} ({metrics[noun]:,} {noun} in {metrics['seconds']:.1f}s, "
+                     f"{metrics[noun] / max(metrics['seconds'], 1e-9):,.0f} {noun}/s)", always=True)
     finally:
         log.close()
         checkpointer.close()

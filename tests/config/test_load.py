@@ -130,3 +130,22 @@ def test_optional_section_reports_its_own_problems():
         build_config(TrainJobConfig, {"model": {"item_tower": "content", "loss": {"name": "inbatch_softmax"},
                                                 "content_encoder": {"name": "r3d18", "frames": 0}}})
     assert any(p.startswith("model.content_encoder.frames:") for p in info.value.problems), info.value.problems
+
+
+def test_the_selection_metric_is_checked_against_the_tasks_metrics():
+    cfg = load_config(TrainJobConfig, None, [])
+    assert cfg.task.name == "next_item" and cfg.select_metric.name == "ndcg@10" and cfg.select_metric.higher_is_better
+    assert [m.name for m in cfg.metrics] == ["hr@10", "ndcg@10", "hr@20", "ndcg@20"]
+    assert load_config(TrainJobConfig, None, ["eval.ks=[5]"]).select_metric.name == "ndcg@5"
+    pop = load_config(TrainJobConfig, None, ["task.name=item_popularity"])
+    assert pop.select_metric.name == "mae" and not pop.select_metric.higher_is_better
+    assert load_config(TrainJobConfig, None, ["task.name=item_popularity", "eval.select_metric=rmse"]
+                       ).select_metric.name == "rmse"
+    with pytest.raises(ConfigError, match=r"eval.select_metric: must be a metric of task 'item_popularity': "
+                                          r"one of \['mae', 'rmse'\], got 'ndcg@10'"):
+        load_config(TrainJobConfig, None, ["task.name=item_popularity", "eval.select_metric=ndcg@10"])
+    with pytest.raises(ConfigError, match=r"eval.select_metric: must be a metric of task 'next_item'.*got 'ndcg@30'"):
+        load_config(TrainJobConfig, None, ["eval.select_metric=ndcg@30"])
+    with pytest.raises(ConfigError, match="model.item_tower: task item_popularity trains on the ID table only"):
+        load_config(TrainJobConfig, None, ["task.name=item_popularity", "model.item_tower=content",
+                                           "model.content_encoder.name=frame_cnn", "model.loss.name=inbatch_softmax"])

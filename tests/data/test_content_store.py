@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 
 import numpy as np
 import pytest
 
-from mvrec_dist.data.content_store import ContentStore, ContentStoreError
-from mvrec_dist.data.ingest.array_shards import build_index, render_array_shard
+from mvrec_dist.config.model import CONTENT_KINDS
+from mvrec_dist.data.content_store import (CONTENT_KIND_RULES, ContentSpec, ContentStore, ContentStoreError,
+                                           content_spec)
+from mvrec_dist.data.ingest.array_shards import build_index, npy_bytes, render_array_shard
 from mvrec_dist.data.ingest.tar_writer import write_bytes
+from mvrec_dist.data.manifest import Manifest
 
 N = 7
 SHAPE = (2, 4, 4, 3)
@@ -29,8 +33,8 @@ def _store(root: str, **kwargs) -> ContentStore:
         sizes.append(write_bytes(f"{root}/{path}", data)["bytes"])
         paths.append(path)
         entries.append((j, ids, offsets))
-    return ContentStore(root=root, shards=paths, shard_bytes=sizes, index=build_index(N, entries), shape=SHAPE,
-                        dtype="uint8", name="test store", **kwargs)
+    return ContentStore(root=root, shards=paths, shard_bytes=sizes, index=build_index(N, entries), kind="frames",
+                        shape=SHAPE, dtype="uint8", name="test store", **kwargs)
 
 
 @pytest.fixture(params=["local", "uri"])
@@ -76,7 +80,7 @@ def test_a_rewritten_shard_is_detected(tmp_path):
 def test_bad_indexes_are_refused(tmp_path):
     good = _store(str(tmp_path))
     kwargs = dict(root=str(tmp_path), shards=list(good.layout.shards), shard_bytes=list(good.layout.shard_bytes),
-                  shape=SHAPE, dtype="uint8", name="bad")
+                  kind="frames", shape=SHAPE, dtype="uint8", name="bad")
     with pytest.raises(ContentStoreError, match="int64"):
         ContentStore(index=good.index.astype(np.int32), **kwargs)
     bad = good.index.copy()
@@ -87,3 +91,84 @@ def test_bad_indexes_are_refused(tmp_path):
     bad[0] = [0, 512]
     with pytest.raises(ContentStoreError, match="padding"):
         ContentStore(index=bad, **kwargs)
+
+
+# ---------------------------------------------------------------- content kinds
+def _dataset(root: str, arrays: dict[int, np.ndarray], *, kind: str | None) -> Manifest:
+    """A dataset manifest whose content split (one shard, written by the ingestion's writers) holds
+    ``arrays`` by dense id; ``kind=None`` writes a section without ``kind``, as older versions did."""
+    ids = sorted(arrays)
+    data, offsets = render_array_shard(ids, "x.npy", [arrays[i] for i in ids], [{"item": i} for i in ids])
+    shard = write_bytes(f"{root}/content/c-0.tar", data)
+    index = write_bytes(f"{root}/content/index.npy", npy_bytes(build_index(N, [(0, ids, offsets)])))
+    first = arrays[ids[0]]
+    section = {"index": "content/index.npy", "member": "x.npy", "shape": list(first.shape), "dtype": str(first.dtype)}
+    if kind is not None:
+        section["kind"] = kind
+    return Manifest(root=root, data={
+        "counts": {"items": N}, "files": {"content/index.npy": index}, "content": section,
+        "splits": {"content": {"samples": len(ids), "shards": [{"path": "content/c-0.tar", "samples": len(ids),
+                                                                 "bytes": shard["bytes"], "sha256": shard["sha256"]}]}},
+    })
+
+
+def test_every_content_kind_has_rules():
+    assert set(CONTENT_KIND_RULES) == set(CONTENT_KINDS) == {"frames", "tokens", "features"}
+
+
+def test_a_manifest_without_a_kind_serves_frames(tmp_path):
+    m = _dataset(str(tmp_path), {i: _frames(i) for i in (1, 4)}, kind=None)
+    assert content_spec(m) == ContentSpec("frames", SHAPE, "uint8")
+    store = ContentStore.from_dataset(m)
+    assert store.kind == "frames" and store.spec.describe() == "2 frames of 4x4"
+    np.testing.assert_array_equal(store.gather(np.array([4, 1])), np.stack([_frames(4), _frames(1)]))
+
+
+def test_a_token_id_store_serves_padded_ids(tmp_path):
+    tokens = {i: np.pad(np.arange(1, i + 1, dtype=np.int32) + 100 * i, (0, 8 - i)) for i in (2, 3, 7)}  # T=8, 0 = pad
+    store = ContentStore.from_dataset(_dataset(str(tmp_path), tokens, kind="tokens"))
+    assert (store.kind, store.shape, store.dtype) == ("tokens", (8,), np.dtype(np.int32))
+    out = store.gather(np.array([7, 2, 7]))
+    assert out.dtype == np.int32 and out.shape == (3, 8)
+    np.testing.assert_array_equal(out, np.stack([tokens[7], tokens[2], tokens[7]]))
+    assert store.has(np.arange(N + 1)).tolist() == [i in tokens for i in range(N + 1)]
+    assert store.spec.describe() == "8 token ids"
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone.kind == "tokens"
+    np.testing.assert_array_equal(clone.gather(np.array([3]))[0], tokens[3])
+
+
+@pytest.mark.parametrize("root", ["local", "uri"])
+def test_a_float_feature_store_serves_features(tmp_path, root):
+    rng = np.random.default_rng(0)
+    feats = {i: rng.standard_normal((3, 2, 2)).astype(np.float16) for i in (1, 5, 6)}
+    where = str(tmp_path) if root == "local" else f"memory://{tmp_path.name}-features"
+    store = ContentStore.from_dataset(_dataset(where, feats, kind="features"))
+    assert (store.kind, store.shape, store.dtype) == ("features", (3, 2, 2), np.dtype(np.float16))
+    np.testing.assert_array_equal(store.gather(np.array([6, 1])), np.stack([feats[6], feats[1]]))
+
+
+@pytest.mark.parametrize("kind, shape, dtype, message", [
+    ("frames", (2, 4, 4, 3), "float32", "frames content must be uint8"),
+    ("frames", (2, 4, 4), "uint8", "frames content must be uint8"),
+    ("tokens", (2, 8), "int64", "tokens content must be int"),
+    ("tokens", (8,), "float32", "tokens content must be int"),
+    ("features", (4,), "uint8", "features content must be float"),
+    ("video", (2, 4, 4, 3), "uint8", "unknown content kind 'video'"),
+])
+def test_arrays_that_do_not_fit_their_kind_are_refused(tmp_path, kind, shape, dtype, message):
+    good = _store(str(tmp_path))
+    with pytest.raises(ContentStoreError, match=message):
+        ContentStore(root=str(tmp_path), shards=list(good.layout.shards), shard_bytes=list(good.layout.shard_bytes),
+                     index=good.index, kind=kind, shape=shape, dtype=dtype, name="bad")
+
+
+def test_a_dataset_without_content_or_with_a_stale_index_is_refused(tmp_path):
+    m = _dataset(str(tmp_path), {1: _frames(1)}, kind="frames")
+    with pytest.raises(ContentStoreError, match="has no item content"):
+        ContentStore.from_dataset(Manifest(root=m.root, data={**m.data, "splits": {}}))
+    (tmp_path / "content" / "index.npy").write_bytes(npy_bytes(build_index(N, [])))
+    assert hashlib.sha256((tmp_path / "content" / "index.npy").read_bytes()).hexdigest() != \
+        m.data["files"]["content/index.npy"]["sha256"]
+    with pytest.raises(ContentStoreError, match="stale or rewritten index"):
+        ContentStore.from_dataset(m)

@@ -27,7 +27,8 @@ def _store(root) -> _CountingStore:
     data, offsets = render_array_shard(ids, "frames.npy", arrays, [{"item": i} for i in ids])
     info = write_bytes(f"{root}/c.tar", data)
     return _CountingStore(root=str(root), shards=["c.tar"], shard_bytes=[info["bytes"]],
-                          index=build_index(N, [(0, ids, offsets)]), shape=SHAPE, dtype="uint8", name="t")
+                          index=build_index(N, [(0, ids, offsets)]), kind="frames", shape=SHAPE, dtype="uint8",
+                          name="t")
 
 
 def test_each_unique_item_is_loaded_once_and_items_without_content_get_no_row(tmp_path):

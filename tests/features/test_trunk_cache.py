@@ -51,8 +51,8 @@ def test_stored_features_are_the_trunk_output_and_verify(dataset, tmp_path, dtyp
     cfg = _cfg(dataset, tmp_path / "f", f"trunk_cache.dtype={dtype}")
     result = run_trunk_cache(cfg)
     assert not result.reused and verify_dataset(str(tmp_path / "f")) == []
-    features = ContentStore.trunk_features(str(tmp_path / "f"))
-    frames = ContentStore.frames(load_manifest(str(dataset)))
+    features = ContentStore.from_features(str(tmp_path / "f"))
+    frames = ContentStore.from_dataset(load_manifest(str(dataset)))
     assert features.items_with_content == frames.items_with_content
     ids = np.nonzero(frames.has(np.arange(frames.num_items + 1)))[0]
     expected = trunk_features(build_trunk_encoder(cfg), torch.from_numpy(frames.gather(ids))).numpy()
@@ -76,8 +76,7 @@ def test_cached_and_live_trunk_give_the_same_loss_on_the_same_batch(dataset, tmp
                                   max_seq_len=cfg.data.max_seq_len, seed=cfg.train.seed)
         store = open_content_store(cfg, manifest, model.dense.item_tower.content_encoder)
         data = TrainData(cfg, manifest, rank=0, world_size=1, content_store=store)
-        plans, starts, skips, _ = data.resume_plan(0, [], None, 1, 0, {})
-        batch = next(data.train_batches(0, plans, starts, skips))
+        batch = next(data.train_batches(0))
         assert batch.content.dtype == (torch.uint8 if name == "live" else getattr(torch, dtype))
         model.train()
         out = model(batch)

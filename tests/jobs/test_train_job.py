@@ -110,6 +110,48 @@ def test_mvrec_eval_scores_the_best_checkpoint_as_the_run_tested_it(trained):
     assert [p.name for p in (run / "evals").iterdir()] == [f"{best}-test.json"]  # Ray Train's records removed
 
 
+@pytest.mark.integration
+def test_a_second_task_trains_through_the_same_job_with_lower_is_better_early_stopping(trained):
+    """The task seam end to end: item-popularity regression (MAE, lower is better) on the run's dataset,
+    2 Ray Train workers, early stopping, checkpoints, test; then ``mvrec eval`` and ``mvrec runs show``."""
+    from mvrec_dist.train.runs import checkpoint_name
+
+    assert trained.proc.returncode == 0
+    ds, runs = trained.runs.parent / "ds", trained.runs
+    proc = _run(["--config", str(DEMO), f"data.dataset_dir={ds}", "task.name=item_popularity",
+                 f"train.storage_path={runs}", "train.run_name=pop", "train.epochs=15", "train.patience=1",
+                 "train.batch_size=64", "train.lr=0.003", "ray.num_cpus=2", "ray.dashboard=false"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = runs / "pop"
+    held_out = round(0.1 * json.loads((ds / "manifest.json").read_text())["counts"]["items"])
+    result = json.loads((run / "result.json").read_text())
+    newest = sorted(run.glob("checkpoint-step*"))[-1]
+    state = json.loads((newest / "state.json").read_text())
+    maes = [h["metrics"]["mae"] for h in state["history"]]
+    # The best epoch minimises MAE; patience 1 ends the run one validation after it (or at the last epoch).
+    assert state["best_epoch"] == maes.index(min(maes)) == result["best_epoch"]
+    assert len(maes) == min(15, state["best_epoch"] + 2)
+    assert result["valid/mae"] == pytest.approx(min(maes)) and result["test/items"] == result["valid/items"] == held_out
+    assert result["test/rmse"] >= result["test/mae"] > 0
+    assert "valid epoch 0: mae " in proc.stdout and f"({held_out} items in" in proc.stdout
+    assert not any("hr@" in k or "ndcg@" in k for k in result)
+
+    proc = subprocess.run([sys.executable, "-m", "mvrec_dist.cli", "eval", str(run), "ray.num_cpus=2",
+                           "ray.dashboard=false", "--split", "valid"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    best = checkpoint_name(state["best_step"])
+    scored = json.loads((run / "evals" / f"{best}-valid.json").read_text())
+    assert scored["mae"] == pytest.approx(result["valid/mae"], abs=1e-9) and scored["items"] == held_out
+    assert '"mae"' in proc.stdout and f'"items": {held_out}' in proc.stdout
+
+    shown = subprocess.run([sys.executable, "-m", "mvrec_dist.cli", "runs", "show", str(run)], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert f"best valid (by mae, epoch {state['best_epoch']}): mae " in shown.stdout and " rmse " in shown.stdout
+    assert f"eval {best}-valid: mae " in shown.stdout and f"({held_out} items)" in shown.stdout
+
+
 @pytest.mark.parametrize("override,fragment", [
     ("parallel.sharding_type=diagonal", "parallel.sharding_type: expected one of"),
     ("parallel.zero_stage=4", "parallel.zero_stage: DeepSpeed ZeRO has stages 0, 1, 2 and 3"),

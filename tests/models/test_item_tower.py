@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from mvrec_dist.models.item_encoders import cached_features
 from mvrec_dist.models.item_tower import ItemTower
 from mvrec_dist.models.registry import CONTENT_ENCODERS
-from tests.models.tiny_content import TinyContentConfig
+from tests.models.tiny_content import TinyContentConfig, TinyTokenEncoder
 
 D = 4
 
@@ -132,3 +133,46 @@ def test_mask_and_content_must_agree():
         tower(torch.zeros(6, D), _content(), MASK)
     with pytest.raises(ValueError, match="5 ID embeddings but a content mask of 6"):
         tower(torch.zeros(5, D), _content()[MASK], MASK)
+
+
+# ---------------------------------------------------------------- the content-encoder protocol
+TOKENS = torch.tensor([[3, 4, 0, 0], [5, 0, 0, 0], [6, 7, 8, 9]], dtype=torch.int32)  # U=3,T=4; 0 = pad
+
+
+def test_the_tower_prepares_content_with_the_encoder_and_keeps_integer_input():
+    enc = TinyTokenEncoder()
+    tower = ItemTower(mode="content", embedding_dim=D, content_encoder=enc)
+    out = tower(None, TOKENS)
+    pooled = torch.stack([enc.embed.weight[[3, 4]].mean(0), enc.embed.weight[5], enc.embed.weight[6:10].mean(0)])
+    expected = tower.projection(enc.head(pooled))
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+    assert enc.prepared == 1
+
+
+@pytest.mark.parametrize("mode", ["content", "id+content"])
+def test_cached_features_of_any_encoder_give_the_live_output(mode):
+    live_enc, cached_enc = TinyTokenEncoder(), TinyTokenEncoder()
+    torch.manual_seed(1)
+    live = ItemTower(mode=mode, embedding_dim=D, content_encoder=live_enc)
+    torch.manual_seed(1)
+    cached = ItemTower(mode=mode, embedding_dim=D, content_encoder=cached_enc, cached_features=True)
+    cached.load_state_dict(live.state_dict())
+    mask, emb = torch.tensor([False, True, True, True]), (torch.randn(4, D) if mode != "content" else None)
+    features = cached_features(cached_enc, TOKENS)  # what a feature store would hold
+    assert features.dtype == torch.float32 and features.shape == (3, 3)
+    torch.testing.assert_close(cached(emb, features, mask), live(emb, TOKENS, mask), atol=1e-6, rtol=1e-6)
+    assert cached_enc.prepared == 1  # by cached_features only: the cached tower runs the head alone
+    with pytest.raises(ValueError, match="float trunk features"):
+        cached(emb, TOKENS, mask)
+
+
+def test_the_protocol_is_checked_when_the_tower_is_built():
+    linear = nn.Linear(2, 2)
+    linear.out_dim = 2  # has out_dim, but no prepare: not a content encoder
+    with pytest.raises(ValueError, match="must be a ContentEncoder"):
+        ItemTower(mode="content", embedding_dim=D, content_encoder=linear)
+    with pytest.raises(ValueError, match="TinyContentEncoder has no frozen part whose output could be cached"):
+        ItemTower(mode="content", embedding_dim=D, content_encoder=CONTENT_ENCODERS.build(TinyContentConfig()),
+                  cached_features=True)
+    with pytest.raises(ValueError, match="cached_features needs a content encoder"):
+        ItemTower(mode="id", embedding_dim=D, cached_features=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ def _batch(cfg_loss=None, seed: int = 0):
 def test_forward_equals_the_step_written_out_without_dedup(loss):
     model, batch = _model(loss), _batch(loss)
     out = model(batch)
-    table = model.item_ids.embeddings["item"].weight
+    table = model.tables.sequence.embeddings["item"].weight
     states = model.dense.user_encoder(table[batch.items[:, :-1]], batch.lengths.clamp(max=L))  # no dedup
     rows, cols = [], []
     for b, n in enumerate(batch.lengths.tolist()):
@@ -51,12 +52,12 @@ def test_forward_equals_the_step_written_out_without_dedup(loss):
     assert out.num_sequences.item() == batch.items.shape[0]
 
 
-def test_id_features_and_lookup():
+def test_sparse_inputs_and_lookup():
     model = _model()
     ids = torch.tensor([0, 5, 3, 5])
-    kjt = SequentialRecommender.id_features(ids)
-    assert kjt.keys() == [ITEM_FEATURE] and kjt.lengths().tolist() == [1, 1, 1, 1]
-    torch.testing.assert_close(model.lookup(ids), model.item_ids.embeddings["item"].weight[ids], atol=0, rtol=0)
+    kjt = model.sparse_inputs(SimpleNamespace(unique_items=ids))["sequence"]
+    assert kjt.keys() == [ITEM_FEATURE] and kjt.lengths().tolist() == [4]  # one bag: a row per id, in order
+    torch.testing.assert_close(model.lookup(ids), model.tables.sequence.embeddings["item"].weight[ids], atol=0, rtol=0)
 
 
 def test_user_states_take_the_last_valid_position():
@@ -93,7 +94,7 @@ def test_training_step_updates_only_looked_up_rows():
     model, batch = _model().train(), _batch()
     out = model(batch)
     (out.loss_sum / out.num_targets).backward()
-    grad = model.item_ids.embeddings["item"].weight.grad
+    grad = model.tables.sequence.embeddings["item"].weight.grad
     touched = (grad != 0).any(dim=1).nonzero().flatten()
     assert set(touched.tolist()) <= set(batch.unique_items.tolist()) - {0}
 
@@ -103,7 +104,7 @@ def test_content_only_tower_trains_end_to_end():
     cfg = ModelConfig(embedding_dim=D, item_tower="content", content_encoder=TinyContentConfig(),
                       loss=InBatchSoftmaxConfig(), user_encoder=SASRecConfig(dropout=0.0, attention_dropout=0.0))
     model = build_recommender(cfg, num_items=N, item_train_counts=COUNTS, max_seq_len=L)
-    assert model.item_ids is None and model.lookup(torch.tensor([1])) is None
+    assert model.tables is None and model.lookup(torch.tensor([1])) is None
     batch = _batch()
     frames = torch.randn(N + 1, 2, 3, generator=torch.Generator().manual_seed(1))
     batch.content = frames[batch.unique_items]  # U,F,3
@@ -167,7 +168,7 @@ def test_dedup_gives_the_same_loss_as_encoding_every_occurrence(encoder, item_to
 
 def test_cached_trunk_model_takes_trunk_features_and_matches_the_live_model():
     from mvrec_dist.config.content import R3D18Config
-    from mvrec_dist.models.item_encoders.video import trunk_features
+    from mvrec_dist.models.item_encoders.video import trunk_and_top, trunk_features
 
     enc = R3D18Config(widths=(4, 8, 8, 8), layers=(1, 1, 1, 1), stem_width=4, frames=2, size=16, finetune="top",
                       top_blocks=2)
@@ -176,7 +177,8 @@ def test_cached_trunk_model_takes_trunk_features_and_matches_the_live_model():
     torch.manual_seed(0)
     cached = build_recommender(_video_cfg(dataclasses.replace(enc, cached_trunk=True), "id+content"), num_items=N,
                                item_train_counts=COUNTS, max_seq_len=L)
-    assert cached.dense.item_tower.cached_top_blocks == 2 and live.dense.item_tower.cached_top_blocks is None
+    assert cached.dense.item_tower.cached_features and not live.dense.item_tower.cached_features
+    assert trunk_and_top(cached.dense.item_tower.content_encoder)[2] == 2  # the head is the top 2 blocks
     frames = torch.from_numpy(np.random.default_rng(4).integers(0, 256, (N + 1, 2, 16, 16, 3), dtype=np.uint8))
     batch = _batch()
     batch.content_mask = batch.unique_items > 0

@@ -84,9 +84,11 @@ def _train(ctx, overrides: list[str], counts: tuple[int, ...], pipeline: str, st
             fetched.append(b.cursor)
             yield b
 
-    table = pm.sparse.module._dmp_wrapped_module
+    table = pm.sparse.module._dmp_wrapped_module.sequence  # the sharded item collection
     steps, fetched_at_first, forward_in_step = [], None, None
-    run = pm.train_steps(source(), dummy)
+    from mvrec_dist.tasks import build_task
+
+    run = pm.train_steps(source(), dummy, build_task(cfg).count)
     for batch, stats in itertools.islice(run, stop_after):
         if fetched_at_first is None:
             fetched_at_first, forward_in_step = len(fetched), type(table.forward).__name__
@@ -174,7 +176,7 @@ def _start_table(overrides: list[str]) -> torch.Tensor:
 def test_pipeline_choice():
     from mvrec_dist.config.parallel import ParallelConfig
     from mvrec_dist.parallel.facade import train_pipeline
-    from mvrec_dist.parallel.sharding import sharding_problems
+    from mvrec_dist.parallel.planning import sharding_problems
 
     auto = ParallelConfig()
     assert train_pipeline(auto, is_cuda=False, has_id_table=True) == "simple"

@@ -1,9 +1,12 @@
-"""Fused-optimizer parameters of the sharded item table (the parts that need no process group)."""
+"""Fused-optimizer parameters and per-table sharding choices (the parts that need no process group)."""
 
 from __future__ import annotations
 
-from mvrec_dist.config.parallel import ParallelConfig
-from mvrec_dist.parallel.sharding import _fused_params
+import pytest
+
+from mvrec_dist.config.parallel import ParallelConfig, TableParallelConfig
+from mvrec_dist.models.tables import TableSpec
+from mvrec_dist.parallel.planning import fused_params, sharding_problems, table_plans
 
 
 def test_bf16_outputs_use_fbgemm_sparse_type():
@@ -11,7 +14,36 @@ def test_bf16_outputs_use_fbgemm_sparse_type():
     # so nothing else on a CPU machine would import it).
     from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
 
-    params = _fused_params(ParallelConfig(embedding_optimizer="rowwise_adagrad", embedding_lr=0.05), output_bf16=True)
+    params = fused_params("rowwise_adagrad", lr=0.05, eps=1e-8, weight_decay=0.0, output_bf16=True)
     assert params["output_dtype"] == SparseType.BF16
     assert params["optimizer"] == EmbOptimType.EXACT_ROWWISE_ADAGRAD and params["learning_rate"] == 0.05
-    assert "output_dtype" not in _fused_params(ParallelConfig(), output_bf16=False)
+    assert "output_dtype" not in fused_params("sgd", lr=0.1, eps=1e-8, weight_decay=0.0, output_bf16=False)
+
+
+ITEM = TableSpec(name="item", num_embeddings=10, embedding_dim=4, features=("item_id",))
+USER = TableSpec(name="user", num_embeddings=1_048_577, embedding_dim=4, features=("user_id",), keyed_by="user")
+CLIPS = TableSpec(name="clip", num_embeddings=10, embedding_dim=4, features=("clips",), pooled=True, weighted=True)
+
+
+def test_each_table_gets_the_defaults_or_its_own_overrides():
+    cfg = ParallelConfig(sharding_type="row_wise", embedding_lr=0.05, tables=(
+        TableParallelConfig(name="clip", sharding_type="table_wise", embedding_optimizer="sgd", embedding_lr=0.5),))
+    plans = {p.spec.name: p for p in table_plans((ITEM, USER, CLIPS), cfg)}
+    assert (plans["item"].sharding_type, plans["item"].optimizer, plans["item"].lr) == ("row_wise", "rowwise_adagrad", 0.05)
+    assert (plans["clip"].sharding_type, plans["clip"].optimizer, plans["clip"].lr) == ("table_wise", "sgd", 0.5)
+    assert sharding_problems(cfg, (ITEM, USER, CLIPS)) == []
+    with pytest.raises(ValueError, match=r"parallel.tables: the model has no table \['clips'\]"):
+        table_plans((ITEM,), ParallelConfig(tables=(TableParallelConfig(name="clips"),)))
+
+
+def test_what_a_device_cannot_do_for_a_tables_kind_is_named():
+    # Measured (benchmarks/sharding_support.py): the planner offers row_wise for bag collections on CUDA only.
+    [problem] = sharding_problems(ParallelConfig(sharding_type="row_wise"), (ITEM, CLIPS))
+    assert problem.startswith("parallel.sharding_type: 'row_wise' is not available on cpu for the weighted "
+                              "EmbeddingBagCollection table 'clip'") and "table_column_wise" in problem
+    cfg = ParallelConfig(tables=(TableParallelConfig(name="item", sharding_type="table_row_wise"),))
+    [problem] = sharding_problems(cfg, (ITEM,))
+    assert problem.startswith("parallel.tables[item].sharding_type: 'table_row_wise' is not available on cpu for "
+                              "the EmbeddingCollection table 'item' (fbgemm's CPU kernels fail")
+    assert sharding_problems(ParallelConfig(sharding_type="row_wise", use_gpu=True), (ITEM, CLIPS)) == []
+    assert "'adam' is not available on cpu" in sharding_problems(ParallelConfig(embedding_optimizer="adam"))[0]

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from mvrec_dist.config import TrainJobConfig, load_config
-from mvrec_dist.data.cursor import DataCursor
 from mvrec_dist.parallel.facade import StepStats
 from mvrec_dist.train.loop import Trainer
 from mvrec_dist.train.metrics_log import MetricsLog
@@ -34,11 +33,11 @@ class FakeModel:
         self.steps = 0
         self.items = torch.randn(N + 1, D, generator=torch.Generator().manual_seed(0))
 
-    def train_steps(self, batches, dummy_batch):
+    def train_steps(self, batches, dummy_batch, count):
         for batch in batches:
             self.steps += 1
-            yield batch, StepStats(loss=4.0 / self.steps, num_targets=int((batch.lengths - 1).sum()),
-                                   sequences=len(batch.lengths))
+            targets, sequences = count(batch)
+            yield batch, StepStats(loss=4.0 / self.steps, num_targets=targets, sequences=sequences)
 
     def gather_rows(self, rows):
         return rows
@@ -60,10 +59,22 @@ class FakeModel:
 class FakeData:
     rank, world_size, loader_workers, consumers_per_rank, num_items = 0, 1, 0, 1, N
 
-    def resume_plan(self, epoch, cursors, plan, world_size, loader_workers, skips):
-        return [[]], [DataCursor(consumer=0, samples=0, windows=0, batches=0)], {}, False
+    def __init__(self):
+        self.recorded, self.loaded = 0, None
 
-    def train_batches(self, epoch, plans, starts, skips):
+    def load_state_dict(self, state):
+        self.loaded = state
+
+    def state_dict(self):
+        return {"recorded": self.recorded}
+
+    def record(self, batch):
+        self.recorded += 1
+
+    def end_epoch(self):
+        pass
+
+    def train_batches(self, epoch):
         for _ in range(3):
             yield SimpleNamespace(lengths=torch.tensor([3, 4]), cursor=None)
 
@@ -167,11 +178,11 @@ class FourBatches(FakeData):
 
 @pytest.mark.parametrize("quiet", [False, True])
 def test_evaluation_progress_has_a_rate_and_an_eta(monkeypatch, capsys, quiet):
-    from mvrec_dist.train import loop
+    from mvrec_dist.eval import progress
+    from mvrec_dist.tasks.next_item import evaluate_split
 
-    monkeypatch.setattr(loop, "EVAL_PROGRESS_SECONDS", 0.0)  # a line after every batch but the last
-    metrics = loop.evaluate_split(FakeModel(), FourBatches(), "valid", (10,), MetricsLog(None, quiet=quiet,
-                                                                                         enabled=True))
+    monkeypatch.setattr(progress, "EVAL_PROGRESS_SECONDS", 0.0)  # a line after every batch but the last
+    metrics = evaluate_split(FakeModel(), FourBatches(), "valid", (10,), MetricsLog(None, quiet=quiet, enabled=True))
     assert metrics["users"] == 8
     lines = capsys.readouterr().out.splitlines()
     if quiet:
@@ -179,3 +190,65 @@ def test_evaluation_progress_has_a_rate_and_an_eta(monkeypatch, capsys, quiet):
         return
     assert [line.split(" (")[0] for line in lines] == [f"valid: {p}% of ~8 users" for p in (25, 50, 75)]
     assert all(line.endswith("s") and " users/s) eta " in line for line in lines)
+
+
+class FakeCheckpointerKeepingState(FakeCheckpointer):
+    def __init__(self):
+        self.saved = []
+
+    def save(self, model, state):
+        self.saved.append(dict(state.data))
+        return super().save(model, state)
+
+
+def test_the_data_streams_state_is_one_opaque_checkpoint_entry(tmp_path):
+    cfg = load_config(TrainJobConfig, None, ["train.epochs=2", "train.checkpoint_every_steps=2", "train.patience=0"])
+    data, checkpointer = FakeData(), FakeCheckpointerKeepingState()
+    state = TrainState(data={"recorded": -1})
+    Trainer(cfg, FakeModel(), data, checkpointer, MetricsLog(None, quiet=True, enabled=True), state, lambda m: None).fit()
+    assert data.loaded == {"recorded": -1}  # handed back to the data before training
+    # Every 2 steps (2, 4, 6) and at each epoch's end (3, 6): whatever the data said at that moment.
+    assert checkpointer.saved == [{"recorded": r} for r in (2, 3, 4, 6, 6)]
+
+
+class ScriptedTask:
+    """A task whose validation metric follows a script; ``higher`` picks its direction."""
+
+    examples_key = "items"
+
+    def __init__(self, values, higher):
+        from mvrec_dist.config.task import MetricSpec
+
+        self.values, self.spec = list(values), MetricSpec("err", higher)
+        self.metrics, self.select_metric = (self.spec,), self.spec
+
+    def metric_values(self, metrics):
+        return {"err": metrics["err"]}
+
+    def count(self, batch):
+        return int((batch.lengths - 1).sum()), len(batch.lengths)
+
+    def evaluate(self, model, data, split, log=None):
+        value = self.values.pop(0) if split == "valid" else -1.0
+        return {"err": value, "items": 5, "seconds": 0.0}
+
+
+@pytest.mark.parametrize("higher, best_epoch, epochs_run", [(False, 1, 4), (True, 0, 3)])
+def test_early_stopping_follows_the_metrics_direction(higher, best_epoch, epochs_run):
+    # err by epoch: 3.0, 2.0, 2.5, 2.7, 1.0. Lower is better: best at epoch 1, patience 2 stops after
+    # epoch 3 (epoch 4's 1.0 is never reached). Higher is better: best at epoch 0, stops after epoch 2.
+    cfg = load_config(TrainJobConfig, None, ["train.epochs=5", "train.patience=2"])
+    checkpointer = FakeCheckpointer()
+    task = ScriptedTask([3.0, 2.0, 2.5, 2.7, 1.0], higher)
+    result = Trainer(cfg, FakeModel(), FakeData(), checkpointer, MetricsLog(None, quiet=True, enabled=True), TrainState(),
+                     lambda m: None, task=task).fit()
+    assert result.state.best_epoch == best_epoch and result.state.epoch == epochs_run
+    assert result.valid["err"] == [3.0, 2.0][best_epoch] and result.state.best_metric == result.valid["err"]
+
+
+def test_a_nan_first_validation_is_not_a_best():
+    cfg = load_config(TrainJobConfig, None, ["train.epochs=2", "train.patience=0"])
+    task = ScriptedTask([float("nan"), 4.0], higher=False)
+    result = Trainer(cfg, FakeModel(), FakeData(), FakeCheckpointer(), MetricsLog(None, quiet=True, enabled=True), TrainState(),
+                     lambda m: None, task=task).fit()
+    assert result.state.best_epoch == 1 and result.state.best_metric == 4.0

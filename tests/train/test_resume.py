@@ -132,14 +132,14 @@ def test_resume_on_another_world_size_sees_each_sample_of_the_epoch_once(dataset
     extra = [f"data.audit_dir={audit}", "train.epochs=1"]
     run_ranks(_train, before, _overrides(dataset, runs, "resize", "train.max_steps=4", *extra))
     cut = json.loads((runs / "resize" / "checkpoint-step000000004" / "state.json").read_text())
-    assert cut["world_size"] == before and cut["cursors"]  # a mid-epoch checkpoint
+    assert cut["data"]["world_size"] == before and cut["data"]["cursors"]  # a mid-epoch checkpoint
     run_ranks(_train, after, _overrides(dataset, runs, "resize", *extra))
     seen = _audit_rows(audit, 0)
     expected = _windows_of_split(dataset)
     assert sorted(seen) == expected  # nothing skipped, nothing repeated
     final = json.loads((runs / "resize" / sorted(p.name for p in (runs / "resize").glob("checkpoint-*"))[-1]
                         / "state.json").read_text())
-    assert final["world_size"] == after and final["epoch"] == 1
+    assert final["data"]["world_size"] == after and final["epoch"] == 1 == final["data"]["epoch"]
 
 
 def test_a_truncated_checkpoint_is_skipped_for_the_previous_one(dataset, tmp_path):

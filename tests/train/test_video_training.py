@@ -110,7 +110,7 @@ def test_two_ranks_video_only_tower_with_id_only_items(dataset, tmp_path):
 
     m = load_manifest(str(dataset))
     items = np.load(m.path("maps/items.npy"))
-    assert not ContentStore.frames(m).has(np.searchsorted(items[1:], ID_ONLY) + 1).any()
+    assert not ContentStore.from_dataset(m).has(np.searchsorted(items[1:], ID_ONLY) + 1).any()
 
 
 def test_cached_trunk_training_uses_the_feature_store_and_refuses_another_trunk(dataset, tmp_path):

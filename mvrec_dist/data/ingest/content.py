@@ -113,6 +113,7 @@ def _section(video: VideoIngestConfig, results: list[ShardResult], content_dir: 
     return {
         "generation": generation,
         "dir": content_dir,
+        "kind": "frames",  # ContentKind; older manifests have none and mean frames (content_store.content_spec)
         "member": FRAMES_MEMBER,
         "shape": [video.frames_per_item, video.size, video.size, 3],
         "dtype": "uint8",

@@ -83,7 +83,7 @@ def test_frames_written_equal_a_direct_decode_at_the_same_timestamps(ingested, m
         assert members["frames.npy"].dtype == np.uint8 and members["frames.npy"].shape == (F, S, S, 3)
         np.testing.assert_array_equal(members["frames.npy"], direct)
         # ... and the training store reads the same bytes through the index
-        np.testing.assert_array_equal(ContentStore.frames(m).gather(np.array([_dense(m, raw)]))[0], direct)
+        np.testing.assert_array_equal(ContentStore.from_dataset(m).gather(np.array([_dense(m, raw)]))[0], direct)
 
 
 def test_counts_reconcile_and_every_id_only_item_is_listed_with_its_reason(ingested):
@@ -99,7 +99,7 @@ def test_counts_reconcile_and_every_id_only_item_is_listed_with_its_reason(inges
     m = load_manifest(str(root / "ds"))
     assert m.data["splits"]["content"]["samples"] == 3
     assert [s.path for s in m.shards("content")] == [f"content/g0001/content-{j:05d}.tar" for j in range(3)]
-    store = ContentStore.frames(m)
+    store = ContentStore.from_dataset(m)
     assert store.has(np.arange(9)).sum() == 3 and not store.has(np.array([0]))[0]
     assert verify_dataset(str(root / "ds")) == []
 
@@ -161,7 +161,7 @@ def test_synthetic_frames_stand_in_for_absent_files_only(ray_local, microlens_vi
     assert c["counts"]["decoded"] == 3 and c["counts"]["synthetic"] == 3  # items 3, 9, 11
     assert c["counts"]["id_only_by_kind"] == {"missing": 0, "empty": 1, "unreadable": 1}
     m = load_manifest(str(tmp_path / "ds"))
-    store = ContentStore.frames(m)
+    store = ContentStore.from_dataset(m)
     again = store.gather(np.array([_dense(m, 3)]))[0]
     from mvrec_dist.data.ingest.video_items import synthetic_frames
 

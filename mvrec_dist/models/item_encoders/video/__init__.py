@@ -1,4 +1,6 @@
-"""Video encoders: ``forward(frames[U, F, 3, S, S]) -> [U, out_dim]``, plus ``preprocess``, ``split``, ``blocks``.
+"""Video encoders: ``forward(frames[U, F, 3, S, S]) -> [U, out_dim]``, plus ``prepare``, ``split``, ``blocks``.
+
+Each is a ``ContentEncoder`` of kind ``'frames'`` (``mvrec_dist.models.item_encoders.base``).
 
 Importing this package registers each family's builder in ``CONTENT_ENCODERS``: R3D-18 and
 R(2+1)D-18 (``r3d``), the per-frame 2D CNN (``frame_cnn``) and VideoMAE (``videomae``).

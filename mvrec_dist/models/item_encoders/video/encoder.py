@@ -1,5 +1,9 @@
 """The interface every video encoder implements, and what it gives for free.
 
+A video encoder is a ``ContentEncoder`` (``mvrec_dist.models.item_encoders.base``) of kind
+``'frames'``: ``prepare`` normalises stored uint8 frames, and ``cache_split`` is the fine-tuning
+cut (the frozen trunk, and the top that trains).
+
 A video encoder is a pipeline of *stages* (``stages()``): parameter-free adapters (layout
 changes, pooling) and *blocks* (``blocks()``, the units the fine-tuning modes freeze, bottom to
 top). ``forward`` runs the stages in order; ``split(K)`` cuts the same stage list before the K-th
@@ -21,6 +25,9 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from mvrec_dist.models.item_encoders.base import ContentEncoder
+from mvrec_dist.models.item_encoders.video.trunk import trunk_and_top, trunk_digest
+
 __all__ = ["VideoEncoder", "IMAGENET_MEAN", "IMAGENET_STD", "KINETICS_MEAN", "KINETICS_STD"]
 
 # Normalisation of the public checkpoints: torchvision's ImageNet classifiers and the VideoMAE
@@ -32,7 +39,7 @@ KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
 
 
-class VideoEncoder(nn.Module):
+class VideoEncoder(ContentEncoder):
     """Base of the video encoders: ``forward(frames[U, F, 3, S, S]) -> [U, out_dim]``.
 
     Subclasses build their modules, then implement ``stages()`` and ``blocks()``.
@@ -44,8 +51,7 @@ class VideoEncoder(nn.Module):
     """
 
     def __init__(self, *, out_dim: int, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        self.out_dim = out_dim
+        super().__init__(out_dim=out_dim)
         self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 1, 3, 1, 1),
                              persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 1, 3, 1, 1),
@@ -66,7 +72,7 @@ class VideoEncoder(nn.Module):
         """Encode U items.
 
         Args:
-            frames: ``float [U, F, 3, S, S]`` normalised frames (``preprocess``).
+            frames: ``float [U, F, 3, S, S]`` normalised frames (``prepare``).
 
         Returns:
             ``[U, out_dim]`` item features.
@@ -78,7 +84,7 @@ class VideoEncoder(nn.Module):
             x = stage(x)
         return x  # U,out_dim
 
-    def preprocess(self, frames: Tensor) -> Tensor:
+    def prepare(self, frames: Tensor) -> Tensor:
         """Turn shipped uint8 frames into the normalised float input of ``forward``.
 
         ``x = (frames / 255 - mean) / std`` with the public checkpoint's mean and std, so the data
@@ -91,7 +97,7 @@ class VideoEncoder(nn.Module):
             ``float32 [U, F, 3, S, S]`` on the same device.
         """
         if frames.dtype != torch.uint8 or frames.dim() != 5 or frames.shape[-1] != 3:
-            raise ValueError(f"{type(self).__name__}.preprocess: expected uint8 [U, F, S, S, 3], got "
+            raise ValueError(f"{type(self).__name__}.prepare: expected uint8 [U, F, S, S, 3], got "
                              f"{frames.dtype} {tuple(frames.shape)}")
         x = frames.permute(0, 1, 4, 2, 3).to(torch.float32).div_(255.0)  # U,F,3,S,S
         mean = self.pixel_mean.to(x.device)
@@ -120,6 +126,15 @@ class VideoEncoder(nn.Module):
         first = blocks[len(blocks) - top_blocks]
         cut = next(i for i, s in enumerate(stages) if s is first or getattr(s, "block", None) is first)
         return nn.Sequential(*stages[:cut]), nn.Sequential(*stages[cut:])
+
+    def cache_split(self) -> tuple[nn.Module, nn.Module]:
+        """The trunk (frozen blocks) and the top (trainable blocks), cut where fine-tuning froze."""
+        trunk, top, _ = trunk_and_top(self)
+        return trunk, top
+
+    def cache_identity(self) -> dict:
+        """``trunk_digest`` and the cut (``top_blocks``): what the trunk's output depends on besides its input."""
+        return {"trunk_digest": trunk_digest(self), "top_blocks": trunk_and_top(self)[2]}
 
     # ---------------------------------------------------------------- freezing
     @property

@@ -2,19 +2,25 @@
 
 With ``finetune`` 'frozen' or 'top' the bottom ``frozen_blocks`` blocks never change, so their
 output for an item is a constant that can be computed once and stored (``mvrec_dist.features``);
-training then runs only the top (``ItemTower(cached_top_blocks=K)``). ``trunk_digest`` names the
+training then runs only the top (``ItemTower(cached_features=True)``). ``trunk_digest`` names the
 exact function the stored features came from (weights, buffers, input normalisation, cut point),
-so a training run can refuse features that a different trunk computed.
+so a training run can refuse features that a different trunk computed. ``trunk_features`` and
+``trunk_output_shape`` are the video names of the generic ``cached_features`` /
+``cached_feature_shape`` (``VideoEncoder.cache_split`` is ``trunk_and_top``).
 """
 
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from mvrec_dist.models.item_encoders.video.encoder import VideoEncoder
+from mvrec_dist.models.item_encoders.base import cached_feature_shape, cached_features
+
+if TYPE_CHECKING:  # encoder.py imports this module (its cache_split is the cut defined here)
+    from mvrec_dist.models.item_encoders.video.encoder import VideoEncoder
 
 __all__ = ["trunk_and_top", "trunk_digest", "trunk_output_shape", "trunk_features"]
 
@@ -57,9 +63,8 @@ def trunk_digest(encoder: VideoEncoder) -> str:
     return h.hexdigest()
 
 
-@torch.no_grad()
 def trunk_features(encoder: VideoEncoder, frames: Tensor) -> Tensor:
-    """The trunk's output for uint8 frames (eval mode: frozen BatchNorm uses running statistics).
+    """The trunk's output for uint8 frames (``cached_features`` of a video encoder).
 
     Args:
         encoder: A video encoder after ``apply_finetune``.
@@ -68,14 +73,7 @@ def trunk_features(encoder: VideoEncoder, frames: Tensor) -> Tensor:
     Returns:
         ``[U, ...]`` float32 trunk features (what ``ItemTower`` in cached mode takes).
     """
-    trunk, _, _ = trunk_and_top(encoder)
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        dtype = encoder.pixel_mean.dtype
-        return trunk(encoder.preprocess(frames).to(dtype)).float()
-    finally:
-        encoder.train(was_training)
+    return cached_features(encoder, frames)
 
 
 def trunk_output_shape(encoder: VideoEncoder, frames: int, size: int) -> tuple[int, ...]:
@@ -89,6 +87,4 @@ def trunk_output_shape(encoder: VideoEncoder, frames: int, size: int) -> tuple[i
     Returns:
         E.g. ``(128, 3, 28, 28)`` for R3D-18 top-2 at 5x224 (layer2's output).
     """
-    device = encoder.pixel_mean.device
-    return tuple(trunk_features(encoder, torch.zeros(1, frames, size, size, 3, dtype=torch.uint8,
-                                                     device=device)).shape[1:])
+    return cached_feature_shape(encoder, (frames, size, size, 3), torch.uint8)

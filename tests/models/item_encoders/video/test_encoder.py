@@ -1,4 +1,4 @@
-"""The video-encoder interface on every family at tiny size: shapes, dtypes, preprocess, blocks, split."""
+"""The video-encoder interface on every family at tiny size: shapes, dtypes, prepare, blocks, split."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_every_family_is_registered():
 
 def test_forward_shapes_and_dtypes(tiny_cfg):
     enc = _build(tiny_cfg, finetune="full")
-    x = enc.preprocess(_frames(u=3))
+    x = enc.prepare(_frames(u=3))
     assert x.dtype == torch.float32 and x.shape == (3, FRAMES, 3, SIZE, SIZE)
     y = enc(x)
     assert y.shape == (3, enc.out_dim) and y.dtype == torch.float32
@@ -42,21 +42,21 @@ def test_forward_shapes_and_dtypes(tiny_cfg):
 
 def test_items_are_encoded_independently_in_eval(tiny_cfg):
     enc = _build(tiny_cfg).eval()
-    x = enc.preprocess(_frames(u=4))
+    x = enc.prepare(_frames(u=4))
     torch.testing.assert_close(enc(x)[1:3], enc(x[1:3]), rtol=1e-5, atol=1e-6)
 
 
-def test_preprocess_normalises_with_the_checkpoint_constants(tiny_cfg):
+def test_prepare_normalises_with_the_checkpoint_constants(tiny_cfg):
     enc = _build(tiny_cfg)
     frames = _frames(u=2)
-    x = enc.preprocess(frames)
+    x = enc.prepare(frames)
     mean = enc.pixel_mean.flatten().tolist()
     std = enc.pixel_std.flatten().tolist()
     u, f, i, j, c = 1, 2, 5, 7, 2
     want = (frames[u, f, i, j, c].item() / 255 - mean[c]) / std[c]
     assert x[u, f, c, i, j].item() == pytest.approx(want, rel=1e-6)
     with pytest.raises(ValueError, match="uint8"):
-        enc.preprocess(frames.float())
+        enc.prepare(frames.float())
     with pytest.raises(ValueError, match=r"\[U, F, 3, S, S\]"):
         enc(torch.zeros(2, FRAMES, SIZE, SIZE, 3))
 
@@ -73,7 +73,7 @@ def test_blocks_own_every_parameter_once(tiny_cfg):
 def test_split_top_of_trunk_equals_forward(tiny_cfg, training):
     enc = _build(tiny_cfg, finetune="full")
     enc.train(training)
-    x = enc.preprocess(_frames(u=3))
+    x = enc.prepare(_frames(u=3))
     for k in range(len(enc.blocks()) + 1):
         trunk, top = enc.split(k)
         feature = trunk(x)

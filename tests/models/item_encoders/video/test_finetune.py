@@ -38,7 +38,7 @@ def test_modes_freeze_the_claimed_blocks(tiny_cfg, mode, k):
     frozen_bn = {id(m) for b in blocks[:n_frozen] for m in b.modules()}
     bns = [m for m in enc.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     before = [m.running_mean.clone() for m in bns]
-    x = enc.preprocess(torch.randint(0, 256, (3, FRAMES, SIZE, SIZE, 3), dtype=torch.uint8))
+    x = enc.prepare(torch.randint(0, 256, (3, FRAMES, SIZE, SIZE, 3), dtype=torch.uint8))
     out = enc(x)
     if trainable:
         out.sum().backward()

@@ -31,7 +31,7 @@ def test_trunk_output_feeds_the_top_to_the_live_output(tiny_cfg, finetune):
     frames = _frames()
     enc.eval()
     with torch.no_grad():
-        live = enc(enc.preprocess(frames))
+        live = enc(enc.prepare(frames))
         cached = top(trunk_features(enc, frames))
     torch.testing.assert_close(cached, live, atol=1e-5, rtol=1e-5)
     assert trunk_output_shape(enc, FRAMES, SIZE) == tuple(trunk_features(enc, frames).shape[1:])
@@ -63,7 +63,8 @@ def test_cached_trunk_tower_equals_the_live_tower_in_training_mode(name, mode):
     torch.manual_seed(1)
     live = ItemTower(mode=mode, embedding_dim=8, content_encoder=live_enc)
     torch.manual_seed(1)
-    cached = ItemTower(mode=mode, embedding_dim=8, content_encoder=cached_enc, cached_top_blocks=2)
+    cached = ItemTower(mode=mode, embedding_dim=8, content_encoder=cached_enc, cached_features=True)
+    assert trunk_and_top(cached_enc)[2] == 2  # the head that runs is the top 2 blocks
     cached.load_state_dict(live.state_dict())
     live.train()
     cached.train()

@@ -1,0 +1,24 @@
+"""Tasks: what a run learns (``base.Task``), one module per task; ``build_task`` picks the configured one."""
+
+from __future__ import annotations
+
+from mvrec_dist.config.jobs import TrainJobConfig
+from mvrec_dist.tasks.base import MetricSpec, Task, TaskData
+
+__all__ = ["Task", "TaskData", "MetricSpec", "build_task", "TASKS"]
+
+
+def _registry() -> dict[str, type[Task]]:
+    from mvrec_dist.tasks.item_popularity import ItemPopularityTask
+    from mvrec_dist.tasks.next_item import NextItemTask
+
+    return {"next_item": NextItemTask, "item_popularity": ItemPopularityTask}
+
+
+TASKS = ("next_item", "item_popularity")
+"""Task names ``task.name`` accepts (one ``TaskConfig`` variant and one ``Task`` class each)."""
+
+
+def build_task(cfg: TrainJobConfig) -> Task:
+    """The ``Task`` of ``cfg.task``."""
+    return _registry()[cfg.task.name](cfg)

@@ -1,0 +1,68 @@
+"""Next-item sequential recommendation: the MicroLens protocol, the system's first task.
+
+Batch: ``SequenceBatch`` (user-sequence windows; a window of length L has L-1 targets). Sparse
+feature: the batch's unique items in the item table. Model: ``SequentialRecommender`` (item
+tower, user encoder, loss). Evaluation: leave-one-out, full ranking over every item with the
+user's history excluded, HR@K / NDCG@K averaged over users (``mvrec_dist.eval.runner``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from mvrec_dist.data.loader import TrainData, load_item_train_counts
+from mvrec_dist.eval.progress import EvalProgress
+from mvrec_dist.eval.runner import evaluate_ranking
+from mvrec_dist.tasks.base import Task
+
+__all__ = ["NextItemTask", "evaluate_split"]
+
+
+def evaluate_split(model: Any, data: Any, split: str, ks: tuple[int, ...], log: Any | None = None) -> dict[str, float]:
+    """HR@K / NDCG@K of ``model`` on ``split`` (``valid`` or ``test``), full ranking (collective).
+
+    Args:
+        model: The ``ParallelModel`` (or anything with the ``RankingModel`` protocol and ``evaluating()``).
+        data: This rank's ``TrainData`` (its slice of the split's users).
+        split: Which split.
+        ks: Cut-offs.
+        log: Where progress lines go while it runs (every ``EVAL_PROGRESS_SECONDS``); None for none.
+
+    Returns:
+        What ``evaluate_ranking`` returns (identical on every rank).
+    """
+    progress = EvalProgress(log, split, data.world_size, "users") if log is not None else None
+    with model.evaluating():
+        return evaluate_ranking(model, data.eval_batches(split), num_items=data.num_items, ks=ks, progress=progress)
+
+
+class NextItemTask(Task):
+    """``task.name=next_item``: see the module docstring."""
+
+    examples_key = "users"
+
+    def build_model(self, manifest: Any, *, device: str | torch.device) -> nn.Module:
+        """``build_recommender`` over the dataset's items (the ID table on ``device``, normally meta)."""
+        from mvrec_dist.models.builders import build_recommender
+
+        return build_recommender(self.cfg.model, num_items=manifest.num_items,
+                                 item_train_counts=load_item_train_counts(manifest),
+                                 max_seq_len=self.cfg.data.max_seq_len, seed=self.cfg.train.seed, device=device)
+
+    def build_data(self, manifest: Any, *, rank: int, world_size: int, pin_memory: bool, content_store: Any,
+                   gather: Callable[[torch.Tensor], torch.Tensor] | None) -> TrainData:
+        """The rank's ``TrainData`` (sequence windows, resumable cursors, cached evaluation batches)."""
+        return TrainData(self.cfg, manifest, rank=rank, world_size=world_size, pin_memory=pin_memory,
+                         content_store=content_store, gather=gather)
+
+    def count(self, batch: Any) -> tuple[int, int]:
+        """Targets: ``sum(max(length - 1, 0))`` (every position but the first predicts the next item);
+        examples: rows with any item."""
+        return int((batch.lengths - 1).clamp(min=0).sum()), int((batch.lengths > 0).sum())
+
+    def evaluate(self, model: Any, data: Any, split: str, log: Any | None = None) -> dict[str, float]:
+        """Full-ranking HR@K / NDCG@K of ``split`` (``evaluate_split``)."""
+        return evaluate_split(model, data, split, self.cfg.eval.ks, log)
