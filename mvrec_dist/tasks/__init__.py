@@ -5,7 +5,7 @@ from __future__ import annotations
 from mvrec_dist.config.jobs import TrainJobConfig
 from mvrec_dist.tasks.base import MetricSpec, Task, TaskData
 
-__all__ = ["Task", "TaskData", "MetricSpec", "build_task", "TASKS"]
+__all__ = ["Task", "TaskData", "MetricSpec", "build_task"]
 
 
 def _registry() -> dict[str, type[Task]]:
@@ -13,10 +13,6 @@ def _registry() -> dict[str, type[Task]]:
     from mvrec_dist.tasks.next_item import NextItemTask
 
     return {"next_item": NextItemTask, "item_popularity": ItemPopularityTask}
-
-
-TASKS = ("next_item", "item_popularity")
-"""Task names ``task.name`` accepts (one ``TaskConfig`` variant and one ``Task`` class each)."""
 
 
 def build_task(cfg: TrainJobConfig) -> Task:

@@ -98,10 +98,6 @@ class Task(ABC):
         """The task's metrics among ``metrics`` (an ``evaluate`` result), in display order."""
         return {m.name: metrics[m.name] for m in self.metrics if m.name in metrics}
 
-    def config_problems(self) -> list[str]:
-        """What in the job config this task cannot run (empty when fine); checked on the driver."""
-        return []
-
     @abstractmethod
     def build_model(self, manifest: Any, *, device: str | torch.device) -> nn.Module:
         """The unsharded model: ``tables`` (``EmbeddingTables`` of ``table_specs`` or None) and ``dense``."""
