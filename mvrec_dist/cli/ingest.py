@@ -160,6 +160,11 @@ def stage_lines(result) -> list[str]:
         n = cc.get("items", 0)
         lines.append(f"videos:     {t['content']:7.1f} s  {n:,} items ({_rate(n, t['content'])}/s), "
                      f"{cc.get('with_content', 0):,} with content")
+    if "text" in t and "text" in result.manifest:
+        tc = result.manifest["text"].get("counts", {})
+        n = tc.get("items", 0)
+        lines.append(f"titles:     {t['text']:7.1f} s  {n:,} items ({_rate(n, t['text'])}/s), "
+                     f"{tc.get('with_text', 0):,} tokenised")
     return lines
 
 
@@ -173,4 +178,6 @@ def _show(prog: str, result) -> int:
                                              "filtered_users", "quarantined_rows", "interactions")}, indent=1))
     if "content" in result.manifest:
         print("content:", json.dumps(result.manifest["content"]["counts"], indent=1))
+    if "text" in result.manifest:
+        print("text:", json.dumps(result.manifest["text"]["counts"], indent=1))
     return 0

@@ -7,7 +7,7 @@ from typing import Literal
 
 from mvrec_dist.config.fields import Problems, setting
 
-__all__ = ["IngestConfig", "SyntheticConfig", "VideoIngestConfig"]
+__all__ = ["IngestConfig", "SyntheticConfig", "VideoIngestConfig", "TextIngestConfig"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,9 +36,16 @@ class IngestConfig:
     read_block_bytes: int = setting(64 << 20, doc="Byte range each read task parses; large files are split on line boundaries.")
     group_partitions: int = setting(0, doc="User-range partitions for grouping interactions by user; 0 picks from input size and cores.")
     progress: bool = setting(True, doc="Show Ray Data progress bars on the driver (off in CI quiet mode).")
+    warm: tuple[int, ...] = setting(
+        (), doc="Also derive Warm-N datasets into <output_dir>-warm<N>: items with fewer than N interactions "
+        "removed, short users dropped, re-split (mvrec_dist.data.ingest.warm; the paper: [20, 50, 200]).")
 
     def __post_init__(self) -> None:
         p = Problems()
+        p.check(all(not isinstance(n, bool) and n >= 1 for n in self.warm), "warm",
+                f"every N must be an integer >= 1 (items with fewer than N interactions are removed), "
+                f"got {list(self.warm)}")
+        p.check(len(set(self.warm)) == len(self.warm), "warm", f"lists an N twice: {list(self.warm)}")
         p.check(self.min_seq_len >= 3, "min_seq_len",
                 f"must be >= 3 so that train keeps at least one item before valid/test, got {self.min_seq_len}")
         p.check(self.shard_max_samples >= 1, "shard_max_samples", f"must be >= 1, got {self.shard_max_samples}")
@@ -105,4 +112,21 @@ class VideoIngestConfig:
                 "clips and frames_per_clip must be >= 1")
         p.check(not self.enabled or bool(self.videos), "videos", "must be set when video.enabled is true")
         p.check(self.shard_max_samples >= 1, "shard_max_samples", f"must be >= 1, got {self.shard_max_samples}")
+        p.raise_if_any()
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextIngestConfig:
+    """Tokenising item titles into item-content shards (token ids as ``int32 [max_tokens]`` arrays)."""
+
+    enabled: bool = setting(False, doc="Tokenise every item's title into the dataset's text content (an existing dataset in output_dir with the same inputs gets it added).")
+    tokenizer: str = setting("all-minilm-l6-v2", doc="Pretrained text model whose tokenizer is used (mvrec_dist.data.pretrained_text; ships in a package).")
+    max_tokens: int = setting(48, doc="Token ids per title, [CLS] and [SEP] included; longer titles are truncated (counted), shorter ones padded with id 0 (48 keeps 96% of MicroLens-50K titles whole).")
+    shard_max_samples: int = setting(8192, doc="Items per text shard (48 int32 ids are 192 bytes an item).")
+
+    def __post_init__(self) -> None:
+        p = Problems()
+        p.check(self.max_tokens >= 2, "max_tokens", f"must be >= 2 ([CLS] and [SEP]), got {self.max_tokens}")
+        p.check(self.shard_max_samples >= 1, "shard_max_samples", f"must be >= 1, got {self.shard_max_samples}")
+        p.check(bool(self.tokenizer), "tokenizer", "must name a pretrained text model")
         p.raise_if_any()

@@ -9,7 +9,7 @@ from mvrec_dist.config.data import DataConfig
 from mvrec_dist.config.eval import EvalConfig
 from mvrec_dist.config.features import TrunkCacheConfig
 from mvrec_dist.config.fields import Problems, setting
-from mvrec_dist.config.ingest import IngestConfig, SyntheticConfig, VideoIngestConfig
+from mvrec_dist.config.ingest import IngestConfig, SyntheticConfig, TextIngestConfig, VideoIngestConfig
 from mvrec_dist.config.model import ModelConfig
 from mvrec_dist.config.parallel import ParallelConfig
 from mvrec_dist.config.runtime import RayConfig
@@ -26,6 +26,7 @@ class IngestJobConfig:
     ingest: IngestConfig = setting(factory=IngestConfig, doc="Input files, reading and shard writing.")
     synthetic: SyntheticConfig = setting(factory=SyntheticConfig, doc="Optional synthetic MicroLens-shaped input.")
     video: VideoIngestConfig = setting(factory=VideoIngestConfig, doc="Optional decoding of raw videos into item-content shards.")
+    text: TextIngestConfig = setting(factory=TextIngestConfig, doc="Optional tokenisation of item titles into item-content shards.")
     ray: RayConfig = setting(factory=RayConfig, doc="Ray cluster to run on.")
 
     def __post_init__(self) -> None:

@@ -37,7 +37,8 @@ from mvrec_dist.data import fs as dfs
 from mvrec_dist.data.manifest import Manifest
 
 __all__ = ["ContentStore", "ContentStoreError", "ContentSpec", "ContentKindRules", "CONTENT_KIND_RULES",
-           "content_spec", "FEATURES_KIND", "FEATURES_MANIFEST", "load_features_manifest"]
+           "CONTENT_SECTIONS", "content_section", "content_spec", "FEATURES_KIND", "FEATURES_MANIFEST",
+           "load_features_manifest"]
 
 FEATURES_KIND = "mvrec_dist.trunk_features"
 """The ``kind`` of a feature store's manifest (the file's type; its content kind is ``'features'``)."""
@@ -70,7 +71,7 @@ CONTENT_KIND_RULES: dict[str, ContentKindRules] = {
         accepts=lambda shape, dtype: dtype == np.uint8 and len(shape) == 4 and shape[3] == 3,
         layout="uint8 [F, S, S, 3]", describe=lambda shape: f"{shape[0]} frames of {shape[1]}x{shape[2]}"),
     "tokens": ContentKindRules(
-        noun="token-id", ingest="an ingestion that writes token ids (none does yet)",
+        noun="title token-id", ingest="jobs/ingest_microlens.py with text.enabled=true (titles tokenised)",
         accepts=lambda shape, dtype: np.issubdtype(dtype, np.integer) and len(shape) == 1,
         layout="int [T] (padded)", describe=lambda shape: f"{shape[0]} token ids"),
     "features": ContentKindRules(
@@ -78,6 +79,30 @@ CONTENT_KIND_RULES: dict[str, ContentKindRules] = {
         accepts=lambda shape, dtype: np.issubdtype(dtype, np.floating),
         layout="float [...]", describe=lambda shape: f"features of shape {list(shape)}"),
 }
+
+
+CONTENT_SECTIONS: dict[str, str] = {"frames": "content", "tokens": "text"}
+"""The manifest section (and split) holding a dataset's content of each kind. A dataset holds at most
+one store per kind, so video frames and title tokens live side by side (MMRA reads both); the
+frames keep the name ``content`` they had before kinds existed. ``features`` are never in a
+dataset: a feature store is a directory of its own (``ContentStore.from_features``)."""
+
+
+def content_section(manifest: Manifest, kind: str) -> dict | None:
+    """The manifest section of the dataset's ``kind`` content, or None when the dataset has none.
+
+    Raises:
+        ContentStoreError: for a kind a dataset cannot hold.
+    """
+    name = CONTENT_SECTIONS.get(kind)
+    if name is None:
+        raise ContentStoreError(f"{manifest.root}: a dataset holds no {kind!r} content (dataset kinds: "
+                                f"{', '.join(CONTENT_SECTIONS)}; features live in a feature store)")
+    section = manifest.data.get(name)
+    if section is None or not manifest.has_split(name):
+        return None
+    # Manifests written before kinds existed have no ``kind`` in their (frames) ``content`` section.
+    return section if section.get("kind", "frames") == kind else None
 
 
 @dataclass(frozen=True)
@@ -103,23 +128,25 @@ def _checked_spec(kind: str, shape: Any, dtype: str, name: str) -> ContentSpec:
     return spec
 
 
-def content_spec(manifest: Manifest) -> ContentSpec:
-    """What a dataset's ``content`` split holds per item, from its manifest alone (nothing else is read).
+def content_spec(manifest: Manifest, kind: str = "frames") -> ContentSpec:
+    """What a dataset's ``kind`` content holds per item, from its manifest alone (nothing else is read).
 
     Args:
         manifest: The dataset's manifest.
+        kind: The content kind (``CONTENT_SECTIONS``).
 
     Returns:
-        The ``ContentSpec`` (kind ``'frames'`` when the manifest predates content kinds).
+        The ``ContentSpec``.
 
     Raises:
-        ContentStoreError: when the dataset has no content split, or its arrays do not fit its kind.
+        ContentStoreError: when the dataset has no such content, or its arrays do not fit its kind.
     """
-    content = manifest.data.get("content")
-    if not manifest.has_split("content") or content is None:
-        raise ContentStoreError(f"{manifest.root}: the dataset has no item content; ingest it first (video frames: "
-                                "jobs/ingest_microlens.py video.enabled=true video.videos=<dir>)")
-    return _checked_spec(content.get("kind", "frames"), content["shape"], content["dtype"], f"{manifest.root} content")
+    section = content_section(manifest, kind)
+    if section is None:
+        rules = CONTENT_KIND_RULES[kind]
+        raise ContentStoreError(f"{manifest.root}: the dataset has no {rules.noun} content; ingest it first "
+                                f"({rules.ingest})")
+    return _checked_spec(kind, section["shape"], section["dtype"], f"{manifest.root} {CONTENT_SECTIONS[kind]}")
 
 
 def _read(uri: str) -> bytes:
@@ -202,27 +229,29 @@ class ContentStore:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_dataset(cls, manifest: Manifest, **kwargs: Any) -> "ContentStore":
-        """The dataset's ``content`` split, of whatever kind its manifest says (``content_spec``).
+    def from_dataset(cls, manifest: Manifest, kind: str = "frames", **kwargs: Any) -> "ContentStore":
+        """The dataset's content of ``kind`` (``content_spec``): video frames or title token ids.
 
         Args:
             manifest: The dataset's manifest.
+            kind: ``'frames'`` (the ``content`` split) or ``'tokens'`` (the ``text`` split).
             **kwargs: ``max_open``.
 
         Returns:
-            A store of the content split's arrays (``uint8 [F, S, S, 3]`` frames for video ingestion).
+            A store of that split's arrays (``uint8 [F, S, S, 3]`` frames, ``int32 [T]`` token ids).
 
         Raises:
-            ContentStoreError: when the dataset has no content split or its index does not verify.
+            ContentStoreError: when the dataset has no such content or its index does not verify.
         """
-        spec = content_spec(manifest)
-        content = manifest.data["content"]
-        index = _load_index(manifest.root, content["index"], manifest.data["files"].get(content["index"], {}))
+        spec = content_spec(manifest, kind)
+        name = CONTENT_SECTIONS[kind]
+        section = manifest.data[name]
+        index = _load_index(manifest.root, section["index"], manifest.data["files"].get(section["index"], {}))
         _check_rows(index, manifest.num_items, manifest.root)
-        shards = manifest.shards("content")
+        shards = manifest.shards(name)
         return cls(root=manifest.root, shards=[s.path for s in shards], shard_bytes=[s.bytes for s in shards],
                    index=index, kind=spec.kind, shape=spec.shape, dtype=spec.dtype,
-                   name=f"{manifest.root} content", **kwargs)
+                   name=f"{manifest.root} {name}", **kwargs)
 
     @classmethod
     def from_features(cls, features_dir: str, **kwargs: Any) -> "ContentStore":

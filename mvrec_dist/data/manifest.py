@@ -16,7 +16,7 @@ __all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "SPLITS", "BLOCK_SIZE_KEYS", "Shar
 
 SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
-SPLITS = ("train", "valid", "test", "items", "content")
+SPLITS = ("train", "valid", "test", "items", "content", "text")
 BLOCK_SIZE_KEYS = {"train": "users_per_block", "valid": "users_per_block", "test": "users_per_block",
                    "items": "items_per_block"}
 """The split entry key holding the rows per block of each blocked split (schema 2)."""

@@ -83,6 +83,11 @@ def verify_dataset(root: str) -> list[str]:
 
         for p in verify_content(m, item_map):
             problems.add("content", p)
+    if m.has_split("text"):
+        from mvrec_dist.data.verify_content import verify_text
+
+        for p in verify_text(m, item_map):
+            problems.add("text", p)
     _check_counts(m, split_inter, problems)
     return list(problems)
 
@@ -155,10 +160,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(features['splits']['features']['shards'])} shards verified)")
         return 0
     m = load_manifest(args.dataset)
-    splits = [s for s in ("train", "valid", "test", "items", "content") if m.has_split(s)]
+    splits = [s for s in ("train", "valid", "test", "items", "content", "text") if m.has_split(s)]
     print(f"{args.dataset}: OK ({m.num_users} users, {m.num_items} items, "
           f"{sum(len(m.shards(s)) for s in splits)} shards verified"
           + (f", content for {m.data['content']['counts']['with_content']} items" if "content" in splits else "")
+          + (f", title tokens for {m.data['text']['counts']['with_text']} items" if "text" in splits else "")
           + ")")
     return 0
 

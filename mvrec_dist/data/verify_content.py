@@ -1,4 +1,5 @@
-"""Verification of per-item array stores: a dataset's ``content`` split and trunk-feature stores.
+"""Verification of per-item array stores: a dataset's ``content`` (frames) and ``text`` (title token ids)
+splits, and trunk-feature stores.
 
 Used by ``python -m mvrec_dist.data.verify`` (which dispatches on the manifest's ``kind``). Checks,
 besides each shard's sha256, size and sample count: the tar structure (``ShardReader`` refuses
@@ -21,7 +22,7 @@ from mvrec_dist.data.manifest import Manifest
 from mvrec_dist.data.plan import Chunk
 from mvrec_dist.data.reader import ShardFormatError, ShardReader
 
-__all__ = ["verify_content", "verify_features"]
+__all__ = ["verify_content", "verify_text", "verify_features"]
 
 _LIMIT = 200
 
@@ -47,7 +48,8 @@ def _checked(root: str, rel: str, expected: dict, problems: list[str]) -> bytes 
 
 
 def _verify_store(m: Manifest, split: str, member: str, shape: list, dtype: str, index_rel: str,
-                  num_items: int, with_text: bool, problems: list[str], check_meta=None) -> set[int]:
+                  num_items: int, with_text: bool, problems: list[str], check_meta=None,
+                  check_array=None) -> set[int]:
     """Check one store's shards and index; return the dense ids that have an array."""
     data = _checked(m.root, index_rel, m.data["files"].get(index_rel, {}), problems)
     index = None
@@ -87,6 +89,8 @@ def _verify_store(m: Manifest, split: str, member: str, shape: list, dtype: str,
                     continue
                 if check_meta is not None:
                     check_meta(where, dense, meta, problems)
+                if check_array is not None:
+                    check_array(where, arr, meta, problems)
                 if index is not None:
                     s, off = index[dense].tolist()
                     if s != j or bytes(blob[off:off + item_bytes]) != arr.tobytes():
@@ -142,6 +146,52 @@ def verify_content(m: Manifest, item_map: np.ndarray | None) -> list[str]:
     }
     problems += [f"manifest content: {name} does not hold" for name, ok in checks.items() if not ok]
     return problems
+
+
+def verify_text(m: Manifest, item_map: np.ndarray | None) -> list[str]:
+    """Check a dataset's ``text`` split (title token ids) against its manifest section and the item map.
+
+    Besides the store checks: every sample's ids start with a non-padding id, hold exactly
+    ``json.tokens`` non-padding ids followed by padding only, and the counts reconcile (items with
+    text + missing + empty titles = items, each item without text listed once).
+
+    Args:
+        m: The dataset manifest (with a ``text`` split).
+        item_map: ``maps/items.npy``, or None when it did not load.
+
+    Returns:
+        Problems found (empty when the text verifies).
+    """
+    problems: list[str] = []
+    c = m.data.get("text")
+    if c is None:
+        return ["manifest: split text without a text section"]
+    member = c["member"]
+
+    def check_meta(where: str, dense: int, meta: dict, probs: list[str]) -> None:
+        if item_map is not None and meta.get("raw_item") != int(item_map[dense]):
+            probs.append(f"{where}: raw_item {meta.get('raw_item')} differs from maps/items.npy ({item_map[dense]})")
+
+    seen = _verify_store(m, "text", member, c["shape"], c["dtype"], c["index"], m.num_items, True, problems,
+                         check_meta, check_array=_check_tokens)
+    counts = c["counts"]
+    without = c.get("missing_title_items", []) + c.get("empty_title_items", [])
+    checks = {
+        "with_text + missing_title + empty_title = items": counts["with_text"] + counts["missing_title"]
+        + counts["empty_title"] == counts["items"] == m.num_items,
+        "with_text = items in the shards": counts["with_text"] == len(seen),
+        "every item without text listed once": len(without) == len(set(without))
+        == counts["missing_title"] + counts["empty_title"],
+        "no item both with text and without": not seen.intersection(without),
+    }
+    problems += [f"manifest text: {name} does not hold" for name, ok in checks.items() if not ok]
+    return problems
+
+
+def _check_tokens(where: str, ids: np.ndarray, meta: dict, probs: list[str]) -> None:
+    real = int((ids != 0).sum())
+    if ids.size and (ids[0] == 0 or real != meta.get("tokens") or (ids[:real] == 0).any()):
+        probs.append(f"{where}: token ids are not {meta.get('tokens')} non-padding ids followed by padding")
 
 
 def verify_features(root: str, data: dict[str, Any]) -> list[str]:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from mvrec_dist.config.model import CONTENT_KINDS
-from mvrec_dist.data.content_store import (CONTENT_KIND_RULES, ContentSpec, ContentStore, ContentStoreError,
-                                           content_spec)
+from mvrec_dist.data.content_store import (CONTENT_KIND_RULES, CONTENT_SECTIONS, ContentSpec, ContentStore,
+                                           ContentStoreError, content_section, content_spec)
 from mvrec_dist.data.ingest.array_shards import build_index, npy_bytes, render_array_shard
 from mvrec_dist.data.ingest.tar_writer import write_bytes
 from mvrec_dist.data.manifest import Manifest
@@ -95,20 +95,21 @@ def test_bad_indexes_are_refused(tmp_path):
 
 # ---------------------------------------------------------------- content kinds
 def _dataset(root: str, arrays: dict[int, np.ndarray], *, kind: str | None) -> Manifest:
-    """A dataset manifest whose content split (one shard, written by the ingestion's writers) holds
-    ``arrays`` by dense id; ``kind=None`` writes a section without ``kind``, as older versions did."""
+    """A dataset manifest whose content split of ``kind`` (one shard, written by the ingestion's writers)
+    holds ``arrays`` by dense id; ``kind=None`` writes a frames section without ``kind``, as older versions did."""
+    name = CONTENT_SECTIONS[kind or "frames"]
     ids = sorted(arrays)
     data, offsets = render_array_shard(ids, "x.npy", [arrays[i] for i in ids], [{"item": i} for i in ids])
-    shard = write_bytes(f"{root}/content/c-0.tar", data)
-    index = write_bytes(f"{root}/content/index.npy", npy_bytes(build_index(N, [(0, ids, offsets)])))
+    shard = write_bytes(f"{root}/{name}/c-0.tar", data)
+    index = write_bytes(f"{root}/{name}/index.npy", npy_bytes(build_index(N, [(0, ids, offsets)])))
     first = arrays[ids[0]]
-    section = {"index": "content/index.npy", "member": "x.npy", "shape": list(first.shape), "dtype": str(first.dtype)}
+    section = {"index": f"{name}/index.npy", "member": "x.npy", "shape": list(first.shape), "dtype": str(first.dtype)}
     if kind is not None:
         section["kind"] = kind
     return Manifest(root=root, data={
-        "counts": {"items": N}, "files": {"content/index.npy": index}, "content": section,
-        "splits": {"content": {"samples": len(ids), "shards": [{"path": "content/c-0.tar", "samples": len(ids),
-                                                                 "bytes": shard["bytes"], "sha256": shard["sha256"]}]}},
+        "counts": {"items": N}, "files": {f"{name}/index.npy": index}, name: section,
+        "splits": {name: {"samples": len(ids), "shards": [{"path": f"{name}/c-0.tar", "samples": len(ids),
+                                                            "bytes": shard["bytes"], "sha256": shard["sha256"]}]}},
     })
 
 
@@ -126,7 +127,11 @@ def test_a_manifest_without_a_kind_serves_frames(tmp_path):
 
 def test_a_token_id_store_serves_padded_ids(tmp_path):
     tokens = {i: np.pad(np.arange(1, i + 1, dtype=np.int32) + 100 * i, (0, 8 - i)) for i in (2, 3, 7)}  # T=8, 0 = pad
-    store = ContentStore.from_dataset(_dataset(str(tmp_path), tokens, kind="tokens"))
+    m = _dataset(str(tmp_path), tokens, kind="tokens")
+    assert content_section(m, "frames") is None and content_section(m, "tokens")["kind"] == "tokens"
+    with pytest.raises(ContentStoreError, match="no video content"):
+        ContentStore.from_dataset(m)  # frames, the default kind
+    store = ContentStore.from_dataset(m, "tokens")
     assert (store.kind, store.shape, store.dtype) == ("tokens", (8,), np.dtype(np.int32))
     out = store.gather(np.array([7, 2, 7]))
     assert out.dtype == np.int32 and out.shape == (3, 8)
@@ -143,7 +148,15 @@ def test_a_float_feature_store_serves_features(tmp_path, root):
     rng = np.random.default_rng(0)
     feats = {i: rng.standard_normal((3, 2, 2)).astype(np.float16) for i in (1, 5, 6)}
     where = str(tmp_path) if root == "local" else f"memory://{tmp_path.name}-features"
-    store = ContentStore.from_dataset(_dataset(where, feats, kind="features"))
+    frames = _dataset(where, {i: _frames(i) for i in feats}, kind="frames")  # the tar layout, reused
+    ids = sorted(feats)
+    data, offsets = render_array_shard(ids, "x.npy", [feats[i] for i in ids], [{"item": i} for i in ids])
+    shard = write_bytes(f"{where}/features/f-0.tar", data)
+    store = ContentStore(root=where, shards=["features/f-0.tar"], shard_bytes=[shard["bytes"]],
+                         index=build_index(N, [(0, ids, offsets)]), kind="features", shape=(3, 2, 2),
+                         dtype="float16", name="features")
+    with pytest.raises(ContentStoreError, match="holds no 'features' content"):
+        content_section(frames, "features")
     assert (store.kind, store.shape, store.dtype) == ("features", (3, 2, 2), np.dtype(np.float16))
     np.testing.assert_array_equal(store.gather(np.array([6, 1])), np.stack([feats[6], feats[1]]))
 
@@ -165,7 +178,7 @@ def test_arrays_that_do_not_fit_their_kind_are_refused(tmp_path, kind, shape, dt
 
 def test_a_dataset_without_content_or_with_a_stale_index_is_refused(tmp_path):
     m = _dataset(str(tmp_path), {1: _frames(1)}, kind="frames")
-    with pytest.raises(ContentStoreError, match="has no item content"):
+    with pytest.raises(ContentStoreError, match="has no video content"):
         ContentStore.from_dataset(Manifest(root=m.root, data={**m.data, "splits": {}}))
     (tmp_path / "content" / "index.npy").write_bytes(npy_bytes(build_index(N, [])))
     assert hashlib.sha256((tmp_path / "content" / "index.npy").read_bytes()).hexdigest() != \

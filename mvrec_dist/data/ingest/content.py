@@ -43,7 +43,8 @@ from mvrec_dist.data.manifest import Manifest, load_manifest
 from mvrec_dist.data.plan import Chunk
 from mvrec_dist.data.reader import ShardReader
 
-__all__ = ["ContentResult", "run_content_ingest", "item_titles"]
+__all__ = ["ContentResult", "run_content_ingest", "item_titles", "next_generation", "publish_content",
+           "load_items_map"]
 
 
 @dataclass
@@ -55,7 +56,7 @@ class ContentResult:
     seconds: float
 
 
-def item_titles(manifest: Manifest, first: int, last: int) -> list[str]:
+def item_titles(manifest: Manifest, first: int, last: int, *, with_flags: bool = False):
     """Titles of dense items ``first..last`` from the items split (index ``g = dense - 1``), read as
     block slices (``ShardReader.iter_blocks``: the blocks' ``titles.json`` lists, no per-item samples).
 
@@ -63,11 +64,14 @@ def item_titles(manifest: Manifest, first: int, last: int) -> list[str]:
         manifest: The dataset's manifest.
         first: First dense id.
         last: Last dense id (inclusive).
+        with_flags: Also return whether the titles file listed each item (``has_title``).
 
     Returns:
-        One title per item ('' where the titles file had none).
+        One title per item ('' where the titles file had none); with ``with_flags``,
+        ``(titles, has_title bool [K])``.
     """
-    reader = ShardReader(manifest.root, "items", members={"txt"}, manifest=manifest)
+    reader = ShardReader(manifest.root, "items", members={"txt", "json"} if with_flags else {"txt"},
+                         manifest=manifest)
     starts = reader.starts
     chunks, g = [], first - 1
     while g < last:
@@ -75,7 +79,73 @@ def item_titles(manifest: Manifest, first: int, last: int) -> list[str]:
         stop = min(last, starts[s + 1])
         chunks.append(Chunk(g, stop, None, 0, stop - g))
         g = stop
-    return [title for block in reader.iter_blocks(chunks) for title in block.arrays["titles.json"]]
+    titles, flags = [], []
+    for block in reader.iter_blocks(chunks):
+        titles += block.arrays["titles.json"]
+        if with_flags:
+            flags.append(np.asarray(block.arrays["has_title.npy"], dtype=bool))
+    if not with_flags:
+        return titles
+    return titles, (np.concatenate(flags) if flags else np.zeros(0, dtype=bool))
+
+
+def load_items_map(manifest: Manifest) -> np.ndarray:
+    """``maps/items.npy``: the raw id of every dense id 0..N (checked against the manifest's N)."""
+    from mvrec_dist.data.fs import open_input_file
+
+    with open_input_file(manifest.path(manifest.data["maps"]["items"])) as f:
+        items = np.load(io.BytesIO(f.read()), allow_pickle=False)
+    if items.shape != (manifest.num_items + 1,):
+        raise IngestError(f"{manifest.root}: maps/items.npy has shape {items.shape}, expected "
+                          f"({manifest.num_items + 1},)")
+    return items
+
+
+def next_generation(manifest: Manifest, name: str) -> tuple[int, str]:
+    """The generation number and directory the next write of content section ``name`` goes to.
+
+    The directory is emptied first: one left by an interrupted run is never referenced.
+    """
+    previous = manifest.data.get(name)
+    generation = (int(previous["generation"]) + 1) if previous else 1
+    content_dir = f"{name}/g{generation:04d}"
+    remove_tree(manifest.path(content_dir))
+    return generation, content_dir
+
+
+def publish_content(manifest: Manifest, name: str, section: dict, entries: list[dict], index: np.ndarray,
+                    **config: dict) -> dict:
+    """Swap a new generation of content section ``name`` (and its split) into the dataset's manifest.
+
+    Args:
+        manifest: The manifest the new generation was built from.
+        name: ``content`` (frames) or ``text`` (title tokens): section and split name.
+        section: The new section (``generation``, ``dir``, ``index``, ``counts``, ...), reconciled.
+        entries: The split's shard entries, in shard order.
+        index: The store's ``index.npy`` array (written here, its checksum into ``files``).
+        **config: Config sections to record under the manifest's ``config`` (``video=...``).
+
+    Returns:
+        The published manifest.
+
+    Raises:
+        IngestError: when another run changed this section meanwhile (nothing is published).
+    """
+    previous = manifest.data.get(name)
+    files = {k: v for k, v in manifest.data["files"].items() if not (previous and k.startswith(previous["dir"] + "/"))}
+    files[section["index"]] = write_bytes(manifest.path(section["index"]), npy_bytes(index))
+    new = dict(manifest.data)
+    new["files"] = files
+    new["splits"] = dict(manifest.data["splits"], **{name: {"samples": int((index[:, 0] >= 0).sum()),
+                                                            "shards": entries}})
+    new[name] = section
+    new["config"] = dict(manifest.data["config"], **config)
+    old_generation = previous["generation"] if previous else None
+    replace_manifest(manifest.root, new, expect=lambda cur: (cur.get(name) or {}).get("generation") == old_generation,
+                     what=f"{name} generation")
+    if previous:
+        remove_tree(manifest.path(previous["dir"]))
+    return new
 
 
 def _shard_task(batch: dict, *, root: str, content_dir: str, shard_size: int, maps: list, video: dict) -> dict:
@@ -90,17 +160,6 @@ def _shard_task(batch: dict, *, root: str, content_dir: str, shard_size: int, ma
                                      video=video)
         out.append(json.dumps(asdict(result)))
     return {"result": np.asarray(out, dtype=object)}
-
-
-def _items_map(manifest: Manifest) -> np.ndarray:
-    from mvrec_dist.data.fs import open_input_file
-
-    with open_input_file(manifest.path(manifest.data["maps"]["items"])) as f:
-        items = np.load(io.BytesIO(f.read()), allow_pickle=False)
-    if items.shape != (manifest.num_items + 1,):
-        raise IngestError(f"{manifest.root}: maps/items.npy has shape {items.shape}, expected "
-                          f"({manifest.num_items + 1},)")
-    return items
 
 
 def _section(video: VideoIngestConfig, results: list[ShardResult], content_dir: str, num_items: int,
@@ -159,11 +218,8 @@ def run_content_ingest(video: VideoIngestConfig, dataset_dir: str, *, progress: 
     """
     t0 = time.perf_counter()
     manifest = load_manifest(dataset_dir)
-    previous = manifest.data.get("content")
-    generation = (int(previous["generation"]) + 1) if previous else 1
-    content_dir = f"content/g{generation:04d}"
-    remove_tree(manifest.path(content_dir))  # left by an interrupted run; never referenced
-    items_map = _items_map(manifest)
+    generation, content_dir = next_generation(manifest, "content")
+    items_map = load_items_map(manifest)
     n, size = manifest.num_items, video.shard_max_samples
     num_shards = -(-n // size)
     ctx = DataContext.get_current()
@@ -194,17 +250,5 @@ def run_content_ingest(video: VideoIngestConfig, dataset_dir: str, *, progress: 
     index = build_index(n, [(r.shard, r.ids, r.offsets) for r in results])
     section = _section(video, results, content_dir, n, time.perf_counter() - t0, generation)
     _reconcile(section, results, num_shards, index)
-    files = {k: v for k, v in manifest.data["files"].items() if not (previous and k.startswith(previous["dir"] + "/"))}
-    files[section["index"]] = write_bytes(manifest.path(section["index"]), npy_bytes(index))
-    new = dict(manifest.data)
-    new["files"] = files
-    new["splits"] = dict(manifest.data["splits"], content={
-        "samples": section["counts"]["with_content"], "shards": [r.entry for r in results]})
-    new["content"] = section
-    new["config"] = dict(manifest.data["config"], video=video_dict)
-    old_generation = previous["generation"] if previous else None
-    replace_manifest(dataset_dir, new, expect=lambda cur: (cur.get("content") or {}).get("generation") == old_generation,
-                     what="content generation")
-    if previous:
-        remove_tree(manifest.path(previous["dir"]))
+    new = publish_content(manifest, "content", section, [r.entry for r in results], index, video=video_dict)
     return ContentResult(manifest=new, seconds=time.perf_counter() - t0)
