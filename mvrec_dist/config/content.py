@@ -8,6 +8,11 @@ public models' real sizes, and the width/depth fields exist so tests can build t
 Fine-tuning modes follow the MicroLens paper's Table 6: ``frozen`` (no encoder parameter
 trains), ``top`` (only the top ``top_blocks`` blocks train; the paper's "topT" trains the last 2
 stages of R3D-18 and the last 2 transformer layers of VideoMAE) and ``full``.
+
+The title-text encoder (``TextEncoderConfig``, name ``minilm``) reads the ``[T]`` token ids that
+ingestion wrote with the pretrained model's tokenizer, and is a BERT sentence encoder whose
+defaults are sentence-transformers/all-MiniLM-L6-v2 (weights from an installed package,
+``mvrec_dist.data.pretrained_text``); its ``top_blocks`` counts transformer layers.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from typing import Any, Literal
 from mvrec_dist.config.fields import Problems, setting
 from mvrec_dist.config.load import config_to_dict
 from mvrec_dist.config.model import ContentEncoderConfig, ContentKind
+from mvrec_dist.data.pretrained_text import PRETRAINED_TEXT
 
 __all__ = ["VideoEncoderConfig", "VideoResNetConfig", "R3D18Config", "R2Plus1D18Config", "FrameCNNConfig",
-           "VideoMAEConfig"]
+           "VideoMAEConfig", "TextEncoderConfig"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,4 +196,113 @@ class VideoMAEConfig(VideoEncoderConfig):
         p.check(1 <= self.tubelet <= self.frames, "tubelet", f"must be in [1, frames={self.frames}], got {self.tubelet}")
         p.check(self.layer_norm_eps > 0, "layer_norm_eps", f"must be > 0, got {self.layer_norm_eps}")
         self._block_checks(p)
+        p.raise_if_any()
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextEncoderConfig(ContentEncoderConfig):
+    """A BERT sentence encoder over title token ids (sentence-transformers/all-MiniLM-L6-v2 by default).
+
+    The architecture fields default to all-MiniLM-L6-v2's ``config.json``; they exist so tests can
+    build tiny random models (``pretrained: null``). With ``pretrained`` set, the builder refuses
+    sizes that differ from the package's ``config.json``.
+    """
+
+    name: Literal["minilm"] = setting("minilm", doc="Selects the BERT (MiniLM) title-text encoder.")
+    pretrained: str | None = setting(
+        "all-minilm-l6-v2", doc="Pretrained text model (mvrec_dist.data.pretrained_text entry); null = random init (tiny CI models).")
+    finetune: Literal["frozen", "top", "full"] = setting(
+        "frozen", doc="Which BERT layers train: none ('frozen'), the top top_blocks ('top'), or all ('full').")
+    top_blocks: int = setting(2, doc="Transformer layers that train in 'top' mode (the top ones); in [1, num_layers].")
+    cached_trunk: bool = setting(
+        False, doc="Train the head on stored outputs of the frozen part instead of running it (frozen/top only).")
+    max_tokens: int = setting(48, doc="T, token ids per title including [CLS] and [SEP] (what ingestion wrote).")
+    pooling: Literal["mean", "cls"] = setting(
+        "mean", doc="Sentence vector: mean over non-padding tokens (sentence-transformers) or the [CLS] token (MicroLens run_text.py).")
+    normalize: bool = setting(True, doc="L2-normalise the pooled vector (as the sentence-transformers model does).")
+    adapter_hidden: int = setting(
+        0, doc="Hidden width of a trainable residual MLP on the sentence vector (starts as identity); 0 = none.")
+    dropout: float = setting(0.1, doc="Dropout of the BERT layers that train (hidden states and attention probabilities; BERT: 0.1).")
+    vocab_size: int = setting(30522, doc="Token vocabulary (BERT uncased: 30522).")
+    hidden_size: int = setting(384, doc="Hidden width H, also the encoder's output width (MiniLM-L6: 384).")
+    num_layers: int = setting(6, doc="Transformer layers (MiniLM-L6: 6).")
+    num_heads: int = setting(12, doc="Attention heads (MiniLM-L6: 12); must divide hidden_size.")
+    intermediate_size: int = setting(1536, doc="Feed-forward width of each layer (MiniLM-L6: 1536).")
+    max_positions: int = setting(512, doc="Learned absolute positions (BERT: 512); max_tokens may not exceed it.")
+    type_vocab_size: int = setting(2, doc="Token-type (segment) vocabulary (BERT: 2; titles use type 0).")
+    layer_norm_eps: float = setting(1e-12, doc="LayerNorm epsilon (BERT: 1e-12).")
+
+    @property
+    def content_kind(self) -> ContentKind:
+        """The encoder reads token ids (the dataset's text content)."""
+        return "tokens"
+
+    @property
+    def content_shape(self) -> tuple[int, ...]:
+        """``[T]``: the token ids per title the dataset's text content must hold."""
+        return (self.max_tokens,)
+
+    @property
+    def cached_features(self) -> bool:
+        """The frozen part's output comes from a feature store (``cached_trunk``)."""
+        return self.cached_trunk
+
+    def source_problems(self, section: dict) -> list[str]:
+        """Token ids index the tokenizer's vocabulary: a pretrained encoder reads only ids its own tokenizer wrote.
+
+        Args:
+            section: The dataset manifest's ``text`` section (its ``tokenizer``: name, package,
+                version, ``tokenizer.json`` sha256, ``max_tokens``, ``pad_id``).
+
+        Returns:
+            Problems (empty when the ids fit). A random-init encoder (``pretrained: null``) takes
+            any tokenizer's ids, but still needs padding id 0.
+        """
+        tok = section.get("tokenizer") or {}
+        problems = []
+        if tok.get("pad_id", 0) != 0:
+            problems.append(f"the dataset's token ids pad with {tok.get('pad_id')!r}; the encoder masks id 0 as padding")
+        if self.pretrained is None:
+            return problems
+        entry = PRETRAINED_TEXT[self.pretrained]
+        if tok.get("name") != self.pretrained:
+            problems.append(f"pretrained {self.pretrained!r} reads ids of its own tokenizer, but the dataset's text was "
+                            f"tokenised with {tok.get('name')!r}; re-ingest with text.tokenizer={self.pretrained} or "
+                            "pick that model")
+        elif (tok.get("package"), tok.get("version")) != (entry.distribution, entry.version):
+            problems.append(f"the dataset's text was tokenised with {tok.get('package')}=={tok.get('version')}, the "
+                            f"encoder's weights are {entry.distribution}=={entry.version}; re-ingest the text")
+        return problems
+
+    def cache_problems(self) -> list[str]:
+        """A frozen part exists to cache unless every layer trains."""
+        if self.finetune == "full":
+            return ["finetune: 'full' trains every layer, so there is no frozen part to cache; use 'frozen' or 'top'"]
+        return []
+
+    def cache_identity(self) -> dict[str, Any]:
+        """T fixes the frozen part's input; the settings (without the caching switch) are for reference."""
+        return {"max_tokens": self.max_tokens,
+                "encoder": {k: v for k, v in config_to_dict(self).items() if k != "cached_trunk"}}
+
+    def __post_init__(self) -> None:
+        p = Problems()
+        p.check(self.pretrained is None or self.pretrained in PRETRAINED_TEXT, "pretrained",
+                f"unknown pretrained text model {self.pretrained!r} (known: {', '.join(PRETRAINED_TEXT)}; "
+                "null = random init)")
+        p.check(not self.cached_trunk or self.finetune != "full", "cached_trunk",
+                "needs finetune 'frozen' or 'top': in 'full' mode every layer trains, so there is no fixed part")
+        if self.finetune == "top":
+            p.check(1 <= self.top_blocks <= self.num_layers, "top_blocks",
+                    f"must be in [1, {self.num_layers}] (this encoder has {self.num_layers} layers), got {self.top_blocks}")
+        p.check(2 <= self.max_tokens <= self.max_positions, "max_tokens",
+                f"must be in [2, max_positions={self.max_positions}] ([CLS] and [SEP] take two), got {self.max_tokens}")
+        p.check(self.adapter_hidden >= 0, "adapter_hidden", f"must be >= 0 (0 = no adapter), got {self.adapter_hidden}")
+        p.check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+        for key in ("vocab_size", "hidden_size", "num_layers", "intermediate_size", "max_positions",
+                    "type_vocab_size"):
+            p.check(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        p.check(self.num_heads >= 1 and self.hidden_size % self.num_heads == 0, "num_heads",
+                f"{self.num_heads} heads must divide hidden_size {self.hidden_size}")
+        p.check(self.layer_norm_eps > 0, "layer_norm_eps", f"must be > 0, got {self.layer_norm_eps}")
         p.raise_if_any()

@@ -105,7 +105,8 @@ class LossConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class FullSoftmaxConfig(LossConfig):
-    """Cross-entropy over every item (ID item tower only: content towers cannot encode all items per step)."""
+    """Cross-entropy over every item (ID item tower, or a content tower on cached features: a live encoder
+    cannot encode all items per step)."""
 
     name: Literal["full_softmax"] = setting("full_softmax", doc="Selects the full softmax.")
     label_smoothing: float = setting(0.0, doc="Label smoothing of the cross-entropy.")
@@ -178,6 +179,11 @@ class ContentEncoderConfig:
         """Whether the encoder's frozen part is replaced by its stored output (a feature store)."""
         return False
 
+    def source_problems(self, section: dict) -> list[str]:
+        """Why the dataset's content section (its manifest entry) was written in a way this encoder
+        cannot read, beyond kind and shape (text: another tokenizer). Empty by default."""
+        return []
+
     def cache_problems(self) -> list[str]:
         """Why this encoder has no frozen part whose output could be cached (empty when it has one).
 
@@ -225,9 +231,12 @@ class ModelConfig:
                 f"item_tower '{self.item_tower}' needs a content_encoder")
         p.check(self.uses_content or self.content_encoder is None, "content_encoder",
                 "is set but item_tower is 'id'; set item_tower to 'content' or 'id+content'")
-        p.check(not (self.uses_content and isinstance(self.loss, FullSoftmaxConfig)), "loss.name",
-                "full_softmax needs every item's representation each step; with a content tower use "
-                "inbatch_softmax or sampled_softmax")
+        # Cached features make every item's representation one pass of the trainable head over stored
+        # features (text frozen + adapter: a [384] vector an item), so the full softmax stays
+        # affordable; a live encoder would run over all N items every step.
+        p.check(not (self.uses_content and not self.uses_cached_features and isinstance(self.loss, FullSoftmaxConfig)),
+                "loss.name", "full_softmax needs every item's representation each step; with a live content encoder "
+                "use inbatch_softmax or sampled_softmax (or cache the frozen part's features)")
         p.raise_if_any()
 
     # The item-tower mode is asked through these properties, never compared as a string elsewhere.

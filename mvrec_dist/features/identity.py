@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from mvrec_dist.config.jobs import TrainJobConfig
-from mvrec_dist.data.content_store import ContentStoreError, content_spec
+from mvrec_dist.data.content_store import ContentStoreError, content_section, content_spec
 from mvrec_dist.data.manifest import Manifest
 from mvrec_dist.models.item_encoders.base import ContentEncoder, cached_feature_shape
 from mvrec_dist.models.registry import CONTENT_ENCODERS
@@ -47,7 +47,7 @@ def build_trunk_encoder(cfg: TrainJobConfig) -> ContentEncoder:
     if enc_cfg is None or enc_cfg.cache_problems():
         why = "none is set" if enc_cfg is None else "; ".join(enc_cfg.cache_problems())
         raise FeatureIdentityError(f"model.content_encoder: cached features need an encoder with a frozen part "
-                                   f"(a video encoder in 'frozen' or 'top' mode): {why}")
+                                   f"(a video or text encoder in 'frozen' or 'top' mode): {why}")
     torch.manual_seed(cfg.train.seed)
     return CONTENT_ENCODERS.build(enc_cfg)
 
@@ -67,13 +67,12 @@ def features_identity(cfg: TrainJobConfig, manifest: Manifest, encoder: ContentE
         keys stores have always had: ``trunk_digest``, ``top_blocks``, ``frames``, ``size``, and
         ``encoder``, the settings for reference).
     """
-    try:
-        spec = content_spec(manifest)
-    except ContentStoreError:
-        raise FeatureIdentityError(f"{manifest.root}: the dataset has no item content to compute features "
-                                   "from") from None
-    content = manifest.data["content"]
     enc_cfg = cfg.model.content_encoder
+    try:
+        spec = content_spec(manifest, enc_cfg.content_kind)
+    except ContentStoreError as exc:
+        raise FeatureIdentityError(f"cannot compute features: {exc}") from None
+    content = content_section(manifest, enc_cfg.content_kind)
     # The shape the encoder is configured for (the run refuses content of another shape).
     item_shape = enc_cfg.content_shape or spec.shape
     return {

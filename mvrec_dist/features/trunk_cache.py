@@ -31,8 +31,8 @@ from ray.data import DataContext
 
 from mvrec_dist.config.jobs import TrainJobConfig
 from mvrec_dist.config.load import build_config, config_to_dict
-from mvrec_dist.data.content_store import (CONTENT_KIND_RULES, FEATURES_KIND, ContentStore, ContentStoreError,
-                                           load_features_manifest)
+from mvrec_dist.data.content_store import (CONTENT_KIND_RULES, CONTENT_SECTIONS, FEATURES_KIND, ContentStore,
+                                           ContentStoreError, content_section, load_features_manifest)
 from mvrec_dist.data.ingest.array_shards import build_index, npy_bytes, render_array_shard
 from mvrec_dist.data.ingest.errors import IngestError, find_ingest_error
 from mvrec_dist.data.ingest.manifest_writer import publish, remove_tree, temp_dir_for
@@ -66,7 +66,8 @@ class _TrunkWorker:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.encoder = build_trunk_encoder(self.cfg).to(self.device).eval()
-        self.store = ContentStore.from_dataset(load_manifest(self.cfg.data.dataset_dir))
+        self.store = ContentStore.from_dataset(load_manifest(self.cfg.data.dataset_dir),
+                                               self.cfg.model.content_encoder.content_kind)
         self.tmp, self.dtype, self.batch_size = tmp, np.dtype(dtype), batch_size
 
     def __call__(self, batch: dict) -> dict:
@@ -108,11 +109,11 @@ def trunk_cache_problems(cfg: TrainJobConfig) -> list[str]:
     enc = cfg.model.content_encoder
     if enc is None:
         problems.append("model.content_encoder: set the encoder whose frozen part's output is cached "
-                        "(a video encoder in 'frozen' or 'top' mode)")
+                        "(a video or text encoder in 'frozen' or 'top' mode)")
     else:
         problems += [f"model.content_encoder.{p}" for p in enc.cache_problems()]
     try:
-        if enc is not None and not load_manifest(cfg.data.dataset_dir).has_split("content"):
+        if enc is not None and content_section(load_manifest(cfg.data.dataset_dir), enc.content_kind) is None:
             rules = CONTENT_KIND_RULES[enc.content_kind]
             problems.append(f"data.dataset_dir: {cfg.data.dataset_dir} has no {rules.noun} content; run "
                             f"{rules.ingest} on it first")
@@ -149,13 +150,14 @@ def run_trunk_cache(cfg: TrainJobConfig) -> FeaturesResult:
         raise IngestError("; ".join(problems))
     tc, out = cfg.trunk_cache, cfg.data.content_features
     manifest = load_manifest(cfg.data.dataset_dir)
-    store = ContentStore.from_dataset(manifest)
+    kind = cfg.model.content_encoder.content_kind
+    store = ContentStore.from_dataset(manifest, kind)
     identity = features_identity(cfg, manifest, build_trunk_encoder(cfg), tc.dtype)
     fp = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     existing = _existing(out)
     if existing is not None and existing.get("fingerprint") == fp:
         return FeaturesResult(output_dir=out, manifest=existing, seconds=time.perf_counter() - t0, reused=True)
-    num_shards = len(manifest.shards("content"))
+    num_shards = len(manifest.shards(CONTENT_SECTIONS[kind]))
     tmp = temp_dir_for(out)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = tc.progress

@@ -2,9 +2,11 @@
 
 What the store must hold is a property of the model config (``ModelConfig.content_kind``):
 
-* live encoder: the dataset's ``content`` split, of the encoder's ``content_kind`` and, when the
-  encoder fixes one, its ``content_shape`` (video: ``uint8 [F, S, S, 3]`` frames whose F and S are
-  the encoder's ``frames`` and ``size``);
+* live encoder: the dataset's content of the encoder's ``content_kind`` (``content`` split: video
+  frames; ``text`` split: title token ids) and, when the encoder fixes one, its ``content_shape``
+  (video: ``uint8 [F, S, S, 3]`` frames whose F and S are the encoder's ``frames`` and ``size``;
+  text: ``int32 [T]`` ids), written the way the encoder reads them (``source_problems``: text, the
+  same tokenizer);
 * cached features (``content_encoder.cached_features``; video: ``cached_trunk``): the feature store
   ``data.content_features``, whose identity (dataset content, frozen part's digest, cut, input)
   must be this run's (``mvrec_dist.features.identity``).
@@ -17,12 +19,13 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 
 from mvrec_dist.config.jobs import TrainJobConfig
-from mvrec_dist.config.model import ContentEncoderConfig
+from mvrec_dist.config.model import ContentEncoderConfig, FullSoftmaxConfig
 from mvrec_dist.data.content_store import (CONTENT_KIND_RULES, ContentSpec, ContentStore, ContentStoreError,
-                                           content_spec, load_features_manifest)
+                                           content_section, content_spec, load_features_manifest)
 from mvrec_dist.data.manifest import Manifest, ManifestError, load_manifest
 
 __all__ = ["ContentSetupError", "content_problems", "open_content_store", "content_fn"]
@@ -32,8 +35,8 @@ class ContentSetupError(ValueError):
     """The content the model needs is absent or does not fit it; the message says what to run."""
 
 
-def _mismatch(enc: ContentEncoderConfig, spec: ContentSpec) -> str | None:
-    """Why the dataset's content (``spec``) cannot feed the live encoder ``enc``, or None."""
+def _mismatch(enc: ContentEncoderConfig, spec: ContentSpec, section: dict) -> str | None:
+    """Why the dataset's content (``spec``, its manifest ``section``) cannot feed the live encoder ``enc``, or None."""
     if spec.kind != enc.content_kind:
         return (f"model.content_encoder reads {enc.content_kind} content but the dataset's content holds "
                 f"{spec.kind}; pick an encoder for it or ingest {CONTENT_KIND_RULES[enc.content_kind].noun} content")
@@ -41,7 +44,8 @@ def _mismatch(enc: ContentEncoderConfig, spec: ContentSpec) -> str | None:
         rules = CONTENT_KIND_RULES[spec.kind]
         return (f"model.content_encoder takes {rules.describe(enc.content_shape)} but the dataset's content holds "
                 f"{spec.describe()}; set them to match or re-ingest the content")
-    return None
+    problems = enc.source_problems(section)
+    return "; ".join(problems) if problems else None
 
 
 def content_problems(cfg: TrainJobConfig) -> list[str]:
@@ -58,22 +62,42 @@ def content_problems(cfg: TrainJobConfig) -> list[str]:
     except ManifestError:
         return []
     enc = model.content_encoder
-    if not manifest.has_split("content"):
+    section = content_section(manifest, enc.content_kind)
+    if section is None:
         rules = CONTENT_KIND_RULES[enc.content_kind]
         return [f"model.item_tower={model.item_tower!r} needs {rules.noun} content but {cfg.data.dataset_dir} has "
                 f"none; run {rules.ingest} on it"]
+    source = enc.source_problems(section)
+    if source:
+        return [f"model.content_encoder: {p}" for p in source]
     if model.uses_cached_features:
-        if not cfg.trunk_cache.build_if_missing:
-            try:
-                load_features_manifest(cfg.data.content_features)
-            except ContentStoreError as exc:
-                return [f"data.content_features: {exc}"]
-        return []
+        try:
+            store = load_features_manifest(cfg.data.content_features)
+        except ContentStoreError as exc:
+            return [] if cfg.trunk_cache.build_if_missing else [f"data.content_features: {exc}"]
+        return _all_items_problems(cfg, store)
     try:
-        problem = _mismatch(enc, content_spec(manifest))
+        problem = _mismatch(enc, content_spec(manifest, enc.content_kind), section)
     except ContentStoreError as exc:
         return [f"data.dataset_dir: {exc}"]
     return [] if problem is None else [problem]
+
+
+FULL_SOFTMAX_CONTENT_BYTES = 1 << 30
+"""Most bytes of cached features a full-softmax step may gather (every item's, every step)."""
+
+
+def _all_items_problems(cfg: TrainJobConfig, features: dict) -> list[str]:
+    """A full softmax on cached features reads every item's features each step: refuse when they are large."""
+    if not isinstance(cfg.model.loss, FullSoftmaxConfig):
+        return []
+    per_item = int(np.prod(features["shape"])) * np.dtype(features["dtype"]).itemsize
+    total = per_item * int(features["counts"]["with_features"])
+    if total <= FULL_SOFTMAX_CONTENT_BYTES:
+        return []
+    return [f"model.loss.name: full_softmax gathers every item's cached features each step, {total / 2**30:.1f} GiB "
+            f"here ({features['shape']} {features['dtype']} per item); cache a smaller part (e.g. finetune=frozen) "
+            "or use inbatch_softmax / sampled_softmax"]
 
 
 def open_content_store(cfg: TrainJobConfig, manifest: Manifest, encoder: torch.nn.Module | None
@@ -105,10 +129,10 @@ def open_content_store(cfg: TrainJobConfig, manifest: Manifest, encoder: torch.n
             except FeatureIdentityError as exc:
                 raise ContentSetupError(str(exc)) from None
             return store
-        store = ContentStore.from_dataset(manifest)
+        store = ContentStore.from_dataset(manifest, model.content_encoder.content_kind)
     except ContentStoreError as exc:
         raise ContentSetupError(str(exc)) from None
-    problem = _mismatch(model.content_encoder, store.spec)
+    problem = _mismatch(model.content_encoder, store.spec, content_section(manifest, store.kind))
     if problem is not None:
         raise ContentSetupError(f"{manifest.root}: {problem}")
     return store

@@ -14,6 +14,7 @@ from mvrec_dist.config import ConfigError, TrainJobConfig, load_config
 from mvrec_dist.config.fields import setting
 from mvrec_dist.config.load import config_to_dict
 from mvrec_dist.config.model import ContentEncoderConfig, ContentKind, InBatchSoftmaxConfig, ModelConfig
+from mvrec_dist.data.content_store import CONTENT_SECTIONS
 from mvrec_dist.data.manifest import Manifest
 from mvrec_dist.features import FeatureIdentityError, build_trunk_encoder, check_identity, features_identity
 from mvrec_dist.features.trunk_cache import trunk_cache_problems
@@ -29,13 +30,15 @@ VIDEO = ["model.item_tower=id+content", "model.loss.name=inbatch_softmax", *TINY
 
 
 def _manifest(shape: list[int], dtype: str, kind: str | None) -> Manifest:
-    """A dataset manifest with a content section (nothing on disk: the identity reads the manifest only)."""
-    content = {"index": "content/g0001/index.npy", "shape": shape, "dtype": dtype}
+    """A dataset manifest with a content section of ``kind`` (nothing on disk: the identity reads the
+    manifest only); ``kind=None`` is a frames section written before manifests said ``kind``."""
+    name = CONTENT_SECTIONS[kind or "frames"]
+    content = {"index": f"{name}/g0001/index.npy", "shape": shape, "dtype": dtype}
     if kind is not None:
         content["kind"] = kind
     return Manifest(root="/nonexistent/ds", data={
-        "fingerprint": "f" * 64, "content": content, "files": {content["index"]: {"sha256": "a" * 64}},
-        "splits": {"content": {"samples": 0, "shards": []}}, "counts": {"items": 3}})
+        "fingerprint": "f" * 64, name: content, "files": {content["index"]: {"sha256": "a" * 64}},
+        "splits": {name: {"samples": 0, "shards": []}}, "counts": {"items": 3}})
 
 
 def test_a_video_identity_is_the_one_stores_have_always_recorded():

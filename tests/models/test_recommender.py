@@ -187,3 +187,46 @@ def test_cached_trunk_model_takes_trunk_features_and_matches_the_live_model():
     batch.content = trunk_features(cached.dense.item_tower.content_encoder, batch.content)
     cached_loss = cached.train()(batch).loss_sum
     torch.testing.assert_close(cached_loss, live_loss, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- title text: every user encoder, every tower
+@pytest.mark.parametrize("user_encoder", ["sasrec", "gru4rec", "nextitnet"])
+@pytest.mark.parametrize("item_tower, fusion", [("content", "sum"), ("id+content", "sum"), ("id+content", "concat")])
+def test_text_towers_train_with_every_user_encoder(user_encoder, item_tower, fusion):
+    """Text and ID+Text over a tiny random BERT: a cached frozen encoder under the full softmax gives the
+    loss of the live encoder's features, and only the head, projection, IDs and user encoder get gradients."""
+    from mvrec_dist.config.content import TextEncoderConfig
+    from mvrec_dist.config.load import build_config
+    from mvrec_dist.config.model import UserEncoderConfig
+    from mvrec_dist.models.item_encoders.base import cached_features
+
+    text = TextEncoderConfig(pretrained=None, hidden_size=8, num_layers=2, num_heads=2, intermediate_size=16,
+                             max_positions=16, max_tokens=6, finetune="frozen", adapter_hidden=4)
+    enc = build_config(UserEncoderConfig, {"name": user_encoder})
+    models = []
+    for cached in (False, True):
+        torch.manual_seed(0)
+        cfg = ModelConfig(embedding_dim=D, item_tower=item_tower, fusion=fusion, user_encoder=enc,
+                          content_encoder=dataclasses.replace(text, cached_trunk=cached),
+                          loss=FullSoftmaxConfig() if cached else InBatchSoftmaxConfig())
+        models.append(build_recommender(cfg, num_items=N, item_train_counts=COUNTS, max_seq_len=L))
+    live, cached = models
+    ids = torch.from_numpy(np.random.default_rng(5).integers(1000, 2000, (N + 1, 6), dtype=np.int32))
+    ids[:, 0], ids[:, 4], ids[:, 5] = 101, 102, 0  # [CLS] 3 words [SEP] [PAD]
+    batch = _batch(FullSoftmaxConfig())
+    batch.content_mask = batch.unique_items > 0
+    batch.content = ids[batch.unique_items[1:]]
+    tower = live.dense.item_tower
+    features = cached_features(tower.content_encoder, batch.content)  # U_c,H
+    expect = live.dense.item_representations(live.lookup(batch.unique_items), batch.content, batch.content_mask)
+    got = cached.dense.item_representations(cached.lookup(batch.unique_items), features, batch.content_mask)
+    torch.testing.assert_close(got, expect, atol=1e-6, rtol=1e-6)
+    batch.content = features
+    out = cached.train()(batch)
+    assert torch.isfinite(out.loss_sum)
+    out.loss_sum.backward()
+    grads = {n for n, p in cached.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert not any(".bert." in n for n in grads)  # the frozen encoder never trains
+    assert any("adapter" in n for n in grads) and any("projection" in n for n in grads)
+    assert any("user_encoder" in n for n in grads)
+    assert any(n.startswith("tables.") for n in grads) == (item_tower == "id+content")

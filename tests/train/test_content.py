@@ -36,8 +36,9 @@ def _cfg(dataset: Path, *extra: str) -> TrainJobConfig:
     ({"kind": "frames", "shape": [2, 32, 32, 3], "dtype": "uint8"}, None),
     ({"kind": "frames", "shape": [5, 64, 64, 3], "dtype": "uint8"},
      "model.content_encoder takes 2 frames of 32x32 but the dataset's content holds 5 frames of 64x64"),
+    # Frames and tokens live in sections of their own: a frames encoder finds no frames here.
     ({"kind": "tokens", "shape": [16], "dtype": "int32"},
-     "model.content_encoder reads frames content but the dataset's content holds tokens"),
+     "model.item_tower='id+content' needs video content but"),
 ])
 def test_the_dataset_content_must_be_what_the_encoder_reads(manifest_dataset, tmp_path, section, problem):
     cfg = _cfg(_with_content(manifest_dataset, tmp_path / "ds", section))

@@ -7,6 +7,7 @@ Every encoder follows the ``ContentEncoder`` protocol (``base``): ``prepare`` st
 # base first: the encoder families subclass it.
 from mvrec_dist.models.item_encoders.base import ContentEncoder, cached_feature_shape, cached_features
 from mvrec_dist.models.item_encoders.video import FrameCNN, VideoEncoder, VideoMAE, VideoResNet
+from mvrec_dist.models.item_encoders.text import TextEncoder
 
 __all__ = ["ContentEncoder", "cached_features", "cached_feature_shape",
-           "VideoEncoder", "VideoResNet", "FrameCNN", "VideoMAE"]
+           "VideoEncoder", "VideoResNet", "FrameCNN", "VideoMAE", "TextEncoder"]
