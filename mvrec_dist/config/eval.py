@@ -6,7 +6,11 @@ from dataclasses import dataclass
 
 from mvrec_dist.config.fields import Problems, setting
 
-__all__ = ["EvalConfig"]
+__all__ = ["EvalConfig", "DEFAULT_POPULARITY_BUCKETS"]
+
+DEFAULT_POPULARITY_BUCKETS = (0, 1, 5, 10, 20, 50, 100, 200)
+"""Lower edges of the test split's popularity buckets (``mvrec_dist.eval.buckets``: on MicroLens-50K
+2,226 / 9,722 / 8,749 / 11,710 / 13,472 / 3,237 / 717 / 167 test users)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -21,6 +25,10 @@ class EvalConfig:
     every_epochs: int = setting(1, doc="Validate every N epochs.")
     content_batch_size: int = setting(
         256, doc="Items whose content one rank loads and encodes at once when representing all items (content towers).")
+    popularity_buckets: tuple[int, ...] = setting(
+        DEFAULT_POPULARITY_BUCKETS, doc="Test users are also scored per bucket of their target's train interactions: "
+        "lower edges, from 0 (bucket [0,1) = never-seen items), the last bucket open; [] turns it off "
+        "(mvrec_dist.eval.buckets).")
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -29,4 +37,7 @@ class EvalConfig:
         p.check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         p.check(self.every_epochs >= 1, "every_epochs", f"must be >= 1, got {self.every_epochs}")
         p.check(self.content_batch_size >= 1, "content_batch_size", f"must be >= 1, got {self.content_batch_size}")
+        edges = self.popularity_buckets
+        p.check(not edges or (edges[0] == 0 and all(b > a for a, b in zip(edges, edges[1:]))), "popularity_buckets",
+                f"must be empty or start at 0 and increase strictly, got {list(edges)}")
         p.raise_if_any()

@@ -8,10 +8,11 @@ model side is reached through a small protocol, so this module never touches pro
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, Protocol, Sequence
 
 import torch
 
+from mvrec_dist.eval.buckets import bucket_results, bucket_sums
 from mvrec_dist.eval.full_ranking import target_ranks
 from mvrec_dist.eval.metrics import metric_sums
 
@@ -30,7 +31,9 @@ class RankingModel(Protocol):
 
 
 def evaluate_ranking(model: RankingModel, batches: Iterable, *, num_items: int, ks: tuple[int, ...],
-                     progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+                     progress: Callable[[int, int], None] | None = None,
+                     item_train_counts: torch.Tensor | None = None,
+                     bucket_edges: Sequence[int] = ()) -> dict[str, float]:
     """HR@K and NDCG@K over all users of a split, averaged over users of every rank.
 
     Call inside the model's ``evaluating()`` context.
@@ -42,9 +45,13 @@ def evaluate_ranking(model: RankingModel, batches: Iterable, *, num_items: int, 
         ks: Cut-offs.
         progress: Called as ``progress(done, total)`` with this rank's users scored so far and in
             all: once when the item representations are ready (``done`` 0), then after each batch.
+        item_train_counts: ``[N+1]`` train interactions per item, for the popularity buckets.
+        bucket_edges: Lower edges of the popularity buckets of the targets (``mvrec_dist.eval.buckets``); with
+            ``item_train_counts``, the result gets ``buckets``. Empty: none.
 
     Returns:
-        ``{"hr@10": ..., "ndcg@10": ..., "users": U, "seconds": s}`` (identical on every rank).
+        ``{"hr@10": ..., "ndcg@10": ..., "users": U, "seconds": s}`` (identical on every rank), and
+        ``"buckets"``: ``buckets.bucket_results`` (a list of one dict per bucket) when asked for.
     """
     start = time.perf_counter()
     batches = list(batches)
@@ -54,6 +61,10 @@ def evaluate_ranking(model: RankingModel, batches: Iterable, *, num_items: int, 
         progress(0, total)
     names = [f"{m}@{k}" for k in ks for m in ("hr", "ndcg")]
     sums = torch.zeros(len(names) + 1, dtype=torch.float64)
+    with_buckets = bool(bucket_edges) and item_train_counts is not None
+    if with_buckets:
+        target_counts = torch.as_tensor(item_train_counts).cpu()
+        per_bucket = torch.zeros(len(bucket_edges), len(names) + 1, dtype=torch.float64)
     for batch in batches:
         states = model.user_states(batch.history, batch.lengths, item_repr)  # [B, D]
         device = item_repr.device
@@ -62,12 +73,18 @@ def evaluate_ranking(model: RankingModel, batches: Iterable, *, num_items: int, 
         part = metric_sums(ranks, ks)
         sums[:-1] += torch.tensor([part[n] for n in names], dtype=torch.float64)
         sums[-1] += batch.targets.numel()
+        if with_buckets:
+            per_bucket += bucket_sums(ranks, target_counts[batch.targets.cpu()], bucket_edges, ks)
         done += int(batch.targets.numel())
         if progress is not None:
             progress(done, total)
+    if with_buckets:  # one reduction for both: the bucket sums ride along with the totals
+        sums = torch.cat([sums, per_bucket.flatten()])
     total = model.sum_over_ranks(sums).cpu()
-    users = int(total[-1])
+    users = int(total[len(names)])
     result = {n: float(total[i]) / max(users, 1) for i, n in enumerate(names)}
     result["users"] = users
+    if with_buckets:
+        result["buckets"] = bucket_results(total[len(names) + 1:].view(len(bucket_edges), -1), bucket_edges, ks)
     result["seconds"] = time.perf_counter() - start
     return result

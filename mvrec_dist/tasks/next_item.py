@@ -21,7 +21,8 @@ from mvrec_dist.tasks.base import Task
 __all__ = ["NextItemTask", "evaluate_split"]
 
 
-def evaluate_split(model: Any, data: Any, split: str, ks: tuple[int, ...], log: Any | None = None) -> dict[str, float]:
+def evaluate_split(model: Any, data: Any, split: str, ks: tuple[int, ...], log: Any | None = None,
+                   popularity_buckets: tuple[int, ...] = ()) -> dict[str, float]:
     """HR@K / NDCG@K of ``model`` on ``split`` (``valid`` or ``test``), full ranking (collective).
 
     Args:
@@ -30,13 +31,18 @@ def evaluate_split(model: Any, data: Any, split: str, ks: tuple[int, ...], log: 
         split: Which split.
         ks: Cut-offs.
         log: Where progress lines go while it runs (every ``EVAL_PROGRESS_SECONDS``); None for none.
+        popularity_buckets: Lower edges of the target-popularity buckets (``eval.popularity_buckets``,
+            by ``data.item_train_counts``); empty for none.
 
     Returns:
-        What ``evaluate_ranking`` returns (identical on every rank).
+        What ``evaluate_ranking`` returns (identical on every rank; with ``buckets`` when asked for).
     """
     progress = EvalProgress(log, split, data.world_size, "users") if log is not None else None
+    counts = getattr(data, "item_train_counts", None) if popularity_buckets else None  # TrainData has them
+    counts = torch.from_numpy(counts) if counts is not None else None
     with model.evaluating():
-        return evaluate_ranking(model, data.eval_batches(split), num_items=data.num_items, ks=ks, progress=progress)
+        return evaluate_ranking(model, data.eval_batches(split), num_items=data.num_items, ks=ks, progress=progress,
+                                item_train_counts=counts, bucket_edges=popularity_buckets)
 
 
 class NextItemTask(Task):
@@ -64,5 +70,7 @@ class NextItemTask(Task):
         return int((batch.lengths - 1).clamp(min=0).sum()), int((batch.lengths > 0).sum())
 
     def evaluate(self, model: Any, data: Any, split: str, log: Any | None = None) -> dict[str, float]:
-        """Full-ranking HR@K / NDCG@K of ``split`` (``evaluate_split``)."""
-        return evaluate_split(model, data, split, self.cfg.eval.ks, log)
+        """Full-ranking HR@K / NDCG@K of ``split`` (``evaluate_split``); the test split also per
+        popularity bucket of the targets (``eval.popularity_buckets``, result key ``buckets``)."""
+        buckets = self.cfg.eval.popularity_buckets if split == "test" else ()
+        return evaluate_split(model, data, split, self.cfg.eval.ks, log, popularity_buckets=buckets)
