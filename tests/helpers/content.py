@@ -15,7 +15,7 @@ import numpy as np
 from mvrec_dist.config import IngestJobConfig, load_config
 
 __all__ = ["REAL_VIDEOS", "ID_ONLY", "make_video_dataset", "make_text_dataset", "TINY_FRAME_CNN", "TINY_R3D",
-           "TINY_TEXT", "NO_TITLE", "BLANK_TITLE"]
+           "TINY_TEXT", "NO_TITLE", "BLANK_TITLE", "train_rank", "initial_dense", "last_checkpoint"]
 
 REAL_VIDEOS = (1002, 10034, 10040)
 ID_ONLY = (58, 59, 60)
@@ -51,15 +51,8 @@ def make_video_dataset(root: Path, videos_src: Path, *, users: int = 200, seed: 
     """
     from mvrec_dist.data.ingest import run_ingest_job
 
-    rng = np.random.default_rng(seed)
     pool = np.array(list(range(1, 61)) + list(REAL_VIDEOS))
-    weights = 1.0 / np.arange(1, len(pool) + 1) ** 0.6
-    lines = []
-    for u in range(1, users + 1):
-        n = int(rng.integers(5, 13))
-        seq = rng.choice(pool, size=n, replace=False, p=rng.permutation(weights) / weights.sum())
-        lines.append(f"{u}\t{' '.join(map(str, seq))}\n")
-    (root / "pairs.tsv").write_text("".join(lines))
+    _write_pairs(root / "pairs.tsv", pool, users, seed)
     (root / "titles.csv").write_text("item,title\n" + "".join(f'{i},"item {i}"\n' for i in pool.tolist()))
     videos = root / "videos"
     videos.mkdir()
@@ -88,15 +81,8 @@ def make_text_dataset(root: Path, *, users: int = 200, seed: int = 0) -> Path:
     """
     from mvrec_dist.data.ingest import run_ingest_job
 
-    rng = np.random.default_rng(seed)
     pool = np.arange(1, 61)
-    weights = 1.0 / np.arange(1, len(pool) + 1) ** 0.6
-    lines = []
-    for u in range(1, users + 1):
-        n = int(rng.integers(5, 13))
-        seq = rng.choice(pool, size=n, replace=False, p=rng.permutation(weights) / weights.sum())
-        lines.append(f"{u}\t{' '.join(map(str, seq))}\n")
-    (root / "pairs.tsv").write_text("".join(lines))
+    _write_pairs(root / "pairs.tsv", pool, users, seed)
     words = ["funny", "cat", "dance", "cooking", "travel", "music", "game", "street", "food", "baby", "dog", "car"]
     titles = [f'{i},"{words[i % 12]} {words[(i * 5) % 12]} video number {i}"' for i in pool.tolist()
               if i != NO_TITLE]
@@ -107,3 +93,62 @@ def make_text_dataset(root: Path, *, users: int = 200, seed: int = 0) -> Path:
         f"ingest.input={root / 'pairs.tsv'}", f"ingest.titles={root / 'titles.csv'}", f"ingest.output_dir={out}",
         "ingest.progress=false", "text.enabled=true", "text.max_tokens=16", "text.shard_max_samples=25"]))
     return out
+
+
+def train_rank(ctx, overrides: list[str]) -> dict:
+    """One rank of a content-tower training run (``run_ranks(train_rank, W, overrides)``).
+
+    Returns:
+        ``step``, ``valid`` and ``test`` metrics, and on rank 0 the logged training ``losses``.
+    """
+    import json
+
+    from mvrec_dist.config import TrainJobConfig
+    from mvrec_dist.train.worker import run_worker
+
+    cfg = load_config(TrainJobConfig, None, overrides + [f"parallel.num_workers={ctx.world_size}"])
+    result = run_worker(cfg, ctx)
+    losses = [json.loads(line)["loss"] for line in
+              (Path(cfg.train.storage_path) / cfg.train.run_name / "logs" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line).get("kind") == "train"] if ctx.rank == 0 else []
+    return {"step": result.state.step, "valid": result.valid, "test": result.test or {}, "losses": losses}
+
+
+def initial_dense(overrides: list[str]):
+    """The dense tower exactly as the workers build it (seeded by train.seed), before training.
+
+    Returns:
+        ``(parameters by name, cloned; the model)``.
+    """
+    import torch
+
+    from mvrec_dist.config import TrainJobConfig
+    from mvrec_dist.data.loader import load_item_train_counts
+    from mvrec_dist.data.manifest import load_manifest
+    from mvrec_dist.models.builders import build_recommender
+
+    cfg = load_config(TrainJobConfig, None, overrides)
+    manifest = load_manifest(cfg.data.dataset_dir)
+    torch.manual_seed(cfg.train.seed)
+    model = build_recommender(cfg.model, num_items=manifest.num_items, item_train_counts=load_item_train_counts(manifest),
+                              max_seq_len=cfg.data.max_seq_len, seed=cfg.train.seed, device="meta")
+    return {n: p.detach().clone() for n, p in model.dense.named_parameters()}, model
+
+
+def last_checkpoint(runs: Path, name: str) -> dict:
+    """The full state of run ``name``'s last checkpoint (``parallel.checkpoint.load_full_state``)."""
+    from mvrec_dist.parallel.checkpoint import load_full_state
+
+    return load_full_state(str(sorted((runs / name).glob("checkpoint-step*"))[-1]))
+
+
+def _write_pairs(path: Path, pool: np.ndarray, users: int, seed: int) -> None:
+    """``users`` users with 5..12 distinct items each from ``pool`` (Zipf-like popularity), as a pairs tsv."""
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, len(pool) + 1) ** 0.6
+    lines = []
+    for u in range(1, users + 1):
+        n = int(rng.integers(5, 13))
+        seq = rng.choice(pool, size=n, replace=False, p=rng.permutation(weights) / weights.sum())
+        lines.append(f"{u}\t{' '.join(map(str, seq))}\n")
+    path.write_text("".join(lines))

@@ -7,7 +7,6 @@ item has no title and one a blank title, so both stay without text).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,8 @@ import pytest
 import torch
 
 from mvrec_dist.data.pretrained_text import PretrainedTextError, model_dir
-from tests.helpers.content import BLANK_TITLE, NO_TITLE, TINY_TEXT, make_text_dataset
+from tests.helpers.content import (BLANK_TITLE, NO_TITLE, TINY_TEXT, initial_dense, last_checkpoint,
+                                   make_text_dataset, train_rank)
 from tests.helpers.dist import run_ranks
 
 pytestmark = pytest.mark.integration
@@ -40,53 +40,20 @@ def _overrides(dataset: Path, runs: Path, name: str, *extra: str) -> list[str]:
     return BASE + [f"data.dataset_dir={dataset}", f"train.storage_path={runs}", f"train.run_name={name}", *extra]
 
 
-def _train(ctx, overrides):
-    from mvrec_dist.config import TrainJobConfig, load_config
-    from mvrec_dist.train.worker import run_worker
-
-    cfg = load_config(TrainJobConfig, None, overrides + [f"parallel.num_workers={ctx.world_size}"])
-    result = run_worker(cfg, ctx)
-    losses = [json.loads(line)["loss"] for line in
-              (Path(cfg.train.storage_path) / cfg.train.run_name / "logs" / "metrics.jsonl").read_text().splitlines()
-              if json.loads(line).get("kind") == "train"] if ctx.rank == 0 else []
-    return {"step": result.state.step, "valid": result.valid, "test": result.test or {}, "losses": losses}
-
-
-def _initial_dense(overrides: list[str]) -> tuple[dict[str, torch.Tensor], torch.nn.Module]:
-    """The dense tower exactly as the workers build it (seeded by train.seed), before training."""
-    from mvrec_dist.config import TrainJobConfig, load_config
-    from mvrec_dist.data.loader import load_item_train_counts
-    from mvrec_dist.data.manifest import load_manifest
-    from mvrec_dist.models.builders import build_recommender
-
-    cfg = load_config(TrainJobConfig, None, overrides)
-    manifest = load_manifest(cfg.data.dataset_dir)
-    torch.manual_seed(cfg.train.seed)
-    model = build_recommender(cfg.model, num_items=manifest.num_items, item_train_counts=load_item_train_counts(manifest),
-                              max_seq_len=cfg.data.max_seq_len, seed=cfg.train.seed, device="meta")
-    return {n: p.detach().clone() for n, p in model.dense.named_parameters()}, model
-
-
-def _last_checkpoint(runs: Path, name: str) -> dict[str, torch.Tensor]:
-    from mvrec_dist.parallel.checkpoint import load_full_state
-
-    return load_full_state(str(sorted((runs / name).glob("checkpoint-step*"))[-1]))
-
-
 def test_two_ranks_id_plus_text_top_layer_live(dataset, tmp_path):
     """ID+Text, the top BERT layer fine-tuned live with the in-batch softmax: only that layer moves."""
     runs = tmp_path / "runs"
     overrides = _overrides(dataset, runs, "idt", "model.item_tower=id+content", "model.loss.name=inbatch_softmax",
                            "model.content_encoder.finetune=top", "model.content_encoder.top_blocks=1",
                            "train.epochs=2")
-    out = run_ranks(_train, 2, overrides)
+    out = run_ranks(train_rank, 2, overrides)
     assert out[0]["step"] == out[1]["step"] > 0
     assert out[0]["test"]["users"] == out[0]["valid"]["users"] == 200
     same = [k for k in out[0]["valid"] if "@" in k]
     assert [out[0]["valid"][k] for k in same] == [out[1]["valid"][k] for k in same]
     assert len(out[0]["losses"]) >= 2 and np.isfinite(out[0]["losses"]).all()
-    before, model = _initial_dense(overrides)
-    after = _last_checkpoint(runs, "idt")
+    before, model = initial_dense(overrides)
+    after = last_checkpoint(runs, "idt")
     enc = model.dense.item_tower.content_encoder
     frozen = {n for n, p in model.dense.named_parameters() if not p.requires_grad}
     top = {f"item_tower.content_encoder.{n}" for n, p in enc.named_parameters() if p.requires_grad}
@@ -117,11 +84,11 @@ def test_two_ranks_text_only_on_cached_features_with_the_full_softmax(dataset, t
     items = np.load(m.path("maps/items.npy"))
     without = np.searchsorted(items[1:], [NO_TITLE, BLANK_TITLE]) + 1
     assert store.shape == (16,) and store.items_with_content == 58 and not store.has(without).any()
-    out = run_ranks(_train, 2, _overrides(dataset, runs, "t", *common))
+    out = run_ranks(train_rank, 2, _overrides(dataset, runs, "t", *common))
     assert out[0]["test"]["users"] == 200 and np.isfinite(out[0]["losses"]).all()
-    after = _last_checkpoint(runs, "t")
+    after = last_checkpoint(runs, "t")
     assert not any(k.startswith("sparse/") for k in after)  # no ID table
     assert after["dense/dense.item_tower.no_content"].abs().sum() > 0  # the no-title vector trained
     assert not any("content_encoder.bert." in k for k in after if k.startswith("dense/dense."))  # frozen BERT
     with pytest.raises(Exception, match="trunk_digest"):  # another random BERT (seed) must not use these features
-        run_ranks(_train, 1, _overrides(dataset, runs, "other", *common, "train.seed=7"))
+        run_ranks(train_rank, 1, _overrides(dataset, runs, "other", *common, "train.seed=7"))

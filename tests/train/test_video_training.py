@@ -6,14 +6,14 @@ ID-only items (garbage files); every run here is ``run_worker`` on real ranks (t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.helpers.content import ID_ONLY, TINY_FRAME_CNN, TINY_R3D, make_video_dataset
+from tests.helpers.content import (ID_ONLY, TINY_FRAME_CNN, TINY_R3D, initial_dense, last_checkpoint,
+                                   make_video_dataset, train_rank)
 from tests.helpers.dist import run_ranks
 
 pytestmark = pytest.mark.integration
@@ -33,47 +33,13 @@ def _overrides(dataset: Path, runs: Path, name: str, *extra: str) -> list[str]:
     return BASE + [f"data.dataset_dir={dataset}", f"train.storage_path={runs}", f"train.run_name={name}", *extra]
 
 
-def _train(ctx, overrides):
-    from mvrec_dist.config import TrainJobConfig, load_config
-    from mvrec_dist.train.worker import run_worker
-
-    cfg = load_config(TrainJobConfig, None, overrides + [f"parallel.num_workers={ctx.world_size}"])
-    result = run_worker(cfg, ctx)
-    losses = [json.loads(line)["loss"] for line in
-              (Path(cfg.train.storage_path) / cfg.train.run_name / "logs" / "metrics.jsonl").read_text().splitlines()
-              if json.loads(line).get("kind") == "train"] if ctx.rank == 0 else []
-    return {"step": result.state.step, "valid": result.valid, "test": result.test or {}, "losses": losses}
-
-
-def _initial_dense(overrides: list[str]) -> tuple[dict[str, torch.Tensor], torch.nn.Module]:
-    """The dense tower exactly as the workers build it (seeded by train.seed), before training."""
-    from mvrec_dist.config import TrainJobConfig, load_config
-    from mvrec_dist.data.loader import load_item_train_counts
-    from mvrec_dist.data.manifest import load_manifest
-    from mvrec_dist.models.builders import build_recommender
-
-    cfg = load_config(TrainJobConfig, None, overrides)
-    manifest = load_manifest(cfg.data.dataset_dir)
-    torch.manual_seed(cfg.train.seed)
-    model = build_recommender(cfg.model, num_items=manifest.num_items, item_train_counts=load_item_train_counts(manifest),
-                              max_seq_len=cfg.data.max_seq_len, seed=cfg.train.seed, device="meta")
-    return {n: p.detach().clone() for n, p in model.dense.named_parameters()}, model
-
-
-def _last_checkpoint(runs: Path, name: str) -> dict[str, torch.Tensor]:
-    from mvrec_dist.parallel.checkpoint import load_full_state
-
-    latest = sorted((runs / name).glob("checkpoint-step*"))[-1]
-    return load_full_state(str(latest))
-
-
 def test_two_ranks_zero2_tiny_video_encoder_id_plus_video(dataset, tmp_path):
     """ID+V, R3D top-2 over 2 frames of 32x32: trains, evaluates every item once, freezes what it says."""
     runs = tmp_path / "runs"
     overrides = _overrides(dataset, runs, "idv", "model.item_tower=id+content", *TINY_R3D,
                            "model.content_encoder.finetune=top", "model.content_encoder.top_blocks=2",
                            "train.epochs=2")
-    out = run_ranks(_train, 2, overrides)
+    out = run_ranks(train_rank, 2, overrides)
     assert out[0]["step"] == out[1]["step"] > 0
     assert out[0]["test"]["users"] == out[0]["valid"]["users"] == 200
     same = [k for k in out[0]["valid"] if "@" in k]
@@ -81,8 +47,8 @@ def test_two_ranks_zero2_tiny_video_encoder_id_plus_video(dataset, tmp_path):
     assert 0 <= out[0]["test"]["ndcg@10"] <= 1
     losses = out[0]["losses"]
     assert len(losses) >= 2 and np.isfinite(losses).all()
-    before, model = _initial_dense(overrides)
-    after = _last_checkpoint(runs, "idv")
+    before, model = initial_dense(overrides)
+    after = last_checkpoint(runs, "idv")
     enc = model.dense.item_tower.content_encoder
     frozen = {n for n, p in model.dense.named_parameters() if not p.requires_grad}
     top = {f"item_tower.content_encoder.{n}" for n, p in enc.named_parameters() if p.requires_grad}
@@ -100,9 +66,9 @@ def test_two_ranks_video_only_tower_with_id_only_items(dataset, tmp_path):
     # One loader worker process per rank: content is gathered in the worker (its own mmaps).
     overrides = _overrides(dataset, runs, "v", "model.item_tower=content", *TINY_FRAME_CNN,
                            "model.content_encoder.finetune=full", "train.epochs=1", "data.loader_workers=1")
-    out = run_ranks(_train, 2, overrides)
+    out = run_ranks(train_rank, 2, overrides)
     assert out[0]["test"]["users"] == 200 and np.isfinite(out[0]["losses"]).all()
-    after = _last_checkpoint(runs, "v")
+    after = last_checkpoint(runs, "v")
     assert not any(k.startswith("sparse/") for k in after)  # no ID table at all
     assert after["dense/dense.item_tower.no_content"].abs().sum() > 0  # ID-only items' vector trained
     from mvrec_dist.data.content_store import ContentStore
@@ -127,8 +93,8 @@ def test_cached_trunk_training_uses_the_feature_store_and_refuses_another_trunk(
     result = run_trunk_cache(cfg)
     assert not result.reused and verify_dataset(str(features)) == []
     assert run_trunk_cache(cfg).reused  # same trunk and content: nothing recomputed
-    out = run_ranks(_train, 2, _overrides(dataset, runs, "cached", *common))
+    out = run_ranks(train_rank, 2, _overrides(dataset, runs, "cached", *common))
     assert out[0]["test"]["users"] == 200 and np.isfinite(out[0]["losses"]).all()
     # A different random trunk (another seed) must not train on these features.
     with pytest.raises(Exception, match="trunk_digest"):
-        run_ranks(_train, 1, _overrides(dataset, runs, "other", *common, "train.seed=7"))
+        run_ranks(train_rank, 1, _overrides(dataset, runs, "other", *common, "train.seed=7"))

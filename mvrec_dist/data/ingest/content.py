@@ -22,11 +22,13 @@ meanwhile. The interaction splits, maps and their checksums are untouched, so
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import json
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
 
 import numpy as np
 import ray
@@ -44,7 +46,7 @@ from mvrec_dist.data.plan import Chunk
 from mvrec_dist.data.reader import ShardReader
 
 __all__ = ["ContentResult", "run_content_ingest", "item_titles", "next_generation", "publish_content",
-           "load_items_map"]
+           "load_items_map", "map_shards", "removed_on_failure"]
 
 
 @dataclass
@@ -111,6 +113,43 @@ def next_generation(manifest: Manifest, name: str) -> tuple[int, str]:
     content_dir = f"{name}/g{generation:04d}"
     remove_tree(manifest.path(content_dir))
     return generation, content_dir
+
+
+def map_shards(task: Callable[..., dict], num_shards: int, *, fn_kwargs: dict, progress: bool) -> Iterator[dict]:
+    """Run a content stage's ``task`` once per shard as a Ray Data job; yield each shard's result as it finishes.
+
+    Args:
+        task: A ``map_batches`` UDF taking ``{"shard": [j]}`` and returning ``{"result": [json]}``.
+        num_shards: Shards 0..num_shards-1.
+        fn_kwargs: The task's keyword arguments.
+        progress: Ray Data progress bars.
+
+    Yields:
+        Each shard's decoded JSON result, in completion order.
+    """
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    # Raise an IngestError from a task as itself, not as Ray Data's UserCodeException (whose pickled
+    # form loses the original as its cause), so the job can name the file.
+    ctx.raise_original_map_exception = True
+    ds = ray.data.from_items([{"shard": j} for j in range(num_shards)], override_num_blocks=max(num_shards, 1))
+    out = ds.map_batches(task, batch_size=1, batch_format="numpy", num_cpus=1, fn_kwargs=fn_kwargs)
+    for row in out.iter_rows():
+        yield json.loads(row["result"])
+
+
+@contextlib.contextmanager
+def removed_on_failure(path: str) -> Iterator[None]:
+    """Remove ``path`` (an unpublished generation) if the block fails; an ``IngestError`` raised in a
+    Ray task reaches the caller as itself (with its file and line), anything else unchanged."""
+    try:
+        yield
+    except BaseException as exc:
+        remove_tree(path)
+        original = find_ingest_error(exc)
+        if original is not None and original is not exc:
+            raise IngestError(str(original)) from None
+        raise
 
 
 def publish_content(manifest: Manifest, name: str, section: dict, entries: list[dict], index: np.ndarray,
@@ -222,30 +261,17 @@ def run_content_ingest(video: VideoIngestConfig, dataset_dir: str, *, progress: 
     items_map = load_items_map(manifest)
     n, size = manifest.num_items, video.shard_max_samples
     num_shards = -(-n // size)
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = progress
-    # Raise an IngestError from a task as itself, not as Ray Data's UserCodeException (whose pickled
-    # form loses the original as its cause), so the job can name the file.
-    ctx.raise_original_map_exception = True
     video_dict = config_to_dict(video)
-    ds = ray.data.from_items([{"shard": j} for j in range(num_shards)], override_num_blocks=num_shards)
-    out = ds.map_batches(_shard_task, batch_size=1, batch_format="numpy", num_cpus=1,
-                         fn_kwargs={"root": dataset_dir, "content_dir": content_dir, "shard_size": size,
-                                    "maps": [ray.put(items_map)], "video": video_dict})
     results: list[ShardResult] = []
-    try:
-        for row in out.iter_rows():
-            r = ShardResult(**json.loads(row["result"]))
+    with removed_on_failure(manifest.path(content_dir)):
+        for row in map_shards(_shard_task, num_shards, progress=progress,
+                              fn_kwargs={"root": dataset_dir, "content_dir": content_dir, "shard_size": size,
+                                         "maps": [ray.put(items_map)], "video": video_dict}):
+            r = ShardResult(**row)
             results.append(r)
             if progress:
                 print(f"content shard {r.shard + 1}/{num_shards} ({len(results)} done): {r.decoded} decoded, "
                       f"{r.synthetic} synthetic, {len(r.id_only)} ID-only in {r.seconds:.1f}s", flush=True)
-    except BaseException as exc:
-        remove_tree(manifest.path(content_dir))
-        original = find_ingest_error(exc)
-        if original is not None and original is not exc:
-            raise IngestError(str(original)) from None
-        raise
     results.sort(key=lambda r: r.shard)
     index = build_index(n, [(r.shard, r.ids, r.offsets) for r in results])
     section = _section(video, results, content_dir, n, time.perf_counter() - t0, generation)

@@ -29,15 +29,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import ray
-from ray.data import DataContext
 
 from mvrec_dist.config.ingest import TextIngestConfig
 from mvrec_dist.config.load import config_to_dict
 from mvrec_dist.data.ingest.array_shards import build_index, render_array_shard
-from mvrec_dist.data.ingest.content import (ContentResult, item_titles, load_items_map, next_generation,
-                                            publish_content)
-from mvrec_dist.data.ingest.errors import IngestError, find_ingest_error
-from mvrec_dist.data.ingest.manifest_writer import remove_tree
+from mvrec_dist.data.ingest.content import (ContentResult, item_titles, load_items_map, map_shards, next_generation,
+                                            publish_content, removed_on_failure)
+from mvrec_dist.data.ingest.errors import IngestError
 from mvrec_dist.data.ingest.tar_writer import write_bytes
 from mvrec_dist.data.manifest import Manifest, load_manifest
 from mvrec_dist.data.pretrained_text import load_tokenizer, tokenizer_identity
@@ -197,32 +195,21 @@ def run_text_ingest(text: TextIngestConfig, dataset_dir: str, *, progress: bool 
     items_map = load_items_map(manifest)
     n, size = manifest.num_items, text.shard_max_samples
     num_shards = -(-n // size)
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = progress
-    ctx.raise_original_map_exception = True  # an IngestError from a task reaches the job as itself
     text_dict = config_to_dict(text)
-    ds = ray.data.from_items([{"shard": j} for j in range(num_shards)], override_num_blocks=max(num_shards, 1))
-    out = ds.map_batches(_shard_task, batch_size=1, batch_format="numpy", num_cpus=1,
-                         fn_kwargs={"root": dataset_dir, "text_dir": text_dir, "shard_size": size,
-                                    "maps": [ray.put(items_map)], "text": text_dict})
     results: list[TextShardResult] = []
-    try:
-        for row in out.iter_rows():
-            r = TextShardResult(**json.loads(row["result"]))
+    with removed_on_failure(manifest.path(text_dir)):
+        for row in map_shards(_shard_task, num_shards, progress=progress,
+                              fn_kwargs={"root": dataset_dir, "text_dir": text_dir, "shard_size": size,
+                                         "maps": [ray.put(items_map)], "text": text_dict}):
+            r = TextShardResult(**row)
             results.append(r)
             if progress:
                 print(f"text shard {r.shard + 1}/{num_shards} ({len(results)} done): {len(r.ids)} titles, "
-                      f"{len(r.missing)} missing, {len(r.empty)} empty, {r.truncated} truncated in {r.seconds:.1f}s",
-                      flush=True)
+                      f"{len(r.missing)} missing, {len(r.empty)} empty, {r.truncated} truncated in "
+                      f"{r.seconds:.1f}s", flush=True)
         results.sort(key=lambda r: r.shard)
         index = build_index(n, [(r.shard, r.ids, r.offsets) for r in results])
         section = _section(text, results, text_dir, manifest, time.perf_counter() - t0, generation)
         _reconcile(section, results, num_shards, index, manifest)
-    except BaseException as exc:
-        remove_tree(manifest.path(text_dir))
-        original = find_ingest_error(exc)
-        if original is not None and original is not exc:
-            raise IngestError(str(original)) from None
-        raise
     new = publish_content(manifest, SECTION, section, [r.entry for r in results], index, text=text_dict)
     return ContentResult(manifest=new, seconds=time.perf_counter() - t0)
