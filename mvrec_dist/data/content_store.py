@@ -201,10 +201,15 @@ class ContentStore:
         dtype: Its dtype (``uint8`` frames, an int dtype for tokens, ``float16``/``float32`` features).
         name: What the store holds, for messages.
         max_open: Shards kept open (mmapped) at once per process.
+        resident_bytes: A store whose arrays total at most this many bytes is read once, on the first
+            ``gather``, into one in-memory array per process, and served from it by indexing: a
+            full-softmax step on cached text features gathers every item each step (19,220 x 1.5 KB on
+            MicroLens-50K: 0.11 s per step item by item, ~10 ms indexed). Larger stores (video
+            frames, trunk features at full scale) are always read item by item. 0 turns it off.
     """
 
     def __init__(self, *, root: str, shards: list[str], shard_bytes: list[int], index: np.ndarray, kind: ContentKind,
-                 shape: tuple[int, ...], dtype: str, name: str, max_open: int = 128):
+                 shape: tuple[int, ...], dtype: str, name: str, max_open: int = 128, resident_bytes: int = 256 << 20):
         self.spec = _checked_spec(kind, shape, dtype, name)
         index = np.asarray(index)
         if index.ndim != 2 or index.shape[1] != 2 or index.dtype != np.int64:
@@ -226,6 +231,9 @@ class ContentStore:
         self._open: OrderedDict[int, Any] = OrderedDict()
         self._pid = os.getpid()
         self._local = dfs.is_local(self.layout.root)
+        self.resident_bytes = resident_bytes
+        self._resident: np.ndarray | None = None
+        self._total_bytes = int((index[:, 0] >= 0).sum()) * self.item_bytes
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -325,6 +333,17 @@ class ContentStore:
             bad = int(ids[~present][0])
             raise ContentStoreError(f"{self.name}: item {bad} has no content (ID-only); the caller must "
                                     "mask it out with has()")
+        if self._resident is None and 0 < self._total_bytes <= self.resident_bytes:
+            every = np.nonzero(self.index[:, 0] >= 0)[0]
+            resident = np.zeros((self.num_items + 1, *self.shape), dtype=self.dtype)
+            resident[every] = self._read(every)
+            self._resident = resident
+        if self._resident is not None:
+            return self._resident[ids]  # fancy indexing: a fresh array
+        return self._read(ids)
+
+    def _read(self, ids: np.ndarray) -> np.ndarray:
+        """The arrays of ``ids`` (each with content) read from the shards, item by item."""
         out = np.empty((len(ids), *self.shape), dtype=self.dtype)
         if len(ids) == 0:
             return out
@@ -381,6 +400,7 @@ class ContentStore:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_open"] = OrderedDict()
+        state["_resident"] = None  # each process reads its own copy when it first gathers
         return state
 
     def __setstate__(self, state: dict) -> None:

@@ -185,3 +185,29 @@ def test_a_dataset_without_content_or_with_a_stale_index_is_refused(tmp_path):
         m.data["files"]["content/index.npy"]["sha256"]
     with pytest.raises(ContentStoreError, match="stale or rewritten index"):
         ContentStore.from_dataset(m)
+
+
+def test_a_small_store_is_read_once_and_served_from_memory(tmp_path):
+    """Below resident_bytes the first gather reads every item once; later gathers index that copy and
+    give what item-by-item reads give (fresh arrays); a pickled store reads its own copy."""
+    rng = np.random.default_rng(3)
+    feats = {i: rng.standard_normal(4).astype(np.float32) for i in (1, 2, 5, 7)}
+    m = _dataset(str(tmp_path), {i: (f * 100).astype(np.int32) for i, f in feats.items()}, kind="tokens")
+    small = ContentStore.from_dataset(m, "tokens")
+    off = ContentStore.from_dataset(m, "tokens", resident_bytes=0)
+    ids = np.array([7, 1, 7, 5, 2])
+    assert small._resident is None
+    first = small.gather(ids)
+    assert small._resident is not None and small._resident.shape == (N + 1, 4)
+    np.testing.assert_array_equal(first, off.gather(ids))
+    assert off._resident is None  # turned off: always item by item
+    first[0] = -1  # a fresh array: the resident copy is untouched
+    np.testing.assert_array_equal(small.gather(ids), off.gather(ids))
+    with pytest.raises(ContentStoreError, match="item 3 has no content"):
+        small.gather(np.array([3]))
+    clone = pickle.loads(pickle.dumps(small))
+    assert clone._resident is None
+    np.testing.assert_array_equal(clone.gather(ids), off.gather(ids))
+    tiny_budget = ContentStore.from_dataset(m, "tokens", resident_bytes=4 * 4 * 4 - 1)  # one byte short
+    tiny_budget.gather(ids)
+    assert tiny_budget._resident is None
