@@ -2,11 +2,12 @@
 
     python benchmarks/text_quality.py --runs runs/text-quality          # text_quality.{json,md} + figures
 
-Reads the finished runs of ``jobs/train_videorec.py`` with the presets ``sasrec-id.yaml``,
+Reads the runs of ``jobs/train_videorec.py`` with the presets ``sasrec-id.yaml``,
 ``sasrec-text.yaml`` and ``sasrec-idtext.yaml`` (run names ``microlens-50k-sasrec-{id,text,idtext}``)
 under ``--runs``: their ``result.json`` (test figures of the best validation epoch, evaluated once),
 per-epoch validation from ``logs/metrics.jsonl`` and the test split per popularity bucket of the
-target (``test/buckets``). Writes ``benchmarks/results/text_quality.{json,md}``, the per-bucket
+target (``test/buckets``). A run stopped before it finished is reported, flagged, from ``mvrec eval``
+of its best checkpoint on test (``<run>/evals/*-test.json``). Writes ``benchmarks/results/text_quality.{json,md}``, the per-bucket
 Text/ID and ID+Text/ID HR@10 ratios (the paper's Figure 6) and the validation curves.
 """
 
@@ -33,24 +34,48 @@ def _curve(run: Path) -> list[dict]:
     return [{"epoch": r["epoch"], **{k: r[k] for k in r if "@" in k}} for r in rows if r.get("kind") == "valid"]
 
 
+def _stopped(run: Path) -> tuple[dict, str] | None:
+    """An unfinished run's figures: the test evaluation of its best checkpoint by ``mvrec eval``
+    (``<run>/evals/<checkpoint>-test.json``), valid figures as the run recorded them, throughput from its
+    training log. None when there is no such evaluation."""
+    evals = sorted((run / "evals").glob("*-test.json")) if (run / "evals").exists() else []
+    if not evals:
+        return None
+    ev = json.loads(evals[-1].read_text())
+    records = [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    curve = _curve(run)
+    best = max(range(len(curve)), key=lambda e: curve[e]["ndcg@10"])
+    train = [r for r in records if r.get("kind") == "train"]
+    result = {**{f"test/{k}": ev[k] for k in ev if "@" in k}, **{f"valid/{k}": v for k, v in ev["recorded_valid"].items()
+                                                                if "@" in k},
+              "best_epoch": best, "epochs": len(curve), "seconds_to_best": None,
+              "sequences_per_s": sum(r["sequences_per_s"] for r in train[-5:]) / max(1, len(train[-5:])),
+              "stopped": True}
+    return result, str(evals[-1])
+
+
 def collect(runs: Path) -> dict:
-    """The runs' figures (a model whose run is absent or unfinished is left out, named in ``missing``)."""
+    """The runs' figures: a finished run's ``result.json``; a run stopped before it finished, its best
+    checkpoint's test evaluation (``_stopped``, flagged); a model with neither is named in ``missing``."""
     out: dict = {"models": {}, "missing": []}
     for model, name in RUNS.items():
         run = runs / name
-        if not (run / "result.json").exists():
+        if (run / "result.json").exists():
+            result, source = json.loads((run / "result.json").read_text()), str(run)
+        elif (stopped := _stopped(run)) is not None:
+            result, source = stopped
+        else:
             out["missing"].append(model)
             continue
-        result = json.loads((run / "result.json").read_text())
         out["models"][model] = {"run": name, "result": {k: v for k, v in result.items() if k != "test/buckets"},
-                                "valid_curve": _curve(run), "buckets": load_buckets(str(run))}
+                                "valid_curve": _curve(run), "buckets": load_buckets(source)}
     return out
 
 
 def render(data: dict, notes: str) -> str:
     """The markdown report."""
     lines = ["# ID vs Text vs ID+Text SASRec on MicroLens-50K", "",
-             "Written by `python benchmarks/text_quality.py --runs runs/text-quality` from finished runs of "
+             "Written by `python benchmarks/text_quality.py --runs runs/text-quality` from the runs of "
              "`jobs/train_videorec.py` (presets `jobs/configs/microlens-50k/sasrec-{id,text,idtext}.yaml`). Protocol "
              "(MicroLens): leave-one-out, every item 1..N ranked, history excluded, 50,000 users; the test split "
              "evaluated once, with the weights of the best validation epoch. 2 CPU workers (Ray Train, TorchRec "
@@ -60,9 +85,11 @@ def render(data: dict, notes: str) -> str:
              "epochs run | wall s to best | sequences/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for model, m in data["models"].items():
         r = m["result"]
-        lines.append(f"| {model} | {r['valid/hr@10']:.4f} | {r['valid/ndcg@10']:.4f} | {r['test/hr@10']:.4f} | "
+        to_best = "-" if r.get("seconds_to_best") is None else f"{r['seconds_to_best']:.0f}"
+        flag = " (stopped, see notes)" if r.get("stopped") else ""
+        lines.append(f"| {model}{flag} | {r['valid/hr@10']:.4f} | {r['valid/ndcg@10']:.4f} | {r['test/hr@10']:.4f} | "
                      f"{r['test/ndcg@10']:.4f} | {r['test/hr@20']:.4f} | {r['test/ndcg@20']:.4f} | "
-                     f"{r['best_epoch'] + 1} | {r['epochs']} | {r['seconds_to_best']:.0f} | {r['sequences_per_s']:.0f} |")
+                     f"{r['best_epoch'] + 1} | {r['epochs']} | {to_best} | {r['sequences_per_s']:.0f} |")
     if data["missing"]:
         lines += ["", f"Not finished when this was written: {', '.join(data['missing'])}."]
     idt = data["models"].get("ID+Text", {}).get("result")
