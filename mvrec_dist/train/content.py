@@ -67,10 +67,12 @@ def content_problems(cfg: TrainJobConfig) -> list[str]:
         rules = CONTENT_KIND_RULES[enc.content_kind]
         return [f"model.item_tower={model.item_tower!r} needs {rules.noun} content but {cfg.data.dataset_dir} has "
                 f"none; run {rules.ingest} on it"]
-    source = enc.source_problems(section)
-    if source:
-        return [f"model.content_encoder: {p}" for p in source]
     if model.uses_cached_features:
+        # The live path checks how the content was written in _mismatch; cached features were computed
+        # from that content too, so a tokenizer the encoder cannot read is refused here as well.
+        source = enc.source_problems(section)
+        if source:
+            return [f"model.content_encoder: {p}" for p in source]
         try:
             store = load_features_manifest(cfg.data.content_features)
         except ContentStoreError as exc:

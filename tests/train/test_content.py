@@ -62,3 +62,23 @@ def test_cached_features_need_no_frame_shape_match_but_a_feature_store(manifest_
 def test_id_only_runs_read_no_content(manifest_dataset):
     cfg = load_config(TrainJobConfig, None, [f"data.dataset_dir={manifest_dataset}"])
     assert content_problems(cfg) == [] and open_content_store(cfg, load_manifest(str(manifest_dataset)), None) is None
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_title_ids_of_another_tokenizer_are_refused_live_and_cached(manifest_dataset, tmp_path, cached):
+    """The driver refuses a pretrained text encoder on ids another tokenizer wrote, whether it reads
+    them live or its cached features were (to be) computed from them."""
+    dst = tmp_path / "ds"
+    shutil.copytree(manifest_dataset, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    m["text"] = {"kind": "tokens", "index": "text/index.npy", "member": "tokens.npy", "shape": [48], "dtype": "int32",
+                 "tokenizer": {"name": "some-other-model", "package": "x", "version": "1", "pad_id": 0}}
+    m["splits"]["text"] = {"samples": 0, "shards": []}
+    (dst / "manifest.json").write_text(json.dumps(m))
+    extra = ["model.content_encoder.finetune=frozen", "model.content_encoder.cached_trunk=true",
+             f"data.content_features={tmp_path / 'features'}", "trunk_cache.build_if_missing=true"] if cached else []
+    cfg = load_config(TrainJobConfig, None, [f"data.dataset_dir={dst}", "model.item_tower=id+content",
+                                             "model.loss.name=inbatch_softmax", "model.content_encoder.name=minilm",
+                                             *extra])
+    problems = content_problems(cfg)
+    assert len(problems) == 1 and "tokenised with 'some-other-model'" in problems[0]
