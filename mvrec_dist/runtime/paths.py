@@ -5,6 +5,8 @@
 * ``check_dataset_dir``: the dataset directory must hold a finished ingestion (its manifest).
 * ``check_manifest_path``: a relative path read from a manifest must stay inside its dataset.
 * ``check_input_path``: an input a job reads (raw interactions, titles, videos) must exist.
+* ``relative_in_working_dir_copy``: relative paths of a job that ``ray job submit --working-dir``
+  started in Ray's temporary copy of the working tree (where outputs would be lost).
 
 How a shared mount is told from a local disk: a path with a URI scheme other than ``file://``
 (``s3://``, ``gs://``, ``hdfs://``, ...) names an object store or a distributed filesystem and is
@@ -28,7 +30,7 @@ from typing import Iterable
 from mvrec_dist.data.manifest import MANIFEST_NAME
 
 __all__ = ["PathError", "SHARED_FS_TYPES", "check_storage_path", "check_dataset_dir",
-           "check_manifest_path", "check_input_path"]
+           "check_manifest_path", "check_input_path", "ray_working_dir_copy", "relative_in_working_dir_copy"]
 
 # Filesystem types (as /proc/self/mounts names them) whose contents every client node sees.
 SHARED_FS_TYPES = frozenset({
@@ -43,6 +45,43 @@ _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 class PathError(ValueError):
     """A path given to a job cannot be used; the message is one actionable line."""
+
+
+# Ray unpacks a job's --working-dir into <session>/runtime_resources/working_dir_files/<package>/ on the
+# node that runs the entrypoint (ray/_private/runtime_env/working_dir.py) and starts the entrypoint there.
+_WORKING_DIR_COPY = re.compile(r"/runtime_resources/working_dir_files/[^/]+")
+
+
+def ray_working_dir_copy(cwd: str) -> str | None:
+    """The root of Ray's temporary working-dir copy that ``cwd`` is inside, or None."""
+    match = _WORKING_DIR_COPY.search(cwd.replace(os.sep, "/"))
+    return cwd[:match.end()] if match else None
+
+
+def relative_in_working_dir_copy(paths: dict[str, str | None], cwd: str | None = None) -> str | None:
+    """A one-paragraph warning when a submitted job's outputs would land in Ray's working-dir copy.
+
+    ``ray job submit --working-dir .`` runs the entrypoint inside a temporary copy of the tree that Ray
+    deletes when it evicts the package: a relative ``train.storage_path`` or ``data.dataset_dir`` there
+    writes runs and shards nobody will find (and only on the node that ran the entrypoint).
+
+    Args:
+        paths: Config key -> path as given (before it is made absolute).
+        cwd: The working directory (default: the process's).
+
+    Returns:
+        The warning, naming every relative key, or None when nothing is relative or the job does not
+        run in a working-dir copy.
+    """
+    root = ray_working_dir_copy(cwd or os.getcwd())
+    relative = [f"{key}={path}" for key, path in paths.items()
+                if path and not _URI.match(path) and not os.path.isabs(path)]
+    if root is None or not relative:
+        return None
+    return (f"warning: {', '.join(relative)} {'is' if len(relative) == 1 else 'are'} relative, and this job runs "
+            f"in Ray's temporary copy of its --working-dir ({root}): what it writes there is lost when Ray "
+            "evicts the copy and is on one node only. Give shared-storage paths (s3://..., gs://... or a "
+            "shared mount) for data.dataset_dir and train.storage_path; see cluster/README.md.")
 
 
 def check_storage_path(path: str, *, num_nodes: int, key: str = "train.storage_path",

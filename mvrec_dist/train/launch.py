@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import sys
 from typing import Callable
 
 import pyarrow.fs as pafs
@@ -25,7 +26,7 @@ from mvrec_dist.config.jobs import TrainJobConfig
 from mvrec_dist.data.fs import resolve
 from mvrec_dist.data.manifest import ManifestError, load_manifest
 from mvrec_dist.runtime.errors import describe_failure, failure_cause, is_deterministic, user_error_types
-from mvrec_dist.runtime.paths import PathError, check_dataset_dir, check_storage_path
+from mvrec_dist.runtime.paths import PathError, check_dataset_dir, check_storage_path, relative_in_working_dir_copy
 from mvrec_dist.runtime.ray_cluster import cluster_view
 from mvrec_dist.train.run_lease import RunLease
 from mvrec_dist.train.runs import RESULT_NAME, STATUS_NAME, list_checkpoints, read_json
@@ -164,12 +165,21 @@ def prepare_features(cfg: TrainJobConfig) -> None:
     run_trunk_cache(absolute_paths(cfg))
 
 
+_WARNED: set[str] = set()
+
+
 def absolute_paths(cfg: TrainJobConfig) -> TrainJobConfig:
     """``cfg`` with local relative paths made absolute against the driver's working directory.
 
     Ray Train workers do not run in the driver's directory, so a relative ``data/shards/x`` would
     name nothing there; URIs are left as they are.
     """
+    warning = relative_in_working_dir_copy({"train.storage_path": cfg.train.storage_path,
+                                            "data.dataset_dir": cfg.data.dataset_dir})
+    if warning and warning not in _WARNED:  # once per job: absolute_paths runs at every stage
+        _WARNED.add(warning)
+        print(warning, file=sys.stderr, flush=True)
+
     def fix(path: str | None) -> str | None:
         return os.path.abspath(path) if path and "://" not in path else path
 

@@ -8,7 +8,8 @@ import fsspec
 import pytest
 
 from mvrec_dist.runtime.paths import (PathError, check_dataset_dir, check_manifest_path,
-                                      check_storage_path)
+                                      check_storage_path, ray_working_dir_copy,
+                                      relative_in_working_dir_copy)
 
 MOUNTS = """\
 /dev/nvme0n1p1 / ext4 rw,relatime 0 0
@@ -221,3 +222,30 @@ def test_a_missing_input_in_an_fsspec_store():
     assert check_input_path("memory://mvrec-inputs/pairs.tsv", key="k", hint="h") == "memory://mvrec-inputs/pairs.tsv"
     with pytest.raises(PathError, match="k=memory://mvrec-inputs/other.tsv does not exist; h"):
         check_input_path("memory://mvrec-inputs/other.tsv", key="k", hint="h")
+
+
+# ---------------------------------------------------------------- ray job submit --working-dir
+COPY = "/tmp/ray/session_2026-12-04_10-00-00_1_2/runtime_resources/working_dir_files/_ray_pkg_0123abcd"
+
+
+def test_working_dir_copy_found_from_any_directory_inside_it():
+    assert ray_working_dir_copy(COPY) == COPY
+    assert ray_working_dir_copy(COPY + "/jobs") == COPY
+    assert ray_working_dir_copy("/home/me/mvrec_dist") is None
+
+
+def test_relative_paths_in_a_working_dir_copy_are_named_once_each():
+    warning = relative_in_working_dir_copy({"train.storage_path": "runs", "data.dataset_dir": "data/shards/x"},
+                                           cwd=COPY)
+    assert warning is not None and warning.startswith("warning: ")
+    assert "train.storage_path=runs, data.dataset_dir=data/shards/x are relative" in warning
+    assert COPY in warning and "cluster/README.md" in warning
+
+
+@pytest.mark.parametrize("paths, cwd", [
+    ({"train.storage_path": "s3://bucket/runs", "data.dataset_dir": "/mnt/nfs/shards"}, COPY),  # nothing relative
+    ({"train.storage_path": "runs", "data.dataset_dir": "data/shards/x"}, "/home/me/mvrec_dist"),  # not submitted
+    ({"train.storage_path": None, "data.dataset_dir": "file:///mnt/x"}, COPY),
+])
+def test_no_warning_for_absolute_paths_or_outside_a_copy(paths, cwd):
+    assert relative_in_working_dir_copy(paths, cwd=cwd) is None
