@@ -54,11 +54,16 @@ def _stopped(run: Path) -> tuple[dict, str] | None:
     return result, str(evals[-1])
 
 
-def collect(runs: Path) -> dict:
+def collect(runs: Path, names: dict[str, str] | None = None) -> dict:
     """The runs' figures: a finished run's ``result.json``; a run stopped before it finished, its best
-    checkpoint's test evaluation (``_stopped``, flagged); a model with neither is named in ``missing``."""
+    checkpoint's test evaluation (``_stopped``, flagged); a model with neither is named in ``missing``.
+
+    Args:
+        runs: The storage path holding the runs.
+        names: Model -> run name (default ``RUNS``, the MicroLens-50K presets' run names).
+    """
     out: dict = {"models": {}, "missing": []}
-    for model, name in RUNS.items():
+    for model, name in (names or RUNS).items():
         run = runs / name
         if (run / "result.json").exists():
             result, source = json.loads((run / "result.json").read_text()), str(run)
