@@ -9,9 +9,9 @@ tokenised for each). Every run is ``jobs/train_videorec.py`` with the Regular pr
 (``jobs/configs/microlens-50k/sasrec-{id,text,idtext}.yaml``, hyper-parameters selected on Regular's
 validation split and not re-tuned per dataset) and these overrides: ``data.dataset_dir`` the Warm-N
 dataset, ``data.content_features`` its own cached MiniLM store (built on first use),
-``train.run_name=warm<N>-sasrec-<model>``, ``train.storage_path`` (``--runs``); Warm-20 also
-``train.epochs`` = ``--warm20-epochs`` (time on this 2-core machine; the report flags a run whose best
-epoch is its last). The Regular column is read from ``benchmarks/results/text_quality.json``, the
+``train.run_name=warm<N>-sasrec-<model>``, ``train.storage_path`` (``--runs``); the presets' early
+stopping (patience 5, at most 60 epochs) ends each run; the report flags a run whose best epoch is its
+last. The Regular column is read from ``benchmarks/results/text_quality.json``, the
 report of the full-size runs. Test figures are the best validation epoch's, evaluated once.
 """
 
@@ -42,7 +42,7 @@ def run_name(n: int, model: str) -> str:
     return f"warm{n}-sasrec-{MODELS[model]}"
 
 
-def command(n: int, model: str, runs: str, warm20_epochs: int) -> list[str]:
+def command(n: int, model: str, runs: str) -> list[str]:
     """The training command of one Warm-N run (see the module doc)."""
     slug = MODELS[model]
     argv = [sys.executable, "jobs/train_videorec.py", "--config", f"jobs/configs/microlens-50k/sasrec-{slug}.yaml",
@@ -51,8 +51,6 @@ def command(n: int, model: str, runs: str, warm20_epochs: int) -> list[str]:
             f"train.run_name={run_name(n, model)}", f"train.storage_path={runs}"]
     if model != "ID":
         argv.append(f"data.content_features=data/features/microlens-50k-warm{n}-minilm-frozen")
-    if n == 20:
-        argv.append(f"train.epochs={warm20_epochs}")
     return argv
 
 
@@ -79,7 +77,7 @@ def _cell(r: dict | None, key: str) -> str:
     return "-" if not r or r.get(key) is None else f"{r[key]:.4f}"
 
 
-def render(data: dict, warm20_epochs: int) -> str:
+def render(data: dict) -> str:
     settings = data["settings"]
     head = "| model | " + " | ".join(f"{s} H@10 | {s} N@10" for s in settings) + " |"
     lines = ["# ID vs Text vs ID+Text on MicroLens-50K, regular and warm (paper Table 8)", "",
@@ -114,8 +112,8 @@ def render(data: dict, warm20_epochs: int) -> str:
             note = []
             if r.get("stopped"):
                 note.append("stopped early; best checkpoint evaluated by `mvrec eval` (text_quality.md)")
-            if s == "Warm-20" and r["best_epoch"] + 1 == r["epochs"] == warm20_epochs:
-                note.append(f"best at the last of {warm20_epochs} epochs: still improving")
+            if not r.get("stopped") and r["best_epoch"] + 1 == r["epochs"]:
+                note.append(f"best at the last of {r['epochs']} epochs: still improving")
             to_best = "-" if r.get("seconds_to_best") is None else f"{r['seconds_to_best']:.0f}"
             lines.append(f"| {s} | {model} | {r['best_epoch'] + 1} | {r['epochs']} | {to_best} | "
                          f"{r['sequences_per_s']:.0f} | {'; '.join(note)} |")
@@ -125,7 +123,6 @@ def render(data: dict, warm20_epochs: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default="runs/warm", help="storage path of the Warm-N runs")
-    ap.add_argument("--warm20-epochs", type=int, default=12, help="train.epochs of the Warm-20 runs")
     ap.add_argument("--launch", action="store_true", help="train the missing runs first, one at a time")
     ap.add_argument("--notes", default=None, help="markdown file appended as the report's notes")
     args = ap.parse_args(argv)
@@ -133,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         for n in WARM:
             for model in MODELS:
                 if not (Path(args.runs) / run_name(n, model) / "result.json").exists():
-                    subprocess.run(command(n, model, args.runs, args.warm20_epochs), cwd=REPO, check=True)
+                    subprocess.run(command(n, model, args.runs), cwd=REPO, check=True)
     data = collect_all(Path(args.runs))
-    text = render(data, args.warm20_epochs)
+    text = render(data)
     if args.notes:
         text += "\n## Notes\n\n" + Path(args.notes).read_text().strip() + "\n"
     (RESULTS / "warm_table.json").write_text(json.dumps(data, indent=1) + "\n")

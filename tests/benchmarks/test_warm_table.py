@@ -25,16 +25,16 @@ def _write_run(root, name: str, result: dict) -> None:
 
 
 def test_commands_use_the_regular_presets_with_the_warm_dataset_and_its_own_feature_store():
-    argv = warm_table.command(50, "ID+Text", "runs/warm", 12)
+    argv = warm_table.command(50, "ID+Text", "runs/warm")
     assert argv[2:4] == ["--config", "jobs/configs/microlens-50k/sasrec-idtext.yaml"]
     assert "data.dataset_dir=data/shards/microlens-50k-warm50" in argv
     assert "data.content_features=data/features/microlens-50k-warm50-minilm-frozen" in argv
     assert not any(a.startswith("train.epochs=") for a in argv)
-    id20 = warm_table.command(20, "ID", "runs/warm", 12)
-    assert "train.epochs=12" in id20 and not any(a.startswith("data.content_features=") for a in id20)
+    id20 = warm_table.command(20, "ID", "runs/warm")
+    assert not any(a.startswith("data.content_features=") for a in id20)
 
 
-def test_table_reads_every_setting_and_flags_a_warm20_run_still_improving(tmp_path, monkeypatch):
+def test_table_reads_every_setting_and_flags_a_run_still_improving(tmp_path, monkeypatch):
     results = tmp_path / "results"
     results.mkdir()
     (results / "text_quality.json").write_text(json.dumps(
@@ -47,7 +47,7 @@ def test_table_reads_every_setting_and_flags_a_warm20_run_still_improving(tmp_pa
     data = warm_table.collect_all(runs)
     assert data["settings"]["Warm-20"]["models"]["ID"]["test/hr@10"] == pytest.approx(0.11)
     assert data["settings"]["Warm-50"]["missing"] == ["ID", "Text", "ID+Text"]
-    text = warm_table.render(data, 12)
+    text = warm_table.render(data)
     assert "| ID | 0.0700 | 0.0350 | 0.1100 | 0.0550 | - | - | - | - |" in text
     assert "| Text | - | - | - | - | - | - | 0.9300 | 0.4650 |" in text
     assert "| Warm-20 | ID | 12 | 12 | 10 | 100 | best at the last of 12 epochs: still improving |" in text
