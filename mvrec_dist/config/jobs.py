@@ -41,7 +41,8 @@ class TrainJobConfig:
     """``jobs/train_videorec.py``: distributed training, validation and test of a recommender."""
 
     task: TaskConfig = setting(
-        factory=NextItemTaskConfig, doc="What the run learns; 'name' picks next_item (default) or item_popularity.")
+        factory=NextItemTaskConfig,
+        doc="What the run learns; 'name' picks next_item (default), item_popularity or mtin.")
     data: DataConfig = setting(factory=DataConfig, doc="Dataset and batching.")
     model: ModelConfig = setting(factory=ModelConfig, doc="Item tower, user encoder and loss.")
     parallel: ParallelConfig = setting(factory=ParallelConfig, doc="Workers, sharding and ZeRO.")
@@ -62,6 +63,13 @@ class TrainJobConfig:
         p.check(self.task.name != "item_popularity" or not self.model.uses_content, "model.item_tower",
                 "task item_popularity trains on the ID table only in this version (content towers for a "
                 f"regression task arrive with MMRA); set model.item_tower=id, got {self.model.item_tower!r}")
+        p.check(self.task.name != "mtin" or self.model.item_tower == "id", "model.item_tower",
+                "task mtin reads item IDs only in this version (a content tower would need its content in the "
+                f"histories' and candidates' batches); set model.item_tower=id, got {self.model.item_tower!r}")
+        p.check(self.task.name != "mtin" or self.parallel.zero_stage < 3 or self.task.mtin.l2 == 0,
+                "parallel.zero_stage", "task mtin adds lambda ||Theta||^2 of Eq. 12 in the forward, which reads whole "
+                "parameters; ZeRO-3 partitions them outside their module's forward: use zero_stage 0, 1 or 2 "
+                "(MTIN's dense tower is small) or task.mtin.l2=0")
         names = [m.name for m in self.task.metrics(self.eval.ks)]
         p.check(self.eval.select_metric is None or self.eval.select_metric in names, "eval.select_metric",
                 f"must be a metric of task '{self.task.name}': one of {names}, got {self.eval.select_metric!r}")

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mvrec_dist.config.fields import Problems, setting
+from mvrec_dist.config.mtin import MTINConfig
 
-__all__ = ["MetricSpec", "TaskConfig", "NextItemTaskConfig", "ItemPopularityTaskConfig"]
+__all__ = ["MetricSpec", "TaskConfig", "NextItemTaskConfig", "ItemPopularityTaskConfig", "MTINTaskConfig"]
 
 
 @dataclass(frozen=True)
@@ -96,3 +97,58 @@ class ItemPopularityTaskConfig(TaskConfig):
     def default_select_metric(self, ks: tuple[int, ...]) -> str:
         """MAE (MMRA's selection metric is MSE-family; MAE is less swayed by a few viral items)."""
         return "mae"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MTINTaskConfig(TaskConfig):
+    """MTIN (Jiang et al., MM'20): click prediction from positive and negative histories and a per-user memory.
+
+    Each training window of a user (``data.train_windows``) is one example: H_pos = its items but the
+    last, the candidates = its last item (label 1) and ``num_negatives`` sampled items (label 0),
+    H_neg = ``negative_length`` items. The memory is the table ``mtin_memory`` (one ``2 s d`` row per
+    user), written back every step. Evaluation: the MicroLens protocol (HR/NDCG@K, full ranking,
+    history excluded) and MTIN's AUC, Precision/Recall/F1@``cutoff`` over the same full-ranking list
+    (``mvrec_dist.eval.scored_ranking``). ``model.embedding_dim`` is d and ``model.init_std`` the init
+    of weights, item rows and memory rows; ``model.user_encoder`` and ``model.loss`` are not used.
+    """
+
+    name: Literal["mtin"] = setting("mtin", doc="Selects MTIN click prediction (its own model, memory and metrics).")
+    mtin: MTINConfig = setting(factory=MTINConfig, doc="The model's settings (s, p, routing, masks, lambda).")
+    negatives: Literal["sampled", "exposures"] = setting(
+        "sampled", doc="Where H_neg and label-0 candidates come from: 'sampled' = uniform draws from the items the "
+                       "user never interacted with (MicroLens has no exposures); 'exposures' = shown-but-not-clicked "
+                       "items of a dataset that records them (not ingested yet).")
+    num_negatives: int = setting(4, doc="Label-0 candidates per example beside its positive (paper: not given).")
+    negative_length: int | None = setting(
+        None, doc="Items in the sampled negative history H_neg; null = data.max_seq_len (the positive's length).")
+    cutoff: int = setting(50, doc="K of Precision@K, Recall@K and F1@K (paper: 50).")
+    user_chunk: int = setting(64, doc="Users ranked at once in full ranking (their [user_chunk, N+1] scores).")
+    item_chunk: int = setting(256, doc="Items per scoring block of the MLP (8 users x item_chunk x 2 d hidden floats "
+                                       "kept in cache; MTINScorer.score_all).")
+
+    def __post_init__(self) -> None:
+        p = Problems()
+        p.check(self.negatives == "sampled", "negatives",
+                "'exposures' needs a per-interaction click label in the shards, which ingestion does not write "
+                "yet; use 'sampled'")
+        p.check(self.num_negatives >= 1, "num_negatives", f"must be >= 1, got {self.num_negatives}")
+        p.check(self.negative_length is None or self.negative_length >= 1, "negative_length",
+                f"must be >= 1 or null, got {self.negative_length}")
+        p.check(self.cutoff >= 1, "cutoff", f"must be >= 1, got {self.cutoff}")
+        p.check(self.user_chunk >= 1, "user_chunk", f"must be >= 1, got {self.user_chunk}")
+        p.check(self.item_chunk >= 1, "item_chunk", f"must be >= 1, got {self.item_chunk}")
+        p.check(self.mtin.time_distance == "position", "mtin.time_distance",
+                "'timestamp' needs the histories' timestamps, which the valid/test shards do not hold (train "
+                "shards have ts.npy for csv input only); use 'position'")
+        p.raise_if_any()
+
+    def metrics(self, ks: tuple[int, ...]) -> tuple[MetricSpec, ...]:
+        """HR@K and NDCG@K for every K, then AUC, Precision@cutoff, Recall@cutoff, F1@cutoff; all higher is better."""
+        k = self.cutoff
+        return tuple(MetricSpec(f"{m}@{c}", True) for c in ks for m in ("hr", "ndcg")) + (
+            MetricSpec("auc", True), MetricSpec(f"precision@{k}", True), MetricSpec(f"recall@{k}", True),
+            MetricSpec(f"f1@{k}", True))
+
+    def default_select_metric(self, ks: tuple[int, ...]) -> str:
+        """NDCG@10 (or at the first cut-off), as for next-item: the MicroLens headline metric."""
+        return "ndcg@10" if 10 in ks else f"ndcg@{ks[0]}"

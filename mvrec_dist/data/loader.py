@@ -73,8 +73,10 @@ class ConsumerStream:
         windows: list[np.ndarray] = []
         users: list[int] = []
         origin: list[tuple[int, int]] = []
+        sequences: list[np.ndarray] = []  # each window's whole train sequence (a task's collate may read it)
         for g, sample in reader.iter_chunks(self.chunks):
-            seq_windows = training_windows(sample.members["items.npy"], s["max_seq_len"], s["mode"])
+            sequence = sample.members["items.npy"]
+            seq_windows = training_windows(sequence, s["max_seq_len"], s["mode"])
             # Both are absolute counts of this sample's windows already consumed.
             skip = max(pending_skip, self.window_skips.get(g, 0))
             pending_skip = 0
@@ -83,19 +85,26 @@ class ConsumerStream:
                 windows.append(seq_windows[w_index])
                 users.append(user)
                 origin.append((g, w_index))
+                sequences.append(sequence)
                 if len(windows) == s["batch_size"]:
                     done = w_index + 1 == len(seq_windows)
                     cursor = DataCursor(self.consumer, samples + (1 if done else 0), 0 if done else w_index + 1,
                                         batches + 1)
-                    yield self._collate(windows, users, origin, batches, cursor)
-                    windows, users, origin, batches = [], [], [], batches + 1
+                    yield self._collate(windows, users, origin, batches, cursor, sequences)
+                    windows, users, origin, sequences, batches = [], [], [], [], batches + 1
             samples += 1
         if windows:
-            yield self._collate(windows, users, origin, batches, DataCursor(self.consumer, samples, 0, batches + 1))
+            yield self._collate(windows, users, origin, batches, DataCursor(self.consumer, samples, 0, batches + 1),
+                                sequences)
 
     def _collate(self, windows: list[np.ndarray], users: list[int], origin: list[tuple[int, int]],
-                 batch_index: int, cursor: DataCursor) -> SequenceBatch:
+                 batch_index: int, cursor: DataCursor, sequences: list[np.ndarray]) -> Any:
         s = self.s
+        provenance = np.asarray(origin, dtype=np.int64).reshape(-1, 2)
+        if s.get("collate") is not None:  # the task's own batch (TrainData's ``collate``)
+            batch = s["collate"](windows, users, sequences, provenance, s["epoch"])
+            batch.cursor, batch.provenance = cursor, provenance
+            return attach_content(batch, s["content"])
         generator = None
         if s["negatives"]:
             # Negatives depend only on (seed, epoch, consumer, batch index): a resume draws the same ones.
@@ -105,7 +114,7 @@ class ConsumerStream:
                               negatives=s["negatives"], sampler_probs=s["sampler_probs"], generator=generator,
                               all_items=s["all_items"])
         batch.cursor = cursor
-        batch.provenance = np.asarray(origin, dtype=np.int64).reshape(-1, 2)
+        batch.provenance = provenance
         attach_content(batch, s["content"])
         return batch
 
@@ -163,11 +172,17 @@ class TrainData:
             training batch then carries the content of its unique items (loaded in the loader workers).
         gather: All-gather of a ``[R_r, C]`` tensor over ranks in rank order (``state_dict`` on
             several ranks gathers every consumer's cursor with it).
+        collate: A task's own batch from a consumer's windows, run in the loader workers instead of
+            ``collate_train`` (picklable): ``collate(windows, users, sequences, provenance, epoch)``
+            with each window's whole train sequence and its ``(global sample index, window index)``
+            row of ``provenance`` (``int64 [B, 2]``); it returns a ``TensorBatch`` with
+            ``unique_items``, whose ``cursor`` and ``provenance`` the stream sets. None: ``SequenceBatch``.
     """
 
     def __init__(self, cfg: TrainJobConfig, manifest: Manifest, *, rank: int, world_size: int,
                  pin_memory: bool = False, content_store: ContentStore | None = None,
-                 gather: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 collate: Callable[..., Any] | None = None):
         from mvrec_dist.models.builders import collate_options
 
         self.cfg = cfg
@@ -182,6 +197,7 @@ class TrainData:
         self.train_counts = [s.samples for s in manifest.shards("train")]
         # What the loss needs collated (every item, sampled negatives) is decided by the model's config.
         self._collate = collate_options(cfg.model, self.item_train_counts)
+        self._task_collate = collate
         self._eval_cache: dict[str, list[EvalBatch]] = {}
         self._gather = gather
         self._loaded: dict[str, Any] | None = None
@@ -200,7 +216,7 @@ class TrainData:
                 "batch_size": self.cfg.batch_size_per_worker, "num_items": self.num_items,
                 "negatives": self._collate["negatives"], "sampler_probs": self._collate["sampler_probs"],
                 "all_items": self._collate["all_items"], "seed": self.cfg.train.seed, "epoch": epoch,
-                "content": self.content_store}
+                "content": self.content_store, "collate": self._task_collate}
 
     def canonical_plan(self, epoch: int, world_size: int, loader_workers: int) -> list[list[Chunk]]:
         """The epoch's plan for a run of ``world_size`` ranks with ``loader_workers`` workers each."""

@@ -47,6 +47,12 @@ class TaskOutput(NamedTuple):
     """``[]`` int64 targets in the batch."""
     num_sequences: Tensor
     """``[]`` int64 real rows in the batch (dummy rows excluded); detached, for throughput."""
+    write_back: Tensor | None = None
+    """``[]`` the write-back of state tables (``TableSpec.state``), or None: a zero-valued term whose
+    gradient on each looked-up state row is minus that row's update (``-<rows, delta.detach()>``).
+    It is back-propagated as is, outside the loss scale, so with the state table's SGD at learning
+    rate 1 the step adds exactly the updates to the rows (``parallel/`` undoes the ranks' gradient
+    average on state features, so the updates of every rank add up)."""
 
 
 class DenseTower(nn.Module):
@@ -148,10 +154,12 @@ def scaled_loss(dense: nn.Module, embeddings: Mapping[str, Tensor], batch: Any,
             targets in the global step (``parallel.step.loss_scale``), 1 for the sum itself.
 
     Returns:
-        ``(loss_sum * loss_scale, TaskOutput)``.
+        ``(loss_sum * loss_scale + write_back, TaskOutput)``: the state tables' write-back (if any)
+        is added after the scale (``TaskOutput.write_back``).
     """
     out = dense(embeddings, batch)
-    return out.loss_sum * loss_scale, out
+    loss = out.loss_sum * loss_scale
+    return (loss if out.write_back is None else loss + out.write_back), out
 
 
 class StepParts(Protocol):

@@ -57,6 +57,11 @@ class TableSpec:
     """Init seed (each table its own; the item table uses ``train.seed``, as it always did)."""
     sharding_type: str | None = None
     """Sharding type of this table; None: ``parallel.sharding_type``."""
+    state: bool = False
+    """The rows are state the dense tower writes, not parameters it learns (MTIN's per-user memory):
+    the tower returns the write-back as ``TaskOutput.write_back``, whose gradient on a row is minus
+    its update, and ``parallel/`` gives the table plain SGD with learning rate 1 and no decay, so
+    that a step moves each looked-up row by exactly the sum of its updates (on any world size)."""
 
     def __post_init__(self) -> None:
         if self.num_embeddings < 1 or self.embedding_dim < 1:
@@ -66,6 +71,8 @@ class TableSpec:
             raise ValueError(f"table {self.name!r}: needs at least one feature")
         if self.weighted and not self.pooled:
             raise ValueError(f"table {self.name!r}: per-sample weights need a pooled table (pooled=True)")
+        if self.state and self.pooled:
+            raise ValueError(f"table {self.name!r}: a state table is written row by row; it cannot be pooled")
 
     @property
     def kind(self) -> str:

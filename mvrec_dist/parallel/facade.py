@@ -96,7 +96,10 @@ class ParallelModel:
             if model.tables is not None:
                 self.sparse = shard_tables(model.tables, cfg.parallel, ctx, batch_size=cfg.batch_size_per_worker)
             grad_scale = sparse_gradient_scale(ctx.world_size) if self.sparse is not None else 1.0
-            self.engine = build_engine(ScaledDense(model.dense, grad_scale), cfg.parallel, cfg.train, ctx,
+            state = tuple(f for s in (model.tables.specs if model.tables is not None else ()) if s.state
+                          for f in s.features)
+            self.engine = build_engine(ScaledDense(model.dense, grad_scale, state_features=state,
+                                                   world_size=ctx.world_size), cfg.parallel, cfg.train, ctx,
                                        micro_batch=cfg.batch_size_per_worker, total_steps=total_steps)
         self.dense = self.engine.module.dense
         self.specs = model.tables.specs if model.tables is not None else ()
@@ -109,9 +112,17 @@ class ParallelModel:
         self._buffers = [b for b in persistent_buffers(self.engine.module).values() if b.is_floating_point()]
 
     # ------------------------------------------------------------------ training
-    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        """ID embeddings of item ``ids`` [U] through the sharded tables: Tensor[U, D] (collective)."""
-        return self._step.embed(table_inputs(self.specs, {ITEM_FEATURE: ids}, partial=True))[ITEM_FEATURE]
+    def lookup(self, ids: torch.Tensor, feature: str = ITEM_FEATURE) -> torch.Tensor:
+        """Rows of ``ids`` [U] of one sequence feature through the sharded tables: Tensor[U, D] (collective).
+
+        Args:
+            ids: Row ids (may be empty; every rank must call it).
+            feature: The feature (default: the item IDs; a task's user-keyed state, e.g. MTIN's ``user_id``).
+
+        Returns:
+            ``[U, D]`` the rows, in ``ids`` order (read only: nothing is written back).
+        """
+        return self._step.embed(table_inputs(self.specs, {feature: ids}, partial=True))[feature]
 
     def sync_step(self, has_batch: bool, num_targets: int, sequences: int) -> tuple[bool, int, int]:
         """One all-reduce per step: does any rank have data, and the global target/sequence counts."""

@@ -20,7 +20,8 @@ from mvrec_dist.models.tables import TableSpec
 
 __all__ = ["SUPPORTED_SHARDING_TYPES", "SUPPORTED_EMBEDDING_OPTIMIZERS", "TablePlan", "table_plans",
            "sharding_problems", "table_sharders", "table_constraints", "make_topology", "make_planner",
-           "fused_params", "apply_table_optimizers", "table_weight_name"]
+           "fused_params", "apply_table_optimizers", "table_weight_name", "STORAGE_RESERVE_FRACTION",
+           "STATE_TABLE_OPTIMIZER"]
 
 SUPPORTED_SHARDING_TYPES: dict[tuple[str, str], tuple[str, ...]] = {
     ("cpu", "sequence"): ("table_wise", "row_wise", "column_wise"),
@@ -44,6 +45,10 @@ _WHY_NOT = {
     ("cpu", "weighted", "row_wise"): "TorchRec does not offer row_wise for EmbeddingBagCollection on CPU",
     ("cpu", "adam"): "fbgemm's CPU TBE has no fused Adam ('Optimizer adam is not supported in CPU mode')",
 }
+
+
+STATE_TABLE_OPTIMIZER = "sgd"
+"""The fused optimizer of every state table (``TableSpec.state``): plain SGD, learning rate 1, no decay."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,12 @@ def table_plans(specs: tuple[TableSpec, ...], cfg: ParallelConfig) -> list[Table
     plans = []
     for spec in specs:
         o = overrides.get(spec.name)
+        if spec.state:
+            # Rows written by the tower (TableSpec.state): SGD at lr 1 applies minus the gradient, i.e. the
+            # write-back itself; any other optimizer or rate would rescale or distort the update.
+            plans.append(TablePlan(spec=spec, sharding_type=(o and o.sharding_type) or cfg.sharding_type,
+                                   optimizer=STATE_TABLE_OPTIMIZER, lr=1.0, eps=cfg.embedding_eps, weight_decay=0.0))
+            continue
         plans.append(TablePlan(spec=spec, sharding_type=(o and o.sharding_type) or cfg.sharding_type,
                                optimizer=(o and o.embedding_optimizer) or cfg.embedding_optimizer,
                                lr=(o and o.embedding_lr) or cfg.embedding_lr, eps=cfg.embedding_eps,
@@ -100,6 +111,13 @@ def sharding_problems(cfg: ParallelConfig, specs: tuple[TableSpec, ...] | None =
     except ValueError as exc:
         return [str(exc)]
     overridden = {t.name for t in cfg.tables}
+    for t in cfg.tables:
+        spec = next((s for s in specs if s.name == t.name), None)
+        if spec is not None and spec.state and (t.embedding_optimizer not in (None, STATE_TABLE_OPTIMIZER)
+                                                or t.embedding_lr not in (None, 1.0)):
+            problems.append(f"parallel.tables[{t.name}]: '{t.name}' holds state the model writes back (plain SGD at "
+                            "learning rate 1 applies the update exactly); leave its embedding_optimizer and "
+                            "embedding_lr unset")
     for plan in plans:
         kind = plan.spec.kind
         key = (f"parallel.tables[{plan.spec.name}]." if plan.spec.name in overridden else "parallel.")
@@ -159,7 +177,8 @@ def apply_table_optimizers(tables: Any, plans: list[TablePlan], default: TablePl
     classes = {"rowwise_adagrad": RowWiseAdagrad, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD,
                "adam": torch.optim.Adam}
     for plan in plans:
-        if default is not None and (plan.optimizer, plan.lr) == (default.optimizer, default.lr):
+        if default is not None and (plan.optimizer, plan.lr, plan.weight_decay) == (
+                default.optimizer, default.lr, default.weight_decay):
             continue
         weight = dict(tables.named_parameters())[table_weight_name(plan.spec)]
         kwargs: dict[str, Any] = {"lr": plan.lr, "weight_decay": plan.weight_decay}
@@ -213,14 +232,30 @@ def make_topology(*, world_size: int, compute_device: str, local_world_size: int
         kernel_config=KernelConfig(compute_device=compute_device, use_hardware_based_bandwidth=hardware is not None))
 
 
+STORAGE_RESERVE_FRACTION = 0.15
+"""Share of each device's memory the planner keeps free for what it does not place (TorchRec's default margin)."""
+
+
 def make_planner(topology: Any, *, batch_size: int, constraints: dict[str, Any], storage_reservation: Any = None,
                  stats: list[Any] | None = None) -> Any:
-    """TorchRec's ``EmbeddingShardingPlanner`` with this project's settings (no debug box)."""
-    from torchrec.distributed.planner import EmbeddingShardingPlanner
+    """TorchRec's ``EmbeddingShardingPlanner`` with this project's settings (no debug box).
 
-    extra: dict[str, Any] = {}
-    if storage_reservation is not None:
-        extra["storage_reservation"] = storage_reservation
+    Args:
+        topology: From ``make_topology``.
+        batch_size: Per-rank batch hint for the cost model.
+        constraints: ``table_constraints``.
+        storage_reservation: A TorchRec ``StorageReservation``; None keeps ``STORAGE_RESERVE_FRACTION``
+            of every device free (``FixedPercentageStorageReservation``).
+        stats: The planner's ``Stats`` sinks; None: TorchRec's (logged, at INFO).
+    """
+    from torchrec.distributed.planner import EmbeddingShardingPlanner
+    from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
+
+    # TorchRec's default, HeuristicalStorageReservation, is deprecated (a FutureWarning on every rank) and
+    # estimates dense tensors from the module it plans; ours holds the tables only (the dense tower lives
+    # in DeepSpeed), so there is nothing to estimate and a fixed margin is the reservation TorchRec recommends.
+    extra: dict[str, Any] = {"storage_reservation": storage_reservation
+                             or FixedPercentageStorageReservation(STORAGE_RESERVE_FRACTION)}
     if stats is not None:
         extra["stats"] = stats
     return EmbeddingShardingPlanner(topology=topology, batch_size=batch_size, constraints=constraints,

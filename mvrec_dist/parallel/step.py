@@ -53,22 +53,31 @@ class ScaledDense(nn.Module):
     The loss scale is applied inside the engine's forward so that DeepSpeed back-propagates the very
     tensor its forward returned.
 
+    State features (tables with ``TableSpec.state``) get ``W`` times that scale: their only gradient
+    is the write-back (``TaskOutput.write_back``), and the ranks' writes must *add up* on a row's
+    owner where learnt rows take the ranks' average (TorchRec divides by W, see ``facade.py``).
+
     Args:
         dense: The dense tower (``forward(embeddings, batch) -> TaskOutput``).
         sparse_grad_scale: Factor of the ID embeddings' gradient (``sharding.sparse_gradient_scale``).
+        state_features: Features of the state tables.
+        world_size: W.
     """
 
-    def __init__(self, dense: nn.Module, sparse_grad_scale: float):
+    def __init__(self, dense: nn.Module, sparse_grad_scale: float, *, state_features: tuple[str, ...] = (),
+                 world_size: int = 1):
         super().__init__()
         self.dense = dense
         self.sparse_grad_scale = sparse_grad_scale
+        self.scales = {f: sparse_grad_scale * world_size for f in state_features}
 
     def forward(self, embeddings: dict[str, Tensor], batch: Any, loss_scale: Tensor) -> tuple[Tensor, TaskOutput]:
-        """``scaled_loss(dense, embeddings, batch, loss_scale)``: ``(loss_sum * loss_scale, TaskOutput)``."""
-        if self.sparse_grad_scale != 1.0:
-            embeddings = {k: GradScale.apply(v, self.sparse_grad_scale) if v.requires_grad else v
-                          for k, v in embeddings.items()}
-        return scaled_loss(self.dense, embeddings, batch, loss_scale)
+        """``scaled_loss(dense, embeddings, batch, loss_scale)``: ``(scaled loss [+ write_back], TaskOutput)``."""
+        scaled = {}
+        for k, v in embeddings.items():
+            scale = self.scales.get(k, self.sparse_grad_scale)
+            scaled[k] = GradScale.apply(v, scale) if scale != 1.0 and v.requires_grad else v
+        return scaled_loss(self.dense, scaled, batch, loss_scale)
 
 
 def loss_scale(global_targets: int, world_size: int) -> float:

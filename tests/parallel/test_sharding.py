@@ -47,3 +47,21 @@ def test_what_a_device_cannot_do_for_a_tables_kind_is_named():
                               "the EmbeddingCollection table 'item' (fbgemm's CPU kernels fail")
     assert sharding_problems(ParallelConfig(sharding_type="row_wise", use_gpu=True), (ITEM, CLIPS)) == []
     assert "'adam' is not available on cpu" in sharding_problems(ParallelConfig(embedding_optimizer="adam"))[0]
+
+
+def test_a_state_table_gets_plain_sgd_at_rate_one_whatever_the_defaults():
+    memory = TableSpec(name="memory", num_embeddings=24, embedding_dim=4, features=("user_id",), keyed_by="user",
+                       state=True)
+    cfg = ParallelConfig(embedding_optimizer="adagrad", embedding_lr=0.3, embedding_weight_decay=0.01,
+                         tables=(TableParallelConfig(name="memory", sharding_type="row_wise"),))
+    plans = {p.spec.name: p for p in table_plans((ITEM, memory), cfg)}
+    assert (plans["item"].optimizer, plans["item"].lr, plans["item"].weight_decay) == ("adagrad", 0.3, 0.01)
+    assert (plans["memory"].sharding_type, plans["memory"].optimizer, plans["memory"].lr,
+            plans["memory"].weight_decay) == ("row_wise", "sgd", 1.0, 0.0)
+    assert sharding_problems(cfg, (ITEM, memory)) == []
+    bad = ParallelConfig(tables=(TableParallelConfig(name="memory", embedding_optimizer="adagrad"),))
+    assert sharding_problems(bad, (ITEM, memory)) == [
+        "parallel.tables[memory]: 'memory' holds state the model writes back (plain SGD at learning rate 1 applies "
+        "the update exactly); leave its embedding_optimizer and embedding_lr unset"]
+    with pytest.raises(ValueError, match="a state table is written row by row; it cannot be pooled"):
+        TableSpec(name="m", num_embeddings=2, embedding_dim=2, features=("f",), pooled=True, state=True)

@@ -17,9 +17,10 @@ parameters and its own memory M_u (s x d):
 The prediction unit (``MTINScorer``, 4.4) is, per branch, a two-layer MLP over ``[q; x_e]``; the two
 branch scores are combined linearly into the logit ``y``. Loss: Eq. 12 (``eq12_loss``).
 
-The memory is the model's input and output, not a parameter: the caller looks up a user's row
-(``2 * s * d`` floats: both branches) in a user-keyed table (``memory_table_spec``) and writes the
-returned memory back, so it can live in a row-wise sharded TorchRec table.
+The memory is the model's input and output, not a parameter: the caller looks up a user's
+``2 * s * d`` floats (both branches) in a user-keyed table (``memory_table_spec``: ``2 s`` consecutive
+rows of width d per user, ``memory_row_ids``) and writes the returned memory back, so it can live in
+a row-wise sharded TorchRec table beside the item table.
 
 Where the paper is ambiguous, this implementation chooses (and the config documents the numbers):
 
@@ -66,7 +67,7 @@ from mvrec_dist.models.user_encoders.mtin_scorer import MTINScorer, click_loss_s
 
 __all__ = ["History", "UserState", "MTINOutput", "TemporalMaskNetwork", "MTINBranch", "MTIN", "MTINScorer",
            "click_loss_sum", "eq12_loss", "temporal_mask", "interest_mask", "group_distances", "mtin",
-           "memory_table_spec", "MEMORY_TABLE", "USER_FEATURE"]
+           "memory_table_spec", "memory_row_ids", "MEMORY_TABLE", "USER_FEATURE"]
 
 MEMORY_TABLE = "mtin_memory"
 USER_FEATURE = "user_id"
@@ -339,17 +340,38 @@ def mtin(cfg: MTINConfig, *, embedding_dim: int, init_std: float) -> MTIN:
 
 def memory_table_spec(cfg: MTINConfig, *, num_users: int, embedding_dim: int, init_std: float,
                       seed: int = 0) -> TableSpec:
-    """The per-user memory table: a sequence table keyed by user, a ``2 * s * d`` row per user.
+    """The per-user memory table: a sequence table keyed by user, ``2 s`` rows of width d per user.
+
+    User u's memory ``[2, s, d]`` (branch, group) is rows ``2 s u .. 2 s u + 2 s - 1`` in that order
+    (``memory_row_ids``), not one ``2 s d`` row: TorchRec's ``EmbeddingCollection`` holds tables of one
+    width, and this way the memory shares the item table's collection (one lookup, one all-to-all).
+    A row-wise shard holds whole users except at its boundaries, which the per-row write-back does not mind.
 
     Args:
         cfg: The MTIN settings.
-        num_users: Users (dense ids 1..num_users; row 0 is the padding/dummy user).
+        num_users: Users (dense ids 1..num_users; user 0 is the padding/dummy user).
         embedding_dim: d.
         init_std: Std of the rows' random init (the memory's starting point, see the module docstring).
         seed: Init seed of the table.
 
     Returns:
-        The ``TableSpec`` (``mtin_memory``, feature ``user_id``).
+        The ``TableSpec`` (``mtin_memory``, feature ``user_id``), a state table: written back by the
+        update rule, never learnt (``TableSpec.state``).
     """
-    return TableSpec(name=MEMORY_TABLE, num_embeddings=num_users + 1, embedding_dim=cfg.memory_width(embedding_dim),
-                     features=(USER_FEATURE,), keyed_by="user", init_std=init_std, seed=seed)
+    return TableSpec(name=MEMORY_TABLE, num_embeddings=(num_users + 1) * 2 * cfg.num_groups,
+                     embedding_dim=embedding_dim, features=(USER_FEATURE,), keyed_by="user", init_std=init_std,
+                     seed=seed, state=True)
+
+
+def memory_row_ids(users: Tensor, cfg: MTINConfig) -> Tensor:
+    """The memory-table rows of ``users`` (``memory_table_spec``), user by user.
+
+    Args:
+        users: ``LongTensor[B]`` dense user ids.
+        cfg: The MTIN settings.
+
+    Returns:
+        ``LongTensor[B * 2 s]``; their lookup ``[B * 2 s, d]`` reshaped to ``[B, 2 s d]`` is ``MTIN``'s memory input.
+    """
+    per_user = 2 * cfg.num_groups
+    return (users[:, None] * per_user + torch.arange(per_user, device=users.device)).reshape(-1)

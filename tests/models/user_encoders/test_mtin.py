@@ -10,8 +10,8 @@ import torch
 
 from mvrec_dist.config.mtin import MTINConfig
 from mvrec_dist.models.user_encoders.mtin import (MEMORY_TABLE, MTIN, History, TemporalMaskNetwork, eq12_loss,
-                                                  group_distances, interest_mask, memory_table_spec, mtin,
-                                                  temporal_mask)
+                                                  group_distances, interest_mask, memory_row_ids, memory_table_spec,
+                                                  mtin, temporal_mask)
 from mvrec_dist.models.user_encoders.mtin_routing import route_interest_groups
 
 D = 8
@@ -143,9 +143,15 @@ def test_memory_rows_round_trip_and_table_spec():
     torch.testing.assert_close(out_rows.logits, out.logits, atol=0, rtol=0)
     assert out.memory.shape == memory.shape == (4, *model.memory_shape())
     spec = memory_table_spec(CFG, num_users=10, embedding_dim=D, init_std=0.02, seed=3)
-    assert (spec.name, spec.num_embeddings, spec.embedding_dim, spec.keyed_by, spec.pooled) == \
-        (MEMORY_TABLE, 11, 2 * CFG.num_groups * D, "user", False)
+    assert (spec.name, spec.num_embeddings, spec.embedding_dim, spec.keyed_by, spec.pooled, spec.state) == \
+        (MEMORY_TABLE, 11 * 2 * CFG.num_groups, D, "user", False, True)
     assert spec.features == ("user_id",)
+    # User u's 2 s rows of width d, in (branch, group) order, read back as its [2 s d] memory.
+    table = memory.new_zeros(spec.num_embeddings, D)
+    users = torch.tensor([3, 1, 5, 7])
+    table[memory_row_ids(users, CFG)] = memory.reshape(-1, D)
+    torch.testing.assert_close(table[memory_row_ids(users[:2], CFG)].reshape(2, -1), rows[:2], atol=0, rtol=0)
+    assert memory_row_ids(torch.tensor([2]), CFG).tolist() == list(range(4 * CFG.num_groups, 6 * CFG.num_groups))
 
 
 def test_timestamp_distance_needs_times():

@@ -48,7 +48,7 @@ def test_split_scoring_equals_plain_mlp(dtype, tol):
     q = torch.randn(3, 2, D, generator=g, dtype=dtype)
     items = torch.randn(11, D, generator=g, dtype=dtype)
     plain = torch.stack([_plain_mlp_logits(scorer, q, items[n].expand(3, D)) for n in range(11)], 1)  # B,N
-    full = scorer.score_all(scorer.user_part(q), scorer.item_part(items), item_chunk=4)  # 3 chunks, last partial
+    full = scorer.score_all(scorer.user_part(q), scorer.item_part(items), item_chunk=4, user_chunk=2)  # 3 x 2 blocks, last ones partial
     torch.testing.assert_close(full, plain, atol=tol, rtol=tol)
     pairs = scorer(q, items[None, :7].expand(3, 7, D))  # training's candidates path
     torch.testing.assert_close(pairs, plain[:, :7], atol=tol, rtol=tol)
