@@ -9,7 +9,9 @@ On a running cluster:
         --runtime-env cluster/runtime_env.yaml -- \
         python jobs/train_videorec.py --config jobs/configs/microlens-full/sasrec-id.yaml
 Any setting can be overridden as section.key=value (e.g. train.lr=3e-4 parallel.zero_stage=2);
---help lists them all. `mvrec train` is the same command, installed with the package.
+--help lists them all. The console shows progress bars, a line per epoch, validation and checkpoint,
+and a summary table; the libraries' output goes to <run>/logs/ (--verbose shows it too).
+`mvrec train` is the same command, installed with the package.
 """
 
 import sys

@@ -27,7 +27,10 @@ COMMANDS: dict[str, tuple[str, str, str] | dict[str, tuple[str, str, str]]] = {
     },
     "runs": {
         "list": ("mvrec_dist.cli.runs", "main_list", "runs under a storage path: status, checkpoint, metrics"),
-        "show": ("mvrec_dist.cli.runs", "main_show", "one run in detail: checkpoints, validations, test, evals"),
+        "show": ("mvrec_dist.cli.runs", "main_show", "one run in detail: checkpoints, validations, test, evals; "
+                 "--plot draws its curves"),
+        "compare": ("mvrec_dist.cli.runs", "main_compare",
+                    "several runs side by side: a table and their curves in one PNG"),
     },
 }
 

@@ -8,7 +8,8 @@ On a running cluster (or submit jobs/ingest_microlens.py with `ray job submit`, 
     mvrec ingest --config jobs/configs/microlens-full/ingest.yaml --address auto
 Progress: Ray Data's progress bars (rows and rates per operator) while it runs, then one summary line
 per stage with its rates (rows/s, interactions/s, users/s, items/s); ingest.progress=false (CI) turns
-the bars off and keeps the summaries. On a cluster of several nodes the inputs and ingest.output_dir
+the bars off and keeps the summaries. Ray's and Ray Data's own log lines stay off the console (Ray Data
+keeps them in Ray's session directory, /tmp/ray/session_latest/logs/ray-data/); --verbose shows them. On a cluster of several nodes the inputs and ingest.output_dir
 must be on storage every node sees (a shared mount or an s3:// / gs:// URI).
 Any setting can be overridden as section.key=value (ingest.shard_max_samples=5000).
 Then: mvrec shards verify <output_dir>, mvrec shards inspect <output_dir>.

@@ -1,12 +1,14 @@
 """Command-line parsing shared by every job: ``--config preset.yaml``, flag aliases, dotted overrides.
 
 A job names its config class and a few flag aliases (``--resume`` -> ``train.resume``); everything
-else is a ``section.key=value`` override. ``--help`` lists every key with its type and doc, read
+else is a ``section.key=value`` override (``--verbose``, for every job with a ``ray`` section, is
+``ray.verbose=true``). ``--help`` lists every key with its type and doc, read
 from the dataclass schema, so help never drifts from the code.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from typing import Mapping, Sequence, TypeVar
@@ -65,6 +67,8 @@ def parse_job_args(cls: type[T], argv: Sequence[str], *, prog: str, description:
             print_config = True
         elif a == "--debug":
             debug = True
+        elif a == "--verbose" and _has_ray_section(cls):
+            overrides.append("ray.verbose=true")
         elif a.startswith("--"):
             name, eq, value = a[2:].partition("=")
             if not eq:
@@ -77,7 +81,8 @@ def parse_job_args(cls: type[T], argv: Sequence[str], *, prog: str, description:
             elif name in aliases:
                 overrides.append(f"{aliases[name]}={value}")
             else:
-                known = ", ".join(["--config", "--print-config", "--debug"] + [f"--{k}" for k in aliases])
+                flags = ["--config", "--print-config", "--debug"] + (["--verbose"] if _has_ray_section(cls) else [])
+                known = ", ".join(flags + [f"--{k}" for k in aliases])
                 _fail(prog, f"unknown flag {a}; known flags: {known}; other settings go as key=value")
         elif "=" in a:
             overrides.append(a)
@@ -93,6 +98,10 @@ def parse_job_args(cls: type[T], argv: Sequence[str], *, prog: str, description:
     return JobArgs(config=cfg, preset=preset, overrides=tuple(overrides), print_config=print_config, debug=debug)
 
 
+def _has_ray_section(cls: type) -> bool:
+    return any(f.name == "ray" for f in dataclasses.fields(cls))
+
+
 def _fail(prog: str, *problems: str) -> None:
     for problem in problems:
         print(f"{prog}: error: {problem}", file=sys.stderr)
@@ -100,11 +109,15 @@ def _fail(prog: str, *problems: str) -> None:
 
 
 def _help(cls: type, prog: str, description: str, aliases: Mapping[str, str]) -> str:
-    lines = [f"usage: {prog} [--config PRESET.yaml] [--print-config] [--debug] [section.key=value ...]", "",
+    verbose = _has_ray_section(cls)
+    lines = [f"usage: {prog} [--config PRESET.yaml] [--print-config] [--debug]{' [--verbose]' if verbose else ''} "
+             "[section.key=value ...]", "",
              description.strip(), "", "flags:",
              "  --config PATH       YAML preset (jobs/configs/...); overrides apply on top of it",
              "  --print-config      print the resolved config as YAML and exit",
              "  --debug             on failure show the full traceback instead of one line"]
+    if verbose:
+        lines.append("  --verbose           show every library's output on the console too (same as ray.verbose=true)")
     for flag, key in aliases.items():
         lines.append(f"  --{flag:<17} same as {key}=VALUE")
     return "\n".join(lines + ["", settings_help(cls)])

@@ -68,10 +68,20 @@ class SyntheticConfig:
     interactions: int = setting(150_000, doc="Target number of interactions (MicroLens full: 1,006,528,709).")
     seed: int = setting(0, doc="Seed of the generator; the same seed gives byte-identical files.")
     chunk_users: int = setting(250_000, doc="Users per generated part file; parts are produced in parallel tasks.")
+    structure: float = setting(
+        0.0, doc="Learnable sequential structure in [0, 1): the chance that a user's next item comes from the "
+        "latent cluster of the previous one (0: popularity and length only, the benchmarks' data; the item "
+        "and length marginals stay the fitted ones either way, see mvrec_dist.data.synthetic).")
+    cluster_size: int = setting(
+        25, doc="Items per latent item cluster (the last one takes the remainder; at least one cluster); "
+        "used when structure > 0.")
 
     def __post_init__(self) -> None:
         p = Problems()
         p.check(self.users >= 1, "users", f"must be >= 1, got {self.users}")
+        p.check(0.0 <= self.structure < 1.0, "structure",
+                f"must be in [0, 1) (1 would never leave a cluster), got {self.structure}")
+        p.check(self.cluster_size >= 1, "cluster_size", f"must be >= 1, got {self.cluster_size}")
         p.check(self.items >= 10, "items",
                 f"must be >= 10 (no user repeats an item, and a user may hold up to items/2), got {self.items}")
         p.check(self.interactions >= 5 * self.users, "interactions",

@@ -17,6 +17,8 @@ class RayConfig:
     num_cpus: int = setting(0, doc="CPUs of the embedded local cluster; 0 uses every core of this machine.")
     object_store_gb: float = setting(0.0, doc="Object-store size of the local cluster in GiB; 0 lets Ray choose.")
     dashboard: bool = setting(True, doc="Start the dashboard of the local cluster (bound to 127.0.0.1 only; Ray Train's state queries use it).")
+    verbose: bool = setting(False, doc="Show every library's output on the console as Ray streams it (--verbose); "
+                                       "false: the project's lines and bars only, the rest in the run's logs/.")
 
     def __post_init__(self) -> None:
         p = Problems()

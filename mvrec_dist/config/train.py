@@ -25,7 +25,7 @@ class TrainConfig:
     seed: int = setting(42, doc="Seed of model init, data order and dropout.")
     patience: int = setting(5, doc="Stop after this many validations without a better valid ndcg@10; 0 never stops early.")
     max_steps: int = setting(0, doc="Stop after this many steps in total (0: no limit); for smoke tests and benchmarks.")
-    log_every_steps: int = setting(50, doc="Steps between progress/metric log lines.")
+    log_every_steps: int = setting(50, doc="Steps between training records in logs/metrics.jsonl and TensorBoard.")
     run_name: str = setting("demo", doc="Run identity; the same name and storage_path resumes the run.")
     storage_path: str = setting("runs", doc="Where runs, checkpoints and metrics go: local dir, shared FS or s3:// / gs:// URI.")
     checkpoint_every_steps: int = setting(0, doc="Save a checkpoint every N steps (0: only at epoch ends).")
@@ -39,7 +39,7 @@ class TrainConfig:
     owner_timeout_s: float = setting(300.0, doc="A run whose driver's heartbeat (every 60 s) is older than this, on "
                                                 "another host, is taken over by a new driver of the same run; on the "
                                                 "same host a driver that is not running is taken over at once.")
-    quiet: bool = setting(False, doc="Log only epoch summaries and the final result (CI).")
+    quiet: bool = setting(False, doc="No progress bars: only the lines of epoch summaries, validations and results (CI).")
     test_after_training: bool = setting(True, doc="Evaluate the best-validation weights on the test split once, at the end.")
 
     def __post_init__(self) -> None:

@@ -104,7 +104,9 @@ def _init_table_shards(dmp: nn.Module, specs: dict) -> None:
         if not key.endswith(".weight"):
             continue
         spec = specs[key.split(".")[-2]]
-        dim = value.size(1)
+        # The width comes from the spec: ShardedTensor.size() is deprecated (FutureWarning, TorchRec's
+        # state dict still holds ShardedTensors); the shards' metadata below is not.
+        dim = spec.embedding_dim
         for shard in value.local_shards():
             r0, c0 = shard.metadata.shard_offsets
             rows, cols = shard.metadata.shard_sizes

@@ -135,3 +135,8 @@ class Task(ABC):
         Returns every metric of ``metrics`` plus ``users`` (examples scored; named for the first
         task's users, kept for the logs' schema) and ``seconds``.
         """
+
+    def baselines(self, model: Any, data: TaskData, split: str) -> dict[str, dict[str, float]]:
+        """Metrics of reference rankers on ``split`` by baseline name, with the keys of ``evaluate``
+        (collective); the final test reports them as ``baseline/<name>/<split>/<metric>``. None by default."""
+        return {}

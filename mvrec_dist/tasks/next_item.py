@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from mvrec_dist.data.loader import TrainData, load_item_train_counts
+from mvrec_dist.eval.baselines import popularity_baseline
 from mvrec_dist.eval.progress import EvalProgress
 from mvrec_dist.eval.runner import evaluate_ranking
 from mvrec_dist.tasks.base import Task
@@ -30,7 +31,7 @@ def evaluate_split(model: Any, data: Any, split: str, ks: tuple[int, ...], log: 
         data: This rank's ``TrainData`` (its slice of the split's users).
         split: Which split.
         ks: Cut-offs.
-        log: Where progress lines go while it runs (every ``EVAL_PROGRESS_SECONDS``); None for none.
+        log: Where its progress bar goes while it runs (``eval.progress.EvalProgress``); None for none.
         popularity_buckets: Lower edges of the target-popularity buckets (``eval.popularity_buckets``,
             by ``data.item_train_counts``); empty for none.
 
@@ -74,3 +75,12 @@ class NextItemTask(Task):
         popularity bucket of the targets (``eval.popularity_buckets``, result key ``buckets``)."""
         buckets = self.cfg.eval.popularity_buckets if split == "test" else ()
         return evaluate_split(model, data, split, self.cfg.eval.ks, log, popularity_buckets=buckets)
+
+    def baselines(self, model: Any, data: Any, split: str) -> dict[str, dict[str, float]]:
+        """``popularity``: items ranked by train interactions, same protocol (``eval.baselines``); none
+        for data without train counts."""
+        counts = getattr(data, "item_train_counts", None)  # TrainData has them
+        if counts is None:
+            return {}
+        return {"popularity": popularity_baseline(data.eval_batches(split), counts, ks=self.cfg.eval.ks,
+                                                  sum_over_ranks=model.sum_over_ranks)}

@@ -25,9 +25,11 @@ import pyarrow.fs as pafs
 from mvrec_dist.config.jobs import TrainJobConfig
 from mvrec_dist.data.fs import resolve
 from mvrec_dist.data.manifest import ManifestError, load_manifest
+from mvrec_dist.runtime.console import run_log_dir
 from mvrec_dist.runtime.errors import describe_failure, failure_cause, is_deterministic, user_error_types
 from mvrec_dist.runtime.paths import PathError, check_dataset_dir, check_storage_path, relative_in_working_dir_copy
 from mvrec_dist.runtime.ray_cluster import cluster_view
+from mvrec_dist.train.curves import save_run_curves
 from mvrec_dist.train.run_lease import RunLease
 from mvrec_dist.train.runs import RESULT_NAME, STATUS_NAME, list_checkpoints, read_json
 
@@ -190,36 +192,56 @@ def absolute_paths(cfg: TrainJobConfig) -> TrainJobConfig:
     return dataclasses.replace(cfg, data=data, train=dataclasses.replace(train, resume=resume))
 
 
-def _fit(cfg: TrainJobConfig, worker: Callable[[dict], None], payload: dict, *, name: str, storage: str) -> None:
+def _fit(cfg: TrainJobConfig, worker: Callable[[dict], None], payload: dict, *, name: str, storage: str,
+         log_dir: str | None = None) -> None:
     """Run ``worker`` once on ``parallel.num_workers`` Ray Train workers; raise what failed.
 
     Ray Train restarts nothing itself (``max_failures=0``): whether a failed run is retried is
     decided by ``run_training``, which knows a full disk from a lost worker.
+
+    Rank 0's progress lines and bars reach this console through a queue (``runtime.console``); unless
+    ``ray.verbose``, each rank's own output goes to ``<log_dir>/<job>-rank<r>.log`` (``<job>``: ``train``
+    for ``train_worker``, ``eval`` for ``eval_worker``; ``log_dir``: the run's ``logs/`` by default).
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from mvrec_dist.runtime.console import Console, console_relay, logged_worker
 
     p = cfg.parallel
     resources = {"CPU": p.cpus_per_worker}
     if p.use_gpu:
         resources["GPU"] = 1
-    trainer = TorchTrainer(
-        worker,
-        train_loop_config=payload,
-        torch_config=TorchConfig(backend="nccl" if p.use_gpu else "gloo", timeout_s=p.timeout_s),
-        scaling_config=ScalingConfig(num_workers=p.num_workers, use_gpu=p.use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(
-            name=name, storage_path=storage,
-            failure_config=FailureConfig(max_failures=0),
-            # Checkpoints are the Checkpointer's alone (written, committed and pruned by it); Ray Train
-            # is given metrics only, so its run snapshot never lists a checkpoint the Checkpointer pruned.
-            checkpoint_config=CheckpointConfig(num_to_keep=None),
-            # Our own progress lines say what happens; Ray Train's per-report INFO lines repeat it.
-            logging_config=LoggingConfig(log_level="WARNING"),
-            # Ray Train's print patch tees worker prints that Ray already streams: every line twice.
-            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}),
-    )
-    result = trainer.fit()
+    console = Console()
+    log_dir = log_dir or run_log_dir(cfg.train.storage_path, cfg.train.run_name)
+    job = worker.__name__.removesuffix("_worker")
+    os.makedirs(log_dir, exist_ok=True)  # the run is claimed: the driver's log may start here (driver.log)
+    if not cfg.ray.verbose:
+        console(("line", f"starting {p.num_workers} Ray Train workers; their output: {log_dir}/{job}-rank*.log"))
+    with console_relay(console) as queue:
+        trainer = TorchTrainer(
+            logged_worker,
+            train_loop_config={**payload, "console": {"entry": f"{worker.__module__}:{worker.__name__}",
+                                                      "log_dir": log_dir, "log_name": job,
+                                                      "verbose": cfg.ray.verbose, "queue": queue}},
+            torch_config=TorchConfig(backend="nccl" if p.use_gpu else "gloo", timeout_s=p.timeout_s),
+            scaling_config=ScalingConfig(num_workers=p.num_workers, use_gpu=p.use_gpu,
+                                         resources_per_worker=resources),
+            run_config=RunConfig(
+                name=name, storage_path=storage,
+                failure_config=FailureConfig(max_failures=0),
+                # Checkpoints are the Checkpointer's alone (written, committed and pruned by it); Ray Train
+                # is given metrics only, so its run snapshot never lists a checkpoint the Checkpointer pruned.
+                checkpoint_config=CheckpointConfig(num_to_keep=None),
+                # Our own progress lines say what happens; Ray Train's per-report INFO lines repeat it.
+                logging_config=LoggingConfig(log_level="WARNING"),
+                worker_runtime_env={"env_vars": {
+                    # Ray Train's print patch tees worker prints that Ray already streams: every line twice.
+                    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+                    # Told, DeepSpeed does not probe for an accelerator and warn that it fell back to the CPU.
+                    "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR") or ("cuda" if p.use_gpu else "cpu")}}),
+        )
+        result = trainer.fit()
     if result.error is not None:
         raise result.error
 
@@ -322,7 +344,7 @@ def run_training(cfg: TrainJobConfig, say: Callable[[str], None] = print) -> dic
     that a retry could fix (a lost worker, node or connection) restarts the workers from the newest
     checkpoint, up to ``train.max_failures`` times; one that would fail the same way again (a full
     disk, missing permissions, a bad config found on a worker: ``runtime.errors.is_deterministic``)
-    ends the run at once.
+    ends the run at once. A finished run gets its curves drawn into ``<run>/curves.png`` (``train.curves``).
 
     Args:
         cfg: The job config (Ray must already be initialised, see ``ray_session``).
@@ -348,7 +370,9 @@ def run_training(cfg: TrainJobConfig, say: Callable[[str], None] = print) -> dic
             # claim_run emptied the run directory: from here on every checkpoint in it is this run's
             # own, and a restarted worker group must resume from them, not start over.
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume="auto"))
-        return _fit_with_retries(cfg, say)
+        result = _fit_with_retries(cfg, say)
+        save_run_curves(run_uri_of(cfg), say)  # <run>/curves.png; a failure is a warning, the run stays finished
+        return result
 
 
 def _fit_with_retries(cfg: TrainJobConfig, say: Callable[[str], None]) -> dict:
@@ -399,8 +423,10 @@ def run_evaluation(cfg: TrainJobConfig, checkpoint: str, split: str, output: str
     parent, _, stem = output.rstrip("/").rpartition("/")
     payload = {**config_payload(cfg), "checkpoint": checkpoint, "split": split, "output": output}
     records = f"{stem.removesuffix('.json')}.ray"
+    run = os.path.dirname(checkpoint.rstrip("/"))  # the ranks' logs go to the logs/ of the checkpoint's run
     try:
-        _fit(cfg, eval_worker, payload, name=records, storage=parent)
+        _fit(cfg, eval_worker, payload, name=records, storage=parent,
+             log_dir=run_log_dir(os.path.dirname(run), os.path.basename(run)))
     finally:
         fs, root = resolve(f"{parent}/{records}")
         with contextlib.suppress(OSError):  # absent when Ray Train failed before writing anything

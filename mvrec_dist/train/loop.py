@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from mvrec_dist.config.jobs import TrainJobConfig
@@ -63,6 +63,8 @@ class FitResult:
     """Training sequences/s and targets/s (whole run, all ranks)."""
     memory: dict[str, float]
     """Peak resident memory per rank in MiB (``peak_rss_mib_rank<r>``) and their maximum."""
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Test metrics of the task's reference rankers by name (``Task.baselines``; empty without a test)."""
 
 
 class Trainer:
@@ -130,13 +132,14 @@ class Trainer:
         st.elapsed_seconds = time.perf_counter() - run_start
         if self._audit is not None:
             self._audit.close()
-        test = self._test() if cfg.train.test_after_training else None
+        test, baselines = self._test() if cfg.train.test_after_training else (None, {})
         best_valid = next((h["metrics"] for h in st.history if h["step"] == st.best_step), {})
         seconds = max(st.train_seconds, 1e-9)
         throughput = {"sequences_per_s": self._sequences / seconds, "targets_per_s": self._targets / seconds}
         memory = peak_memory(self.model)
         self.log.record("memory", st.step, memory)
-        return FitResult(state=st, valid=best_valid, test=test, throughput=throughput, memory=memory)
+        return FitResult(state=st, valid=best_valid, test=test, throughput=throughput, memory=memory,
+                         baselines=baselines)
 
     # ------------------------------------------------------------------ epochs
     def _train_epoch(self, run_start: float) -> bool:
@@ -149,6 +152,8 @@ class Trainer:
         # Steps go on while any rank has data (ranks out of it train on dummy batches); each is yielded
         # after its update, so a batch's cursor is recorded only once its step ran.
         steps = self.model.train_steps(batches, self.data.dummy_batch, self.task.count)
+        # A failure mid-epoch leaves the bar open: MetricsLog.close() closes it.
+        bar = self.log.bar(f"epoch {st.epoch}", expected, unit="step", initial=st.epoch_step)
         t0 = time.perf_counter()
         for batch, stats in steps:
             targets, sequences = stats.num_targets, stats.sequences
@@ -162,24 +167,24 @@ class Trainer:
             st.train_seconds += time.perf_counter() - t0
             self._sequences += sequences
             self._targets += targets
+            now = time.perf_counter()
+            rate = (self._sequences - seq0) / max(now - epoch_start, 1e-9)
+            bar.update(st.epoch_step, f"loss {stats.loss:.4f}, {rate:,.0f} seq/s")
             if st.step % cfg.train.log_every_steps == 0:
-                now = time.perf_counter()
-                rate = (self._sequences - seq0) / max(now - epoch_start, 1e-9)
                 target_rate = (self._targets - tgt0) / max(now - epoch_start, 1e-9)
-                eta = (expected - st.epoch_step) * (now - epoch_start) / max(st.epoch_step, 1)
                 self.log.record("train", st.step, {"loss": stats.loss, "epoch": st.epoch, "sequences_per_s": rate,
                                                    "targets_per_s": target_rate, "sequences": self._sequences,
                                                    "targets": self._targets, "train_seconds": st.train_seconds})
-                self.log.progress(f"epoch {st.epoch} step {st.epoch_step}/~{expected} loss {stats.loss:.4f} "
-                                  f"{rate:,.0f} seq/s {target_rate:,.0f} targets/s eta {format_eta(eta)}")
             if cfg.train.checkpoint_every_steps and st.step % cfg.train.checkpoint_every_steps == 0:
                 st.elapsed_seconds = time.perf_counter() - run_start
                 self._checkpoint(is_best=False)
             if cfg.train.max_steps and st.step >= cfg.train.max_steps:
                 st.data = self.data.state_dict()
                 steps.close()  # batches a pipeline fetched ahead are not run (their cursors were not recorded)
+                bar.close()
                 return True
             t0 = time.perf_counter()
+        bar.close()  # before the epoch's line: the line replaces the bar
         seconds = time.perf_counter() - epoch_start
         rate = (self._sequences - seq0) / max(seconds, 1e-9)
         target_rate = (self._targets - tgt0) / max(seconds, 1e-9)
@@ -230,14 +235,18 @@ class Trainer:
                           f"{eta}){' *best*' if improved else ''}", always=True)
         return improved
 
-    def _test(self) -> dict[str, float]:
+    def _test(self) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+        """The test metrics of the best weights, and the task's baselines on the same users."""
         st = self.state
         if st.best_step >= 0 and st.best_step != st.step:
             self.checkpointer.load_best(self.model, st)
         metrics = self._evaluate("test")
         self.log.record("test", st.step, {**metrics, "best_epoch": st.best_epoch})
+        baselines = self.task.baselines(self.model, self.data, "test")
+        for name, values in baselines.items():
+            self.log.record(f"baseline/{name}/test", st.step, values)
         self.log.progress(f"test (weights of epoch {st.best_epoch}): {self._shown(metrics)}", always=True)
-        return metrics
+        return metrics, baselines
 
     # ------------------------------------------------------------------ checkpoints
     def _report_metrics(self) -> dict:

@@ -1,17 +1,20 @@
-"""Run metrics: JSON lines and TensorBoard event files under the run directory, progress on stdout.
+"""Run metrics: JSON lines and TensorBoard event files under the run directory; progress lines and bars.
 
-Only rank 0 writes files and prints progress (other ranks' figures are the same global numbers).
+Only rank 0 writes files and shows progress (other ranks' figures are the same global numbers). Progress
+goes to a sink (``runtime.console``): under Ray Train the driver's console, through a queue; anywhere
+else (tests, benchmarks) a ``Console`` in this process.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Any
 
-__all__ = ["MetricsLog", "format_eta"]
+from mvrec_dist.runtime.console import Console, Sink
+
+__all__ = ["MetricsLog", "ProgressBar", "format_eta"]
 
 
 def format_eta(seconds: float) -> str:
@@ -22,18 +25,40 @@ def format_eta(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
+class ProgressBar:
+    """One progress bar of a ``MetricsLog`` (an epoch's steps, an evaluation's users); a no-op where
+    nothing is shown (ranks other than 0, ``train.quiet``)."""
+
+    def __init__(self, sink: Sink | None, key: int):
+        self._sink, self._key = sink, key
+
+    def update(self, n: int, postfix: str = "") -> None:
+        """Set the count done to ``n``; ``postfix`` follows the rate (e.g. ``loss 7.65, 4,044 seq/s``)."""
+        if self._sink is not None:
+            self._sink(("update", self._key, n, postfix))
+
+    def close(self) -> None:
+        """Remove the bar (idempotent); the line printed after it keeps the record."""
+        if self._sink is not None:
+            self._sink(("close", self._key))
+            self._sink = None
+
+
 class MetricsLog:
-    """Writes ``metrics.jsonl`` and TensorBoard events; prints progress lines with rates and ETA.
+    """Writes ``metrics.jsonl`` and TensorBoard events; shows progress lines and bars (rates, ETA).
 
     Args:
         run_dir: Local run directory (created); ``None`` disables files (non-zero ranks).
-        quiet: Print only epoch summaries and results.
+        quiet: Lines only, and only those marked ``always`` (epoch summaries, validations, results): no bars.
         enabled: Whether this process logs at all (rank 0).
+        sink: Where progress events go (``runtime.console.worker_sink``); None draws them here.
     """
 
-    def __init__(self, run_dir: str | None, *, quiet: bool, enabled: bool):
+    def __init__(self, run_dir: str | None, *, quiet: bool, enabled: bool, sink: Sink | None = None):
         self.enabled = enabled
         self.quiet = quiet
+        self._sink: Sink = sink if sink is not None else Console()
+        self._bars: list[ProgressBar] = []
         self._jsonl = None
         self._tb = None
         if enabled and run_dir:
@@ -61,12 +86,27 @@ class MetricsLog:
             self._tb.flush()
 
     def progress(self, line: str, *, always: bool = False) -> None:
-        """Print a progress line (suppressed in quiet mode unless ``always``)."""
+        """Show a progress line (suppressed in quiet mode unless ``always``)."""
         if self.enabled and (always or not self.quiet):
-            print(line, file=sys.stdout, flush=True)
+            self._sink(("line", line))
+
+    def bar(self, desc: str, total: int, *, unit: str, initial: int = 0) -> ProgressBar:
+        """Open a progress bar of ``total`` ``unit`` s, ``initial`` of them done (after a resume).
+
+        Returns:
+            The bar; close it when done (``close()`` closes any left open).
+        """
+        if not self.enabled or self.quiet:
+            return ProgressBar(None, 0)
+        bar = ProgressBar(self._sink, len(self._bars))
+        self._bars.append(bar)
+        self._sink(("open", len(self._bars) - 1, desc, total, unit, initial))
+        return bar
 
     def close(self) -> None:
-        """Flush and close the files."""
+        """Close open bars, flush and close the files."""
+        for bar in self._bars:
+            bar.close()
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None

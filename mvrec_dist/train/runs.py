@@ -4,8 +4,9 @@ A run is ``<train.storage_path>/<train.run_name>/`` (local, shared filesystem or
 
 ```
 checkpoint-step<9 digits>/   COMMIT.json (written last), state.json, config.json, tensors
-logs/metrics.jsonl           one JSON record per line (train / valid / test / memory / checkpoint)
+logs/metrics.jsonl           one JSON record per line (train / epoch / valid / test / memory / checkpoint)
 logs/tensorboard/            TensorBoard event files of the same records
+curves.png                   training loss and every validation metric per epoch, drawn when the run finished
 status.json                  the driver's view: running (a heartbeat while it runs), failed, finished
 result.json                  final metrics, written by rank 0 when the run finished
 evals/<checkpoint>-<split>.json   results of ``mvrec eval``
@@ -28,13 +29,17 @@ import pyarrow.fs as pafs
 
 from mvrec_dist.data.fs import open_output_stream, resolve
 
-__all__ = ["RESULT_NAME", "STATUS_NAME", "COMMIT_NAME", "HEARTBEAT_SECONDS", "RunSummary", "checkpoint_name",
-           "checkpoint_position", "list_checkpoints", "list_runs", "summarize_run", "resolve_checkpoint", "write_status",
-           "read_json"]
+__all__ = ["RESULT_NAME", "STATUS_NAME", "COMMIT_NAME", "METRICS_LOG", "HEARTBEAT_SECONDS", "NOT_METRICS",
+           "RunSummary", "checkpoint_name", "checkpoint_position", "list_checkpoints", "list_runs", "summarize_run",
+           "resolve_checkpoint", "write_status", "read_json", "read_metrics_log", "metric_keys", "format_duration"]
 
 RESULT_NAME = "result.json"
 STATUS_NAME = "status.json"
 COMMIT_NAME = "COMMIT.json"  # parallel.checkpoint.COMMIT_NAME, repeated so that this module imports no torch
+METRICS_LOG = "logs/metrics.jsonl"
+"""The run's metric records, relative to the run directory (``train.metrics_log.MetricsLog`` writes them)."""
+NOT_METRICS = frozenset({"users", "items", "seconds", "step", "epoch", "best_epoch", "time", "kind"})
+"""Numeric entries of a metrics record that are counts, times or positions rather than metrics."""
 HEARTBEAT_SECONDS = 60.0
 """How often a running driver rewrites ``status.json``; ``stale_after`` should be several of these."""
 
@@ -68,6 +73,34 @@ def read_json(uri: str) -> dict | None:
     except (FileNotFoundError, OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def read_metrics_log(run_uri: str) -> list[dict]:
+    """The records of ``<run>/logs/metrics.jsonl`` in the order written; empty when the file is absent.
+
+    A line that is not a JSON object is skipped: the last one may be half-written while the run goes on.
+    """
+    fs, path = resolve(f"{run_uri.rstrip('/')}/{METRICS_LOG}")
+    try:
+        with fs.open_input_stream(path) as f:
+            text = f.read().decode("utf-8", errors="replace")
+    except (FileNotFoundError, OSError):
+        return []
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def metric_keys(metrics: dict[str, Any]) -> list[str]:
+    """The entries of a metrics record that are metrics (numbers not in ``NOT_METRICS``), in its order."""
+    return [k for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_METRICS]
 
 
 def write_status(run_uri: str, status: str, *, error: str | None = None, owner: dict | None = None) -> None:
@@ -191,7 +224,7 @@ def summarize_run(run_uri: str, *, stale_after: float = 600.0, now: float | None
     summary = RunSummary(name=name, uri=run_uri, status="in progress")
     run = run_uri.rstrip("/")
     times = [_mtime(i) for i in fs.get_file_info([f"{root}/{STATUS_NAME}", f"{root}/{RESULT_NAME}",
-                                                   f"{root}/logs/metrics.jsonl"])]
+                                                   f"{root}/{METRICS_LOG}"])]
     for step, ckpt in list_checkpoints(run_uri):
         commit_info = fs.get_file_info(f"{root}/{ckpt}/{COMMIT_NAME}")
         times.append(max(_mtime(commit_info), _mtime(fs.get_file_info(f"{root}/{ckpt}"))))
@@ -225,7 +258,7 @@ def summarize_run(run_uri: str, *, stale_after: float = 600.0, now: float | None
         silent = (time.time() if now is None else now) - summary.updated
         if silent > stale_after:
             summary.status = "failed"
-            summary.detail = (f"no change for {_duration(silent)} and no result.json (the driver was stopped "
+            summary.detail = (f"no change for {format_duration(silent)} and no result.json (the driver was stopped "
                               "or killed); resubmit the same command to resume from the newest checkpoint")
     return summary
 
@@ -240,12 +273,13 @@ def _read_evals(fs: pafs.FileSystem, root: str, run: str, summary: RunSummary) -
                 summary.evals[entry.base_name[:-len(".json")]] = data
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """A duration as ``2d03h``, ``1h05m``, ``7m`` or ``42s``."""
     seconds = int(max(seconds, 0))
     days, rem = divmod(seconds, 86400)
     h, rem = divmod(rem, 3600)
-    m = rem // 60
-    return f"{days}d{h:02d}h" if days else (f"{h}h{m:02d}m" if h else f"{m}m")
+    m, s = divmod(rem, 60)
+    return f"{days}d{h:02d}h" if days else (f"{h}h{m:02d}m" if h else (f"{m}m" if m else f"{s}s"))
 
 
 def resolve_checkpoint(target: str, which: str = "best") -> tuple[str, str]:

@@ -23,6 +23,7 @@ from mvrec_dist.data.fs import is_local
 from mvrec_dist.data.manifest import Manifest, load_manifest
 from mvrec_dist.parallel.facade import ParallelModel
 from mvrec_dist.parallel.process_groups import DistContext, all_gather_variable, current_context
+from mvrec_dist.runtime.console import Sink, run_log_dir, worker_sink
 from mvrec_dist.tasks import Task, TaskData, build_task
 from mvrec_dist.train.checkpointing import Checkpointer
 from mvrec_dist.train.content import content_fn, open_content_store
@@ -36,10 +37,8 @@ __all__ = ["RankSetup", "build_rank", "run_worker", "run_eval_worker", "train_wo
 
 
 def run_logs_dir(cfg: TrainJobConfig) -> str:
-    """Local directory of the run's metrics files (inside the run dir when storage is local)."""
-    if is_local(cfg.train.storage_path):
-        return os.path.join(cfg.train.storage_path, cfg.train.run_name, "logs")
-    return os.path.join("runs-local", cfg.train.run_name, "logs")
+    """Local directory of the run's metrics and log files (inside the run dir when storage is local)."""
+    return run_log_dir(cfg.train.storage_path, cfg.train.run_name)
 
 
 def _seed_everything(seed: int) -> None:
@@ -102,20 +101,21 @@ def build_rank(cfg: TrainJobConfig, ctx: DistContext) -> RankSetup:
 
 
 def run_worker(cfg: TrainJobConfig, ctx: DistContext, *,
-               report: Callable[[dict], None] = lambda metrics: None) -> FitResult:
+               report: Callable[[dict], None] = lambda metrics: None, sink: Sink | None = None) -> FitResult:
     """Train, validate and test on this rank (every rank of the group calls it).
 
     Args:
         cfg: The job config.
         ctx: This rank's process group and device.
         report: Where metric-only reports go.
+        sink: Where rank 0's progress lines and bars go (the driver's console); None prints them here.
 
     Returns:
         The ``FitResult`` (the same on every rank).
     """
     setup = build_rank(cfg, ctx)
     pm = setup.parallel
-    log = MetricsLog(run_logs_dir(cfg), quiet=cfg.train.quiet, enabled=ctx.rank == 0)
+    log = MetricsLog(run_logs_dir(cfg), quiet=cfg.train.quiet, enabled=ctx.rank == 0, sink=sink)
     checkpointer = Checkpointer(cfg, ctx)
     try:
         state = checkpointer.restore(pm)
@@ -136,12 +136,15 @@ def run_worker(cfg: TrainJobConfig, ctx: DistContext, *,
     finally:
         log.close()
         checkpointer.close()
-        if ctx.rank == 0 and not is_local(cfg.train.storage_path):
-            _upload_logs(cfg)
+        if not is_local(cfg.train.storage_path):
+            _upload_logs(cfg, ctx.rank)
 
 
-def _upload_logs(cfg: TrainJobConfig) -> None:
-    """Copy rank 0's local ``logs/`` into the run directory on remote storage (overwriting older copies)."""
+def _upload_logs(cfg: TrainJobConfig, rank: int) -> None:
+    """Copy the local ``logs/`` into the run directory on remote storage (overwriting older copies): rank 0
+    all of it (metrics, TensorBoard, the log files of the ranks on its node), other ranks their own log file."""
+    import sys
+
     import pyarrow.fs as pafs
 
     from mvrec_dist.data.fs import resolve
@@ -151,10 +154,20 @@ def _upload_logs(cfg: TrainJobConfig) -> None:
         return
     fs, root = resolve(f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}/logs")
     fs.create_dir(root, recursive=True)
-    pafs.copy_files(local, root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    local_fs = pafs.LocalFileSystem()
+    if rank == 0:
+        pafs.copy_files(local, root, source_filesystem=local_fs, destination_filesystem=fs)
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for name in os.listdir(local):
+        if name.endswith(f"-rank{rank}.log"):
+            pafs.copy_files(os.path.join(local, name), f"{root}/{name}", source_filesystem=local_fs,
+                            destination_filesystem=fs)
 
 
-def run_eval_worker(cfg: TrainJobConfig, ctx: DistContext, checkpoint: str, split: str) -> dict:
+def run_eval_worker(cfg: TrainJobConfig, ctx: DistContext, checkpoint: str, split: str, *,
+                    sink: Sink | None = None) -> dict:
     """Evaluate a checkpoint's weights on ``split`` on this rank (every rank of the group calls it).
 
     Args:
@@ -162,6 +175,7 @@ def run_eval_worker(cfg: TrainJobConfig, ctx: DistContext, checkpoint: str, spli
         ctx: This rank's process group and device.
         checkpoint: The checkpoint directory (local path or URI every rank can read).
         split: ``valid`` or ``test``.
+        sink: Where rank 0's progress lines and bars go (the driver's console); None prints them here.
 
     Returns:
         ``{"hr@K": ..., "ndcg@K": ..., "users", "seconds", "split", "checkpoint", "step",
@@ -169,7 +183,7 @@ def run_eval_worker(cfg: TrainJobConfig, ctx: DistContext, checkpoint: str, spli
         metrics the run recorded at the checkpoint's step, if it validated there.
     """
     setup = build_rank(cfg, ctx)
-    log = MetricsLog(None, quiet=cfg.train.quiet, enabled=ctx.rank == 0)
+    log = MetricsLog(None, quiet=cfg.train.quiet, enabled=ctx.rank == 0, sink=sink)
     checkpointer = Checkpointer(cfg, ctx)
     try:
         log.progress(setup.describe(cfg, ctx))
@@ -188,7 +202,8 @@ def run_eval_worker(cfg: TrainJobConfig, ctx: DistContext, checkpoint: str, spli
 
 
 def final_metrics(result: FitResult) -> dict:
-    """The flat metrics dict a finished run reports (``valid/…``, ``test/…``, throughput, times)."""
+    """The flat metrics dict a finished run reports (``valid/…``, ``test/…``, ``baseline/<name>/test/…``,
+    throughput, times)."""
     st = result.state
     out = {"final": True, "epochs": st.epoch, "steps": st.step, "best_epoch": st.best_epoch,
            "train_seconds": st.train_seconds, "seconds_to_best": st.seconds_to_best,
@@ -196,17 +211,22 @@ def final_metrics(result: FitResult) -> dict:
     out.update({f"valid/{k}": v for k, v in result.valid.items()})
     if result.test is not None:
         out.update({f"test/{k}": v for k, v in result.test.items()})
+    for name, metrics in result.baselines.items():
+        out.update({f"baseline/{name}/test/{k}": v for k, v in metrics.items()})
     return out
 
 
 def train_worker(loop_config: dict) -> None:
-    """Ray Train's ``train_loop_per_worker``: ``loop_config = {"config": <resolved config dict>}``."""
+    """The training job's per-worker function under Ray Train (``runtime.console.logged_worker`` calls it).
+
+    ``loop_config = {"config": <resolved config dict>, "console": ...}`` (``console``: see ``logged_worker``).
+    """
     import ray.train
 
     cfg = build_config(TrainJobConfig, loop_config["config"])
     ctx = current_context(use_gpu=cfg.parallel.use_gpu)
 
-    result = run_worker(cfg, ctx, report=lambda m: ray.train.report(m))
+    result = run_worker(cfg, ctx, report=lambda m: ray.train.report(m), sink=worker_sink(loop_config, ctx.rank))
     metrics = final_metrics(result)
     if ctx.rank == 0:
         write_result(cfg, metrics)
@@ -214,16 +234,17 @@ def train_worker(loop_config: dict) -> None:
 
 
 def eval_worker(loop_config: dict) -> None:
-    """Ray Train's ``train_loop_per_worker`` of ``mvrec eval``.
+    """The per-worker function of ``mvrec eval`` under Ray Train (``runtime.console.logged_worker`` calls it).
 
-    ``loop_config = {"config": <resolved config dict>, "checkpoint": uri, "split": name, "output": uri}``;
-    rank 0 writes the metrics as JSON to ``output``.
+    ``loop_config = {"config": <resolved config dict>, "checkpoint": uri, "split": name, "output": uri,
+    "console": ...}``; rank 0 writes the metrics as JSON to ``output``.
     """
     import ray.train
 
     cfg = build_config(TrainJobConfig, loop_config["config"])
     ctx = current_context(use_gpu=cfg.parallel.use_gpu)
-    metrics = run_eval_worker(cfg, ctx, loop_config["checkpoint"], loop_config["split"])
+    metrics = run_eval_worker(cfg, ctx, loop_config["checkpoint"], loop_config["split"],
+                              sink=worker_sink(loop_config, ctx.rank))
     if ctx.rank == 0:
         _write_json(loop_config["output"], metrics)
     ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})

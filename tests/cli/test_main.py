@@ -24,7 +24,8 @@ HELP = {
     ("shards", "verify"): ["dataset", "--debug", "allow_pickle=False"],
     ("shards", "inspect"): ["dataset", "--split", "--key", "--debug"],
     ("runs", "list"): ["storage_path", "--stale-after", "--json", "finished", "in progress", "failed"],
-    ("runs", "show"): ["run", "--storage-path", "--stale-after", "--json"],
+    ("runs", "show"): ["run", "--storage-path", "--stale-after", "--json", "--plot", "--output", "curves.png"],
+    ("runs", "compare"): ["RUN", "--storage-path", "--output", "runs-compare.png", "--json", "best epoch"],
 }
 
 
@@ -67,7 +68,7 @@ def test_top_level_help_lists_every_command(capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["nope"], "mvrec: error: unknown command 'nope'; see mvrec --help"),
-    (["runs", "nope"], "mvrec: error: unknown command runs 'nope' (one of: list, show); see mvrec --help"),
+    (["runs", "nope"], "mvrec: error: unknown command runs 'nope' (one of: list, show, compare); see mvrec --help"),
 ])
 def test_unknown_commands_are_one_line(argv, message, capsys):
     assert main(argv) == 2

@@ -1,4 +1,4 @@
-"""``mvrec runs list`` / ``runs show`` on fabricated run directories (finished, in progress, failed, stale)."""
+"""``mvrec runs list`` / ``show`` / ``compare`` on fabricated run directories (finished, in progress, failed, stale)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from mvrec_dist.cli import main
+from mvrec_dist.train import curves
+from tests.helpers.run_dirs import write_run
 
 METRICS = {"hr@10": 0.1, "ndcg@10": 0.05, "hr@20": 0.2, "ndcg@20": 0.07, "users": 100, "seconds": 0.5}
 
@@ -125,9 +127,87 @@ def test_an_empty_storage_path_has_no_runs(tmp_path, capsys):
     (["runs", "show", "nope", "--storage-path", "{tmp}"], "mvrec runs show: error: run {tmp}/nope does not exist or "
                                                           "is not a directory; pass a run directory or a name that "
                                                           "`mvrec runs list` shows"),
+    (["runs", "compare", "{tmp}", "nope", "--storage-path", "{tmp}"],
+     "mvrec runs compare: error: run {tmp}/nope does not exist or is not a directory; pass a run directory or a name "
+     "that `mvrec runs list` shows"),
 ])
 def test_a_missing_path_is_one_line(tmp_path, argv, message):
     argv = [a.format(tmp=tmp_path) for a in argv]
     proc = subprocess.run([sys.executable, "-m", "mvrec_dist.cli", *argv], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [message.format(tmp=tmp_path)]
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """The data behind every figure the command draws (``plot_curves``' return value), in order."""
+    panels: list = []
+    real = curves.plot_curves
+
+    def recording(*args, **kwargs):
+        panels.append(real(*args, **kwargs))
+        return panels[-1]
+
+    monkeypatch.setattr(curves, "plot_curves", recording)
+    return panels
+
+
+def test_show_plot_draws_the_run(tmp_path, monkeypatch, capsys, drawn):
+    write_run(tmp_path / "runs" / "done", [9.0, 8.0, 7.5], [0.03, 0.05, 0.04])
+    monkeypatch.chdir(tmp_path)
+    assert main(["runs", "show", "done", "--plot"]) == 0
+    out = capsys.readouterr().out
+    assert "status: finished" in out
+    assert out.rstrip().endswith("curves: done-curves.png (train loss, valid hr@10, valid hr@20, valid ndcg@10, "
+                                 "valid ndcg@20)")
+    assert (tmp_path / "done-curves.png").read_bytes().startswith(b"\x89PNG")
+    (panels,) = drawn
+    loss, ndcg = panels[curves.LOSS_PANEL][0], panels["valid ndcg@10"][0]
+    assert loss.epochs == (0, 1, 2) and loss.values == (9.0, 8.0, 7.5)
+    assert ndcg.values == (0.03, 0.05, 0.04) and (ndcg.best_epoch, ndcg.best_value) == (1, 0.05)
+
+
+def test_show_plot_with_json_keeps_stdout_json(tmp_path, capsys):
+    run = write_run(tmp_path / "done", [9.0], [0.03])
+    assert main(["runs", "show", str(run), "--json", "--plot", "--output", str(tmp_path / "out" / "c.png")]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["name"] == "done"
+    assert captured.err.startswith(f"curves: {tmp_path}/out/c.png (train loss, ")
+
+
+def test_show_plot_of_a_run_with_nothing_recorded_yet(tmp_path, capsys, drawn):
+    (tmp_path / "new" / "logs").mkdir(parents=True)
+    assert main(["runs", "show", str(tmp_path / "new"), "--plot", "--output", str(tmp_path / "new.png")]) == 0
+    assert f"curves: {tmp_path}/new.png (nothing yet: no epoch has finished)" in capsys.readouterr().out
+    assert (tmp_path / "new.png").exists() and [s.epochs for s in drawn[0][curves.LOSS_PANEL]] == [()]
+
+
+def test_compare_prints_a_table_and_draws_every_run(tmp_path, monkeypatch, capsys, drawn):
+    storage = tmp_path / "runs"
+    write_run(storage / "id", [9.0, 8.0, 7.5], [0.03, 0.05, 0.04])
+    write_run(storage / "text", [9.5, 8.5], [0.02], finished=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["runs", "compare", "id", str(storage / "text")]) == 0
+    *table, last = capsys.readouterr().out.splitlines()
+    rows = {line[:14].strip(): line[14:].split() for line in table}
+    assert rows["run"] == ["id", "text"] and rows["status"] == ["finished", "in", "progress"]
+    assert rows["epochs"] == ["3", "2"] and rows["best epoch"] == ["1", "0"]
+    assert rows["time to best"] == ["4s", "-"] and rows["sequences/s"] == ["1,000", "1,000"]
+    assert rows["valid ndcg@10"] == ["0.0500", "0.0200"] and rows["test ndcg@10"] == ["0.0250", "-"]
+    assert rows["test from"] == ["result.json", "-"]
+    assert last.startswith("curves: runs-compare.png (train loss, valid hr@10")
+    assert (tmp_path / "runs-compare.png").read_bytes().startswith(b"\x89PNG")
+    (panels,) = drawn
+    assert [(s.label, s.epochs, s.best_epoch) for s in panels["valid ndcg@10"]] == [("id", (0, 1, 2), 1),
+                                                                                 ("text", (0,), 0)]
+    assert [s.values for s in panels[curves.LOSS_PANEL]] == [(9.0, 8.0, 7.5), (9.5, 8.5)]
+
+
+def test_compare_json(tmp_path, capsys):
+    a, b = write_run(tmp_path / "a", [9.0], [0.03]), write_run(tmp_path / "b", [9.0, 8.0], [0.03, 0.04])
+    assert main(["runs", "compare", str(a), str(b), "--json", "--output", str(tmp_path / "cmp.png")]) == 0
+    captured = capsys.readouterr()
+    runs = json.loads(captured.out)
+    assert [(r["name"], r["best_epoch"], r["epochs"]) for r in runs] == [("a", 0, 1), ("b", 1, 2)]
+    assert runs[1]["valid"]["ndcg@10"] == {"0": 0.03, "1": 0.04}
+    assert captured.err.startswith(f"curves: {tmp_path}/cmp.png")

@@ -99,7 +99,8 @@ def train_rank(ctx, overrides: list[str]) -> dict:
     """One rank of a content-tower training run (``run_ranks(train_rank, W, overrides)``).
 
     Returns:
-        ``step``, ``valid`` and ``test`` metrics, and on rank 0 the logged training ``losses``.
+        ``step``, ``valid``, ``test`` and ``baselines`` (by name) metrics, and on rank 0 the logged training
+        ``losses``.
     """
     import json
 
@@ -111,7 +112,8 @@ def train_rank(ctx, overrides: list[str]) -> dict:
     losses = [json.loads(line)["loss"] for line in
               (Path(cfg.train.storage_path) / cfg.train.run_name / "logs" / "metrics.jsonl").read_text().splitlines()
               if json.loads(line).get("kind") == "train"] if ctx.rank == 0 else []
-    return {"step": result.state.step, "valid": result.valid, "test": result.test or {}, "losses": losses}
+    return {"step": result.state.step, "valid": result.valid, "test": result.test or {}, "baselines": result.baselines,
+            "losses": losses}
 
 
 def initial_dense(overrides: list[str]):

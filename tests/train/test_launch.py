@@ -92,7 +92,7 @@ def test_train_prepares_the_dataset_and_the_features_before_training(monkeypatch
     monkeypatch.setattr(launch, "run_training", lambda cfg: calls.append("run_training") or {"ok": 1})
 
     @contextlib.contextmanager
-    def session(cfg):
+    def session(cfg, **kwargs):
         calls.append("ray up")
         yield "local"
         calls.append("ray down")

@@ -99,15 +99,16 @@ class FakeCheckpointer:
 
 
 @pytest.fixture
-def fitted(tmp_path, capsys):
+def fitted(tmp_path):
     cfg = load_config(TrainJobConfig, None, ["train.epochs=2", "train.log_every_steps=1", "train.patience=0"])
-    log = MetricsLog(str(tmp_path / "logs"), quiet=False, enabled=True)
+    events = []  # what the driver's console would draw
+    log = MetricsLog(str(tmp_path / "logs"), quiet=False, enabled=True, sink=events.append)
     checkpointer, reports = FakeCheckpointer(), []
     result = Trainer(cfg, FakeModel(), FakeData(), checkpointer, log, TrainState(), reports.append).fit()
     log.close()
     rows = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
-    return SimpleNamespace(result=result, rows=rows, reports=reports,
-                           out=capsys.readouterr().out, logs=tmp_path / "logs")
+    out = "\n".join(e[1] for e in events if e[0] == "line")
+    return SimpleNamespace(result=result, rows=rows, reports=reports, events=events, out=out, logs=tmp_path / "logs")
 
 
 def test_metrics_jsonl_has_loss_ranking_throughput_and_memory(fitted):
@@ -151,9 +152,19 @@ def test_ray_train_reports_carry_loss_ranking_throughput_and_memory(fitted):
     assert result.throughput["sequences_per_s"] > 0 and result.memory["peak_rss_mib_rank0"] > 0
 
 
-def test_progress_lines_have_rates_and_etas(fitted):
+def test_each_epoch_has_a_progress_bar_with_the_loss_and_rate_then_a_line(fitted):
+    events = fitted.events
+    opened = [e for e in events if e[0] == "open"]
+    assert [(desc, total, unit, initial) for _, _, desc, total, unit, initial in opened] == [
+        ("epoch 0", 3, "step", 0), ("epoch 1", 3, "step", 0)]
+    key = opened[0][1]
+    updates = [e for e in events if e[0] == "update" and e[1] == key]
+    assert [n for _, _, n, _ in updates] == [1, 2, 3]
+    assert updates[0][3].startswith("loss 4.0000, ") and updates[0][3].endswith(" seq/s")
+    # The bar closes before the epoch's line, which keeps the record.
+    closed = events.index(("close", key))
+    assert events[closed + 1][0] == "line" and events[closed + 1][1].startswith("epoch 0 done: 3 steps in")
     out = fitted.out
-    assert "epoch 0 step 1/~3 loss 4.0000" in out and " seq/s " in out and " targets/s eta " in out
     assert "epoch 0 done: 3 steps in" in out and " targets/s, mean loss 2.4444, peak RSS" in out
     valid = [line for line in out.splitlines() if line.startswith("valid epoch")]
     assert "run eta <= " in valid[0] and "run eta" not in valid[1]  # nothing left after the last epoch
@@ -177,19 +188,19 @@ class FourBatches(FakeData):
 
 
 @pytest.mark.parametrize("quiet", [False, True])
-def test_evaluation_progress_has_a_rate_and_an_eta(monkeypatch, capsys, quiet):
-    from mvrec_dist.eval import progress
+def test_an_evaluation_has_a_progress_bar_of_the_users_over_every_rank(quiet):
     from mvrec_dist.tasks.next_item import evaluate_split
 
-    monkeypatch.setattr(progress, "EVAL_PROGRESS_SECONDS", 0.0)  # a line after every batch but the last
-    metrics = evaluate_split(FakeModel(), FourBatches(), "valid", (10,), MetricsLog(None, quiet=quiet, enabled=True))
+    events = []
+    metrics = evaluate_split(FakeModel(), FourBatches(), "valid", (10,),
+                             MetricsLog(None, quiet=quiet, enabled=True, sink=events.append))
     assert metrics["users"] == 8
-    lines = capsys.readouterr().out.splitlines()
     if quiet:
-        assert lines == []
+        assert events == []
         return
-    assert [line.split(" (")[0] for line in lines] == [f"valid: {p}% of ~8 users" for p in (25, 50, 75)]
-    assert all(line.endswith("s") and " users/s) eta " in line for line in lines)
+    # Opened once the first batch is scored (the rate counts scoring only), one update per batch, closed.
+    assert events == [("open", 0, "valid", 8, "users", 0), *[("update", 0, n, "") for n in (2, 4, 6, 8)],
+                      ("close", 0)]
 
 
 class FakeCheckpointerKeepingState(FakeCheckpointer):
@@ -231,6 +242,9 @@ class ScriptedTask:
     def evaluate(self, model, data, split, log=None):
         value = self.values.pop(0) if split == "valid" else -1.0
         return {"err": value, "items": 5, "seconds": 0.0}
+
+    def baselines(self, model, data, split):
+        return {}
 
 
 @pytest.mark.parametrize("higher, best_epoch, epochs_run", [(False, 1, 4), (True, 0, 3)])
