@@ -236,3 +236,20 @@ def train_dataset(root: Path, shard_counts: Sequence[int], *, seed: int = 0, blo
     write_manifest(root, {"train": write_blocked_split(root, "train", samples, shard_counts, block_size)},
                    block_size)
     return samples
+
+
+TINY_INGEST = """# A tiny synthetic dataset (600 users, 300 items) for the jobs' end-to-end tests.
+ingest:
+  output_dir: {out}
+  shard_max_samples: 200
+  progress: false
+synthetic:
+  enabled: true
+  output: {raw}
+  users: 600
+  items: 300
+  interactions: 6000
+  seed: 1
+  chunk_users: 300
+"""
+"""An ingest config (``.format(out=..., raw=...)``) the end-to-end tests of the jobs ingest first."""

@@ -17,24 +17,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.helpers.shards import TINY_INGEST
+
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "jobs" / "configs" / "synthetic" / "sasrec-id-small.yaml"
 MAX_LINES = 30
 
-TINY_INGEST = """# A tiny synthetic dataset for the console test.
-ingest:
-  output_dir: {out}
-  shard_max_samples: 200
-  progress: false
-synthetic:
-  enabled: true
-  output: {raw}
-  users: 600
-  items: 300
-  interactions: 6000
-  seed: 1
-  chunk_users: 300
-"""
 
 LIBRARY_CHATTER = ("Successfully loaded", "Planner Statistics", "TrainingReport(", "RayTrainWorker", "FutureWarning",
                    "Started a local Ray instance", "Token authentication", "streaming_executor",

@@ -13,24 +13,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.helpers.shards import TINY_INGEST
+
 REPO = Path(__file__).resolve().parents[2]
 JOB = REPO / "jobs" / "train_videorec.py"
 DEMO = REPO / "jobs" / "configs" / "synthetic" / "sasrec-id-small.yaml"
 
-TINY_INGEST = """# A tiny synthetic dataset for the end-to-end test.
-ingest:
-  output_dir: {out}
-  shard_max_samples: 200
-  progress: false
-synthetic:
-  enabled: true
-  output: {raw}
-  users: 600
-  items: 300
-  interactions: 6000
-  seed: 1
-  chunk_users: 300
-"""
 
 
 def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:

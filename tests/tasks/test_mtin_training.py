@@ -19,25 +19,12 @@ import pytest
 import torch
 
 from tests.helpers.dist import run_ranks
+from tests.helpers.shards import TINY_INGEST
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 PRESET = REPO / "jobs" / "configs" / "synthetic" / "mtin-small.yaml"
-INGEST = """# A tiny synthetic dataset for the MTIN tests.
-ingest:
-  output_dir: {out}
-  shard_max_samples: 200
-  progress: false
-synthetic:
-  enabled: true
-  output: {raw}
-  users: 600
-  items: 300
-  interactions: 6000
-  seed: 1
-  chunk_users: 300
-"""
 MEMORY = "sparse/model.sequence.embeddings.mtin_memory.weight"
 
 
@@ -45,7 +32,7 @@ MEMORY = "sparse/model.sequence.embeddings.mtin_memory.weight"
 def trained(tmp_path_factory):
     """One run of the job with the MTIN preset (2 epochs, 2 workers) on a dataset it ingests first."""
     tmp = tmp_path_factory.mktemp("mtin")
-    (tmp / "ingest.yaml").write_text(INGEST.format(out=tmp / "ds", raw=tmp / "raw"))
+    (tmp / "ingest.yaml").write_text(TINY_INGEST.format(out=tmp / "ds", raw=tmp / "raw"))
     started = time.time()
     proc = subprocess.run([sys.executable, str(REPO / "jobs" / "train_videorec.py"), "--config", str(PRESET),
                            f"data.dataset_dir={tmp / 'ds'}", f"data.prepare_with={tmp / 'ingest.yaml'}",
