@@ -115,7 +115,9 @@ def render(data: dict, notes: str) -> str:
                   "Bucket = the target item's interactions in the train split; `[0,1)` = items never seen in training.",
                   "", markdown_table(rows, "hr@10"), "",
                   f"![{model}/ID HR@10 per bucket](figures/text_buckets_{slug}.png)"]
-    lines += ["", "## Validation curves (NDCG@10 per epoch)", "", "| epoch | " + " | ".join(data["models"]) + " |",
+    lines += ["", "## Validation curves (NDCG@10 per epoch)", "",
+              "Every metric and the training loss per epoch, best epoch starred (drawn by `mvrec_dist.train.curves`, "
+              "as `mvrec runs compare` draws them): ![curves](figures/text_quality_curves.png)", "", "| epoch | " + " | ".join(data["models"]) + " |",
               "|---|" + "---|" * len(data["models"])]
     longest = max((len(m["valid_curve"]) for m in data["models"].values()), default=0)
     for e in range(longest):
@@ -137,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     data = collect(Path(args.runs))
     FIGURES.mkdir(parents=True, exist_ok=True)
     notes = Path(args.notes).read_text() if args.notes else ""
+    from mvrec_dist.train.curves import load_curves, plot_curves
+
+    plot_curves([load_curves(str(Path(args.runs) / m["run"])) for m in data["models"].values()],
+                str(FIGURES / "text_quality_curves.png"), title="ID vs Text vs ID+Text SASRec, MicroLens-50K")
     (RESULTS / "text_quality.json").write_text(json.dumps(data, indent=1) + "\n")
     (RESULTS / "text_quality.md").write_text(render(data, notes))
     print(render(data, notes))
