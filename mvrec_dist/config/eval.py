@@ -29,6 +29,10 @@ class EvalConfig:
         DEFAULT_POPULARITY_BUCKETS, doc="Test users are also scored per bucket of their target's train interactions: "
         "lower edges, from 0 (bucket [0,1) = never-seen items), the last bucket open; [] turns it off "
         "(mvrec_dist.eval.buckets).")
+    click_cutoff: int | None = setting(
+        None, doc="K of MTIN's click metrics, also reported beside HR/NDCG: AUC and Precision/Recall/F1@K over the "
+                  "same full-ranking list (mvrec_dist.eval.scored_ranking); null = the task's own (next_item: "
+                  "not reported; mtin: 50, the paper's).")
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -37,6 +41,8 @@ class EvalConfig:
         p.check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         p.check(self.every_epochs >= 1, "every_epochs", f"must be >= 1, got {self.every_epochs}")
         p.check(self.content_batch_size >= 1, "content_batch_size", f"must be >= 1, got {self.content_batch_size}")
+        p.check(self.click_cutoff is None or self.click_cutoff >= 1, "click_cutoff",
+                f"must be >= 1 or null, got {self.click_cutoff}")
         edges = self.popularity_buckets
         p.check(not edges or (edges[0] == 0 and all(b > a for a, b in zip(edges, edges[1:]))), "popularity_buckets",
                 f"must be empty or start at 0 and increase strictly, got {list(edges)}")

@@ -70,7 +70,9 @@ class TrainJobConfig:
                 "parallel.zero_stage", "task mtin adds lambda ||Theta||^2 of Eq. 12 in the forward, which reads whole "
                 "parameters; ZeRO-3 partitions them outside their module's forward: use zero_stage 0, 1 or 2 "
                 "(MTIN's dense tower is small) or task.mtin.l2=0")
-        names = [m.name for m in self.task.metrics(self.eval.ks)]
+        p.check(self.task.name != "item_popularity" or self.eval.click_cutoff is None, "eval.click_cutoff",
+                "task item_popularity ranks nothing, so it has no click metrics; leave eval.click_cutoff null")
+        names = [m.name for m in self.metrics]
         p.check(self.eval.select_metric is None or self.eval.select_metric in names, "eval.select_metric",
                 f"must be a metric of task '{self.task.name}': one of {names}, got {self.eval.select_metric!r}")
         p.raise_if_any()
@@ -78,7 +80,13 @@ class TrainJobConfig:
     @property
     def metrics(self) -> tuple[MetricSpec, ...]:
         """The task's validation/test metrics, in display order."""
-        return self.task.metrics(self.eval.ks)
+        return self.task.metrics(self.eval.ks, self.click_cutoff)
+
+    @property
+    def click_cutoff(self) -> int | None:
+        """K of the click metrics (AUC, Precision/Recall/F1@K) the task reports, or None: ``eval.click_cutoff``,
+        else the task's default."""
+        return self.eval.click_cutoff or self.task.default_click_cutoff()
 
     @property
     def select_metric(self) -> MetricSpec:

@@ -33,6 +33,16 @@ class MetricSpec:
         return value > best if self.higher_is_better else value < best
 
 
+def ranking_metrics(ks: tuple[int, ...], click_cutoff: int | None) -> tuple[MetricSpec, ...]:
+    """HR@K and NDCG@K for every K of ``ks``; with ``click_cutoff`` K', then AUC, Precision@K', Recall@K',
+    F1@K' (``mvrec_dist.eval.scored_ranking``); all higher is better."""
+    out = tuple(MetricSpec(f"{m}@{k}", True) for k in ks for m in ("hr", "ndcg"))
+    if click_cutoff:
+        out += tuple(MetricSpec(n, True) for n in ("auc", f"precision@{click_cutoff}", f"recall@{click_cutoff}",
+                                                   f"f1@{click_cutoff}"))
+    return out
+
+
 @dataclass(frozen=True, kw_only=True)
 class TaskConfig:
     """Base of the task variants; ``name`` selects one."""
@@ -41,9 +51,14 @@ class TaskConfig:
     def default_variant() -> type:
         return NextItemTaskConfig
 
-    def metrics(self, ks: tuple[int, ...]) -> tuple[MetricSpec, ...]:
-        """Every metric the task reports, in display order (``ks``: the ``eval.ks`` cut-offs)."""
+    def metrics(self, ks: tuple[int, ...], click_cutoff: int | None = None) -> tuple[MetricSpec, ...]:
+        """Every metric the task reports, in display order (``ks``: the ``eval.ks`` cut-offs; ``click_cutoff``:
+        K of the click metrics of ranking tasks, ``TrainJobConfig.click_cutoff``)."""
         raise NotImplementedError
+
+    def default_click_cutoff(self) -> int | None:
+        """K of the click metrics when ``eval.click_cutoff`` is null (None: the task does not report them)."""
+        return None
 
     def default_select_metric(self, ks: tuple[int, ...]) -> str:
         """The metric that selects the best epoch when ``eval.select_metric`` is not set."""
@@ -56,9 +71,9 @@ class NextItemTaskConfig(TaskConfig):
 
     name: Literal["next_item"] = setting("next_item", doc="Selects next-item sequential recommendation.")
 
-    def metrics(self, ks: tuple[int, ...]) -> tuple[MetricSpec, ...]:
-        """HR@K and NDCG@K for every K, higher is better."""
-        return tuple(MetricSpec(f"{m}@{k}", True) for k in ks for m in ("hr", "ndcg"))
+    def metrics(self, ks: tuple[int, ...], click_cutoff: int | None = None) -> tuple[MetricSpec, ...]:
+        """HR@K and NDCG@K for every K, then (with ``click_cutoff``) the click metrics; all higher is better."""
+        return ranking_metrics(ks, click_cutoff)
 
     def default_select_metric(self, ks: tuple[int, ...]) -> str:
         """NDCG@10 (the paper's headline metric), or NDCG at the first cut-off when 10 is not one."""
@@ -90,8 +105,8 @@ class ItemPopularityTaskConfig(TaskConfig):
         p.check(self.hidden_dim >= 1, "hidden_dim", f"must be >= 1, got {self.hidden_dim}")
         p.raise_if_any()
 
-    def metrics(self, ks: tuple[int, ...]) -> tuple[MetricSpec, ...]:
-        """Mean absolute and root mean squared error of the label, lower is better."""
+    def metrics(self, ks: tuple[int, ...], click_cutoff: int | None = None) -> tuple[MetricSpec, ...]:
+        """Mean absolute and root mean squared error of the label, lower is better (no ranking, no click metrics)."""
         return (MetricSpec("mae", False), MetricSpec("rmse", False))
 
     def default_select_metric(self, ks: tuple[int, ...]) -> str:
@@ -121,7 +136,6 @@ class MTINTaskConfig(TaskConfig):
     num_negatives: int = setting(4, doc="Label-0 candidates per example beside its positive (paper: not given).")
     negative_length: int | None = setting(
         None, doc="Items in the sampled negative history H_neg; null = data.max_seq_len (the positive's length).")
-    cutoff: int = setting(50, doc="K of Precision@K, Recall@K and F1@K (paper: 50).")
     user_chunk: int = setting(64, doc="Users ranked at once in full ranking (their [user_chunk, N+1] scores).")
     item_chunk: int = setting(256, doc="Items per scoring block of the MLP (8 users x item_chunk x 2 d hidden floats "
                                        "kept in cache; MTINScorer.score_all).")
@@ -134,7 +148,6 @@ class MTINTaskConfig(TaskConfig):
         p.check(self.num_negatives >= 1, "num_negatives", f"must be >= 1, got {self.num_negatives}")
         p.check(self.negative_length is None or self.negative_length >= 1, "negative_length",
                 f"must be >= 1 or null, got {self.negative_length}")
-        p.check(self.cutoff >= 1, "cutoff", f"must be >= 1, got {self.cutoff}")
         p.check(self.user_chunk >= 1, "user_chunk", f"must be >= 1, got {self.user_chunk}")
         p.check(self.item_chunk >= 1, "item_chunk", f"must be >= 1, got {self.item_chunk}")
         p.check(self.mtin.time_distance == "position", "mtin.time_distance",
@@ -142,12 +155,13 @@ class MTINTaskConfig(TaskConfig):
                 "shards have ts.npy for csv input only); use 'position'")
         p.raise_if_any()
 
-    def metrics(self, ks: tuple[int, ...]) -> tuple[MetricSpec, ...]:
-        """HR@K and NDCG@K for every K, then AUC, Precision@cutoff, Recall@cutoff, F1@cutoff; all higher is better."""
-        k = self.cutoff
-        return tuple(MetricSpec(f"{m}@{c}", True) for c in ks for m in ("hr", "ndcg")) + (
-            MetricSpec("auc", True), MetricSpec(f"precision@{k}", True), MetricSpec(f"recall@{k}", True),
-            MetricSpec(f"f1@{k}", True))
+    def metrics(self, ks: tuple[int, ...], click_cutoff: int | None = None) -> tuple[MetricSpec, ...]:
+        """HR@K and NDCG@K for every K, then AUC, Precision/Recall/F1@``click_cutoff``; all higher is better."""
+        return ranking_metrics(ks, click_cutoff or self.default_click_cutoff())
+
+    def default_click_cutoff(self) -> int | None:
+        """50, the paper's K of Precision/Recall/F1@K."""
+        return 50
 
     def default_select_metric(self, ks: tuple[int, ...]) -> str:
         """NDCG@10 (or at the first cut-off), as for next-item: the MicroLens headline metric."""

@@ -14,7 +14,9 @@ import torch
 
 from mvrec_dist.eval.buckets import bucket_results, bucket_sums
 from mvrec_dist.eval.full_ranking import target_ranks
+from mvrec_dist.config.task import ranking_metrics
 from mvrec_dist.eval.metrics import metric_sums
+from mvrec_dist.eval.scored_ranking import click_metric_sums, negatives_per_user
 
 __all__ = ["RankingModel", "evaluate_ranking"]
 
@@ -33,8 +35,8 @@ class RankingModel(Protocol):
 def evaluate_ranking(model: RankingModel, batches: Iterable, *, num_items: int, ks: tuple[int, ...],
                      progress: Callable[[int, int], None] | None = None,
                      item_train_counts: torch.Tensor | None = None,
-                     bucket_edges: Sequence[int] = ()) -> dict[str, float]:
-    """HR@K and NDCG@K over all users of a split, averaged over users of every rank.
+                     bucket_edges: Sequence[int] = (), click_cutoff: int | None = None) -> dict[str, float]:
+    """HR@K and NDCG@K (and the click metrics) over all users of a split, averaged over users of every rank.
 
     Call inside the model's ``evaluating()`` context.
 
@@ -48,6 +50,8 @@ def evaluate_ranking(model: RankingModel, batches: Iterable, *, num_items: int, 
         item_train_counts: ``[N+1]`` train interactions per item, for the popularity buckets.
         bucket_edges: Lower edges of the popularity buckets of the targets (``mvrec_dist.eval.buckets``); with
             ``item_train_counts``, the result gets ``buckets``. Empty: none.
+        click_cutoff: With K, also AUC and Precision/Recall/F1@K over the same ranks (MTIN's metrics,
+            ``scored_ranking.click_metric_sums``: one target per user, its negatives every other unseen item).
 
     Returns:
         ``{"hr@10": ..., "ndcg@10": ..., "users": U, "seconds": s}`` (identical on every rank), and
@@ -59,7 +63,7 @@ def evaluate_ranking(model: RankingModel, batches: Iterable, *, num_items: int, 
     item_repr = model.item_representations(num_items)  # [N+1, D]
     if progress is not None:
         progress(0, total)
-    names = [f"{m}@{k}" for k in ks for m in ("hr", "ndcg")]
+    names = [m.name for m in ranking_metrics(ks, click_cutoff)]
     sums = torch.zeros(len(names) + 1, dtype=torch.float64)
     with_buckets = bool(bucket_edges) and item_train_counts is not None
     if with_buckets:
@@ -71,6 +75,10 @@ def evaluate_ranking(model: RankingModel, batches: Iterable, *, num_items: int, 
         ranks = target_ranks(states, item_repr, batch.targets.to(device), batch.history_values.to(device),
                              batch.history_offsets.to(device))
         part = metric_sums(ranks, ks)
+        if click_cutoff:
+            negatives = negatives_per_user(batch.targets.to(device), batch.history_values.to(device),
+                                           batch.history_offsets.to(device), num_items)
+            part.update(click_metric_sums(ranks.cpu(), negatives.cpu(), click_cutoff))
         sums[:-1] += torch.tensor([part[n] for n in names], dtype=torch.float64)
         sums[-1] += batch.targets.numel()
         if with_buckets:

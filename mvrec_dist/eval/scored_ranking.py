@@ -24,10 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["ranks_of_scores", "negatives_per_user", "click_metric_sums", "CLICK_METRICS"]
-
-CLICK_METRICS = ("auc", "precision", "recall", "f1")
-"""MTIN's metric names; the cut-off is appended to all but AUC (``precision@50``)."""
+__all__ = ["ranks_of_scores", "negatives_per_user", "click_metric_sums"]
 
 
 def _history_rows(history_offsets: Tensor) -> Tensor:

@@ -220,7 +220,7 @@ class MTINTask(Task):
         return int(((batch.candidates > 0) & real[:, None]).sum()), int(real.sum())
 
     def evaluate(self, model: Any, data: MTINData, split: str, log: Any | None = None) -> dict[str, Any]:
-        """HR/NDCG@``eval.ks`` and AUC, Precision/Recall/F1@``task.cutoff`` of ``split`` (collective).
+        """HR/NDCG@``eval.ks`` and AUC, Precision/Recall/F1@``eval.click_cutoff`` (default 50) of ``split`` (collective).
 
         Returns:
             The metrics averaged over the split's users, ``users``, ``seconds`` and ``negatives`` (how
@@ -231,8 +231,7 @@ class MTINTask(Task):
         batches = data.eval_batches(split)
         total = sum(int(b.targets.numel()) for b in batches)
         progress = EvalProgress(log, split, data.world_size, "users") if log is not None else None
-        names = [f"{m}@{k}" for k in ks for m in ("hr", "ndcg")] + ["auc"] + [
-            f"{m}@{t.cutoff}" for m in ("precision", "recall", "f1")]
+        names, cutoff = [m.name for m in self.cfg.metrics], self.cfg.click_cutoff
         sums = torch.zeros(len(names) + 1, dtype=torch.float64)
         with model.evaluating():
             mtin = model.dense.mtin
@@ -263,7 +262,7 @@ class MTINTask(Task):
                     scores = mtin.scorer.score_all(user_part[lo:hi], item_part, item_chunk=t.item_chunk)  # b,N+1
                     ranks = ranks_of_scores(scores, batch.targets[lo:hi], values, offsets).cpu()
                     part = {**metric_sums(ranks, ks), **click_metric_sums(
-                        ranks, negatives_per_user(batch.targets[lo:hi], values, offsets, data.num_items), t.cutoff)}
+                        ranks, negatives_per_user(batch.targets[lo:hi], values, offsets, data.num_items), cutoff)}
                     sums[:-1] += torch.tensor([part[n] for n in names], dtype=torch.float64)
                 sums[-1] += len(batch.users)
                 done += len(batch.users)

@@ -23,7 +23,7 @@ __all__ = ["NextItemTask", "evaluate_split"]
 
 
 def evaluate_split(model: Any, data: Any, split: str, ks: tuple[int, ...], log: Any | None = None,
-                   popularity_buckets: tuple[int, ...] = ()) -> dict[str, float]:
+                   popularity_buckets: tuple[int, ...] = (), click_cutoff: int | None = None) -> dict[str, float]:
     """HR@K / NDCG@K of ``model`` on ``split`` (``valid`` or ``test``), full ranking (collective).
 
     Args:
@@ -34,6 +34,7 @@ def evaluate_split(model: Any, data: Any, split: str, ks: tuple[int, ...], log: 
         log: Where its progress bar goes while it runs (``eval.progress.EvalProgress``); None for none.
         popularity_buckets: Lower edges of the target-popularity buckets (``eval.popularity_buckets``,
             by ``data.item_train_counts``); empty for none.
+        click_cutoff: K of the click metrics (AUC, Precision/Recall/F1@K); None for none.
 
     Returns:
         What ``evaluate_ranking`` returns (identical on every rank; with ``buckets`` when asked for).
@@ -43,7 +44,7 @@ def evaluate_split(model: Any, data: Any, split: str, ks: tuple[int, ...], log: 
     counts = torch.from_numpy(counts) if counts is not None else None
     with model.evaluating():
         return evaluate_ranking(model, data.eval_batches(split), num_items=data.num_items, ks=ks, progress=progress,
-                                item_train_counts=counts, bucket_edges=popularity_buckets)
+                                item_train_counts=counts, bucket_edges=popularity_buckets, click_cutoff=click_cutoff)
 
 
 class NextItemTask(Task):
@@ -74,7 +75,8 @@ class NextItemTask(Task):
         """Full-ranking HR@K / NDCG@K of ``split`` (``evaluate_split``); the test split also per
         popularity bucket of the targets (``eval.popularity_buckets``, result key ``buckets``)."""
         buckets = self.cfg.eval.popularity_buckets if split == "test" else ()
-        return evaluate_split(model, data, split, self.cfg.eval.ks, log, popularity_buckets=buckets)
+        return evaluate_split(model, data, split, self.cfg.eval.ks, log, popularity_buckets=buckets,
+                              click_cutoff=self.cfg.click_cutoff)
 
     def baselines(self, model: Any, data: Any, split: str) -> dict[str, dict[str, float]]:
         """``popularity``: items ranked by train interactions, same protocol (``eval.baselines``); none
