@@ -54,13 +54,14 @@ def _stopped(run: Path) -> tuple[dict, str] | None:
     return result, str(evals[-1])
 
 
-def collect(runs: Path, names: dict[str, str] | None = None) -> dict:
+def collect(runs: Path, names: dict[str, str] | None = None, with_buckets: bool = True) -> dict:
     """The runs' figures: a finished run's ``result.json``; a run stopped before it finished, its best
     checkpoint's test evaluation (``_stopped``, flagged); a model with neither is named in ``missing``.
 
     Args:
         runs: The storage path holding the runs.
         names: Model -> run name (default ``RUNS``, the MicroLens-50K presets' run names).
+        with_buckets: Read the test split's popularity buckets (every run must have them).
     """
     out: dict = {"models": {}, "missing": []}
     for model, name in (names or RUNS).items():
@@ -73,7 +74,7 @@ def collect(runs: Path, names: dict[str, str] | None = None) -> dict:
             out["missing"].append(model)
             continue
         out["models"][model] = {"run": name, "result": {k: v for k, v in result.items() if k != "test/buckets"},
-                                "valid_curve": _curve(run), "buckets": load_buckets(source)}
+                                "valid_curve": _curve(run), "buckets": load_buckets(source) if with_buckets else []}
     return out
 
 
