@@ -14,6 +14,8 @@
 5. **Projection**: epoch time vs GPUs for the ID model at each D and for VideoRec encoders, and
    ingestion time vs CPU nodes, with every assumption listed from
    ``benchmarks/reference/full_scale_assumptions.json`` (value, unit, source).
+6. **MTIN at full scale** (``fullscale/mtin.py``): the MTIN task's item and per-user memory tables
+   planned on the same clusters, and its step projected at 8/32/64 GPUs.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def run(ctx: RunContext) -> dict:
     """Workload, FLOPs, planner, cost-model check and projection."""
     from benchmarks.fullscale.flops import dense_flops_per_sequence, video_encoder_flops
     from benchmarks.fullscale.planner import plan_item_table
-    from benchmarks.fullscale.workload import epoch_size, step_workload
+    from benchmarks.fullscale.workload import draw_windows, epoch_size, step_workload
     from benchmarks.harness.jobs import REPO
     from mvrec_dist.parallel.planning import SUPPORTED_SHARDING_TYPES
 
@@ -75,10 +77,12 @@ def run(ctx: RunContext) -> dict:
                                          "repeats": 1})
     worlds = sorted({n * g for n, g in t["topologies"]} | set(t["gpu_counts_projected"]))
     ctx.log("plan: simulating per-rank steps of the full workload")
-    work, sample = step_workload(users=d["users"], items=d["items"], interactions=d["interactions"],
-                                 chunk_users=2000 if ctx.quick else 34_268, parts=1 if ctx.quick else t["simulation_parts"],
-                                 batch=batch, max_seq_len=cfg.data.max_seq_len, negatives=loss.num_negatives,
-                                 sampler=loss.sampler, world_sizes=worlds, max_steps=4 if ctx.quick else 40)
+    totals = dict(users=d["users"], items=d["items"], interactions=d["interactions"],
+                  chunk_users=2000 if ctx.quick else 34_268, parts=1 if ctx.quick else t["simulation_parts"])
+    drawn = draw_windows(max_seq_len=cfg.data.max_seq_len, **totals)  # also MTIN's examples (one per window)
+    work, sample = step_workload(batch=batch, max_seq_len=cfg.data.max_seq_len, negatives=loss.num_negatives,
+                                 sampler=loss.sampler, world_sizes=worlds, max_steps=4 if ctx.quick else 40,
+                                 drawn=drawn, **totals)
     epoch = epoch_size(users=d["users"], items=d["items"], interactions=d["interactions"],
                        max_seq_len=cfg.data.max_seq_len)
     res["data"].update(workload=work, epoch=epoch)
@@ -118,6 +122,10 @@ def run(ctx: RunContext) -> dict:
     from benchmarks.fullscale.projection import check_and_project
 
     check_and_project(ctx, res, a, cfg, batch, dims, worlds)
+    from benchmarks.fullscale.mtin import mtin_full_scale
+
+    mtin_full_scale(res, a, repo=REPO, quick=ctx.quick, drawn=drawn, log=ctx.log,
+                    read_us_per_example=res["data"]["loader_us_per_sequence"]["read_and_window"])
     return res
 
 

@@ -5,6 +5,9 @@
   convolutions are counted; element-wise work is not (as is usual for FLOP figures).
 * Video encoders: ``mvrec_dist.models.item_encoders.video.flops`` per item, for each fine-tuning
   mode, at the configured frames and size (paper: 5 frames of 224 x 224).
+* MTIN: one forward and backward of the MTIN task's real dense tower (``MTINTower``: routing,
+  temporal masks, interest mask, memory update, scorer, Eq. 12 and the memory's write-back) on a real
+  ``MTINBatch``, divided by its examples.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["dense_flops_per_sequence", "video_encoder_flops"]
+__all__ = ["dense_flops_per_sequence", "mtin_flops_per_example", "video_encoder_flops"]
 
 
 def dense_flops_per_sequence(model_cfg: Any, *, num_items: int, batch: Any) -> dict:
@@ -47,6 +50,49 @@ def dense_flops_per_sequence(model_cfg: Any, *, num_items: int, batch: Any) -> d
     b = int((batch.lengths > 0).sum())
     f, g = fwd.get_total_flops() / b, bwd.get_total_flops() / b
     return {"forward": f, "backward": g, "total": f + g, "dense_params": sum(p.numel() for p in dense.parameters())}
+
+
+def mtin_flops_per_example(cfg: Any, *, num_items: int, num_users: int, batch: Any) -> dict:
+    """Forward + backward FLOPs of the MTIN task's dense tower per example of ``batch`` (an ``MTINBatch``).
+
+    The model is the one the trainer builds (``build_task(cfg).build_model`` with the tables on
+    ``meta``); the lookups are random rows of the right shapes: ``[U, D]`` items and ``2 s`` memory
+    rows of D per example. The backward runs from the loss sum plus the write-back, as the step does.
+
+    Args:
+        cfg: The MTIN job config (``task.name=mtin``).
+        num_items: N.
+        num_users: Users (memory table rows; does not change the FLOPs).
+        batch: A collated batch of the workload.
+
+    Returns:
+        ``forward``, ``backward`` and ``total`` FLOPs per example, ``dense_params`` (all) and
+        ``trainable_params`` (what the dense gradient synchronisation carries).
+    """
+    import types
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mvrec_dist.models.recommender import ITEM_FEATURE
+    from mvrec_dist.models.user_encoders.mtin import USER_FEATURE, memory_row_ids
+    from mvrec_dist.tasks import build_task
+
+    torch.manual_seed(0)
+    model = build_task(cfg).build_model(types.SimpleNamespace(num_items=num_items, num_users=num_users),
+                                        device="meta")
+    dense = model.dense.train()
+    d = cfg.model.embedding_dim
+    embeddings = {ITEM_FEATURE: torch.randn(batch.unique_items.numel(), d, requires_grad=True),
+                  USER_FEATURE: torch.randn(memory_row_ids(batch.users, cfg.task.mtin).numel(), d, requires_grad=True)}
+    with FlopCounterMode(display=False) as fwd:
+        out = dense(embeddings, batch)
+    with FlopCounterMode(display=False) as bwd:
+        (out.loss_sum + out.write_back).backward()
+    b = int(batch.real_rows.sum())
+    f, g = fwd.get_total_flops() / b, bwd.get_total_flops() / b
+    return {"forward": f, "backward": g, "total": f + g, "dense_params": sum(p.numel() for p in dense.parameters()),
+            "trainable_params": sum(p.numel() for p in dense.parameters() if p.requires_grad), "examples": b}
 
 
 def video_encoder_flops(variants: dict[str, Any], *, modes: tuple[str, ...] = ("frozen", "top", "full")) -> dict:

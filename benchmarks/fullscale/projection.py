@@ -99,12 +99,20 @@ def _ingest_check(ctx: Any, res: dict) -> dict | None:
 
 def project_step(*, a: dict, world: int, dim: int, batch: int, unique_ids: float, imbalance: float,
                  dense_flops_per_seq: float, dense_params: int, content_flops_per_item: float,
-                 loader_us_per_sequence: float, bf16: bool) -> dict:
-    """One full-scale step on ``world`` H100s from the recorded assumptions (seconds per component)."""
+                 loader_us_per_sequence: float, bf16: bool, state_rows: float = 0.0) -> dict:
+    """One full-scale step on ``world`` H100s from the recorded assumptions (seconds per component).
+
+    ``unique_ids`` are the item rows a rank looks up (and its fused optimizer updates); ``state_rows``
+    the rows of state tables (MTIN's memory: ``2 s`` per example) it looks up and writes back through
+    their SGD. Both kinds travel in the same all-to-all (one ``EmbeddingCollection``) and cost the same
+    row bytes (``calibrate.embedding_bytes``: a read, then the update's read and write); only item rows
+    feed a content encoder. ``batch`` counts sequences (examples, for MTIN).
+    """
     gpu, node, eff = a["gpu"], a["node"], a["efficiency"]
     gpn = int(node["gpus"])
     flops_s = gpu["bf16_dense_tflops"] * 1e12 * eff["dense_mfu"]
-    vol = cm.a2a_bytes(unique_ids=unique_ids, dim=dim, out_bytes=2 if bf16 else 4, world=world)["total"] * imbalance
+    rows = unique_ids + state_rows
+    vol = cm.a2a_bytes(unique_ids=rows, dim=dim, out_bytes=2 if bf16 else 4, world=world)["total"] * imbalance
     a2a = cm.a2a_seconds(vol, world=world, gpus_per_node=gpn, intra_gb_s=gpu["nvlink_gb_s_per_direction"],
                          inter_gb_s=node["nic_gb_s_per_gpu"], efficiency=eff["a2a_link_efficiency"])
     sync_link = node["nic_gb_s_per_gpu"] if world > gpn else gpu["nvlink_gb_s_per_direction"]
@@ -112,7 +120,7 @@ def project_step(*, a: dict, world: int, dim: int, batch: int, unique_ids: float
     return cm.step_seconds(
         data_s=data_s, overlap_data=bool(eff["loader_overlap"]), overhead_s=eff["step_overhead_ms"] / 1e3,
         dense_flops=dense_flops_per_seq * batch, content_flops=content_flops_per_item * unique_ids,
-        flops_per_s=flops_s, embedding_bytes=embedding_bytes(unique_ids, dim),
+        flops_per_s=flops_s, embedding_bytes=embedding_bytes(rows, dim),
         mem_bytes_per_s=gpu["hbm_bw_gb_s"] * 1e9 * eff["hbm_efficiency"], a2a_s=a2a,
         latency_s=eff["collective_latency_us"] * 1e-6 if world > 1 else 0.0, collectives=int(eff["collectives_per_step"]),
         sync_bytes=(2 * 2 * dense_params * (world - 1) / world) if world > 1 else 0.0,

@@ -130,6 +130,65 @@ def _projection(res: dict, rctx: RenderContext) -> str:
     return "\n".join(out)
 
 
+def _mtin(res: dict) -> str:
+    """MTIN's tables, the planner's choice per cluster and the projected step (issue 15)."""
+    m = res["data"].get("mtin")
+    if not m:
+        return "Not run (no MTIN data in this result).\n"
+    w, f = m["workload"], m["flops"]
+    first = m["plans"][0]
+    out = [f"The MTIN task (`{m['preset']}` with {', '.join(f'`{o}`' for o in m['overrides'])}; d={m['dim']}, "
+           f"s={m['groups']}, p={m['temporal_masks']}, {m['precision']}) at {m['batch_per_rank']:,} examples per rank: "
+           f"H_pos {m['positive_length']}, H_neg {m['negative_length']} sampled, {m['candidates']} candidates and "
+           f"{m['memory_rows_per_user']} memory rows per example. Its tables are `MTINTask.table_specs` of that config "
+           "for the full release, planned as the trainer plans them (the memory is a state table: plain SGD at lr 1, "
+           "no optimizer state). Per rank-step (MTIN's collate over the full-shaped windows, mean of "
+           f"{w['steps']} steps): {fmt(w['unique_items'])} unique item ids and {fmt(w['memory_rows'])} memory rows "
+           f"({fmt(w['distinct_users'])} distinct users; every example reads and writes its user's rows); shard "
+           "load max / mean over ranks, both tables: "
+           + ", ".join(f"W={k}: {fmt(v)}" for k, v in _by_int(w["shard_load_max_over_mean"]))
+           + " (memory rows alone: " + ", ".join(f"W={k}: {fmt(v)}" for k, v in _by_int(w["memory_shard_load"]))
+           + f"). Dense tower {fmt(f['total'] / 1e6)} MFLOPs per example (forward {fmt(f['forward'] / 1e6)}, backward "
+           f"{fmt(f['backward'] / 1e6)}; {f['trainable_params']:,} trainable of {f['dense_params']:,} parameters).\n",
+           table(["table", "rows", "width", "GiB (fp32)", "fused optimizer", "optimizer state GiB",
+                  "state the planner counts", f"planner storage GiB, all ranks ({first['nodes']}x{first['gpus_per_node']})"],
+                 [[name, t["rows"], t["dim"], fmt(t["table_gib"], 5), t["optimizer"], fmt(t["optimizer_state_gib"]),
+                   t["planner_optimizer"] or "none (sharder default)",
+                   fmt(t["planner_hbm_gib"] + t["planner_ddr_gib"], 5)]
+                  for name, t in first["tables"].items()])]
+    rows = []
+    for p in m["plans"]:
+        proj = m["projection"][str(p["world_size"])]["step"]
+        cluster, step, bound = f"{p['nodes']}x{p['gpus_per_node']}", fmt(1e3 * proj["total"]), proj["bound"]
+        for name, t in p["tables"].items():
+            rows.append([cluster, name, t["sharding_type"], t["kernel"], fmt(t["max_rank_hbm_gib"]), fmt(t["max_rank_ms"]),
+                         step, bound])
+        fit = "fits in HBM" if p["fits_in_hbm"] else "spills: " + (", ".join(p["spill_kernels"]) or "over HBM")
+        rows.append([cluster, "all tables", "", fit, fmt(p["max_hbm_gib"]), fmt(p["max_rank_ms"]), step, bound])
+    out += [f"Planner's choice and per-rank figures (GiB per rank: the fullest rank's HBM, of "
+            f"{fmt(first['hbm_usable_gib'])} GiB usable after the 15% reserve; planner ms: the slowest rank's TorchRec "
+            "estimate of lookup, update and their all-to-alls). Projected step: the cost model (**projection**, not "
+            "a measurement) at a fixed batch per rank:\n",
+            table(["cluster", "table", "sharding", "kernel", "GiB per rank", "planner ms", "projected step ms",
+                   "bound"], rows)]
+    anatomy = []
+    for g, x in _by_int(m["projection"]):
+        st, tr = x["step"], x["traffic"]
+        compute = sum(v for k, v in st.items() if k not in ("data", "total", "bound"))
+        anatomy.append([g, fmt(1e3 * st["data"]), fmt(1e3 * compute), fmt(1e3 * st["embedding_memory"]),
+            fmt(1e3 * st["all_to_all"]), fmt(1e3 * st["dense_compute"]), fmt(tr["mtin_memory"]["hbm_bytes"] / 1e6),
+            fmt(tr["item"]["hbm_bytes"] / 1e6), fmt((tr["mtin_memory"]["a2a_bytes"] + tr["item"]["a2a_bytes"]) / 1e6),
+            fmt(x["epoch_train"]["train_s"] / 60)])
+    lu = m["loader_us_per_example"]
+    out += [f"Projected step anatomy (ms) and embedding traffic per rank-step (MB; a row costs a read, then the fused "
+            f"update's read and write). Loading: {fmt(lu['read_and_window'])} us reading and windowing (the SASRec runs' "
+            f"measurement) + {fmt(lu['collate'])} us MTIN's collate with its sampled H_neg and candidates, per example, "
+            "over the loader workers per GPU. Training minutes per epoch: one example per window, no validation:\n",
+            table(["GPUs", "data", "compute (all but data)", "embedding memory", "all-to-all", "dense compute",
+                   "memory rows read+written MB", "item rows MB", "all-to-all MB", "train min/epoch"], anatomy)]
+    return "\n".join(out)
+
+
 def render_plan(res: dict, rctx: RenderContext) -> str:
     """The plan section."""
     return "\n".join([
@@ -141,4 +200,5 @@ def render_plan(res: dict, rctx: RenderContext) -> str:
         "the full preset builds them; sharding types the project supports on CUDA. Memory and times are the "
         "planner's own estimates (TorchRec's perf model), per rank.", "", _plans(res),
         "### The cost model checked on this machine", "", _check(res),
-        "### Projection", "", _projection(res, rctx)])
+        "### Projection", "", _projection(res, rctx),
+        "### MTIN at full scale (planned, then projected)", "", _mtin(res)])

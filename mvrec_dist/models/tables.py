@@ -146,7 +146,8 @@ def init_rows_(weight: Tensor, *, std: float, num_rows: int, seed: int) -> Tenso
     shard from the same global init.
 
     Args:
-        weight: ``[rows, D]`` the table, or a shard of it (modified in place).
+        weight: ``[rows, D]`` the table, or a shard of it (modified in place; a ``meta`` tensor is returned
+            as it is).
         std: Standard deviation.
         num_rows: Rows of the whole table.
         seed: Table seed.
@@ -154,6 +155,8 @@ def init_rows_(weight: Tensor, *, std: float, num_rows: int, seed: int) -> Tenso
     Returns:
         ``weight``.
     """
+    if weight.is_meta:  # shapes only (the trainer's meta build, the planner): drawing would allocate the table
+        return weight
     with torch.no_grad():
         if weight.shape[0] == num_rows:
             dim = weight.shape[1]

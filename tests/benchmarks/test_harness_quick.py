@@ -56,4 +56,7 @@ def test_quick_suite_writes_valid_results_and_report(tmp_path):
     assert plan["plans"] and plan["plans"][0]["world_size"] == 8
     assert plan["check"]["cpu"] is not None and set(plan["check"]["cpu"]["check"]) == {"1", "2"}
     assert plan["projection"]["series"]
+    mtin = plan["mtin"]  # MTIN at full scale (issue 15): its tables planned on 1x8, the step projected
+    assert set(mtin["plans"][0]["tables"]) == {"item", "mtin_memory"} and mtin["projection"]["8"]["step"]["total"] > 0
+    assert "MTIN at full scale" in text
     assert not list((tmp_path / "work").glob("*/")), "the harness leaves no scratch data behind"

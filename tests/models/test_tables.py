@@ -51,3 +51,11 @@ def test_bad_specs_are_refused():
         EmbeddingTables([SPECS[0], TableSpec(name="item2", num_embeddings=3, embedding_dim=2, features=("item_id",))])
     with pytest.raises(KeyError, match=r"features \['user_id'\]"):
         table_inputs(SPECS[:2], {"item_id": torch.tensor([1])})
+
+
+def test_a_meta_build_draws_no_init():
+    # 2^33 rows x 128: drawing the init would need 4 TiB; on meta (the trainer's first build, the
+    # planner) the table is shapes only, so building it must not touch memory.
+    t = EmbeddingTables([TableSpec(name="big", num_embeddings=2**33, embedding_dim=128, features=("f",))],
+                        device="meta")
+    assert t.sequence.embeddings["big"].weight.is_meta
