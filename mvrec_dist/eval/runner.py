@@ -68,7 +68,7 @@ def evaluate_ranking(model: RankingModel, batches: Iterable, *, num_items: int, 
     with_buckets = bool(bucket_edges) and item_train_counts is not None
     if with_buckets:
         target_counts = torch.as_tensor(item_train_counts).cpu()
-        per_bucket = torch.zeros(len(bucket_edges), len(names) + 1, dtype=torch.float64)
+        per_bucket = torch.zeros(len(bucket_edges), 2 * len(ks) + 1, dtype=torch.float64)  # HR, NDCG per K; users
     for batch in batches:
         states = model.user_states(batch.history, batch.lengths, item_repr)  # [B, D]
         device = item_repr.device

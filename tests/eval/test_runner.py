@@ -59,6 +59,12 @@ def test_click_metrics_of_a_dot_product_model_match_their_definitions(seed):
     assert got[f"f1@{k}"] == pytest.approx(np.mean([row[4] for row in brute]), **tol)
     plain = evaluate_ranking(model, batches, num_items=n, ks=(10,))
     assert "auc" not in plain and plain["ndcg@10"] == got["ndcg@10"]
+    # The popularity buckets (the test split's) ride along: they keep HR/NDCG only.
+    counts = torch.from_numpy(rng.integers(0, 9, size=n + 1))
+    both = evaluate_ranking(model, batches, num_items=n, ks=(10,), click_cutoff=k, item_train_counts=counts,
+                            bucket_edges=(0, 1, 5))
+    assert {key: both[key] for key in got if key != "seconds"} == {key: got[key] for key in got if key != "seconds"}
+    assert sum(b["users"] for b in both["buckets"]) == users and "auc" not in both["buckets"][0]
 
 
 def test_each_task_reports_click_metrics_at_its_own_or_the_configured_cutoff():
