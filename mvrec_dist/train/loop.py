@@ -105,18 +105,24 @@ class Trainer:
             self._audit = open(os.path.join(cfg.data.audit_dir, f"consumed-rank{model.ctx.rank}.jsonl"), "a",
                                buffering=1, encoding="utf-8")
 
+    def _patience_spent(self) -> bool:
+        """Early stopping: ``train.patience`` validations in a row without a new best."""
+        return self.cfg.train.patience > 0 and self.state.evals_since_best >= self.cfg.train.patience
+
     # ------------------------------------------------------------------ public
     def fit(self) -> FitResult:
         """Train until ``train.epochs``, early stopping or ``train.max_steps``; then test once."""
         cfg, st = self.cfg, self.state
         run_start = time.perf_counter() - st.elapsed_seconds
-        stop = False
+        # A run resumed after it had decided to stop (its test crashed, say) goes straight to the test:
+        # the decision is in the state, and another epoch would be work the uninterrupted run never did.
+        stop = self._patience_spent() or bool(cfg.train.max_steps and st.step >= cfg.train.max_steps)
         while st.epoch < cfg.train.epochs and not stop:
             if self._train_epoch(run_start):
                 break  # max_steps, mid-epoch
             if (st.epoch + 1) % cfg.eval.every_epochs == 0 or st.epoch + 1 == cfg.train.epochs:
                 improved = self._validate(run_start)
-                stop = stop or (cfg.train.patience > 0 and st.evals_since_best >= cfg.train.patience)
+                stop = stop or self._patience_spent()
             else:
                 improved = False
             st.epoch += 1

@@ -266,3 +266,18 @@ def test_a_nan_first_validation_is_not_a_best():
     result = Trainer(cfg, FakeModel(), FakeData(), FakeCheckpointer(), MetricsLog(None, quiet=True, enabled=True), TrainState(),
                      lambda m: None, task=task).fit()
     assert result.state.best_epoch == 1 and result.state.best_metric == 4.0
+
+
+def test_a_run_resumed_after_it_stopped_early_goes_straight_to_the_test():
+    # The last checkpoint of a run that stopped early (here after epoch 3) holds the spent patience; a
+    # resume from it (its test crashed, say) must not train another epoch the first run never did.
+    cfg = load_config(TrainJobConfig, None, ["train.epochs=5", "train.patience=2"])
+    first = Trainer(cfg, FakeModel(), FakeData(), FakeCheckpointer(), MetricsLog(None, quiet=True, enabled=True),
+                    TrainState(), lambda m: None, task=ScriptedTask([3.0, 2.0, 2.5, 2.7, 1.0], False)).fit()
+    assert first.state.epoch == 4 and first.state.evals_since_best == 2
+    resumed_state = TrainState.from_json(first.state.to_json())
+    task = ScriptedTask([0.5], False)  # a validation would pop this and make it the best
+    again = Trainer(cfg, FakeModel(), FakeData(), FakeCheckpointer(), MetricsLog(None, quiet=True, enabled=True),
+                    resumed_state, lambda m: None, task=task).fit()
+    assert again.state.epoch == 4 and task.values == [0.5] and again.state.best_epoch == 1
+    assert again.test == {"err": -1.0, "items": 5, "seconds": 0.0}
