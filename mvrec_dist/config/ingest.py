@@ -16,7 +16,9 @@ class IngestConfig:
 
     input: str = setting("", doc="Interactions: a file, a directory or a glob; local path or a pyarrow/fsspec URI.")
     format: Literal["auto", "pairs_tsv", "pairs_csv"] = setting(
-        "auto", doc="Input format; 'auto' decides from the file suffix (.tsv: user<TAB>items, .csv: user,item,timestamp).")
+        "auto", doc="Input format; 'auto' decides from the file suffix (.tsv: user<TAB>items, .csv: "
+                    "user,item,timestamp with an optional fourth column label, 1 = clicked, 0 = shown but not "
+                    "clicked: an exposure).")
     titles: str | None = setting(None, doc="Titles CSV (header 'item,title'); null writes items without titles.")
     output_dir: str = setting("data/shards/demo", doc="Dataset directory to create; it gets manifest.json, shards and id maps.")
     min_seq_len: int = setting(5, doc="Users with fewer interactions are dropped and counted (paper: 5).")
@@ -75,6 +77,10 @@ class SyntheticConfig:
     cluster_size: int = setting(
         25, doc="Items per latent item cluster (the last one takes the remainder; at least one cluster); "
         "used when structure > 0.")
+    exposures: float = setting(
+        0.0, doc="Exposures (label-0 rows: shown, not clicked) per interaction, drawn by popularity from clusters "
+        "the user never clicks, so a model can learn them; the csv gets a label column. 0: none, the csv is byte "
+        "for byte the one without the option. Needs structure > 0 (the clusters).")
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -87,6 +93,9 @@ class SyntheticConfig:
         p.check(self.interactions >= 5 * self.users, "interactions",
                 f"must be >= 5 x users ({5 * self.users}) so every user can reach min_seq_len, got {self.interactions}")
         p.check(self.chunk_users >= 1, "chunk_users", f"must be >= 1, got {self.chunk_users}")
+        p.check(0.0 <= self.exposures <= 20.0, "exposures", f"must be in [0, 20], got {self.exposures}")
+        p.check(self.exposures == 0 or self.structure > 0, "exposures",
+                "needs synthetic.structure > 0: exposures are drawn from the latent clusters a user does not follow")
         p.raise_if_any()
 
 

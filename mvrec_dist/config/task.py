@@ -119,10 +119,11 @@ class MTINTaskConfig(TaskConfig):
     """MTIN (Jiang et al., MM'20): click prediction from positive and negative histories and a per-user memory.
 
     Each training window of a user (``data.train_windows``) is one example: H_pos = its items but the
-    last, the candidates = its last item (label 1) and ``num_negatives`` sampled items (label 0),
-    H_neg = ``negative_length`` items. The memory is the table ``mtin_memory`` (one ``2 s d`` row per
-    user), written back every step. Evaluation: the MicroLens protocol (HR/NDCG@K, full ranking,
-    history excluded) and MTIN's AUC, Precision/Recall/F1@``cutoff`` over the same full-ranking list
+    last, the candidates = its last item (label 1) and ``num_negatives`` items (label 0), H_neg =
+    ``negative_length`` items; the label-0 items are sampled non-interacted items or the user's exposures
+    (``negatives``). The memory is the table ``mtin_memory`` (``2 s`` rows of d per user), written back
+    every step. Evaluation: the MicroLens protocol (HR/NDCG@K, full ranking, history excluded) and MTIN's
+    AUC, Precision/Recall/F1@``eval.click_cutoff`` (default 50) over the same full-ranking list
     (``mvrec_dist.eval.scored_ranking``). ``model.embedding_dim`` is d and ``model.init_std`` the init
     of weights, item rows and memory rows; ``model.user_encoder`` and ``model.loss`` are not used.
     """
@@ -131,8 +132,11 @@ class MTINTaskConfig(TaskConfig):
     mtin: MTINConfig = setting(factory=MTINConfig, doc="The model's settings (s, p, routing, masks, lambda).")
     negatives: Literal["sampled", "exposures"] = setting(
         "sampled", doc="Where H_neg and label-0 candidates come from: 'sampled' = uniform draws from the items the "
-                       "user never interacted with (MicroLens has no exposures); 'exposures' = shown-but-not-clicked "
-                       "items of a dataset that records them (not ingested yet).")
+                       "user never interacted with (MicroLens has no exposures); 'exposures' = the user's "
+                       "shown-but-not-clicked rows of a dataset ingested with a label column: H_neg = the last "
+                       "negative_length exposures before the positive, candidates drawn from the other exposures, "
+                       "sampled items where a user has too few (counted in the result); refused for a dataset "
+                       "without labels. result.json records which was used.")
     num_negatives: int = setting(4, doc="Label-0 candidates per example beside its positive (paper: not given).")
     negative_length: int | None = setting(
         None, doc="Items in the sampled negative history H_neg; null = data.max_seq_len (the positive's length).")
@@ -142,17 +146,11 @@ class MTINTaskConfig(TaskConfig):
 
     def __post_init__(self) -> None:
         p = Problems()
-        p.check(self.negatives == "sampled", "negatives",
-                "'exposures' needs a per-interaction click label in the shards, which ingestion does not write "
-                "yet; use 'sampled'")
         p.check(self.num_negatives >= 1, "num_negatives", f"must be >= 1, got {self.num_negatives}")
         p.check(self.negative_length is None or self.negative_length >= 1, "negative_length",
                 f"must be >= 1 or null, got {self.negative_length}")
         p.check(self.user_chunk >= 1, "user_chunk", f"must be >= 1, got {self.user_chunk}")
         p.check(self.item_chunk >= 1, "item_chunk", f"must be >= 1, got {self.item_chunk}")
-        p.check(self.mtin.time_distance == "position", "mtin.time_distance",
-                "'timestamp' needs the histories' timestamps, which the valid/test shards do not hold (train "
-                "shards have ts.npy for csv input only); use 'position'")
         p.raise_if_any()
 
     def metrics(self, ks: tuple[int, ...], click_cutoff: int | None = None) -> tuple[MetricSpec, ...]:

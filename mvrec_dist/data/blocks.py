@@ -12,6 +12,11 @@ the writers (``ingest.shard_writer``, ``ingest.items``), the reader and the veri
 A block holds ``n`` consecutive rows (dense ids ``first .. first+n-1``); in the user splits each
 row is a user, in ``items`` an item. Jagged members concatenate the rows' sequences:
 row ``i`` is ``values[offsets[i]:offsets[i+1]]``.
+
+Timestamps are optional members (csv input only): ``ts.npy`` beside a split's items, and in valid
+and test ``targets_ts.npy`` beside ``targets.npy`` (datasets ingested before those existed have the
+train ``ts.npy`` only; the manifest's ``timestamps`` section lists the splits that hold them). The
+``exposures`` split (labelled input only) holds each user's label-0 rows, possibly none.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 __all__ = ["Layout", "LAYOUTS", "BLOCKED_SPLITS", "Block", "BlockError", "Sample", "block_key", "block_meta",
            "block_sizes", "row_members", "needed_members", "encode_titles"]
 
-BLOCKED_SPLITS = ("train", "valid", "test", "items")
+BLOCKED_SPLITS = ("train", "valid", "test", "items", "exposures")
 """Splits stored as blocks (schema 2); ``content`` stays one sample per item."""
 
 
@@ -60,11 +65,12 @@ class Layout:
     jagged: dict[str, str] = field(default_factory=dict)
     """Members indexed through ``offsets.npy``: name -> dtype."""
     optional: frozenset[str] = frozenset()
-    """Members a block may lack (``ts.npy`` without input timestamps)."""
+    """Members a block may lack (the timestamps without input timestamps)."""
     min_length: int = 0
-    """Shortest jagged row (train and valid histories hold >= 1 item, test >= 2)."""
+    """Shortest jagged row (train and valid histories hold >= 1 item, test >= 2, exposures >= 0)."""
     length_to_n: int = 0
-    """A user's sequence length ``n`` = jagged row length + this (train/valid 2, test 1)."""
+    """A user's ``n`` (per-row json) = jagged row length + this (train/valid 2, test 1; exposures 0: the
+    exposures)."""
     text: str | None = None
     """Member holding a JSON list of one string per row (item titles), or None."""
 
@@ -85,13 +91,18 @@ class Layout:
 
 
 _I32, _I64, _BOOL = "<i4", "<i8", "|b1"
+_EVAL_TIMES = frozenset({"ts.npy", "targets_ts.npy"})
 LAYOUTS: dict[str, Layout] = {
     "train": Layout("train", "u", "user", "users.npy", "raw_users.npy", jagged={"items.npy": _I32, "ts.npy": _I64},
                     optional=frozenset({"ts.npy"}), min_length=1, length_to_n=2),
-    "valid": Layout("valid", "u", "user", "users.npy", "raw_users.npy", rows={"targets.npy": _I32},
-                    jagged={"history.npy": _I32}, min_length=1, length_to_n=2),
-    "test": Layout("test", "u", "user", "users.npy", "raw_users.npy", rows={"targets.npy": _I32},
-                   jagged={"history.npy": _I32}, min_length=2, length_to_n=1),
+    "valid": Layout("valid", "u", "user", "users.npy", "raw_users.npy",
+                    rows={"targets.npy": _I32, "targets_ts.npy": _I64}, jagged={"history.npy": _I32, "ts.npy": _I64},
+                    optional=_EVAL_TIMES, min_length=1, length_to_n=2),
+    "test": Layout("test", "u", "user", "users.npy", "raw_users.npy",
+                   rows={"targets.npy": _I32, "targets_ts.npy": _I64}, jagged={"history.npy": _I32, "ts.npy": _I64},
+                   optional=_EVAL_TIMES, min_length=2, length_to_n=1),
+    "exposures": Layout("exposures", "u", "user", "users.npy", "raw_users.npy",
+                        jagged={"items.npy": _I32, "ts.npy": _I64}, min_length=0, length_to_n=0),
     "items": Layout("items", "i", "item", "items.npy", "raw_items.npy",
                     rows={"train_counts.npy": _I64, "has_title.npy": _BOOL}, text="titles.json"),
 }
@@ -101,11 +112,13 @@ _ROW_SOURCES: dict[str, dict[str, frozenset[str]]] = {
     "train": {"items.npy": frozenset({"offsets.npy", "items.npy"}), "ts.npy": frozenset({"offsets.npy", "ts.npy"}),
               "json": frozenset({"offsets.npy", "raw_users.npy"})},
     "valid": {"history.npy": frozenset({"offsets.npy", "history.npy"}), "target.npy": frozenset({"targets.npy"}),
+              "ts.npy": frozenset({"offsets.npy", "ts.npy"}), "target_ts.npy": frozenset({"targets_ts.npy"}),
               "json": frozenset({"offsets.npy", "raw_users.npy"})},
     "items": {"json": frozenset({"raw_items.npy", "train_counts.npy", "has_title.npy"}),
               "txt": frozenset({"titles.json"})},
 }
 _ROW_SOURCES["test"] = _ROW_SOURCES["valid"]
+_ROW_SOURCES["exposures"] = _ROW_SOURCES["train"]
 
 
 def row_members(split: str) -> frozenset[str]:
@@ -254,8 +267,8 @@ class Block:
 
         Returns:
             One ``Sample`` per row, in ``rows`` order, with the members of ``shards/README.md``'s
-            per-row view (``items.npy``/``ts.npy``/``json``, ``history.npy``/``target.npy``/``json``,
-            ``json``/``txt``).
+            per-row view (``items.npy``/``ts.npy``/``json``, ``history.npy``/``target.npy``/``json``
+            (and ``ts.npy``/``target_ts.npy`` where stored), ``json``/``txt``).
         """
         layout, a = self.layout, self.arrays
         ids = self._list("ids")
@@ -269,10 +282,11 @@ class Block:
                     values = a[name]
                     names.append(name)
                     columns.append([values[off[i]:off[i + 1]] for i in rows])
-            if "targets.npy" in a and (wanted is None or "target.npy" in wanted):
-                targets = a["targets.npy"]
-                names.append("target.npy")
-                columns.append([targets[i:i + 1] for i in rows])
+            for block_name, row_name in (("targets.npy", "target.npy"), ("targets_ts.npy", "target_ts.npy")):
+                if block_name in a and (wanted is None or row_name in wanted):
+                    targets = a[block_name]
+                    names.append(row_name)
+                    columns.append([targets[i:i + 1] for i in rows])
             if wanted is None or "json" in wanted:
                 raw, k = self._list(layout.raw_ids), layout.length_to_n
                 names.append("json")

@@ -36,13 +36,19 @@ def summary(m: Manifest) -> str:
     lines.append("counts: " + ", ".join(f"{k}={v}" for k, v in c.items() if not isinstance(v, dict)))
     lines.append("interactions per split: " + ", ".join(f"{k}={v}" for k, v in c["interactions"].items()))
     lines.append(f"reconciliation ok: {d.get('reconciliation', {}).get('ok')}")
+    if d.get("labels"):
+        lab = d["labels"]
+        lines.append(f"labels ({lab['column']}): {lab['clicked_rows']} clicked rows, {lab['exposure_rows']} exposure "
+                     f"rows ({lab['exposures']['kept']} kept for {lab['exposures']['users']} users)")
+    if d.get("timestamps"):
+        lines.append(f"timestamps in: {', '.join(d['timestamps']['splits'])}")
     for split, entry in d["splits"].items():
         size = sum(s["bytes"] for s in entry.get("shards", []))
         blocks = ""
         if split in BLOCK_SIZE_KEYS:
             blocks = (f" ({sum(s.get('blocks', 0) for s in entry['shards'])} blocks of <= "
                       f"{entry.get(BLOCK_SIZE_KEYS[split])})")
-        lines.append(f"  {split:6s} {entry.get('samples', 0):>10} samples in {len(entry.get('shards', []))} shards, "
+        lines.append(f"  {split:9s} {entry.get('samples', 0):>10} samples in {len(entry.get('shards', []))} shards, "
                      f"{size / 1e6:.1f} MB{blocks}")
     q = d.get("quarantine") or {}
     if q.get("path"):

@@ -6,6 +6,11 @@ batches of ``batch_size_per_worker`` windows; each batch carries the consumer's 
 after it, so a checkpoint records exactly how far every consumer got. Resuming on the same world
 size skips exactly that much; on another world size the rest of the epoch is re-planned with
 ``redistribute`` and a sample cut mid-way keeps its consumed windows skipped.
+
+A task's collate may ask for more than the windows (its ``needs``): ``"times"``, each window's
+timestamps (the train ``ts.npy``, cut like the items), and ``"exposures"``, the user's exposure
+list (the ``exposures`` split, read alongside with the same chunks: its rows are the train rows).
+Without needs nothing else is read.
 """
 
 from __future__ import annotations
@@ -67,16 +72,33 @@ class ConsumerStream:
 
     def __iter__(self) -> Iterator[SequenceBatch]:
         s = self.s
-        reader = ShardReader(self.dataset_dir, "train", members={"items.npy", "json"})
+        needs = s.get("needs") or frozenset()
+        members = {"items.npy", "json"} | ({"ts.npy"} if "times" in needs else set())
+        reader = ShardReader(self.dataset_dir, "train", members=members)
+        exposures = None
+        if "exposures" in needs:  # its rows are the train rows: the same chunks read it alongside
+            exposures = ShardReader(self.dataset_dir, "exposures", members={"items.npy", "ts.npy"}).iter_chunks(
+                self.chunks)
         samples, batches = self.start.samples, self.start.batches
         pending_skip = self.start.windows
         windows: list[np.ndarray] = []
         users: list[int] = []
         origin: list[tuple[int, int]] = []
         sequences: list[np.ndarray] = []  # each window's whole train sequence (a task's collate may read it)
+        extras: dict[str, list] = {k: [] for k in needs}
         for g, sample in reader.iter_chunks(self.chunks):
             sequence = sample.members["items.npy"]
             seq_windows = training_windows(sequence, s["max_seq_len"], s["mode"])
+            if needs:
+                # The same cut of the timestamps gives each window's times.
+                seq_times = training_windows(sample.members["ts.npy"], s["max_seq_len"], s["mode"]) \
+                    if "times" in needs else None
+                seen = None
+                if exposures is not None:
+                    eg, exposed = next(exposures)
+                    if eg != g:
+                        raise RuntimeError(f"exposures row {eg} read beside train row {g}: the splits disagree")
+                    seen = (exposed.members["items.npy"], exposed.members["ts.npy"])
             # Both are absolute counts of this sample's windows already consumed.
             skip = max(pending_skip, self.window_skips.get(g, 0))
             pending_skip = 0
@@ -86,23 +108,30 @@ class ConsumerStream:
                 users.append(user)
                 origin.append((g, w_index))
                 sequences.append(sequence)
+                if "times" in needs:
+                    extras["times"].append(seq_times[w_index])
+                if "exposures" in needs:
+                    extras["exposures"].append(seen)
                 if len(windows) == s["batch_size"]:
                     done = w_index + 1 == len(seq_windows)
                     cursor = DataCursor(self.consumer, samples + (1 if done else 0), 0 if done else w_index + 1,
                                         batches + 1)
-                    yield self._collate(windows, users, origin, batches, cursor, sequences)
+                    yield self._collate(windows, users, origin, batches, cursor, sequences, extras)
                     windows, users, origin, sequences, batches = [], [], [], [], batches + 1
+                    extras = {k: [] for k in needs}
             samples += 1
         if windows:
             yield self._collate(windows, users, origin, batches, DataCursor(self.consumer, samples, 0, batches + 1),
-                                sequences)
+                                sequences, extras)
 
     def _collate(self, windows: list[np.ndarray], users: list[int], origin: list[tuple[int, int]],
-                 batch_index: int, cursor: DataCursor, sequences: list[np.ndarray]) -> Any:
+                 batch_index: int, cursor: DataCursor, sequences: list[np.ndarray],
+                 extras: dict[str, list] | None = None) -> Any:
         s = self.s
         provenance = np.asarray(origin, dtype=np.int64).reshape(-1, 2)
         if s.get("collate") is not None:  # the task's own batch (TrainData's ``collate``)
-            batch = s["collate"](windows, users, sequences, provenance, s["epoch"])
+            more = {"extras": extras} if s.get("needs") else {}
+            batch = s["collate"](windows, users, sequences, provenance, s["epoch"], **more)
             batch.cursor, batch.provenance = cursor, provenance
             return attach_content(batch, s["content"])
         generator = None
@@ -177,6 +206,9 @@ class TrainData:
             with each window's whole train sequence and its ``(global sample index, window index)``
             row of ``provenance`` (``int64 [B, 2]``); it returns a ``TensorBatch`` with
             ``unique_items``, whose ``cursor`` and ``provenance`` the stream sets. None: ``SequenceBatch``.
+            A collate with a ``needs`` attribute (``{"times", "exposures"}``) also gets
+            ``extras={"times": [each window's timestamps], "exposures": [(items, timestamps) of the
+            row's user]}`` (module docstring).
     """
 
     def __init__(self, cfg: TrainJobConfig, manifest: Manifest, *, rank: int, world_size: int,
@@ -216,7 +248,8 @@ class TrainData:
                 "batch_size": self.cfg.batch_size_per_worker, "num_items": self.num_items,
                 "negatives": self._collate["negatives"], "sampler_probs": self._collate["sampler_probs"],
                 "all_items": self._collate["all_items"], "seed": self.cfg.train.seed, "epoch": epoch,
-                "content": self.content_store, "collate": self._task_collate}
+                "content": self.content_store, "collate": self._task_collate,
+                "needs": frozenset(getattr(self._task_collate, "needs", ()))}
 
     def canonical_plan(self, epoch: int, world_size: int, loader_workers: int) -> list[list[Chunk]]:
         """The epoch's plan for a run of ``world_size`` ranks with ``loader_workers`` workers each."""

@@ -16,9 +16,9 @@ __all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "SPLITS", "BLOCK_SIZE_KEYS", "Shar
 
 SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
-SPLITS = ("train", "valid", "test", "items", "content", "text")
+SPLITS = ("train", "valid", "test", "items", "content", "text", "exposures")
 BLOCK_SIZE_KEYS = {"train": "users_per_block", "valid": "users_per_block", "test": "users_per_block",
-                   "items": "items_per_block"}
+                   "items": "items_per_block", "exposures": "users_per_block"}
 """The split entry key holding the rows per block of each blocked split (schema 2)."""
 
 
@@ -99,6 +99,25 @@ class Manifest:
     def num_users(self) -> int:
         """Number of kept users U."""
         return int(self.data["counts"]["users"])
+
+    @property
+    def input_format(self) -> str | None:
+        """The ingested input's format (``pairs_csv``, ``pairs_tsv``), None when the manifest does not say."""
+        return self.data.get("config", {}).get("ingest", {}).get("format")
+
+    @property
+    def labels(self) -> dict[str, Any] | None:
+        """The ``labels`` section (input with a per-interaction click label), None without labels."""
+        return self.data.get("labels")
+
+    @property
+    def timestamp_splits(self) -> frozenset[str]:
+        """The user splits whose blocks hold timestamps (``timestamps.splits``; before that section
+        existed, csv datasets stored them in ``train`` only)."""
+        section = self.data.get("timestamps")
+        if section is not None:
+            return frozenset(section.get("splits", ()))
+        return frozenset({"train"}) if self.input_format == "pairs_csv" else frozenset()
 
     def path(self, relative: str) -> str:
         """Join ``relative`` onto the dataset directory."""

@@ -13,6 +13,11 @@ uniform over the complement); a slot still rejected after ``MAX_ATTEMPTS`` (a us
 with nearly every item) takes the ``h mod |complement|``-th item of the explicit complement, also
 uniform. Draws are with replacement across slots. A user who interacted with every item gets 0
 (padding) in every slot.
+
+Drawing from a given pool per row (``sample_from_pools``, e.g. a user's exposures for MTIN's
+label-0 candidates) uses the same keys: every distinct item of a row's pool gets the hash of
+``(row key, POOL_TAG, item)`` and the ``count`` smallest are taken, in hash order: a uniform subset
+without replacement, in random order, again a function of the key alone.
 """
 
 from __future__ import annotations
@@ -21,13 +26,16 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["STREAMS", "row_keys", "sample_non_interacted", "MAX_ATTEMPTS"]
+__all__ = ["STREAMS", "row_keys", "sample_non_interacted", "sample_from_pools", "MAX_ATTEMPTS", "POOL_TAG"]
 
 MAX_ATTEMPTS = 32
 """Rejection rounds before a slot falls back to the explicit complement (each round redraws only rejected slots)."""
 
 STREAMS = {"train": 0, "valid": 1, "test": 2}
 """Stream ids of the row keys: training draws (per epoch and window) and each evaluation split's."""
+
+POOL_TAG = 0x706F6F6C5F746167
+"""Hashed in before the item by ``sample_from_pools``: its draws are independent of the slots' draws."""
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -131,3 +139,39 @@ def sample_non_interacted(keys: np.ndarray, count: int, excluded: Sequence[np.nd
         h = _draw(keys[r:r + 1], slots[cols], MAX_ATTEMPTS)[0]
         out[r, cols] = complement[(h % np.uint64(len(complement))).astype(np.int64)]
     return out
+
+
+def sample_from_pools(keys: np.ndarray, pools: Sequence[np.ndarray], count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` distinct items per row drawn uniformly without replacement from the row's pool.
+
+    Args:
+        keys: ``uint64 [B]`` row keys (``row_keys``).
+        pools: Per row, the items it may return (repeats count once; any order).
+        count: Items per row.
+
+    Returns:
+        ``(items int64 [B, count], filled int64 [B])``: row ``r``'s first ``filled[r] = min(count,
+        distinct pool items)`` slots hold the draw, the rest 0.
+    """
+    b = len(keys)
+    if len(pools) != b:
+        raise ValueError(f"sample_from_pools: {b} keys but {len(pools)} pools")
+    out = np.zeros((b, count), dtype=np.int64)
+    lengths = np.array([len(p) for p in pools], dtype=np.int64)
+    if b == 0 or count == 0 or not lengths.sum():
+        return out, np.zeros(b, dtype=np.int64)
+    rows = np.repeat(np.arange(b, dtype=np.int64), lengths)
+    items = np.concatenate([np.asarray(p, dtype=np.int64).ravel() for p in pools])
+    order = np.lexsort((items, rows))
+    rows, items = rows[order], items[order]
+    distinct = np.ones(len(rows), dtype=bool)
+    distinct[1:] = (rows[1:] != rows[:-1]) | (items[1:] != items[:-1])
+    rows, items = rows[distinct], items[distinct]
+    h = _combine(_combine(np.asarray(keys, dtype=np.uint64)[rows], POOL_TAG), items)
+    order = np.lexsort((h, rows))  # by row, then by hash: a random order of each row's pool
+    rows, items = rows[order], items[order]
+    sizes = np.bincount(rows, minlength=b)
+    rank = np.arange(len(rows)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    take = rank < count
+    out[rows[take], rank[take]] = items[take]
+    return out, np.minimum(sizes, count).astype(np.int64)

@@ -45,6 +45,15 @@ a cluster 30.2% of the time (0.3 + 0.7 * sum of squared cluster masses). On the 
 5,000 items) a 3-epoch SASRec reaches test HR@10 0.21 against the popularity baseline's 0.022
 (``mvrec_dist.eval.baselines``); on MicroLens-50K it is 0.0725 against 0.0024.
 
+Exposures (``exposures = r > 0``, needs ``structure > 0``; 0 leaves the csv byte for byte as above): each
+user also gets about ``r`` label-0 rows (shown, not clicked) per interaction, and the csv a ``label``
+column (``user,item,timestamp,label``, the interactions labelled 1). An exposure's cluster is drawn by
+popularity mass among the clusters none of the user's interactions is in, its item by popularity within
+it, so what a user is shown but skips is learnable: other interests than the ones they click (MTIN's
+negative branch, ``task.negatives: exposures``). Each exposure is shown shortly before one of the user's
+interactions (a uniform time in the gap before it), no item twice to a user. Exposures use their own
+random stream: the interactions are exactly those of ``exposures = 0``.
+
 Users are generated ``chunk_users`` at a time into ``part-%05d.csv`` files by parallel Ray tasks
 (or in-process without Ray); each part depends only on ``(seed, part)`` and the global totals, so
 the same config gives byte-identical files and no process holds more than one part. Totals are
@@ -81,6 +90,9 @@ _TS_START_MS = 1_559_347_200_000  # 2019-06-01, MicroLens' collection period
 _TS_SPAN_MS = 2 * 365 * 86_400_000
 _GAP_MEAN_MS = 6 * 3_600_000
 _CSV_HEADER = b"user,item,timestamp\n"
+_LABELED_CSV_HEADER = b"user,item,timestamp,label\n"
+_EXPOSURE_ROUNDS = 16
+"""Redraws of an exposure that lands in a followed cluster or repeats an item; what is left is dropped."""
 
 
 def _grid_max(f, a: tuple[float, float], b: tuple[float, float], *, log_a: bool = False, log_b: bool = False,
@@ -356,10 +368,63 @@ def generate_part(cfg: SyntheticConfig, part: int) -> bytes:
     csum = np.cumsum(gaps)
     ts = np.repeat(start, n) + csum - np.repeat(csum[first] - gaps[first], n)
     shuffle = rng.permutation(len(local))
-    table = pa.table({"user": (local + lo + 1)[shuffle], "item": ids[rank][shuffle], "timestamp": ts[shuffle]})
+    columns = {"user": (local + lo + 1)[shuffle], "item": ids[rank][shuffle], "timestamp": ts[shuffle]}
+    header = _CSV_HEADER
+    if cfg.exposures > 0:
+        header = _LABELED_CSV_HEADER
+        e_local, e_rank, e_ts = _exposures(cfg, part, clusters, local, rank, ts, gaps)
+        mix = np.random.default_rng([cfg.seed, part, 1 << 33, 1]).permutation(len(local) + len(e_local))
+        columns = {"user": np.concatenate([columns["user"], e_local + lo + 1])[mix],
+                   "item": np.concatenate([columns["item"], ids[e_rank]])[mix],
+                   "timestamp": np.concatenate([columns["timestamp"], e_ts])[mix],
+                   "label": np.concatenate([np.ones(len(local), np.int8), np.zeros(len(e_local), np.int8)])[mix]}
     sink = pa.BufferOutputStream()
-    pcsv.write_csv(table, sink, write_options=pcsv.WriteOptions(include_header=False, quoting_style="none"))
-    return _CSV_HEADER + sink.getvalue().to_pybytes()
+    pcsv.write_csv(pa.table(columns), sink, write_options=pcsv.WriteOptions(include_header=False,
+                                                                            quoting_style="none"))
+    return header + sink.getvalue().to_pybytes()
+
+
+def _exposures(cfg: SyntheticConfig, part: int, clusters: _Clusters, local: np.ndarray, rank: np.ndarray,
+               ts: np.ndarray, gaps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The exposures of one part: ``(local user, item rank, timestamp)``, int64 arrays (module docstring).
+
+    Args:
+        cfg: The synthetic settings (``exposures > 0``).
+        part: Part index (with the seed, the exposures' own random stream).
+        clusters: The latent clusters.
+        local, rank, ts, gaps: The part's interactions (users' consecutive, in time order) and the
+            gap before each.
+    """
+    rng = np.random.default_rng([cfg.seed, part, 1 << 33])
+    users = int(local[-1]) + 1
+    n = np.bincount(local, minlength=users)
+    first = np.cumsum(n) - n
+    # Stochastic rounding: the expected count is exactly r per interaction.
+    m = np.floor(cfg.exposures * n + rng.random(users)).astype(np.int64)
+    e_local = np.repeat(np.arange(users, dtype=np.int64), m)
+    count = len(clusters.cdf)
+    # Sorted (user, cluster) keys of the clusters each user clicks in (sparse: users x clusters is large at scale).
+    followed = np.unique(local * count + clusters.of_rank[rank])
+    cluster = np.zeros(len(e_local), dtype=np.int64)
+    e_rank = np.zeros(len(e_local), dtype=np.int64)
+    todo = np.arange(len(e_local))
+    for _ in range(_EXPOSURE_ROUNDS):
+        if not len(todo):
+            break
+        c = np.searchsorted(clusters.cdf, rng.random(len(todo)), side="right").clip(0, count - 1)
+        cluster[todo], e_rank[todo] = c, clusters.draw(c, rng.random(len(todo)))
+        key = e_local * count + cluster
+        bad = followed[np.searchsorted(followed, key).clip(0, len(followed) - 1)] == key
+        repeat = np.zeros(len(e_local), dtype=bool)
+        repeat[_repeats(e_local, e_rank, cfg.items)] = True
+        todo = np.flatnonzero(bad | repeat)
+    keep = np.ones(len(e_local), dtype=bool)
+    keep[todo] = False
+    e_local, e_rank = e_local[keep], e_rank[keep]
+    # Shown shortly before one of the user's interactions: a uniform time in the gap before it.
+    at = first[e_local] + (rng.random(len(e_local)) * n[e_local]).astype(np.int64).clip(0, n[e_local] - 1)
+    e_ts = ts[at] - (rng.random(len(e_local)) * gaps[at]).astype(np.int64).clip(0, gaps[at] - 1) - 1
+    return e_local, e_rank, e_ts
 
 
 def _write_part(cfg: SyntheticConfig, part: int) -> dict:
@@ -376,7 +441,8 @@ def _describe(cfg: SyntheticConfig) -> dict:
                     "pop_offset_fraction": POP_OFFSET_FRACTION, "pop_head_boost": POP_HEAD_BOOST,
                     "pop_head_fraction": POP_HEAD_FRACTION},
             # Only when on, so unstructured generations made before it existed stay reusable.
-            **({"structure": cfg.structure, "cluster_size": cfg.cluster_size} if cfg.structure > 0 else {})}
+            **({"structure": cfg.structure, "cluster_size": cfg.cluster_size} if cfg.structure > 0 else {}),
+            **({"exposures": cfg.exposures} if cfg.exposures > 0 else {})}
 
 
 def generate(cfg: SyntheticConfig, *, use_ray: bool | None = None) -> str:

@@ -5,10 +5,12 @@ Recomputes every shard's and file's sha256 and size, reads every sample (``.npy`
 order, uniqueness and member adjacency, block and row counts per shard, members, dtypes, shapes,
 offsets and consecutive ids of every block, that train/valid/test of the same users agree (valid
 history = train items, test history = valid history + valid target), ids against the maps, the
-titles flags); the content split and trunk-feature stores (``verify_content``); the train item
-counts; and the count identities of ``shards/README.md``. Every problem names the file, and the
-block where there is one (``train/train-00003.tar:b0000000123: offsets.npy must ...``). Prints
-every problem and exits 1 when there is any, 0 otherwise.
+titles flags, the timestamps of every split that has them); the ``exposures`` split and the
+``labels`` counts of labelled datasets; the content split and trunk-feature stores
+(``verify_content``); the train item counts; and the count identities of ``shards/README.md``.
+Every problem names the file, and the block where there is one
+(``train/train-00003.tar:b0000000123: offsets.npy must ...``). Prints every problem and exits 1 when
+there is any, 0 otherwise.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import sys
 import numpy as np
 
 from mvrec_dist.data.manifest import ManifestError, load_manifest
-from mvrec_dist.data.verify_blocks import Problems, check_file, read_file, verify_items, verify_user_splits
+from mvrec_dist.data.verify_blocks import (Problems, check_file, read_file, verify_exposures, verify_items,
+                                           verify_user_splits)
 
 __all__ = ["verify_dataset", "main"]
 
@@ -67,8 +70,9 @@ def verify_dataset(root: str) -> list[str]:
             problems.add("quarantine.tsv", f"{rows} rows, manifest says {m.data['quarantine']['rows']}")
     recount = np.zeros(n_items + 1, dtype=np.int64)
     split_inter = {"train": 0, "valid": 0, "test": 0}
-    has_ts = m.data.get("config", {}).get("ingest", {}).get("format") == "pairs_csv"
+    has_ts = m.input_format == "pairs_csv"
     verify_user_splits(root, m, has_ts, user_map, recount, split_inter, problems)
+    _check_exposures(root, m, user_map, problems)
     if train_counts is not None and not np.array_equal(train_counts, recount):
         problems.add("stats/item_train_counts.npy", "differs from the item counts of the train shards")
     if not m.has_split("items"):
@@ -143,6 +147,39 @@ def _check_counts(m, split_inter: dict[str, int], problems: Problems) -> None:
                                          f"expected {expected}")
 
 
+def _check_exposures(root: str, m, user_map: np.ndarray | None, problems: Problems) -> None:
+    """A labelled dataset's ``exposures`` split against its ``labels`` counts; no split without labels."""
+    labels = m.labels
+    if labels is None:
+        if m.has_split("exposures"):
+            problems.add("manifest", "an exposures split without a labels section")
+        return
+    if not m.has_split("exposures"):
+        problems.add("manifest", "a labels section but no exposures split")
+        return
+    entry = m.data["splits"]["exposures"]
+    if not entry["samples"] == sum(s["samples"] for s in entry["shards"]) == m.num_users:
+        problems.add("manifest", f"split exposures lists {entry['samples']} samples, expected {m.num_users}")
+        return
+    found, users = verify_exposures(root, m, user_map, problems)
+    e = labels["exposures"]
+    if (found, users) != (e["kept"], e["users"]):
+        problems.add("manifest", f"labels.exposures says {e['kept']} exposures of {e['users']} users, the shards "
+                                 f"hold {found} of {users}")
+    c = m.counts
+    identities = {
+        "clicked_rows + exposure_rows = kept + filtered + dropped rows (valid rows)":
+            labels["clicked_rows"] + labels["exposure_rows"] == c["kept_rows"] + c["filtered_rows"]
+            + c.get("dropped_rows", 0),
+        "exposure_rows = kept + filtered + dropped exposures":
+            labels["exposure_rows"] == e["kept"] + e["filtered"] + e["dropped"],
+        "clicked_rows = input_interactions": labels["clicked_rows"] == c["input_interactions"],
+    }
+    for name, ok in identities.items():
+        if not ok:
+            problems.add("manifest labels", f"{name} does not hold")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m mvrec_dist.data.verify", description=__doc__.split("\n")[0])
@@ -160,11 +197,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(features['splits']['features']['shards'])} shards verified)")
         return 0
     m = load_manifest(args.dataset)
-    splits = [s for s in ("train", "valid", "test", "items", "content", "text") if m.has_split(s)]
+    splits = [s for s in ("train", "valid", "test", "exposures", "items", "content", "text") if m.has_split(s)]
     print(f"{args.dataset}: OK ({m.num_users} users, {m.num_items} items, "
           f"{sum(len(m.shards(s)) for s in splits)} shards verified"
           + (f", content for {m.data['content']['counts']['with_content']} items" if "content" in splits else "")
           + (f", title tokens for {m.data['text']['counts']['with_text']} items" if "text" in splits else "")
+          + (f", {m.labels['exposures']['kept']} exposures" if m.labels else "")
           + ")")
     return 0
 

@@ -8,7 +8,10 @@ validates each block with ``blocks.Block.decode`` (members, dtypes, shapes, offs
 ids where the manifest puts them, the key and the block json), and then checks
 vectorised per block: train/valid/test of the same users agree (valid history = train items,
 test history = valid history + valid target), dense item ids are in ``1..N``, raw ids match the
-maps, ``ts.npy`` is present exactly for csv input, item train counts and title flags.
+maps, the timestamps are present exactly in the splits the manifest lists (``timestamps.splits``;
+train only for csv datasets from before that section), agree across the splits and never decrease
+within a user, item train counts and title flags; and the ``exposures`` split of labelled datasets
+(``verify_exposures``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from mvrec_dist.data.blocks import LAYOUTS, Block, BlockError, block_sizes
 from mvrec_dist.data.manifest import Manifest, ShardInfo
 from mvrec_dist.data.members import member_decoder
 
-__all__ = ["Problems", "tar_samples", "read_file", "check_file", "verify_user_splits", "verify_items"]
+__all__ = ["Problems", "tar_samples", "read_file", "check_file", "verify_user_splits", "verify_items",
+           "verify_exposures"]
 
 
 class Problems(list):
@@ -164,8 +168,31 @@ def _blocks(root: str, m: Manifest, split: str, shard: ShardInfo, index: int, fi
     return out
 
 
+def _decreasing(ts: np.ndarray, offsets: np.ndarray) -> bool:
+    """Whether any row of a jagged timestamp array goes back in time."""
+    step = np.diff(ts) < 0
+    starts = offsets[1:-1]
+    step[starts[(starts > 0) & (starts < len(ts))] - 1] = False  # a new row may start earlier
+    return bool(step.any())
+
+
+def _times_agree(tr: Block, va: Block, te: Block) -> list[str]:
+    """What is wrong with the valid/test timestamps against the train ones (all three present)."""
+    bad = []
+    vo, to = va.arrays["offsets.npy"], te.arrays["offsets.npy"]
+    vts, vtt = va.arrays["ts.npy"], va.arrays["targets_ts.npy"]
+    if not np.array_equal(vts, tr.arrays["ts.npy"]):
+        bad.append("valid ts.npy differs from the train timestamps")
+    if not np.array_equal(te.arrays["ts.npy"], np.insert(vts, vo[1:], vtt)):
+        bad.append("test ts.npy is not the valid timestamps followed by the valid target's")
+    full = np.insert(te.arrays["ts.npy"], to[1:], te.arrays["targets_ts.npy"])
+    if _decreasing(full, to + np.arange(len(to))):
+        bad.append("a user's timestamps decrease (sequences are in time order)")
+    return bad
+
+
 def _agree(tr: Block, va: Block, te: Block, n_items: int, user_map: np.ndarray | None,
-           has_ts: bool) -> list[str]:
+           has_ts: bool, eval_ts: bool = False) -> list[str]:
     """What is wrong between the train, valid and test blocks of the same users."""
     bad = []
     vo, to = va.arrays["offsets.npy"], te.arrays["offsets.npy"]
@@ -184,6 +211,12 @@ def _agree(tr: Block, va: Block, te: Block, n_items: int, user_map: np.ndarray |
         bad.append(f"dense item ids outside 1..{n_items}")
     if ("ts.npy" in tr.arrays) != has_ts:
         bad.append("ts.npy " + ("missing (csv input has timestamps)" if has_ts else "present without timestamps"))
+    for split, b in (("valid", va), ("test", te)):
+        if ("ts.npy" in b.arrays, "targets_ts.npy" in b.arrays) != (eval_ts, eval_ts):
+            bad.append(f"{split} ts.npy/targets_ts.npy " + ("missing (the manifest lists timestamps for the split)"
+                                                            if eval_ts else "present; the manifest lists none"))
+    if has_ts and eval_ts and not bad:
+        bad += _times_agree(tr, va, te)
     return bad
 
 
@@ -193,7 +226,7 @@ def verify_user_splits(root: str, m: Manifest, has_ts: bool, user_map: np.ndarra
 
     Args:
         root: Dataset directory.
-        m: Its manifest.
+        m: Its manifest (``timestamp_splits`` says whether valid/test blocks hold timestamps).
         has_ts: Whether the input had timestamps (train blocks hold ``ts.npy`` exactly then).
         user_map: ``maps/users.npy`` or None when unreadable.
         recount: int64 [N+1]; the train item counts are added to it.
@@ -208,6 +241,7 @@ def verify_user_splits(root: str, m: Manifest, has_ts: bool, user_map: np.ndarra
         problems.add("manifest", "train, valid and test have different users_per_block")
         return
     n_items = recount.shape[0] - 1
+    eval_ts = {"valid", "test"} <= m.timestamp_splits
     index = first = 0
     for j in range(len(shards["train"])):
         got = {s: _blocks(root, m, s, shards[s][j], index, first, problems) for s in shards}
@@ -219,7 +253,7 @@ def verify_user_splits(root: str, m: Manifest, has_ts: bool, user_map: np.ndarra
         if any(b is None for b in got.values()):
             continue
         for tr, va, te in zip(got["train"], got["valid"], got["test"]):
-            for message in _agree(tr, va, te, n_items, user_map, has_ts):
+            for message in _agree(tr, va, te, n_items, user_map, has_ts, eval_ts):
                 problems.add(f"{shards['train'][j].path}:{tr.key}", message)
             items = tr.arrays["items.npy"]
             if len(items) and 1 <= items.min() and items.max() <= n_items:  # else reported by _agree
@@ -261,3 +295,39 @@ def verify_items(root: str, m: Manifest, item_map: np.ndarray | None, train_coun
                                           not np.array_equal(block.arrays[name], table[block.ids])):
                     problems.add(where, f"{name} differs from {what}")
     return without
+
+
+def verify_exposures(root: str, m: Manifest, user_map: np.ndarray | None, problems: Problems) -> tuple[int, int]:
+    """Check the ``exposures`` split block by block (labelled datasets).
+
+    Every user has a row (possibly empty); items are dense ids in ``1..N``, timestamps never
+    decrease within a user, raw ids match the maps.
+
+    Args:
+        root: Dataset directory.
+        m: Its manifest.
+        user_map: ``maps/users.npy`` or None when unreadable.
+        problems: Where problems go.
+
+    Returns:
+        ``(exposures, users with at least one)`` found in the shards.
+    """
+    index = first = total = users = 0
+    size = m.block_size("exposures")
+    for shard in m.shards("exposures"):
+        blocks = _blocks(root, m, "exposures", shard, index, first, problems)
+        index += len(block_sizes(shard.samples, size))
+        first += shard.samples
+        for block in blocks or []:
+            where = f"{shard.path}:{block.key}"
+            items, ts, off = (block.arrays[k] for k in ("items.npy", "ts.npy", "offsets.npy"))
+            total += len(items)
+            users += int((np.diff(off) > 0).sum())
+            if len(items) and (items.min() < 1 or items.max() > m.num_items):
+                problems.add(where, f"dense item ids outside 1..{m.num_items}")
+            if _decreasing(ts, off):
+                problems.add(where, "a user's exposure timestamps decrease (exposures are in time order)")
+            if user_map is not None and (block.ids[-1] >= len(user_map) or
+                                         not np.array_equal(block.arrays["raw_users.npy"], user_map[block.ids])):
+                problems.add(where, "raw_users.npy differs from maps/users.npy")
+    return total, users

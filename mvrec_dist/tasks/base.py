@@ -128,6 +128,11 @@ class Task(ABC):
         return (item_table_spec(num_items=manifest.num_items, embedding_dim=m.embedding_dim, init_std=m.init_std,
                                 seed=self.cfg.train.seed),)
 
+    def dataset_problems(self, manifest: Any) -> list[str]:
+        """Why the dataset cannot feed this task (what it lacks), one message each; the driver refuses the
+        run with them before any worker starts. None by default."""
+        return []
+
     @abstractmethod
     def evaluate(self, model: Any, data: TaskData, split: str, log: Any | None = None) -> dict[str, float]:
         """Metrics of ``split`` (``valid`` or ``test``), identical on every rank (collective).

@@ -1,11 +1,12 @@
 """MTIN (Jiang et al., MM'20) in the one trainer: click prediction with a sharded per-user memory.
 
-Batch: ``MTINBatch`` (``tasks/mtin_batch.py``: one example per training window, H_pos, sampled H_neg,
-the positive and sampled label-0 candidates). Sparse features: the batch's unique items in ``item``
-and its users' rows in ``mtin_memory`` (``models.user_encoders.mtin.memory_table_spec``: ``2 s``
-rows of width d per user, a state table in the item table's ``EmbeddingCollection``, row-wise
-shardable). Model: ``MTINTower`` (the ID item tower, ``MTIN``, Eq. 12). Evaluation: MicroLens
-protocol and MTIN's metrics over the full-ranking list.
+Batch: ``MTINBatch`` (``tasks/mtin_batch.py``: one example per training window, H_pos, H_neg, the
+positive and the label-0 candidates, sampled or from the user's exposures (``task.negatives``), and
+the histories' timestamps under ``mtin.time_distance='timestamp'``). Sparse features: the batch's
+unique items in ``item`` and its users' rows in ``mtin_memory``
+(``models.user_encoders.mtin.memory_table_spec``: ``2 s`` rows of width d per user, a state table in
+the item table's ``EmbeddingCollection``, row-wise shardable). Model: ``MTINTower`` (the ID item
+tower, ``MTIN``, Eq. 12). Evaluation: MicroLens protocol and MTIN's metrics over the full-ranking list.
 
 **The memory** (``TableSpec.state``). Each step looks up the rows of the batch's users with the item
 rows (one input all-to-all), MTIN reads them as M_u and returns the updated memory; the tower's
@@ -29,8 +30,15 @@ reads whole parameters in the forward, so ZeRO stages 0-2 only (``TrainJobConfig
 **Full ranking** (``evaluate``): the item half of the scorer's first layer once per evaluation for
 every item (``MTINScorer.item_part``), the user half once per user (memory looked up, never written),
 then ``score_all`` in ``task.user_chunk x task.item_chunk`` blocks; ranks, HR/NDCG and AUC/P/R/F1 by
-``eval.metrics`` and ``eval.scored_ranking``. Evaluation users' H_neg: ``L_neg`` items outside their
-history and target, keyed by ``(train.seed, split, user)``.
+``eval.metrics`` and ``eval.scored_ranking``. Evaluation users' H_neg (``mtin_batch.eval_inputs``):
+``L_neg`` items outside their history and target, keyed by ``(train.seed, split, user)``, or with
+exposures their last ``L_neg`` exposures before the target's time; with timestamps, the stored times
+of history and exposures (valid/test shards hold them).
+
+**Data checks** (``MTINData``): ``negatives: exposures`` needs a labelled dataset, ``time_distance:
+timestamp`` one with timestamps in every split; otherwise the rank stops before training with a
+``ManifestError`` naming the dataset. Results carry ``negatives`` and, with exposures, the counts of
+``mtin_batch.DRAW_COUNTS`` (over the run, resumes included) and ``exposure_empty_users``.
 """
 
 from __future__ import annotations
@@ -38,10 +46,14 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mvrec_dist.data.exposures import UserRows
 from mvrec_dist.data.loader import TrainData
+from mvrec_dist.data.manifest import ManifestError
+from mvrec_dist.data.plan import eval_plan
 from mvrec_dist.eval.metrics import metric_sums
 from mvrec_dist.eval.progress import EvalProgress
 from mvrec_dist.eval.scored_ranking import click_metric_sums, negatives_per_user, ranks_of_scores
@@ -49,7 +61,7 @@ from mvrec_dist.models.recommender import ITEM_FEATURE, TaskOutput
 from mvrec_dist.models.user_encoders.mtin import (MTIN, USER_FEATURE, History, click_loss_sum, memory_row_ids,
                                                   memory_table_spec)
 from mvrec_dist.tasks.base import Task
-from mvrec_dist.tasks.mtin_batch import MTINBatch, MTINCollate, eval_negative_history
+from mvrec_dist.tasks.mtin_batch import DRAW_COUNTS, MTINBatch, MTINCollate, eval_inputs
 
 __all__ = ["MTINTower", "MTINData", "MTINTask"]
 
@@ -95,8 +107,8 @@ class MTINTower(nn.Module):
         """
         items = self.item_representations(embeddings[ITEM_FEATURE], batch.content, batch.content_mask)  # U,D
         rows = embeddings[USER_FEATURE].reshape(len(batch.users), -1)  # B,2sD (2s rows of D per user)
-        positive = History(items[batch.positive_slots], batch.positive > 0)
-        negative = History(items[batch.negative_slots], batch.negative > 0)
+        positive = History(items[batch.positive_slots], batch.positive > 0, batch.positive_times)
+        negative = History(items[batch.negative_slots], batch.negative > 0, batch.negative_times)
         out = self.mtin(positive, negative, rows, items[batch.candidate_slots])  # logits B,C
         real = batch.real_rows  # B
         valid = (batch.candidates > 0) & real[:, None]  # B,C
@@ -122,40 +134,63 @@ class MTINData:
         pin_memory: Pin batches (CUDA).
         content_store: Item content (unused by MTIN in this version; None).
         gather: The all-gather the stream's ``state_dict`` needs on several ranks.
+
+    Raises:
+        ManifestError: when the dataset lacks what ``task.negatives`` or ``mtin.time_distance`` reads
+            (``dataset_problems``).
     """
 
     def __init__(self, cfg: Any, manifest: Any, *, rank: int, world_size: int, pin_memory: bool = False,
                  content_store: Any = None, gather: Callable[[Tensor], Tensor] | None = None):
         t = cfg.task
+        problems = dataset_problems(t, manifest)
+        if problems:
+            raise ManifestError("; ".join(problems))
+        self.negatives, self.times = t.negatives, t.mtin.time_distance == "timestamp"
         self.negative_length = t.negative_length or cfg.data.max_seq_len
         self.collate = MTINCollate(num_items=manifest.num_items, max_seq_len=cfg.data.max_seq_len,
                                    negative_length=self.negative_length, num_negatives=t.num_negatives,
-                                   seed=cfg.train.seed)
+                                   seed=cfg.train.seed, negatives=t.negatives, times=self.times)
         self.stream = TrainData(cfg, manifest, rank=rank, world_size=world_size, pin_memory=pin_memory,
                                 content_store=content_store, gather=gather, collate=self.collate)
         self.rank, self.world_size, self.num_items = rank, world_size, manifest.num_items
+        self.manifest, self.gather = manifest, gather
         self.content_store = content_store
         self.seed = cfg.train.seed
+        self.draws = np.zeros(len(DRAW_COUNTS), dtype=np.int64)  # this rank's, plus the loaded totals on rank 0
+        self._eval_rows: dict[str, tuple[UserRows | None, UserRows | None]] = {}
+        self._empty_users: dict[str, int] = {}
 
     def train_batches(self, epoch: int):
         """This rank's ``MTINBatch``es of (the rest of) ``epoch`` (``TrainData.train_batches``)."""
         return self.stream.train_batches(epoch)
 
     def record(self, batch: MTINBatch | None) -> None:
-        """``batch`` was trained on (its cursor is the stream's position)."""
+        """``batch`` was trained on (its cursor is the stream's position; its exposure counts are added)."""
         self.stream.record(batch)
+        if batch is not None and batch.draws is not None:
+            self.draws += batch.draws
 
     def end_epoch(self) -> None:
         """The epoch is done."""
         self.stream.end_epoch()
 
     def state_dict(self) -> dict[str, Any]:
-        """The stream's position (collective mid-epoch; ``TrainData.state_dict``)."""
-        return self.stream.state_dict()
+        """The stream's position (collective mid-epoch; ``TrainData.state_dict``) and, with exposures, the
+        run's exposure counts summed over ranks (collective)."""
+        state = self.stream.state_dict()
+        if self.negatives == "exposures":
+            rows = torch.from_numpy(self.draws).reshape(1, -1)
+            if self.world_size > 1:
+                rows = self.gather(rows).cpu()
+            state["exposure_draws"] = dict(zip(DRAW_COUNTS, rows.sum(0).tolist()))
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume from ``state_dict()`` output (any world size)."""
+        """Resume from ``state_dict()`` output (any world size; rank 0 carries the loaded counts on)."""
         self.stream.load_state_dict(state)
+        saved = (state or {}).get("exposure_draws") or {}
+        self.draws = np.array([saved.get(k, 0) if self.rank == 0 else 0 for k in DRAW_COUNTS], dtype=np.int64)
 
     def describe_state(self) -> str:
         """The loaded position, for the resume message."""
@@ -173,6 +208,67 @@ class MTINData:
         """This rank's slice of ``split``'s users (``EvalBatch``es, cached)."""
         return self.stream.eval_batches(split)
 
+    def eval_inputs(self, split: str, batch: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """H_neg of an evaluation batch and the histories' times (``mtin_batch.eval_inputs``; CPU).
+
+        The split's timestamps and the users' exposures are read once per split, for this rank's users.
+        """
+        if split not in self._eval_rows:
+            chunks = eval_plan([s.samples for s in self.manifest.shards(split)],
+                               num_consumers=self.world_size)[self.rank]
+            exposures = self.negatives == "exposures"
+            split_rows = (UserRows(self.manifest, split, chunks, jagged_members=("ts.npy",),
+                                   row_members=("targets_ts.npy",)) if self.times or exposures else None)
+            exposure_rows = (UserRows(self.manifest, "exposures", chunks, jagged_members=("items.npy", "ts.npy"))
+                             if exposures else None)
+            self._eval_rows[split] = (split_rows, exposure_rows)
+        split_rows, exposure_rows = self._eval_rows[split]
+        negative, positive_times, negative_times, empty = eval_inputs(
+            batch=batch, split=split, seed=self.seed, length=self.negative_length, num_items=self.num_items,
+            negatives=self.negatives, times=self.times, split_rows=split_rows, exposure_rows=exposure_rows)
+        self._empty_users[split] = self._empty_users.get(split, 0) + empty
+        return negative, positive_times, negative_times
+
+    def negatives_report(self, split: str, sum_over_ranks: Callable[[Tensor], Tensor]) -> dict[str, Any]:
+        """How H_neg and the label-0 candidates were formed, for the result (collective with exposures).
+
+        Returns:
+            ``negatives`` (``task.negatives``) and, with exposures, ``DRAW_COUNTS`` of the training so
+            far and ``exposure_empty_users``: evaluation users of ``split`` without an exposure before
+            their target (counted by the last ``eval_inputs`` pass over the split).
+        """
+        out: dict[str, Any] = {"negatives": self.negatives}
+        if self.negatives == "exposures":
+            local = np.append(self.draws, self._empty_users.pop(split, 0))
+            totals = sum_over_ranks(torch.from_numpy(local.astype(np.float64))).cpu().tolist()
+            out.update({k: int(v) for k, v in zip(DRAW_COUNTS + ("exposure_empty_users",), totals)})
+        return out
+
+
+def dataset_problems(task: Any, manifest: Any) -> list[str]:
+    """Why the dataset cannot feed ``task`` (an ``MTINTaskConfig``): exposures or timestamps it lacks.
+
+    Args:
+        task: The task config.
+        manifest: The dataset's manifest.
+
+    Returns:
+        One message per problem, naming the dataset and the setting; empty when it can.
+    """
+    problems, fmt = [], manifest.input_format or "unknown format"
+    if task.negatives == "exposures" and manifest.labels is None:
+        problems.append(f"{manifest.root}: task.negatives=exposures needs shown-but-not-clicked rows, and this "
+                        f"dataset has none (its {fmt} input had no label column; MicroLens records comments "
+                        "only); ingest csv input with a label column (user,item,timestamp,label) or set "
+                        "task.negatives=sampled")
+    missing = sorted({"train", "valid", "test"} - manifest.timestamp_splits)
+    if task.mtin.time_distance == "timestamp" and missing:
+        why = (f"its {fmt} input has no timestamps" if fmt != "pairs_csv" else
+               "it was ingested before valid/test timestamps were stored; re-ingest it with ingest.overwrite=true")
+        problems.append(f"{manifest.root}: task.mtin.time_distance=timestamp needs timestamps in train, valid and "
+                        f"test, and {', '.join(missing)} hold none ({why}); set task.mtin.time_distance=position")
+    return problems
+
 
 def _jagged_slice(values: Tensor, offsets: Tensor, lo: int, hi: int) -> tuple[Tensor, Tensor]:
     """Rows ``lo:hi`` of a jagged tensor: ``(values, offsets)`` rebased to start at 0."""
@@ -183,6 +279,10 @@ class MTINTask(Task):
     """``task.name=mtin``: see the module docstring."""
 
     examples_key = "users"
+
+    def dataset_problems(self, manifest: Any) -> list[str]:
+        """The exposures or timestamps ``task.negatives`` / ``mtin.time_distance`` read and the dataset lacks."""
+        return dataset_problems(self.cfg.task, manifest)
 
     def table_specs(self, manifest: Any) -> tuple:
         """The item table and the memory table ``mtin_memory`` (keyed by user, a state table)."""
@@ -223,8 +323,9 @@ class MTINTask(Task):
         """HR/NDCG@``eval.ks`` and AUC, Precision/Recall/F1@``eval.click_cutoff`` (default 50) of ``split`` (collective).
 
         Returns:
-            The metrics averaged over the split's users, ``users``, ``seconds`` and ``negatives`` (how
-            H_neg was formed: ``sampled``).
+            The metrics averaged over the split's users, ``users``, ``seconds``, ``negatives`` (how
+            H_neg and the label-0 candidates were formed) and, with exposures, their counts
+            (``MTINData.negatives_report``).
         """
         start = time.perf_counter()
         t, ks = self.cfg.task, self.cfg.eval.ks
@@ -248,13 +349,12 @@ class MTINTask(Task):
                 memory = memory.reshape(len(users), -1)  # B,2sD
                 if batch is None:
                     continue
-                negative = eval_negative_history(seed=data.seed, split=split, users=batch.users,
-                                                 history_values=batch.history_values,
-                                                 history_offsets=batch.history_offsets, targets=batch.targets,
-                                                 length=data.negative_length, num_items=data.num_items).to(device)
+                negative, positive_times, negative_times = (
+                    None if x is None else x.to(device) for x in data.eval_inputs(split, batch))
                 history = batch.history.to(device)
-                state = mtin.user_state(History(item_repr[history], history > 0),
-                                        History(item_repr[negative], negative > 0), memory.to(item_repr.dtype))
+                state = mtin.user_state(History(item_repr[history], history > 0, positive_times),
+                                        History(item_repr[negative], negative > 0, negative_times),
+                                        memory.to(item_repr.dtype))
                 user_part = mtin.scorer.user_part(state.q)  # B,2,H
                 for lo in range(0, len(batch.users), t.user_chunk):
                     hi = min(lo + t.user_chunk, len(batch.users))
@@ -271,5 +371,6 @@ class MTINTask(Task):
         totals = model.sum_over_ranks(sums).cpu()
         users = int(totals[-1])
         result: dict[str, Any] = {n: float(totals[i]) / max(users, 1) for i, n in enumerate(names)}
-        result.update(users=users, seconds=time.perf_counter() - start, negatives=t.negatives)
+        result.update(users=users, seconds=time.perf_counter() - start,
+                      **data.negatives_report(split, model.sum_over_ranks))
         return result

@@ -102,7 +102,10 @@ def preflight(cfg: TrainJobConfig, *, resources: dict | None = None, num_nodes: 
                             "yet; give an ingest preset (jobs/configs/<dataset>/ingest*.yaml) or point "
                             "data.dataset_dir at an ingested dataset")
     # The model's own tables when the dataset is there (their sizes need it); else the item table.
-    problems[:0] = sharding_problems(cfg.parallel, build_task(cfg).table_specs(manifest) if manifest else None)
+    task = build_task(cfg)
+    problems[:0] = sharding_problems(cfg.parallel, task.table_specs(manifest) if manifest else None)
+    if manifest is not None:
+        problems.extend(task.dataset_problems(manifest))
     if evaluating is None and cfg.train.resume not in ("auto", "never"):
         try:
             check_checkpoint(cfg.train.resume, key="train.resume")

@@ -71,3 +71,29 @@ def test_empty_inputs():
     assert sample_non_interacted(keys, 0, [np.array([1])], N).shape == (1, 0)
     with pytest.raises(ValueError, match="2 keys but 1 excluded"):
         sample_non_interacted(np.zeros(2, dtype=np.uint64), 1, [np.array([1])], N)
+
+
+def test_pool_draws_are_distinct_members_of_the_pool_and_count_what_they_filled():
+    from mvrec_dist.data.negatives import sample_from_pools
+
+    pools = [np.array([4, 9, 4, 7, 2]), np.array([], dtype=np.int64), np.array([3, 3]), np.arange(1, 40)]
+    keys = row_keys(1, "train", 0, np.arange(1, 5), np.zeros(4, dtype=np.int64))
+    out, filled = sample_from_pools(keys, pools, 3)
+    assert filled.tolist() == [3, 0, 1, 3]
+    for r, pool in enumerate(pools):
+        got = out[r, :filled[r]].tolist()
+        assert len(set(got)) == len(got) and set(got) <= set(pool.tolist()) and not out[r, filled[r]:].any()
+    # A function of the key and the pool's items only: order and repeats of the pool do not matter.
+    again, _ = sample_from_pools(keys, [p[::-1] for p in pools], 3)
+    np.testing.assert_array_equal(again, out)
+
+
+def test_pool_draws_are_uniform_subsets():
+    from mvrec_dist.data.negatives import sample_from_pools
+
+    pool = np.arange(10, 20)
+    keys = row_keys(5, "train", 0, np.arange(1, 4001), np.zeros(4000, dtype=np.int64))
+    out, filled = sample_from_pools(keys, [pool] * 4000, 2)
+    assert (filled == 2).all()
+    counts = np.bincount(out.ravel(), minlength=20)[10:]
+    assert counts.min() > 0.8 * 800 and counts.max() < 1.2 * 800  # 8,000 draws over 10 items

@@ -135,3 +135,26 @@ def test_fitted_constants_reproduce_from_microlens_50k(microlens_50k):
         real_top = np.sort(item_counts)[::-1]
         assert fake_top[:100].mean() == pytest.approx(real_top[:100].mean(), rel=0.2)
     assert synthetic.MIN_LEN == lengths.min()
+
+
+def test_exposures_come_from_clusters_the_user_never_clicks_and_leave_the_interactions_as_they_were():
+    cfg = SyntheticConfig(**{**STRUCTURED.__dict__, "exposures": 1.0})
+    data = generate_part(cfg, 1)
+    assert data.startswith(b"user,item,timestamp,label\n")
+    rows = np.loadtxt(io.BytesIO(data), delimiter=",", skiprows=1, dtype=np.int64)
+    clicked, shown = rows[rows[:, 3] == 1, :3], rows[rows[:, 3] == 0, :3]
+    # The interactions are exactly those of the generation without exposures (own random stream).
+    plain = rows_of(generate_part(STRUCTURED, 1))
+    assert np.array_equal(*(r[np.lexsort((r[:, 2], r[:, 0]))] for r in (clicked, plain)))
+    assert 0.8 * len(clicked) < len(shown) <= 1.1 * len(clicked)  # about one per interaction (a few dropped)
+    clusters = item_clusters(cfg)
+    followed = set(zip(clicked[:, 0].tolist(), clusters[clicked[:, 1]].tolist()))
+    assert not followed & set(zip(shown[:, 0].tolist(), clusters[shown[:, 1]].tolist()))
+    assert len(np.unique(shown[:, 0] * 1000 + shown[:, 1])) == len(shown)  # no item shown twice to a user
+    # Each is shown in the gap before one of the user's interactions: never after their last one.
+    last_click = np.zeros(cfg.users + 1, dtype=np.int64)
+    np.maximum.at(last_click, clicked[:, 0], clicked[:, 2])
+    assert (shown[:, 2] < last_click[shown[:, 0]]).all()
+    assert generate_part(cfg, 1) == data
+    with pytest.raises(ConfigError, match="exposures: needs synthetic.structure"):
+        SyntheticConfig(exposures=1.0)

@@ -165,9 +165,10 @@ def test_config_checks_and_metrics():
     assert [m.name for m in cfg.metrics] == ["hr@10", "ndcg@10", "hr@20", "ndcg@20", "auc", "precision@50",
                                              "recall@50", "f1@50"]
     assert all(m.higher_is_better for m in cfg.metrics)
-    for override, fragment in [("task.negatives=exposures", "task.negatives: 'exposures' needs a per-interaction"),
-                               ("task.mtin.time_distance=timestamp", "task.mtin.time_distance: 'timestamp' needs"),
-                               ("parallel.zero_stage=3", "parallel.zero_stage: task mtin adds lambda"),
+    # What the dataset must hold for these is checked against its manifest (test_mtin_exposures.py).
+    both = _cfg("task.negatives=exposures", "task.mtin.time_distance=timestamp")
+    assert both.task.negatives == "exposures" and both.task.mtin.time_distance == "timestamp"
+    for override, fragment in [("parallel.zero_stage=3", "parallel.zero_stage: task mtin adds lambda"),
                                ("model.item_tower=content", "model.item_tower: task mtin reads item IDs only")]:
         extra = [override] + (["model.content_encoder.name=minilm", "model.loss.name=inbatch_softmax"]
                               if "content" in override else [])

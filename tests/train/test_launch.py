@@ -31,6 +31,15 @@ def test_a_video_tower_on_a_dataset_without_content_fails_preflight(manifest_dat
                                   "none; run jobs/ingest_microlens.py with video.enabled=true video.videos=<dir> on it"]
 
 
+def test_mtin_with_exposures_on_a_dataset_without_labels_fails_preflight(manifest_dataset, tmp_path):
+    cfg = load_config(TrainJobConfig, REPO / "jobs" / "configs" / "microlens-50k" / "mtin.yaml",
+                      [f"data.dataset_dir={manifest_dataset}", f"train.storage_path={tmp_path / 'runs'}",
+                       "task.negatives=exposures"])
+    with pytest.raises(PreflightError) as exc:
+        preflight(cfg)
+    assert [p.split(": ", 1)[1][:44] for p in exc.value.problems] == ["task.negatives=exposures needs shown-but-not"]
+
+
 def test_evaluation_needs_the_features_training_would_build(manifest_dataset, tmp_path, monkeypatch):
     """Training may build a missing trunk-feature store (trunk_cache.build_if_missing); evaluation
     never does, so its content check treats the store as required."""

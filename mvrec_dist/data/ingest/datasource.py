@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
@@ -50,9 +51,12 @@ class BlockReport:
     rows: int
     """Valid rows."""
     interactions: int
+    """Interactions among them (every valid row's items; with labels, the label-1 rows)."""
     bad_rows: int
     bom: int = 0
     """1 when the range starts its file with a UTF-8 byte-order mark (stripped)."""
+    exposures: int = 0
+    """Valid label-0 rows (shown, not clicked); 0 without the label column."""
 
 
 @ray.remote(num_cpus=0)
@@ -77,10 +81,10 @@ def quarantine_part_path(parts_dir: str, file_index: int, start: int) -> str:
 
 
 def _read(r: ByteRange, fmt: str, policy: str, ledger: "ray.actor.ActorHandle",
-          parts_dir: str | None) -> Iterable[pa.Table]:
+          parts_dir: str | None, labels: bool = False) -> Iterable[pa.Table]:
     offset, data = read_range(r)
     at_eof = offset + len(data) >= r.file.size
-    parsed = parse_block(data, fmt, file_index=r.file.index, offset=offset, at_eof=at_eof)
+    parsed = parse_block(data, fmt, file_index=r.file.index, offset=offset, at_eof=at_eof, labels=labels)
     if parsed.bad and policy == "error":
         bad = parsed.bad[0]
         line = count_newlines(r.file, offset) + bad.index + 1
@@ -91,10 +95,13 @@ def _read(r: ByteRange, fmt: str, policy: str, ledger: "ray.actor.ActorHandle",
         text = "".join(f"{b.index}\t{b.reason}\t{escape_raw(b.raw)}\n" for b in parsed.bad)
         with dfs.open_output_stream(quarantine_part_path(parts_dir, r.file.index, r.start)) as out:
             out.write(text.encode("utf-8"))
+    exposures = 0
+    if labels and parsed.table.num_rows:
+        exposures = int(parsed.table.num_rows - pc.sum(parsed.table.column("label")).as_py())
     ray.get(ledger.record.remote(BlockReport(
         file_index=r.file.index, start=r.start, offset=offset, lines=parsed.lines,
-        header_rows=parsed.header_rows, rows=parsed.rows, interactions=parsed.table.num_rows,
-        bad_rows=len(parsed.bad), bom=parsed.bom)))
+        header_rows=parsed.header_rows, rows=parsed.rows, interactions=parsed.table.num_rows - exposures,
+        bad_rows=len(parsed.bad), bom=parsed.bom, exposures=exposures)))
     yield parsed.table
 
 
@@ -102,7 +109,7 @@ class InteractionsDatasource(Datasource):
     """Raw MicroLens interactions (``pairs_csv`` or ``pairs_tsv``) as a Ray Data source."""
 
     def __init__(self, ranges: list[ByteRange], fmt: str, *, on_bad_rows: str,
-                 ledger: "ray.actor.ActorHandle", quarantine_dir: str | None) -> None:
+                 ledger: "ray.actor.ActorHandle", quarantine_dir: str | None, labels: bool = False) -> None:
         """Create the source.
 
         Args:
@@ -112,6 +119,7 @@ class InteractionsDatasource(Datasource):
             ledger: A ``ReadLedger`` actor receiving each range's report.
             quarantine_dir: Directory (local or URI) for quarantine part files; required with
                 ``quarantine``.
+            labels: ``pairs_csv`` rows carry the label column (``sources.detect_labels``).
         """
         super().__init__()
         if on_bad_rows == "quarantine" and not quarantine_dir:
@@ -121,6 +129,7 @@ class InteractionsDatasource(Datasource):
         self._policy = on_bad_rows
         self._ledger = ledger
         self._parts_dir = quarantine_dir
+        self._labels = labels
 
     def estimate_inmemory_data_size(self) -> int:
         """Approximate bytes of the parsed tables."""
@@ -129,12 +138,13 @@ class InteractionsDatasource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: object | None = None) -> list[ReadTask]:
         """One task per byte range; ``parallelism`` is ignored (ranges come from the config)."""
-        schema = interaction_schema(self._fmt)
+        schema = interaction_schema(self._fmt, self._labels)
         tasks = []
         for r in self._ranges:
             meta = BlockMetadata(num_rows=None, size_bytes=int((r.end - r.start) * _EXPANSION[self._fmt]),
                                  exec_stats=None, input_files=(r.file.display,))
-            read_fn = functools.partial(_read, r, self._fmt, self._policy, self._ledger, self._parts_dir)
+            read_fn = functools.partial(_read, r, self._fmt, self._policy, self._ledger, self._parts_dir,
+                                        self._labels)
             tasks.append(ReadTask(read_fn, meta, schema=schema))
         return tasks
 

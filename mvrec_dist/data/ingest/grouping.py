@@ -11,6 +11,12 @@ lists of all blocks are merged and a user found in two blocks fails the job
 Since a block holds every row of its users, this is also where duplicate rows of a user meet,
 whichever read ranges they came from: ``duplicates.py`` finds them and ``ingest.duplicates``
 keeps, drops or rejects them.
+
+Labelled input (a ``label`` column, ``pairs_csv`` only): label-1 rows are the user's interactions,
+exactly as unlabelled rows are; label-0 rows are *exposures* (shown, not clicked) and never enter the
+sequence, its length (``min_seq_len`` counts interactions), the split or the item counts. They are
+kept per user in the same (timestamp, order key) order as ``exp_items``/``exp_ts``. A duplicate is a
+repeat of a whole row, label included, so interactions and exposures are checked apart.
 """
 
 from __future__ import annotations
@@ -18,19 +24,24 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from mvrec_dist.data.ingest.duplicates import POLICIES, csv_duplicates, duplicate_error, tsv_duplicates
+from mvrec_dist.data.ingest.duplicates import POLICIES, Duplicates, csv_duplicates, duplicate_error, tsv_duplicates
 from mvrec_dist.data.ingest.sources import InputFile
 
 __all__ = ["grouped_schema", "group_users", "user_order"]
 
 
-def grouped_schema(with_ts: bool) -> pa.Schema:
-    """Schema of ``group_users`` output: one row per user (kept or dropped)."""
+def grouped_schema(with_ts: bool, labels: bool = False) -> pa.Schema:
+    """Schema of ``group_users`` output: one row per user (kept or dropped); with ``labels`` the
+    exposure columns ``exposures`` (count), ``exp_dropped`` (duplicate exposure rows dropped),
+    ``exp_items`` and ``exp_ts``."""
     fields = [pa.field("user", pa.int64()), pa.field("n", pa.int64()), pa.field("rows", pa.int64()),
               pa.field("dup_rows", pa.int64()), pa.field("dropped", pa.int64()), pa.field("kept", pa.bool_()),
               pa.field("items", pa.large_list(pa.int64()))]
     if with_ts:
         fields.append(pa.field("ts", pa.large_list(pa.int64())))
+    if labels:
+        fields += [pa.field("exposures", pa.int64()), pa.field("exp_dropped", pa.int64()),
+                   pa.field("exp_items", pa.large_list(pa.int64())), pa.field("exp_ts", pa.large_list(pa.int64()))]
     return pa.schema(fields)
 
 
@@ -61,7 +72,7 @@ def user_order(user: np.ndarray, ts: np.ndarray, order: np.ndarray) -> np.ndarra
 
 
 def group_users(block: pa.Table, *, min_seq_len: int, with_ts: bool, duplicates: str = "keep",
-                files: list[InputFile] | None = None) -> pa.Table:
+                files: list[InputFile] | None = None, labels: bool | None = None) -> pa.Table:
     """Group one block of interactions into per-user sequences.
 
     Args:
@@ -72,27 +83,36 @@ def group_users(block: pa.Table, *, min_seq_len: int, with_ts: bool, duplicates:
         duplicates: ``ingest.duplicates``: ``keep`` (default here, the behaviour before the
             setting existed), ``drop`` or ``error`` (``duplicates.py``).
         files: The input files by index, naming file and line in a duplicates error.
+        labels: Whether the input carries the label column (None: whether ``block`` has one; the
+            pipeline says it, so that empty blocks get the same schema as the others).
 
     Returns:
         A table (``grouped_schema``) with one row per user in ascending raw user id: ``n``
         interactions and ``rows`` input rows after dropping duplicates, ``dup_rows`` duplicate
         rows found, ``dropped`` interactions dropped with them, ``kept``, and for kept users the
-        ordered raw ``items`` (and ``ts``).
+        ordered raw ``items`` (and ``ts``); with a ``label`` column also the exposure columns (a
+        user with exposures only has ``n = 0`` and is not kept).
 
     Raises:
         IngestError: with ``duplicates=error``, naming the earliest duplicate row of the block.
     """
     if duplicates not in POLICIES:
         raise ValueError(f"duplicates must be one of {POLICIES}, got {duplicates!r}")
-    schema = grouped_schema(with_ts)
+    labels = "label" in block.column_names if labels is None else labels
+    schema = grouped_schema(with_ts, labels)
     if block.num_rows == 0:
         return schema.empty_table()
     user, item, ts, order = (_np(block, c) for c in ("user", "item", "ts", "order"))
     first = _np(block, "first") if "first" in block.column_names else None
+    label = _np(block, "label") if labels else None
     idx = user_order(user, ts, order)
     if idx is not None:
         user, item, ts, order = user[idx], item[idx], ts[idx], order[idx]
         first = first[idx] if first is not None else None
+        label = label[idx] if label is not None else None
+    if label is not None:
+        return _group_labelled(user, item, ts, order, label == 1, min_seq_len=min_seq_len, duplicates=duplicates,
+                               files=files, schema=schema)
     boundary = np.empty(len(user), dtype=bool)
     boundary[0] = True
     np.not_equal(user[1:], user[:-1], out=boundary[1:])
@@ -122,4 +142,48 @@ def group_users(block: pa.Table, *, min_seq_len: int, with_ts: bool, duplicates:
                "kept": kept, "items": pa.LargeListArray.from_arrays(offsets, item[take])}
     if with_ts:
         columns["ts"] = pa.LargeListArray.from_arrays(offsets, ts[take])
+    return pa.table(columns, schema=schema)
+
+
+def _group_labelled(user: np.ndarray, item: np.ndarray, ts: np.ndarray, order: np.ndarray, clicked: np.ndarray, *,
+                    min_seq_len: int, duplicates: str, files: list[InputFile] | None, schema: pa.Schema) -> pa.Table:
+    """``group_users`` of a sorted block with labels: interactions (``clicked``) and exposures apart."""
+    boundary = np.empty(len(user), dtype=bool)
+    boundary[0] = True
+    np.not_equal(user[1:], user[:-1], out=boundary[1:])
+    group = np.cumsum(boundary) - 1  # user group of every row
+    groups = int(group[-1]) + 1
+    # Each class keeps the block's (user, timestamp, order key) order; a user may have none of one.
+    sides = []
+    for rows_of in (np.flatnonzero(clicked), np.flatnonzero(~clicked)):
+        g = group[rows_of]
+        count = np.bincount(g, minlength=groups)
+        found = csv_duplicates(user[rows_of], item[rows_of], ts[rows_of], np.cumsum(count) - count)
+        sides.append((rows_of, g, count, found))
+    if duplicates == "error" and any(f.later is not None for *_, f in sides):
+        # One message for the block: the earliest duplicate of either class, with the total count.
+        dup = np.concatenate([r[f.dup] for r, *_, f in sides if f.later is not None])
+        orig = np.concatenate([r[f.orig] for r, *_, f in sides if f.later is not None])
+        found = Duplicates(rows=sides[0][3].rows + sides[1][3].rows, dup=dup, orig=orig)  # indices into the block
+        raise duplicate_error(found, user, item, ts, order, tsv=False, files=files)
+    kept_rows, dropped = [], []
+    for rows_of, g, count, found in sides:
+        gone = np.zeros(groups, dtype=np.int64)
+        if found.later is not None and duplicates == "drop":
+            gone = np.bincount(g[found.later], minlength=groups)
+            rows_of = rows_of[~found.later]
+        kept_rows.append(rows_of)
+        dropped.append(gone)
+    (pos, neg), (n_drop, e_drop) = kept_rows, dropped
+    n = np.bincount(group[pos], minlength=groups)
+    n_exp = np.bincount(group[neg], minlength=groups)
+    kept = n >= min_seq_len
+    pos, neg = pos[kept[group[pos]]], neg[kept[group[neg]]]
+    offsets = np.concatenate([[0], np.cumsum(np.where(kept, n, 0))])
+    exp_offsets = np.concatenate([[0], np.cumsum(np.where(kept, n_exp, 0))])
+    columns = {"user": user[boundary], "n": n, "rows": n + n_exp, "dup_rows": sides[0][3].rows + sides[1][3].rows,
+               "dropped": n_drop, "kept": kept, "items": pa.LargeListArray.from_arrays(offsets, item[pos]),
+               "ts": pa.LargeListArray.from_arrays(offsets, ts[pos]), "exposures": n_exp, "exp_dropped": e_drop,
+               "exp_items": pa.LargeListArray.from_arrays(exp_offsets, item[neg]),
+               "exp_ts": pa.LargeListArray.from_arrays(exp_offsets, ts[neg])}
     return pa.table(columns, schema=schema)

@@ -9,6 +9,10 @@ the object store and every mapping task reads them zero-copy and maps with ``np.
 The merge is also where the whole-groups guarantee of the range partitioning is checked: blocks
 must hold disjoint users, and a user seen in two blocks fails the job instead of producing two
 samples.
+
+With labelled input the items are those of kept users' interactions *and* exposures (an item only
+ever shown is still an item of the catalogue, with a train count of 0); the train counts count
+interactions only.
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ import ray
 from mvrec_dist.data.ingest.errors import IngestError
 from mvrec_dist.data.ingest.shard_writer import dense_schema
 
-__all__ = ["Summary", "summarize", "merge_summaries", "merge_tree", "lookup", "assign_dense", "COUNT_KEYS"]
+__all__ = ["Summary", "summarize", "merge_summaries", "merge_tree", "lookup", "assign_dense", "COUNT_KEYS",
+           "EXPOSURE_COUNT_KEYS"]
 
 COUNT_KEYS = ("kept_users", "kept_rows", "kept_interactions", "filtered_users", "filtered_rows",
               "filtered_interactions", "train_interactions", "duplicate_users", "duplicate_rows", "dropped_rows",
               "dropped_interactions")
+EXPOSURE_COUNT_KEYS = ("kept_exposures", "filtered_exposures", "dropped_exposures", "exposure_users")
+"""Further totals of a ``Summary`` of labelled input (absent without labels)."""
 
 
 @dataclass
@@ -69,7 +76,11 @@ def summarize(grouped: pa.Table) -> Summary:
     # Position of each item in its user's sequence; the train split is all but the last two.
     starts = np.repeat(np.cumsum(n_kept) - n_kept, n_kept)
     in_train = (np.arange(len(items)) - starts) < np.repeat(n_kept - 2, n_kept)
-    uniq, inverse = np.unique(items, return_inverse=True)
+    labels = "exposures" in grouped.column_names
+    exp_items = _flat(grouped.column("exp_items")) if labels else np.zeros(0, np.int64)
+    # Exposure items join the catalogue (they sort into the same unique ids) but add no train counts.
+    uniq, inverse = np.unique(np.concatenate([items, exp_items]), return_inverse=True)
+    inverse = inverse[:len(items)]
     counts = {
         "kept_users": int(kept.sum()), "kept_rows": int(rows[kept].sum()),
         "kept_interactions": int(n_kept.sum()), "filtered_users": int((~kept).sum()),
@@ -80,6 +91,12 @@ def summarize(grouped: pa.Table) -> Summary:
         "duplicate_users": int((dup_rows > 0).sum()), "duplicate_rows": int(dup_rows.sum()),
         "dropped_rows": int(dup_rows[dropped > 0].sum()), "dropped_interactions": int(dropped.sum()),
     }
+    if labels:
+        n_exp, exp_dropped = grouped.column("exposures").to_numpy(), grouped.column("exp_dropped").to_numpy()
+        # A duplicate exposure row takes no interaction with it: count the users whose rows were dropped.
+        counts["dropped_rows"] = int(dup_rows[(dropped > 0) | (exp_dropped > 0)].sum())
+        counts.update(kept_exposures=int(n_exp[kept].sum()), filtered_exposures=int(n_exp[~kept].sum()),
+                      dropped_exposures=int(exp_dropped.sum()), exposure_users=int((n_exp[kept] > 0).sum()))
     return Summary(users=np.sort(user[kept]), items=uniq,
                    train_counts=np.bincount(inverse[in_train], minlength=len(uniq)).astype(np.int64),
                    counts=counts)
@@ -109,7 +126,8 @@ def merge_summaries(parts: list[Summary]) -> Summary:
     items, inverse = np.unique(all_items, return_inverse=True)
     train_counts = np.zeros(len(items), dtype=np.int64)
     np.add.at(train_counts, inverse, all_counts)
-    counts = {k: sum(p.counts.get(k, 0) for p in parts) for k in COUNT_KEYS}
+    keys = COUNT_KEYS + (EXPOSURE_COUNT_KEYS if any("kept_exposures" in p.counts for p in parts) else ())
+    counts = {k: sum(p.counts.get(k, 0) for p in parts) for k in keys}
     return Summary(users=users, items=items, train_counts=train_counts, counts=counts)
 
 
@@ -164,7 +182,22 @@ def lookup(sorted_ids: np.ndarray, raw: np.ndarray, what: str) -> np.ndarray:
     return pos
 
 
-def assign_dense(grouped: pa.Table, maps: list, shard_size: int, with_ts: bool) -> pa.Table:
+def _dense_list(column: pa.ChunkedArray, items_map: np.ndarray) -> pa.LargeListArray:
+    """A list column of raw item ids as dense ids (int32), offsets rebased to 0."""
+    arr = column.combine_chunks()
+    offsets = arr.offsets.to_numpy()
+    pos = lookup(items_map, arr.values.to_numpy()[offsets[0]:offsets[-1]], "item")
+    return pa.LargeListArray.from_arrays(offsets - offsets[0], (pos + 1).astype(np.int32))
+
+
+def _rebased(column: pa.ChunkedArray) -> pa.LargeListArray:
+    """A list column with offsets rebased to 0 (what a filtered block's slices need)."""
+    arr = column.combine_chunks()
+    offsets = arr.offsets.to_numpy()
+    return pa.LargeListArray.from_arrays(offsets - offsets[0], arr.values.to_numpy()[offsets[0]:offsets[-1]])
+
+
+def assign_dense(grouped: pa.Table, maps: list, shard_size: int, with_ts: bool, labels: bool = False) -> pa.Table:
     """Map one grouped block to dense ids and shard indices (dropped users are left out).
 
     Args:
@@ -173,6 +206,7 @@ def assign_dense(grouped: pa.Table, maps: list, shard_size: int, with_ts: bool) 
             list so Ray passes the refs, and each task reads the arrays zero-copy).
         shard_size: ``ingest.shard_max_samples``.
         with_ts: Carry the timestamps.
+        labels: Carry the exposures (``exp_items`` as dense ids, ``exp_ts``).
 
     Returns:
         Rows of ``shard_writer.dense_schema``.
@@ -180,20 +214,15 @@ def assign_dense(grouped: pa.Table, maps: list, shard_size: int, with_ts: bool) 
     users_map, items_map = ray.get(maps)
     kept = grouped.column("kept").to_numpy(zero_copy_only=False)
     if not kept.any():
-        return dense_schema(with_ts).empty_table()
+        return dense_schema(with_ts, labels).empty_table()
     rows = grouped.filter(pa.array(kept))
     raw_user = rows.column("user").to_numpy()
     dense_user = lookup(users_map, raw_user, "user") + 1
-    items_col = rows.column("items").combine_chunks()
-    offsets = items_col.offsets.to_numpy()
-    pos = lookup(items_map, items_col.values.to_numpy()[offsets[0]:offsets[-1]], "item")
-    offsets = offsets - offsets[0]
     columns = {"shard": (dense_user - 1) // shard_size, "user": dense_user, "raw_user": raw_user,
-               "n": rows.column("n").to_numpy(),
-               "items": pa.LargeListArray.from_arrays(offsets, (pos + 1).astype(np.int32))}
+               "n": rows.column("n").to_numpy(), "items": _dense_list(rows.column("items"), items_map)}
     if with_ts:
-        ts_col = rows.column("ts").combine_chunks()
-        ts_off = ts_col.offsets.to_numpy()
-        columns["ts"] = pa.LargeListArray.from_arrays(ts_off - ts_off[0],
-                                                      ts_col.values.to_numpy()[ts_off[0]:ts_off[-1]])
-    return pa.table(columns, schema=dense_schema(with_ts))
+        columns["ts"] = _rebased(rows.column("ts"))
+    if labels:
+        columns["exp_items"] = _dense_list(rows.column("exp_items"), items_map)
+        columns["exp_ts"] = _rebased(rows.column("exp_ts"))
+    return pa.table(columns, schema=dense_schema(with_ts, labels))

@@ -31,8 +31,9 @@ CONTENT_KEYS = ("format", "min_seq_len", "shard_max_samples", "users_per_block",
 """Ingest settings that change the written data (read range sizes, partitions and paths do not)."""
 
 
-def fingerprint(ingest_config: dict, inputs: list[dict], titles: dict | None) -> str:
-    """Identity of a dataset: the content-relevant config and the input files (path, size)."""
+def fingerprint(ingest_config: dict, inputs: list[dict], titles: dict | None, labels: bool = False) -> str:
+    """Identity of a dataset: the content-relevant config, the input files (path, size) and whether
+    they carry the label column."""
     config = {k: ingest_config[k] for k in CONTENT_KEYS}
     # Of ingest.duplicates only 'drop' changes the data: 'keep' and 'error' write the same bytes
     # whenever 'error' lets the job finish, as did every ingestion before the setting existed, so
@@ -42,6 +43,8 @@ def fingerprint(ingest_config: dict, inputs: list[dict], titles: dict | None) ->
     ident = {"config": config,
              "inputs": [{"path": i["path"], "bytes": i["bytes"]} for i in inputs],
              "titles": titles and {"path": titles["path"], "bytes": titles["bytes"]}}
+    if labels:  # only then, so every unlabelled dataset keeps its fingerprint
+        ident["labels"] = True
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
@@ -85,7 +88,8 @@ def check_output_dir(output_dir: str, fp: str, overwrite: bool) -> None:
                       "ingest.output_dir or set ingest.overwrite=true to replace it")
 
 
-def reconcile(counts: dict, splits: dict, summary_train: int, shard_size: int, duplicates: str = "keep") -> dict:
+def reconcile(counts: dict, splits: dict, summary_train: int, shard_size: int, duplicates: str = "keep",
+              labels: dict | None = None) -> dict:
     """Check every count identity of ``shards/README.md``.
 
     Args:
@@ -94,6 +98,8 @@ def reconcile(counts: dict, splits: dict, summary_train: int, shard_size: int, d
         summary_train: Train interactions counted by the id pass (independent of the writers).
         shard_size: ``ingest.shard_max_samples``.
         duplicates: ``ingest.duplicates`` (only ``drop`` may drop rows).
+        labels: The manifest ``labels`` section of labelled input (plus ``written``: the exposures
+            the writers stored), else None.
 
     Returns:
         The manifest ``reconciliation`` section (``ok`` true).
@@ -119,7 +125,19 @@ def reconcile(counts: dict, splits: dict, summary_train: int, shard_size: int, d
         "valid = test = users": inter["valid"] == inter["test"] == users,
         "train interactions written = counted": inter["train"] == summary_train,
     }
-    for split, expected in (("train", users), ("valid", users), ("test", users), ("items", items)):
+    user_splits = ["train", "valid", "test"]
+    if labels is not None:
+        e = labels["exposures"]
+        checks.update({
+            "clicked_rows + exposure_rows = valid rows read":
+                labels["clicked_rows"] + labels["exposure_rows"] == c["valid_rows"],
+            "clicked_rows = input_interactions": labels["clicked_rows"] == c["input_interactions"],
+            "exposure_rows = kept + filtered + dropped exposures":
+                labels["exposure_rows"] == e["kept"] + e["filtered"] + e["dropped"],
+            "exposures written = kept exposures": labels.get("written") == e["kept"],
+        })
+        user_splits.append("exposures")
+    for split, expected in [(s, users) for s in user_splits] + [("items", items)]:
         shards = splits[split]["shards"]
         checks[f"{split}: samples = {expected}"] = splits[split]["samples"] == expected == sum(
             s["samples"] for s in shards)
@@ -139,8 +157,11 @@ def reconcile(counts: dict, splits: dict, summary_train: int, shard_size: int, d
 
 
 def build_manifest(*, fp: str, config: dict, inputs: list[dict], titles: dict | None, counts: dict,
-                   reconciliation: dict, splits: dict, files: dict, quarantine: dict) -> dict:
-    """Assemble ``manifest.json`` (schema ``SCHEMA_VERSION``)."""
+                   reconciliation: dict, splits: dict, files: dict, quarantine: dict, timestamps: dict | None = None,
+                   labels: dict | None = None) -> dict:
+    """Assemble ``manifest.json`` (schema ``SCHEMA_VERSION``); ``timestamps`` and ``labels`` are written
+    only when given (timestamped, labelled input)."""
+    optional = {k: v for k, v in (("timestamps", timestamps), ("labels", labels)) if v is not None}
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "mvrec_dist.dataset",
@@ -156,6 +177,7 @@ def build_manifest(*, fp: str, config: dict, inputs: list[dict], titles: dict | 
         "stats": {"item_train_counts": "stats/item_train_counts.npy"},
         "files": files,
         "quarantine": quarantine,
+        **optional,
     }
 
 

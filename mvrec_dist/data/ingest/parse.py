@@ -14,6 +14,10 @@ starts at byte 3, so order keys stay byte positions in the file.
 Every interaction carries ``order = (file_index << 40) | byte position`` (line start, plus the
 token index for ``pairs_tsv``), the deterministic tie-break of equal timestamps: file order, then
 position in the file.
+
+``pairs_csv`` input with the label column (``labels=True``: ``user,item,timestamp,label``) adds an
+int8 ``label`` column (1: clicked, 0: shown but not clicked); a label other than 0 or 1 sends the
+block to the slow path like any other bad field.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from mvrec_dist.data.ingest.validate import BOM, BadLine, find_bad_lines, is_header, strip_terminator
+from mvrec_dist.data.ingest.validate import BOM, LABEL_COLUMN, BadLine, find_bad_lines, is_header, strip_terminator
 
 __all__ = ["ParsedBlock", "parse_block", "line_starts", "empty_interactions", "interaction_schema",
            "MAX_FILE_BYTES", "MAX_FILES"]
@@ -50,7 +54,8 @@ class ParsedBlock:
 
     table: pa.Table
     """Interactions: ``user``, ``item``, ``ts``, ``order`` (int64) and, for tsv, ``first``
-    (bool, first item of its line, so rows can be counted per user after grouping)."""
+    (bool, first item of its line, so rows can be counted per user after grouping); with labels,
+    ``label`` (int8, 0 or 1): then the table holds the exposures (label 0) too."""
     lines: int
     """Lines in the block, header line included."""
     header_rows: int
@@ -63,18 +68,20 @@ class ParsedBlock:
     """1 when the block starts its file with a UTF-8 byte-order mark, which was stripped."""
 
 
-def interaction_schema(fmt: str) -> pa.Schema:
-    """The schema of parsed interaction tables of format ``fmt``."""
+def interaction_schema(fmt: str, labels: bool = False) -> pa.Schema:
+    """The schema of parsed interaction tables of format ``fmt`` (with the ``label`` column when ``labels``)."""
     fields = [pa.field("user", pa.int64()), pa.field("item", pa.int64()), pa.field("ts", pa.int64()),
               pa.field("order", pa.int64())]
     if fmt == "pairs_tsv":
         fields.append(pa.field("first", pa.bool_()))
+    if labels:
+        fields.append(pa.field(LABEL_COLUMN, pa.int8()))
     return pa.schema(fields)
 
 
-def empty_interactions(fmt: str) -> pa.Table:
+def empty_interactions(fmt: str, labels: bool = False) -> pa.Table:
     """An interactions table with no rows."""
-    return interaction_schema(fmt).empty_table()
+    return interaction_schema(fmt, labels).empty_table()
 
 
 def line_starts(data: bytes) -> np.ndarray:
@@ -89,10 +96,13 @@ def line_starts(data: bytes) -> np.ndarray:
     return starts
 
 
-def _read(body: bytes, fmt: str) -> pa.Table:
+def _read(body: bytes, fmt: str, labels: bool) -> pa.Table:
     if fmt == "pairs_csv":
         names, types, delimiter = ["user", "item", "ts"], {"user": pa.int64(), "item": pa.int64(),
                                                            "ts": pa.int64()}, ","
+        if labels:
+            names.append(LABEL_COLUMN)
+            types[LABEL_COLUMN] = pa.int64()
     else:
         names, types, delimiter = ["user", "items"], {"user": pa.int64(), "items": pa.string()}, "\t"
     try:
@@ -111,21 +121,21 @@ def _column(table: pa.Table, name: str) -> np.ndarray:
     return table.column(name).to_numpy().astype(np.int64, copy=False)
 
 
-def _fast(body: bytes, starts: np.ndarray, fmt: str, base: int) -> pa.Table:
+def _fast(body: bytes, starts: np.ndarray, fmt: str, base: int, labels: bool = False) -> pa.Table:
     """Parse ``body`` (no header) whose lines start at ``starts`` (absolute order base added)."""
     if len(starts) == 0:
-        return empty_interactions(fmt)
+        return empty_interactions(fmt, labels)
     if body.translate(None, _ALLOWED):  # what is left after deleting the allowed bytes
         raise _Rejected("unexpected bytes")
     # pyarrow ends a row at a bare '\r' too: with a blank line (which it skips) in the same block the
     # row count would still match the line count, and one bad line would become two rows.
     if b"\r" in body and body.count(b"\r") != body.count(b"\r\n"):
         raise _Rejected("carriage return inside a line")
-    table = _read(body, fmt)
+    table = _read(body, fmt, labels)
     if table.num_rows != len(starts):
         raise _Rejected(f"{table.num_rows} rows for {len(starts)} lines")
     if table.num_rows == 0:
-        return empty_interactions(fmt)
+        return empty_interactions(fmt, labels)
     user = _column(table, "user")
     if user.min() < 0:
         raise _Rejected("negative user")
@@ -133,8 +143,13 @@ def _fast(body: bytes, starts: np.ndarray, fmt: str, base: int) -> pa.Table:
         item = _column(table, "item")
         if item.min() < 0:
             raise _Rejected("negative item")
-        return pa.table({"user": user, "item": item, "ts": _column(table, "ts"), "order": base + starts},
-                        schema=interaction_schema(fmt))
+        columns = {"user": user, "item": item, "ts": _column(table, "ts"), "order": base + starts}
+        if labels:
+            label = _column(table, LABEL_COLUMN)
+            if np.any((label != 0) & (label != 1)):
+                raise _Rejected("label other than 0 or 1")
+            columns[LABEL_COLUMN] = label.astype(np.int8)
+        return pa.table(columns, schema=interaction_schema(fmt, labels))
     tokens = pc.split_pattern(table.column("items").combine_chunks(), " ")
     lengths = pc.list_value_length(tokens).to_numpy()
     try:
@@ -151,7 +166,8 @@ def _fast(body: bytes, starts: np.ndarray, fmt: str, base: int) -> pa.Table:
                     schema=interaction_schema(fmt))
 
 
-def parse_block(data: bytes, fmt: str, *, file_index: int, offset: int, at_eof: bool) -> ParsedBlock:
+def parse_block(data: bytes, fmt: str, *, file_index: int, offset: int, at_eof: bool,
+                labels: bool = False) -> ParsedBlock:
     """Parse a block of whole lines of one input file.
 
     Args:
@@ -160,6 +176,7 @@ def parse_block(data: bytes, fmt: str, *, file_index: int, offset: int, at_eof: 
         file_index: Position of the file in the sorted input list.
         offset: Byte offset of ``data`` in its file (0: the block may start with a BOM and a header).
         at_eof: The block ends at the end of its file.
+        labels: ``pairs_csv`` rows carry the label column (``sources.detect_labels``).
 
     Returns:
         The ``ParsedBlock``; its ``bad`` lines are excluded from ``table``.
@@ -172,16 +189,17 @@ def parse_block(data: bytes, fmt: str, *, file_index: int, offset: int, at_eof: 
     lines = len(starts)
     base = (file_index << 40) + offset
     header = 0
-    if at_file_start and lines and is_header(strip_terminator(data[:starts[1] if lines > 1 else len(data)]), fmt):
+    if at_file_start and lines and is_header(strip_terminator(data[:starts[1] if lines > 1 else len(data)]), fmt,
+                                             labels):
         header = 1
     body_from = int(starts[header]) if lines > header else len(data)
     body, body_starts = data[body_from:], starts[header:] - body_from
     try:
-        table = _fast(body, body_starts, fmt, base + body_from)
+        table = _fast(body, body_starts, fmt, base + body_from, labels)
         return ParsedBlock(table=table, lines=lines, header_rows=header, rows=lines - header, bad=[], bom=bom)
     except _Rejected as exc:
         first_problem = str(exc)
-    bad = find_bad_lines(data, starts.tolist(), fmt, at_file_start=at_file_start, at_eof=at_eof)
+    bad = find_bad_lines(data, starts.tolist(), fmt, at_file_start=at_file_start, at_eof=at_eof, labels=labels)
     bad_idx = {b.index for b in bad}
     keep = np.array([i for i in range(header, lines) if i not in bad_idx], dtype=np.int64)
     ends = np.append(starts[1:], len(data))
@@ -191,7 +209,7 @@ def parse_block(data: bytes, fmt: str, *, file_index: int, offset: int, at_eof: 
     clean = b"".join(pieces)
     clean_starts = np.cumsum([0] + [len(p) for p in pieces[:-1]], dtype=np.int64) if pieces else keep
     try:
-        table = _fast(clean, clean_starts, fmt, base)
+        table = _fast(clean, clean_starts, fmt, base, labels)
     except _Rejected as exc:
         raise AssertionError(f"the validator accepted lines the parser rejects ({exc}); fast path said: "
                              f"{first_problem}") from None

@@ -41,13 +41,14 @@ SORT_KEYS = ["user", "ts", "order"]
 """Order of interactions inside a partition: user, then timestamp, then file and byte position."""
 
 
-def sample_users(ranges: list[ByteRange], fmt: str, sample_bytes: int) -> np.ndarray:
+def sample_users(ranges: list[ByteRange], fmt: str, sample_bytes: int, labels: bool = False) -> np.ndarray:
     """Raw user ids of the lines at the start of every read range.
 
     Args:
         ranges: The read ranges (``sources.plan_ranges``).
         fmt: ``pairs_csv`` or ``pairs_tsv``.
         sample_bytes: Bytes read at the start of each range.
+        labels: ``pairs_csv`` rows carry the label column.
 
     Returns:
         One user id per sampled interaction, int64 [K] (interactions, so that the quantiles
@@ -59,7 +60,7 @@ def sample_users(ranges: list[ByteRange], fmt: str, sample_bytes: int) -> np.nda
         offset, data = read_range(head)
         if data:
             parsed = parse_block(data, fmt, file_index=r.file.index, offset=offset,
-                                 at_eof=offset + len(data) >= r.file.size)
+                                 at_eof=offset + len(data) >= r.file.size, labels=labels)
             out.append(parsed.table.column("user").to_numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 

@@ -18,6 +18,11 @@ Stages (no process holds the interactions; the driver holds only id arrays and c
    (``shards/README.md``, schema 2); items shards (blocks of ``ingest.items_per_block``), id
    maps and stats beside them;
 5. reconcile every count and publish atomically (``manifest_writer``).
+
+Labelled csv input (``user,item,timestamp,label``, ``sources.detect_labels``) runs the same stages:
+label-1 rows are the interactions, label-0 rows the exposures, which ride along with their user to
+the ``exposures`` split (``grouping``, ``shard_writer``) and are counted in the manifest's
+``labels`` section; without the column nothing differs from before.
 """
 
 from __future__ import annotations
@@ -44,8 +49,9 @@ from mvrec_dist.data.ingest.manifest_writer import (build_manifest, check_output
 from mvrec_dist.data.ingest.quarantine import merge_quarantine
 from mvrec_dist.data.ingest.partition import exchange_context, range_partition, sample_users, user_boundaries
 from mvrec_dist.data.ingest.range_writer import collect, write_pieces, write_ranges
-from mvrec_dist.data.ingest.shard_writer import USER_SPLITS
-from mvrec_dist.data.ingest.sources import detect_format, list_inputs, plan_ranges
+from mvrec_dist.data.ingest.shard_writer import EXPOSURE_SPLIT, USER_SPLITS
+from mvrec_dist.data.ingest.sources import detect_format, detect_labels, list_inputs, plan_ranges
+from mvrec_dist.data.ingest.validate import LABEL_COLUMN
 from mvrec_dist.data.ingest.tar_writer import write_bytes
 from mvrec_dist.data.ingest.titles import Titles, read_titles
 from mvrec_dist.data.manifest import BLOCK_SIZE_KEYS
@@ -55,6 +61,9 @@ __all__ = ["IngestResult", "DatasetIdentity", "dataset_identity", "run_ingest", 
 _BYTES_PER_PARTITION = 128 << 20
 _SAMPLE_BYTES = 1 << 20
 """Bytes sampled at the start of every read range to place the user-range boundaries."""
+TIMESTAMP_UNIT = ("the input's integers, stored unchanged (MicroLens csv and the synthetic generator: Unix "
+                  "milliseconds)")
+"""What the manifest's ``timestamps.unit`` says."""
 
 
 @dataclass
@@ -93,6 +102,8 @@ class DatasetIdentity:
     """The ingest config as recorded (format resolved)."""
     fingerprint: str
     """``manifest_writer.fingerprint`` of the above: equal fingerprints mean the same dataset."""
+    labels: bool = False
+    """The inputs carry the per-interaction click label (``sources.detect_labels``)."""
 
 
 def dataset_identity(cfg: IngestConfig) -> DatasetIdentity:
@@ -106,6 +117,7 @@ def dataset_identity(cfg: IngestConfig) -> DatasetIdentity:
     """
     files = list_inputs(cfg.input)
     fmt = detect_format(files, cfg.format)
+    labels = detect_labels(files, fmt)
     inputs = [{"path": f.display, "bytes": f.size, "format": fmt} for f in files]
     titles_info = None
     if cfg.titles:
@@ -114,7 +126,7 @@ def dataset_identity(cfg: IngestConfig) -> DatasetIdentity:
         titles_info = {"path": cfg.titles, "bytes": int(size) if size is not None else None}
     ingest_dict = dict(config_to_dict(cfg), format=fmt)
     return DatasetIdentity(files=files, format=fmt, inputs=inputs, titles=titles_info, config=ingest_dict,
-                           fingerprint=fingerprint(ingest_dict, inputs, titles_info))
+                           fingerprint=fingerprint(ingest_dict, inputs, titles_info, labels), labels=labels)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -147,7 +159,7 @@ def run_ingest(cfg: IngestConfig, *, extra_config: dict | None = None) -> Ingest
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = cfg.progress
     try:
-        parts, timings = _build(cfg, files, fmt, tmp, inputs, titles_info)
+        parts, timings = _build(cfg, files, fmt, tmp, inputs, titles_info, ident.labels)
         manifest = build_manifest(fp=fp, config={"ingest": ingest_dict, **(extra_config or {})}, inputs=inputs,
                                   titles=titles_info, **parts)
         t = time.perf_counter()
@@ -164,7 +176,7 @@ def run_ingest(cfg: IngestConfig, *, extra_config: dict | None = None) -> Ingest
 
 
 def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, inputs: list[dict],
-           titles_info: dict | None) -> tuple[dict, dict]:
+           titles_info: dict | None, labels: bool = False) -> tuple[dict, dict]:
     """Run every stage into ``tmp``; return the manifest sections and the stage timings (``inputs`` and
     ``titles_info`` get what reading found: stripped BOMs, titles rows)."""
     timings: dict[str, float] = {}
@@ -177,7 +189,7 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, inputs: list[dict
     cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
     partitions = group_partitions(cfg, sum(f.size for f in files), cpus)
     parts_dir = f"{tmp}/_quarantine_parts"
-    grouped, reports = _read_and_group(cfg, files, fmt, partitions, parts_dir)
+    grouped, reports = _read_and_group(cfg, files, fmt, partitions, parts_dir, labels)
     for entry, f in zip(inputs, files):
         entry["bom_stripped"] = sum(r.bom for r in reports if r.file_index == f.index)
     timings["read_group"] = time.perf_counter() - t
@@ -193,7 +205,7 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, inputs: list[dict
     t = time.perf_counter()
     S = cfg.shard_max_samples
     layout = {"root": tmp, "shard_size": S, "block_size": cfg.users_per_block, "num_users": len(summary.users),
-              "with_ts": with_ts}
+              "with_ts": with_ts, "labels": labels}
     results = grouped.map_batches(write_ranges, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
                                   fn_kwargs={"maps": maps, **layout}).to_arrow_refs()
     user_entries, pieces = collect(ray.get(results))
@@ -214,28 +226,33 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, inputs: list[dict
 
     t = time.perf_counter()
     quarantine = _quarantine(cfg, titles, reports, files, parts_dir, tmp, files_section)
-    splits = _splits(user_entries, item_entries, cfg)
+    splits = _splits(user_entries, item_entries, cfg, labels)
     counts = _counts(reports, summary, user_entries, without_title)
-    reconciliation = reconcile(counts, splits, summary.counts["train_interactions"], S, cfg.duplicates)
+    label_section = _labels(reports, summary) if labels else None
+    written = sum(e["interactions"] for e in user_entries if e["split"] == EXPOSURE_SPLIT)
+    reconciliation = reconcile(counts, splits, summary.counts["train_interactions"], S, cfg.duplicates,
+                               labels={**label_section, "written": written} if labels else None)
     timings["finish"] = time.perf_counter() - t
+    time_splits = list(USER_SPLITS) + ([EXPOSURE_SPLIT] if labels else [])
     parts = {"counts": counts, "reconciliation": reconciliation, "splits": splits, "files": files_section,
-             "quarantine": quarantine}
+             "quarantine": quarantine, "labels": label_section,
+             "timestamps": {"splits": time_splits, "unit": TIMESTAMP_UNIT} if with_ts else None}
     return parts, timings
 
 
 def _read_and_group(cfg: IngestConfig, files: list, fmt: str, partitions: int,
-                    parts_dir: str) -> tuple[ray.data.Dataset, list]:
+                    parts_dir: str, labels: bool = False) -> tuple[ray.data.Dataset, list]:
     """Stages 1-2: the materialised per-user rows, and every read range's report."""
     ranges = plan_ranges(files, cfg.read_block_bytes)
-    boundaries = user_boundaries(sample_users(ranges, fmt, _SAMPLE_BYTES), partitions)
+    boundaries = user_boundaries(sample_users(ranges, fmt, _SAMPLE_BYTES, labels), partitions)
     ledger = ReadLedger.remote()
     source = InteractionsDatasource(ranges, fmt, on_bad_rows=cfg.on_bad_rows, ledger=ledger,
-                                    quarantine_dir=parts_dir)
+                                    quarantine_dir=parts_dir, labels=labels)
     with exchange_context():
         grouped = (range_partition(ray.data.read_datasource(source), boundaries)
                    .map_batches(group_users, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
                                 fn_kwargs={"min_seq_len": cfg.min_seq_len, "with_ts": fmt == "pairs_csv",
-                                           "duplicates": cfg.duplicates, "files": files})
+                                           "duplicates": cfg.duplicates, "files": files, "labels": labels})
                    .materialize())
     reports = ray.get(ledger.reports.remote())
     if len(reports) != len(ranges):
@@ -285,10 +302,19 @@ def _counts(reports: list, summary, user_entries: list[dict], without_title: int
     }
 
 
-def _splits(user_entries: list[dict], item_entries: list[dict], cfg: IngestConfig) -> dict:
+def _labels(reports: list, summary) -> dict:
+    """The manifest ``labels`` section: what the label column held and where the exposures went."""
+    c = summary.counts
+    return {"column": LABEL_COLUMN, "values": {"1": "clicked: an interaction", "0": "shown, not clicked: an exposure"},
+            "clicked_rows": sum(r.interactions for r in reports), "exposure_rows": sum(r.exposures for r in reports),
+            "exposures": {"kept": c["kept_exposures"], "filtered": c["filtered_exposures"],
+                          "dropped": c["dropped_exposures"], "users": c["exposure_users"]}}
+
+
+def _splits(user_entries: list[dict], item_entries: list[dict], cfg: IngestConfig, labels: bool = False) -> dict:
     """The manifest ``splits`` section: per split its rows, block size and shards in index order."""
     out = {}
-    for split in USER_SPLITS + ("items",):
+    for split in USER_SPLITS + ((EXPOSURE_SPLIT,) if labels else ()) + ("items",):
         entries = sorted((e for e in user_entries + item_entries if e["split"] == split), key=lambda e: e["index"])
         shards = [{k: e[k] for k in ("path", "samples", "blocks", "bytes", "sha256")} for e in entries]
         block_key = BLOCK_SIZE_KEYS[split]

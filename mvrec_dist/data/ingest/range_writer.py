@@ -43,7 +43,7 @@ def _ipc(table: pa.Table) -> bytes:
 
 
 def write_ranges(grouped: pa.Table, *, maps: list, root: str, shard_size: int, block_size: int,
-                 num_users: int, with_ts: bool) -> pa.Table:
+                 num_users: int, with_ts: bool, labels: bool = False) -> pa.Table:
     """Write the shards inside one grouped block's dense-id range; return entries and pieces.
 
     Args:
@@ -53,7 +53,8 @@ def write_ranges(grouped: pa.Table, *, maps: list, root: str, shard_size: int, b
         shard_size: ``ingest.shard_max_samples`` (S).
         block_size: ``ingest.users_per_block``.
         num_users: Kept users U.
-        with_ts: Write ``ts.npy``.
+        with_ts: Write the timestamps.
+        labels: Write the exposures split.
 
     Returns:
         ``result_schema`` rows: one with the JSON list of written shard entries, and one per
@@ -63,7 +64,7 @@ def write_ranges(grouped: pa.Table, *, maps: list, root: str, shard_size: int, b
         IngestError: when the block's dense ids are not contiguous (a partition that did not hold
             a whole user range).
     """
-    dense = assign_dense(grouped, maps, shard_size, with_ts)
+    dense = assign_dense(grouped, maps, shard_size, with_ts, labels)
     if dense.num_rows == 0:
         return result_schema().empty_table()
     users = dense.column("user").to_numpy()
@@ -76,7 +77,8 @@ def write_ranges(grouped: pa.Table, *, maps: list, root: str, shard_size: int, b
     last_full = (hi // shard_size) - 1 if hi < num_users else (num_users - 1) // shard_size
     inside = (shard >= first_full) & (shard <= last_full)
     entries = write_user_shards(dense.filter(pa.array(inside)), root=root, shard_size=shard_size,
-                                block_size=block_size, num_users=num_users, with_ts=with_ts) if inside.any() else []
+                                block_size=block_size, num_users=num_users, with_ts=with_ts,
+                                labels=labels) if inside.any() else []
     rows = {"shard": [-1], "entries": [json.dumps(entries)], "piece": [None]}
     for j in np.unique(shard[~inside]).tolist():
         rows["shard"].append(j)
@@ -101,15 +103,15 @@ def collect(results: list[pa.Table]) -> tuple[list[dict], dict[int, list[bytes]]
 
 @ray.remote
 def _write_boundary(pieces: list[bytes], root: str, shard_size: int, block_size: int, num_users: int,
-                    with_ts: bool) -> list[dict]:
+                    with_ts: bool, labels: bool) -> list[dict]:
     tables = [pa.ipc.open_stream(p).read_all() for p in pieces]
-    table = pa.concat_tables(tables).cast(dense_schema(with_ts))
+    table = pa.concat_tables(tables).cast(dense_schema(with_ts, labels))
     return write_user_shards(table, root=root, shard_size=shard_size, block_size=block_size,
-                             num_users=num_users, with_ts=with_ts)
+                             num_users=num_users, with_ts=with_ts, labels=labels)
 
 
 def write_pieces(pieces: dict[int, list[bytes]], *, root: str, shard_size: int, block_size: int,
-                 num_users: int, with_ts: bool) -> list[dict]:
+                 num_users: int, with_ts: bool, labels: bool = False) -> list[dict]:
     """Write every boundary shard from its pieces (Ray tasks; each checks its shard is whole).
 
     Args:
@@ -118,10 +120,12 @@ def write_pieces(pieces: dict[int, list[bytes]], *, root: str, shard_size: int, 
         shard_size: S.
         block_size: Users per block.
         num_users: U.
-        with_ts: Write ``ts.npy``.
+        with_ts: Write the timestamps.
+        labels: Write the exposures split.
 
     Returns:
         The written shards' manifest entries.
     """
-    refs = [_write_boundary.remote(p, root, shard_size, block_size, num_users, with_ts) for p in pieces.values()]
+    refs = [_write_boundary.remote(p, root, shard_size, block_size, num_users, with_ts, labels)
+            for p in pieces.values()]
     return [e for part in ray.get(refs) for e in part]

@@ -14,6 +14,9 @@ dense items ``s[0..n-1]`` a block holds (``shards/README.md``, ``mvrec_dist.data
 ``items.npy`` = the ``s[:n-2]`` concatenated (+ ``ts.npy``), valid ``history.npy`` = the same with
 ``targets.npy`` = ``s[n-2]``, test ``history.npy`` = the ``s[:n-1]`` with ``targets.npy`` =
 ``s[n-1]``; each with ``users.npy``, ``raw_users.npy``, ``offsets.npy`` and the block ``json``.
+With timestamps (csv input) every split carries them: train ``ts.npy``, valid and test ``ts.npy``
+beside ``history.npy`` and ``targets_ts.npy`` beside ``targets.npy``. With labelled input a fourth
+split, ``exposures``, holds each user's exposures (``items.npy``, ``ts.npy``; possibly none).
 Rendering is a handful of numpy gathers per shard and a few members per block: nothing per user.
 """
 
@@ -31,21 +34,25 @@ from mvrec_dist.data.blocks import LAYOUTS, block_key, block_meta, block_sizes
 from mvrec_dist.data.ingest.errors import IngestError
 from mvrec_dist.data.ingest.tar_writer import Payload, tar_bytes, write_bytes
 
-__all__ = ["USER_SPLITS", "UserShard", "npy_header", "npy_payload", "json_payload", "render_blocks",
+__all__ = ["USER_SPLITS", "EXPOSURE_SPLIT", "UserShard", "npy_header", "npy_payload", "json_payload", "render_blocks",
            "render_user_shards", "write_user_shards", "shard_path", "first_block_index", "dense_schema"]
 
 USER_SPLITS = ("train", "valid", "test")
+EXPOSURE_SPLIT = "exposures"
+"""The user split of labelled datasets holding each user's label-0 rows (``shards/README.md``)."""
 _I32 = np.dtype("<i4")
 _I64 = np.dtype("<i8")
 _npy_headers: dict[tuple[str, int], bytes] = {}
 
 
-def dense_schema(with_ts: bool) -> pa.Schema:
-    """Per-user rows with dense ids, as the write stage receives them."""
+def dense_schema(with_ts: bool, labels: bool = False) -> pa.Schema:
+    """Per-user rows with dense ids, as the write stage receives them (``exp_*``: the exposures)."""
     fields = [pa.field("shard", pa.int64()), pa.field("user", pa.int64()), pa.field("raw_user", pa.int64()),
               pa.field("n", pa.int64()), pa.field("items", pa.large_list(pa.int32()))]
     if with_ts:
         fields.append(pa.field("ts", pa.large_list(pa.int64())))
+    if labels:
+        fields += [pa.field("exp_items", pa.large_list(pa.int32())), pa.field("exp_ts", pa.large_list(pa.int64()))]
     return pa.schema(fields)
 
 
@@ -125,6 +132,12 @@ class UserShard:
     """Ordered dense item ids of all users, int32 [sum n]."""
     ts: np.ndarray | None
     """Their timestamps, int64 [sum n], or None without timestamps."""
+    exp_offsets: np.ndarray | None = None
+    """Start of each user's exposures in ``exp_items``/``exp_ts``, int64 [K+1]; None without labels."""
+    exp_items: np.ndarray | None = None
+    """Dense item ids of every user's exposures in time order, int32 [E]."""
+    exp_ts: np.ndarray | None = None
+    """Their timestamps, int64 [E]."""
 
 
 def _prefix(values: np.ndarray, offsets: np.ndarray, n: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -142,31 +155,47 @@ def render_user_shards(s: UserShard, *, shard_size: int, block_size: int) -> dic
         block_size: ``ingest.users_per_block``.
 
     Returns:
-        ``{split: tar bytes}``.
+        ``{split: tar bytes}`` (``exposures`` too when ``s`` has exposures).
     """
     users, raw = np.ascontiguousarray(s.users, dtype=_I64), np.ascontiguousarray(s.raw_users, dtype=_I64)
     n, offsets = s.n.astype(np.int64), s.offsets.astype(np.int64)
     items = np.ascontiguousarray(s.items, dtype=_I32)
     train = _prefix(items, offsets, n, n - 2)  # also the valid histories
     test = _prefix(items, offsets, n, n - 1)
-    train_ts = _prefix(np.ascontiguousarray(s.ts, dtype=_I64), offsets, n, n - 2) if s.ts is not None else None
+    valid_at, test_at = offsets[:-1] + n - 2, offsets[:-1] + n - 1
+    ts = np.ascontiguousarray(s.ts, dtype=_I64) if s.ts is not None else None
+    train_ts = _prefix(ts, offsets, n, n - 2) if ts is not None else None
+    test_ts = _prefix(ts, offsets, n, n - 1) if ts is not None else None
     train_off = np.concatenate([[0], np.cumsum(n - 2)])
     test_off = np.concatenate([[0], np.cumsum(n - 1)])
-    valid_targets, test_targets = items[offsets[:-1] + n - 2], items[offsets[:-1] + n - 1]
-    out: dict[str, list] = {split: [] for split in USER_SPLITS}
+    valid_targets, test_targets = items[valid_at], items[test_at]
+    exp_off = s.exp_offsets.astype(np.int64) if s.exp_offsets is not None else None
+    splits = USER_SPLITS + ((EXPOSURE_SPLIT,) if exp_off is not None else ())
+    out: dict[str, list] = {split: [] for split in splits}
     lo, index = 0, first_block_index(s.index, shard_size, block_size)
     for size in block_sizes(len(users), block_size):
         hi = lo + size
         common = {"users.npy": npy_payload(users[lo:hi]), "raw_users.npy": npy_payload(raw[lo:hi])}
         t0, t1, h0, h1 = int(train_off[lo]), int(train_off[hi]), int(test_off[lo]), int(test_off[hi])
         train_offsets = npy_payload(train_off[lo:hi + 1] - t0)
-        for split, members in (
-                ("train", {"offsets.npy": train_offsets, "items.npy": npy_payload(train[t0:t1]),
-                           **({"ts.npy": npy_payload(train_ts[t0:t1])} if train_ts is not None else {})}),
-                ("valid", {"offsets.npy": train_offsets, "history.npy": npy_payload(train[t0:t1]),
-                           "targets.npy": npy_payload(valid_targets[lo:hi])}),
-                ("test", {"offsets.npy": npy_payload(test_off[lo:hi + 1] - h0),
-                          "history.npy": npy_payload(test[h0:h1]), "targets.npy": npy_payload(test_targets[lo:hi])})):
+        # Valid and test carry the times of their histories and targets, so evaluation can use time gaps.
+        valid_times = {"ts.npy": npy_payload(train_ts[t0:t1]),
+                       "targets_ts.npy": npy_payload(ts[valid_at[lo:hi]])} if ts is not None else {}
+        test_times = {"ts.npy": npy_payload(test_ts[h0:h1]),
+                      "targets_ts.npy": npy_payload(ts[test_at[lo:hi]])} if ts is not None else {}
+        parts = [("train", {"offsets.npy": train_offsets, "items.npy": npy_payload(train[t0:t1]),
+                            **({"ts.npy": npy_payload(train_ts[t0:t1])} if train_ts is not None else {})}),
+                 ("valid", {"offsets.npy": train_offsets, "history.npy": npy_payload(train[t0:t1]),
+                            "targets.npy": npy_payload(valid_targets[lo:hi]), **valid_times}),
+                 ("test", {"offsets.npy": npy_payload(test_off[lo:hi + 1] - h0),
+                           "history.npy": npy_payload(test[h0:h1]), "targets.npy": npy_payload(test_targets[lo:hi]),
+                           **test_times})]
+        if exp_off is not None:
+            e0, e1 = int(exp_off[lo]), int(exp_off[hi])
+            parts.append((EXPOSURE_SPLIT, {"offsets.npy": npy_payload(exp_off[lo:hi + 1] - e0),
+                                           "items.npy": npy_payload(np.ascontiguousarray(s.exp_items[e0:e1], _I32)),
+                                           "ts.npy": npy_payload(np.ascontiguousarray(s.exp_ts[e0:e1], _I64))}))
+        for split, members in parts:
             meta = json_payload(block_meta(LAYOUTS[split], index, int(users[lo]), size))
             out[split].append((index, {"json": meta, **common, **members}))
         lo, index = hi, index + 1
@@ -180,15 +209,18 @@ def _flat(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return offsets - offsets[0], arr.values.to_numpy()[offsets[0]:offsets[-1]]
 
 
-def _shard_from_rows(index: int, rows: pa.Table, with_ts: bool) -> UserShard:
+def _shard_from_rows(index: int, rows: pa.Table, with_ts: bool, labels: bool = False) -> UserShard:
     offsets, items = _flat(rows.column("items"))
     ts = _flat(rows.column("ts"))[1] if with_ts else None
+    exp_offsets, exp_items = _flat(rows.column("exp_items")) if labels else (None, None)
+    exp_ts = _flat(rows.column("exp_ts"))[1] if labels else None
     return UserShard(index=index, users=rows.column("user").to_numpy(), raw_users=rows.column("raw_user").to_numpy(),
-                     n=rows.column("n").to_numpy(), offsets=offsets, items=items, ts=ts)
+                     n=rows.column("n").to_numpy(), offsets=offsets, items=items, ts=ts, exp_offsets=exp_offsets,
+                     exp_items=exp_items, exp_ts=exp_ts)
 
 
 def write_user_shards(table: pa.Table, *, root: str, shard_size: int, block_size: int, num_users: int,
-                      with_ts: bool) -> list[dict]:
+                      with_ts: bool, labels: bool = False) -> list[dict]:
     """Render and write every shard whose users are in ``table``.
 
     Args:
@@ -197,11 +229,12 @@ def write_user_shards(table: pa.Table, *, root: str, shard_size: int, block_size
         shard_size: ``ingest.shard_max_samples``.
         block_size: ``ingest.users_per_block``.
         num_users: Total kept users U (the last shard ends at U).
-        with_ts: Write ``ts.npy`` in train blocks.
+        with_ts: Write the timestamps (``ts.npy``, ``targets_ts.npy``).
+        labels: Write the ``exposures`` split (``table`` has the ``exp_*`` columns).
 
     Returns:
         One entry per written tar: ``split``, ``index``, ``path``, ``samples`` (users), ``blocks``,
-        ``bytes``, ``sha256``, ``interactions``.
+        ``bytes``, ``sha256``, ``interactions`` (in ``exposures``: the exposures).
 
     Raises:
         IngestError: when a shard's users are not exactly its id range (a grouping failure).
@@ -222,12 +255,13 @@ def write_user_shards(table: pa.Table, *, root: str, shard_size: int, block_size
                 np.any(np.diff(users) != 1):
             raise IngestError(f"shard {j} received {len(users)} users ({users[:3].tolist()}...) instead of "
                               f"exactly users {first}..{last}: the partitioning split or duplicated users")
-        s = _shard_from_rows(j, rows, with_ts)
-        train_interactions = int((s.n - 2).sum())
+        s = _shard_from_rows(j, rows, with_ts, labels)
+        counted = {"train": int((s.n - 2).sum()), "valid": len(users), "test": len(users),
+                   EXPOSURE_SPLIT: len(s.exp_items) if labels else 0}
         blocks = len(block_sizes(len(users), block_size))
         for split, data in render_user_shards(s, shard_size=shard_size, block_size=block_size).items():
             path = shard_path(split, j)
             info = write_bytes(f"{root.rstrip('/')}/{path}", data)
             out.append({"split": split, "index": j, "path": path, "samples": len(users), "blocks": blocks, **info,
-                        "interactions": train_interactions if split == "train" else len(users)})
+                        "interactions": counted[split]})
     return out

@@ -5,6 +5,10 @@ listed in sorted order (the file index is the position in that list, part of the
 file is cut into ranges of ``read_block_bytes``; a range owns the lines that *start* inside it, so
 a reader seeks to its start, skips the partial line there (unless at byte 0) and reads past its
 end to the next newline. Ranges therefore cover every line exactly once, whatever the block size.
+
+Whether ``pairs_csv`` files carry the optional click label (``user,item,timestamp,label``) is read
+from each file's first line (``detect_labels``), before any read task runs: every range of a file
+must parse it the same way, and one dataset holds labelled input or none.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import pyarrow.fs as pafs
 from mvrec_dist.data import fs as dfs
 from mvrec_dist.data.ingest.errors import IngestError
 from mvrec_dist.data.ingest.parse import MAX_FILE_BYTES, MAX_FILES
+from mvrec_dist.data.ingest.validate import BOM, LABELED_CSV_HEADER, is_header, strip_terminator
 
-__all__ = ["InputFile", "ByteRange", "list_inputs", "detect_format", "plan_ranges", "read_range",
+__all__ = ["InputFile", "ByteRange", "list_inputs", "detect_format", "detect_labels", "plan_ranges", "read_range",
            "count_newlines", "FORMAT_SUFFIXES"]
 
 FORMAT_SUFFIXES = {".tsv": "pairs_tsv", ".csv": "pairs_csv"}
@@ -106,6 +111,51 @@ def detect_format(files: list[InputFile], fmt: str) -> str:
         raise IngestError(f"inputs mix formats ({', '.join(f'{k}: {v}' for k, v in sorted(found.items()))}); "
                           "ingest one format at a time")
     return next(iter(found))
+
+
+def _first_line(f: InputFile) -> bytes:
+    """The first non-blank line of ``f`` (BOM and terminator stripped; within its first 64 KiB)."""
+    with f.filesystem.open_input_file(f.path) as handle:
+        head = handle.read_at(min(_SCAN_BYTES, f.size), 0).removeprefix(BOM)
+    for line in head.split(b"\n"):
+        line = strip_terminator(line)
+        if line.strip(b" \t"):
+            return line
+    return b""
+
+
+def detect_labels(files: list[InputFile], fmt: str) -> bool:
+    """Whether the inputs carry the per-interaction click label (``pairs_csv`` only).
+
+    A file has it when its first line is the header ``user,item,timestamp,label``, or, without a
+    header, when its first data line has four comma-separated fields. Every file must agree; a
+    line of the other shape later in a file is a bad line like any other (named with its line).
+
+    Args:
+        files: The inputs.
+        fmt: The resolved format.
+
+    Returns:
+        True for labelled ``pairs_csv`` input.
+
+    Raises:
+        IngestError: when some files have the label column and others do not.
+    """
+    if fmt != "pairs_csv":
+        return False
+    found: dict[bool, str] = {}
+    for f in files:
+        line = _first_line(f)
+        if is_header(line, fmt):
+            labelled = False
+        else:
+            labelled = is_header(line, fmt, labels=True) or line.count(b",") == 3
+        found.setdefault(labelled, f.display)
+    if len(found) > 1:
+        header = LABELED_CSV_HEADER.decode("ascii")
+        raise IngestError(f"inputs mix csv files with and without the label column ({found[True]}: "
+                          f"{header}; {found[False]}: no label); give every file the column or none")
+    return bool(found) and next(iter(found))
 
 
 def plan_ranges(files: list[InputFile], block_bytes: int) -> list[ByteRange]:

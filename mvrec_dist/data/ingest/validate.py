@@ -8,6 +8,9 @@ reinterpret, anything it is unsure of).
 Valid lines:
 * ``pairs_csv``: ``user,item,timestamp``, three decimal integers (spaces and tabs around a field are
   ignored), ``user >= 0`` and ``item >= 0``, all within int64.
+* ``pairs_csv`` with the label column (``labels=True``, decided per dataset by
+  ``sources.detect_labels``): ``user,item,timestamp,label``, the same three fields and a decimal
+  integer equal to 0 or 1 (1: clicked, an interaction; 0: shown but not clicked, an exposure).
 * ``pairs_tsv``: ``user<TAB>item item ...``, a non-empty sequence of single-space separated
   non-negative decimal integers.
 * A line ends with ``\\n`` (``\\r\\n`` accepted); only the last line of a file may lack it.
@@ -20,10 +23,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["BOM", "BadLine", "CSV_HEADER", "TSV_HEADERS", "TITLES_HEADER", "is_header", "find_bad_lines",
-           "escape_raw"]
+__all__ = ["BOM", "BadLine", "CSV_HEADER", "LABELED_CSV_HEADER", "LABEL_COLUMN", "TSV_HEADERS", "TITLES_HEADER",
+           "is_header", "find_bad_lines", "escape_raw"]
 
 CSV_HEADER = b"user,item,timestamp"
+LABEL_COLUMN = "label"
+"""Name of the optional per-interaction click label of ``pairs_csv`` (its header's fourth field)."""
+LABELED_CSV_HEADER = CSV_HEADER + b"," + LABEL_COLUMN.encode("ascii")
 TSV_HEADERS = (b"user\titems", b"user\titem")
 TITLES_HEADER = b"item,title"
 BOM = b"\xef\xbb\xbf"
@@ -46,10 +52,13 @@ class BadLine:
     """The line as read, without its line terminator."""
 
 
-def is_header(line: bytes, fmt: str) -> bool:
-    """Whether ``line`` (terminator stripped) is the header line of format ``fmt``."""
+def is_header(line: bytes, fmt: str, labels: bool = False) -> bool:
+    """Whether ``line`` (terminator stripped) is the header line of format ``fmt`` (with the label column
+    when ``labels``)."""
     text = line.removeprefix(BOM).strip(b" \t")  # a header checked on its own may still carry it
-    return text == CSV_HEADER if fmt == "pairs_csv" else text in TSV_HEADERS
+    if fmt == "pairs_csv":
+        return text == (LABELED_CSV_HEADER if labels else CSV_HEADER)
+    return text in TSV_HEADERS
 
 
 def strip_terminator(line: bytes) -> bytes:
@@ -80,7 +89,18 @@ def _show(text: bytes, limit: int = 40) -> str:
     return repr(s if len(s) <= limit else s[:limit] + "...")
 
 
-def line_problem(line: bytes, fmt: str, *, unterminated_last: bool, may_be_header: bool) -> str | None:
+def _label_problem(field: bytes) -> str | None:
+    text = field.strip(b" \t")
+    if not text:
+        return "label is empty"
+    # Any decimal integer equal to 0 or 1 ("01", "-0"): what the vectorised path's int64 parse accepts.
+    if not _INT.fullmatch(text) or int(text) not in (0, 1):
+        return f"label {_show(text)} is not 0 or 1 (1: clicked, 0: shown but not clicked)"
+    return None
+
+
+def line_problem(line: bytes, fmt: str, *, unterminated_last: bool, may_be_header: bool,
+                 labels: bool = False) -> str | None:
     """Return why ``line`` is not a valid row of ``fmt``, or ``None`` when it is valid.
 
     Args:
@@ -88,6 +108,7 @@ def line_problem(line: bytes, fmt: str, *, unterminated_last: bool, may_be_heade
         fmt: ``pairs_csv`` or ``pairs_tsv``.
         unterminated_last: The line is the last of its file and has no newline (possibly truncated).
         may_be_header: The line is the first of its file, where a header is allowed.
+        labels: ``pairs_csv`` rows carry the label column.
 
     Returns:
         The reason, or ``None``.
@@ -98,18 +119,20 @@ def line_problem(line: bytes, fmt: str, *, unterminated_last: bool, may_be_heade
         return f"invalid UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1})"
     if not line.strip(b" \t"):
         return "blank line"
-    if is_header(line, fmt):
+    if is_header(line, fmt, labels):
         return None if may_be_header else "header line in the middle of the file"
     truncated = "truncated last line (no newline at end of file): " if unterminated_last else ""
     if fmt == "pairs_csv":
         fields = line.split(b",")
-        if len(fields) != 3:
-            return f"{truncated}expected 3 comma-separated fields (user,item,timestamp), got {len(fields)}"
+        want = 4 if labels else 3
+        if len(fields) != want:
+            names = (LABELED_CSV_HEADER if labels else CSV_HEADER).decode("ascii")
+            return f"{truncated}expected {want} comma-separated fields ({names}), got {len(fields)}"
         for field, what, non_negative in zip(fields, ("user id", "item id", "timestamp"), (True, True, False)):
             problem = _int_problem(field, what, non_negative)
             if problem:
                 return problem
-        return None
+        return _label_problem(fields[3]) if labels else None
     parts = line.split(b"\t")
     if len(parts) != 2:
         return f"{truncated}expected 2 tab-separated fields (user<TAB>items), got {len(parts)}"
@@ -129,7 +152,7 @@ def line_problem(line: bytes, fmt: str, *, unterminated_last: bool, may_be_heade
 
 
 def find_bad_lines(data: bytes, starts: list[int], fmt: str, *, at_file_start: bool,
-                   at_eof: bool) -> list[BadLine]:
+                   at_eof: bool, labels: bool = False) -> list[BadLine]:
     """Check every line of a block.
 
     Args:
@@ -138,6 +161,7 @@ def find_bad_lines(data: bytes, starts: list[int], fmt: str, *, at_file_start: b
         fmt: ``pairs_csv`` or ``pairs_tsv``.
         at_file_start: The block starts at byte 0 of its file (its first line may be a header).
         at_eof: The block ends at the end of its file.
+        labels: ``pairs_csv`` rows carry the label column.
 
     Returns:
         The bad lines in order (a header line at the start of a file is not bad).
@@ -150,7 +174,7 @@ def find_bad_lines(data: bytes, starts: list[int], fmt: str, *, at_file_start: b
         unterminated = at_eof and i == n - 1 and not raw.endswith(b"\n")
         line = strip_terminator(raw)
         reason = line_problem(line, fmt, unterminated_last=unterminated,
-                              may_be_header=at_file_start and i == 0)
+                              may_be_header=at_file_start and i == 0, labels=labels)
         if reason is not None:
             bad.append(BadLine(index=i, reason=reason, raw=line))
     return bad

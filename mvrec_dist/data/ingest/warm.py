@@ -386,6 +386,11 @@ def derive_warm(parent_dir: str, n: int, output_dir: str, *, overwrite: bool = F
     fmt = settings.get("format") or parent.data["inputs"][0]["format"]
     if fmt not in ("pairs_tsv", "pairs_csv"):
         raise IngestError(f"{parent_dir}: parent format {fmt!r} is neither pairs_tsv nor pairs_csv")
+    if parent.labels is not None:
+        # The derived input is rewritten from the parent's sequences; its exposures would be lost silently.
+        raise IngestError(f"Warm-{n}: {parent_dir} holds exposures (input with a label column), which Warm-N "
+                          "derivation does not carry over yet (the derived dataset would lose them); leave "
+                          "ingest.warm empty for labelled input")
     defaults = IngestConfig()
     min_seq_len = int(settings.get("min_seq_len", defaults.min_seq_len))
 

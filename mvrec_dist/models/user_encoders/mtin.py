@@ -143,7 +143,10 @@ def temporal_mask(before: Tensor, distance: Tensor, decay: Tensor) -> Tensor:
     Returns:
         ``[B, p, L, L]``.
     """
-    return torch.exp(-distance[:, None] * decay[None, :, None, None]) * before[:, None]  # B,p,L,L
+    # Pairs outside ``before`` have j after i, a negative distance: exp of a large positive gap would be inf,
+    # and inf * 0 a NaN. Their distance is clamped to 0 first; they are zeroed by the mask anyway.
+    gap = distance.clamp(min=0)[:, None]  # B,1,L,L
+    return torch.exp(-gap * decay[None, :, None, None]) * before[:, None]  # B,p,L,L
 
 
 def interest_mask(weights: Tensor, tau: float) -> Tensor:

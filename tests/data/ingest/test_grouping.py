@@ -69,3 +69,56 @@ def test_short_users_are_dropped_but_counted():
     out = group_users(table, min_seq_len=3, with_ts=False).to_pydict()
     assert out == {"user": [2, 9], "n": [2, 3], "rows": [2, 3], "dup_rows": [0, 0], "dropped": [0, 0],
                    "kept": [False, True], "items": [[], [2, 3, 4]]}
+
+
+labelled = st.tuples(st.integers(0, 5), st.integers(0, 30), st.integers(0, 4), st.integers(0, 1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(labelled, max_size=50), st.integers(2, 4), st.randoms(),
+       st.sampled_from(["keep", "drop"]))
+def test_labelled_rows_split_into_sequences_and_exposures(raw, min_seq_len, rnd, duplicates):
+    # Label-0 rows never enter the sequence or its length; they are kept per user in time order.
+    orders = rnd.sample(range(1 << 41), len(raw))
+    rows = [(u, i, t, o, lab) for (u, i, t, lab), o in zip(raw, orders)]
+    cols = list(zip(*rows)) if rows else [[], [], [], [], []]
+    table = pa.table({"user": pa.array(cols[0], pa.int64()), "item": pa.array(cols[1], pa.int64()),
+                      "ts": pa.array(cols[2], pa.int64()), "order": pa.array(cols[3], pa.int64()),
+                      "label": pa.array(cols[4], pa.int8())})
+    out = group_users(table, min_seq_len=min_seq_len, with_ts=True, duplicates=duplicates, labels=True).to_pydict()
+    assert out["user"] == sorted({r[0] for r in rows})
+    for k, user in enumerate(out["user"]):
+        mine = sorted((r for r in rows if r[0] == user), key=lambda r: (r[2], r[3]))
+        classes = {}
+        for lab in (1, 0):
+            seen, kept, dups = set(), [], 0
+            for r in (r for r in mine if r[4] == lab):  # a duplicate repeats (item, ts) within its class
+                dups += (r[1], r[2]) in seen
+                if (r[1], r[2]) not in seen or duplicates == "keep":
+                    kept.append(r)
+                seen.add((r[1], r[2]))
+            classes[lab] = (kept, dups)
+        (pos, pos_dups), (neg, neg_dups) = classes[1], classes[0]
+        is_kept = len(pos) >= min_seq_len
+        assert (out["n"][k], out["exposures"][k], out["rows"][k], out["kept"][k]) == \
+            (len(pos), len(neg), len(pos) + len(neg), is_kept)
+        assert out["dup_rows"][k] == pos_dups + neg_dups
+        assert (out["dropped"][k], out["exp_dropped"][k]) == ((pos_dups, neg_dups) if duplicates == "drop" else (0, 0))
+        assert out["items"][k] == ([r[1] for r in pos] if is_kept else [])
+        assert out["exp_items"][k] == ([r[1] for r in neg] if is_kept else [])
+        assert out["exp_ts"][k] == ([r[2] for r in neg] if is_kept else [])
+
+
+def test_a_duplicate_exposure_is_named_like_a_duplicate_interaction():
+    import pytest
+
+    from mvrec_dist.data.ingest.errors import IngestError
+
+    table = pa.table({"user": [1] * 5, "item": [1, 2, 3, 9, 9], "ts": [1, 2, 3, 5, 5], "order": [0, 10, 20, 30, 40],
+                      "label": pa.array([1, 1, 1, 0, 0], pa.int8())})
+    with pytest.raises(IngestError, match=r"byte 40: exact duplicate of .*byte 30 \(user 1, item 9, timestamp 5\)"):
+        group_users(table, min_seq_len=3, with_ts=True, duplicates="error", labels=True)
+    # The same (user, item, timestamp) once clicked and once only shown is no duplicate.
+    table = table.set_column(4, "label", pa.array([1, 1, 1, 1, 0], pa.int8()))
+    out = group_users(table, min_seq_len=3, with_ts=True, duplicates="error", labels=True).to_pydict()
+    assert out["items"] == [[1, 2, 3, 9]] and out["exp_items"] == [[9]] and out["dup_rows"] == [0]

@@ -157,3 +157,43 @@ def test_a_bom_with_bad_lines_keeps_positions():
     parsed = parse_block(BOM + b"1,2,3\nx\n4,5,6\n", "pairs_csv", file_index=0, offset=0, at_eof=True)
     assert parsed.bom == 1 and [b.index for b in parsed.bad] == [1] and parsed.rows == 2
     assert parsed.table.column("order").to_pylist() == [3, 11]  # file offsets of "1,2,3" and "4,5,6"
+
+
+labelled_lines = st.one_of(
+    st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.integers(-10**12, 10**13), st.integers(0, 1)).map(
+        lambda t: b"%d,%d,%d,%d" % t),
+    st.sampled_from([b"", b"1,2,3", b"1,2,3,2", b"1,2,3,-1", b"1,2,3,x", b"1,2,3, 1", b"1,2,3,01", b"1,2,3,1,1",
+                     b"user,item,timestamp,label", b"4,5,6,0\r"]))
+
+
+def _label(field: bytes) -> int | None:
+    v = _int(field, False)
+    return v if v in (0, 1) else None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(labelled_lines, min_size=1, max_size=25), st.booleans(), st.booleans())
+def test_labelled_csv_blocks_match_the_line_rules(lines, header, at_start):
+    # Reference: a row is valid when its first three fields are (reference()) and its label is 0 or 1.
+    if header:
+        lines = [b"user,item,timestamp,label"] + lines
+    block = b"\n".join(lines) + b"\n"
+    offset = 0 if at_start else 1000
+    parsed = parse_block(block, "pairs_csv", file_index=1, offset=offset, at_eof=True, labels=True)
+    want, bad, pos = [], [], 0
+    for i, raw in enumerate(lines):
+        line = raw.rstrip(b"\r")
+        order, pos = (1 << 40) + offset + pos, pos + len(raw) + 1
+        if i == 0 and at_start and line == b"user,item,timestamp,label":
+            continue
+        fields = line.split(b",")
+        vals = [_int(fields[0], True), _int(fields[1], True), _int(fields[2], False), _label(fields[3])] \
+            if len(fields) == 4 else [None]
+        if None in vals:
+            bad.append(i)
+        else:
+            want.append((*vals[:3], order, vals[3]))
+    d = parsed.table.to_pydict()
+    assert list(zip(d["user"], d["item"], d["ts"], d["order"], d["label"])) == want
+    assert [b.index for b in parsed.bad] == bad
+    assert parsed.table.schema.field("label").type == "int8"

@@ -127,6 +127,10 @@ def test_synthetic_csv_samples_equal_the_source(synthetic_ds, synthetic_input):
         seq, meta = raw_sequence(out, f"u{dense:010d}", test)
         assert seq == mine[:, 1].tolist() and meta["n"] == len(mine)
         assert train[f"u{dense:010d}"]["ts.npy"].tolist() == mine[:-2, 2].tolist()
+        # valid and test keep the times of their histories and targets (MTIN's time gaps in evaluation)
+        assert test[f"u{dense:010d}"]["ts.npy"].tolist() == mine[:-1, 2].tolist()
+    assert result.manifest["timestamps"]["splits"] == ["train", "valid", "test"]
+    assert "labels" not in result.manifest and "exposures" not in result.manifest["splits"]
     assert verify_dataset(str(out)) == []
 
 

@@ -48,16 +48,25 @@ def reference_split(seq):
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(st.integers(1, 10**6), min_size=3, max_size=40), min_size=1, max_size=12),
-       st.booleans(), st.integers(0, 50), st.integers(1, 5), st.integers(0, 3))
-def test_leave_one_out_blocks_match_reference(seqs, with_ts, shard, block_size, spare):
+       st.booleans(), st.integers(0, 50), st.integers(1, 5), st.integers(0, 3),
+       st.none() | st.lists(st.integers(0, 4), min_size=12, max_size=12))
+def test_leave_one_out_blocks_match_reference(seqs, with_ts, shard, block_size, spare, exposed):
     shard_size = len(seqs) + spare  # a full shard or the (shorter) last one
     n = np.array([len(s) for s in seqs])
     offsets = np.r_[0, np.cumsum(n)]
     users = np.arange(shard * shard_size + 1, shard * shard_size + 1 + len(seqs))
-    ts = np.arange(offsets[-1], dtype=np.int64) * 7 if with_ts else None
+    ts = np.arange(offsets[-1], dtype=np.int64) * 7 if with_ts or exposed else None
+    exp = {}
+    if exposed is not None:  # labelled input: each user's exposures (items 10**7 + k, times -k)
+        counts = np.array(exposed[:len(seqs)])
+        total = int(counts.sum())
+        exp = dict(exp_offsets=np.r_[0, np.cumsum(counts)], exp_items=(10**7 + np.arange(total)).astype(np.int32),
+                   exp_ts=-np.arange(total, dtype=np.int64))
+    with_ts = ts is not None
     s = UserShard(index=shard, users=users, raw_users=users * 3, n=n, offsets=offsets,
-                  items=np.concatenate(seqs).astype(np.int32), ts=ts)
+                  items=np.concatenate(seqs).astype(np.int32), ts=ts, **exp)
     tars = {k: read_blocks(v) for k, v in render_user_shards(s, shard_size=shard_size, block_size=block_size).items()}
+    assert set(tars) == {"train", "valid", "test"} | ({"exposures"} if exp else set())
     per_shard = -(-shard_size // block_size)
     for split, blocks in tars.items():
         keys = list(blocks)
@@ -68,8 +77,10 @@ def test_leave_one_out_blocks_match_reference(seqs, with_ts, shard, block_size, 
             assert members["json"] == {"block": int(key[1:]), "first_user": int(block_users[0]),
                                        "last_user": int(block_users[-1]), "n": len(block_users)}
             assert members["offsets.npy"][0] == 0 and members["offsets.npy"].dtype == np.int64
+            times = {"ts.npy"} if with_ts else set()
             expected = {"json", "users.npy", "raw_users.npy", "offsets.npy"} | (
-                {"items.npy"} | ({"ts.npy"} if with_ts else set()) if split == "train" else {"history.npy", "targets.npy"})
+                {"items.npy"} | times if split in ("train", "exposures") else
+                {"history.npy", "targets.npy"} | times | ({"targets_ts.npy"} if with_ts else set()))
             assert set(members) == expected
     train, valid, test = (per_user(tars["train"], "items.npy"), per_user(tars["valid"], "history.npy"),
                           per_user(tars["test"], "history.npy"))
@@ -81,6 +92,18 @@ def test_leave_one_out_blocks_match_reference(seqs, with_ts, shard, block_size, 
     if with_ts:
         got = [v for b in tars["train"].values() for v in b["ts.npy"].tolist()]
         assert got == [int(t) for k in range(len(seqs)) for t in ts[offsets[k]:offsets[k + 1] - 2]]
+        # valid/test: the times of their histories and targets, the input's own
+        for split, cut in (("valid", 2), ("test", 1)):
+            hist = [v for b in tars[split].values() for v in b["ts.npy"].tolist()]
+            assert hist == [int(t) for k in range(len(seqs)) for t in ts[offsets[k]:offsets[k + 1] - cut]]
+            target = [v for b in tars[split].values() for v in b["targets_ts.npy"].tolist()]
+            assert target == [int(ts[offsets[k + 1] - cut]) for k in range(len(seqs))]
+    if exp:
+        rows = per_user(tars["exposures"], "items.npy")
+        e_off = exp["exp_offsets"]
+        for k in range(len(seqs)):
+            assert rows[int(users[k])] == (int(users[k]) * 3, exp["exp_items"][e_off[k]:e_off[k + 1]].tolist(), None)
+        assert [v for b in tars["exposures"].values() for v in b["ts.npy"].tolist()] == exp["exp_ts"].tolist()
     assert all(b["items.npy"].dtype == np.int32 for b in tars["train"].values())
 
 

@@ -70,3 +70,22 @@ def test_detect_format(tmp_path):
         detect_format(list_inputs(str(tmp_path / "c.dat")), "auto")
     with pytest.raises(IngestError, match="inputs mix formats"):
         detect_format(list_inputs(str(tmp_path)), "auto")
+
+
+def test_detect_labels_from_the_first_line_of_every_csv(tmp_path):
+    from mvrec_dist.data.ingest.sources import detect_labels
+
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "a.csv").write_bytes(b"\xef\xbb\xbfuser,item,timestamp,label\n1,2,3,1\n")
+    (tmp_path / "h" / "b.csv").write_bytes(b"\n4,5,6,0\n")  # no header: four fields
+    assert detect_labels(list_inputs(str(tmp_path / "h")), "pairs_csv") is True
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "a.csv").write_bytes(b"user,item,timestamp\n1,2,3\n")
+    (tmp_path / "p" / "b.csv").write_bytes(b"1,2,3\n")
+    assert detect_labels(list_inputs(str(tmp_path / "p")), "pairs_csv") is False
+    (tmp_path / "h" / "c.csv").write_bytes(b"user,item,timestamp\n1,2,3\n")
+    with pytest.raises(IngestError, match=r"mix csv files with and without the label column \(.*a.csv: "
+                                          r"user,item,timestamp,label; .*c.csv: no label\)"):
+        detect_labels(list_inputs(str(tmp_path / "h")), "pairs_csv")
+    (tmp_path / "t.tsv").write_bytes(b"1\t2 3 4\n")
+    assert detect_labels(list_inputs(str(tmp_path / "t.tsv")), "pairs_tsv") is False

@@ -76,3 +76,22 @@ def test_find_bad_lines_indexes_lines_of_the_block():
 def test_escape_raw_keeps_one_tsv_cell():
     assert escape_raw(b"a\tb\\c\xff") == "a\\tb\\\\c\\xff"
     assert escape_raw(b"x" * 2000, limit=10) == "x" * 10 + "..."
+
+
+@pytest.mark.parametrize("line, reason", [
+    (b"1,2,3,1", None), (b"1,2,3, 0 ", None), (b"1,2,3,01", None), (b"1,2,3,-0", None),
+    (b"1,2,3", "expected 4 comma-separated fields (user,item,timestamp,label), got 3"),
+    (b"1,2,3,2", "label '2' is not 0 or 1 (1: clicked, 0: shown but not clicked)"),
+    (b"1,2,3,yes", "label 'yes' is not 0 or 1"),
+    (b"1,2,3,-1", "label '-1' is not 0 or 1"),
+    (b"1,2,3,0.5", "label '0.5' is not 0 or 1"),
+    (b"1,2,3,", "label is empty"),
+    (b"1,x,3,1", "item id 'x' is not a decimal integer"),
+    (b"user,item,timestamp,label", "header line in the middle of the file"),
+])
+def test_labelled_csv_lines(line, reason):
+    got = line_problem(line, "pairs_csv", unterminated_last=False, may_be_header=False, labels=True)
+    assert got == reason if reason is None else reason in got
+    assert line_problem(b"user,item,timestamp,label", "pairs_csv", unterminated_last=False, may_be_header=True,
+                        labels=True) is None
+    assert "expected 3" in problem(b"1,2,3,1")  # without the column a fourth field stays a bad line

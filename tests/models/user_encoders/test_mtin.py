@@ -62,6 +62,13 @@ def test_temporal_mask_is_eq_6_by_hand():
         expect[k, 5, 1] = math.exp(-0.25 * w)
     torch.testing.assert_close(mask, expect, atol=1e-7, rtol=0)  # the distance is computed in fp32
 
+    # A year between two items of one group: the reversed pair's exp(+365 w) overflows fp32; the mask
+    # stays Eq. 6 on the ordered pair and 0 (not NaN) elsewhere.
+    times = torch.tensor([[0, 0, 365 * day, 0, 365 * day, 0]], dtype=torch.float64)
+    before, distance = group_distances(groups, times, timestamps_per_unit=day)
+    mask = temporal_mask(before, distance, decay.float())[0]
+    assert torch.isfinite(mask).all() and mask[0, 2, 0] == torch.exp(torch.tensor(-365 * 0.5)) and mask[0, 0, 2] == 0
+
 
 def test_interest_mask_is_exactly_0_1_per_eq_9():
     tau = 0.25
