@@ -33,6 +33,18 @@ RANKING = ("hr@10", "ndcg@10", "hr@20", "ndcg@20")
 CLICK = ("auc", "precision@50", "recall@50", "f1@50")
 
 
+def epoch_throughput(run: Path) -> float | None:
+    """Training examples per second over every epoch the run's log records (sum of examples / sum of epoch
+    seconds). ``result.json``'s figure divides by the whole run's training time but, in runs from before
+    2026-12-05, counted only the last attempt's examples (0 for a run resumed straight into its test)."""
+    path = run / "logs" / "metrics.jsonl"
+    if not path.exists():
+        return None
+    epochs = [json.loads(line) for line in path.read_text().splitlines() if '"kind": "epoch"' in line]
+    seconds = sum(e["seconds"] for e in epochs)
+    return sum(e["sequences_per_s"] * e["seconds"] for e in epochs) / seconds if seconds else None
+
+
 def _cell(result: dict, key: str, fmt: str = ".4f") -> str:
     value = result.get(key)
     return "-" if value is None else format(value, fmt)
@@ -68,12 +80,14 @@ def render(data: dict, notes: str) -> str:
     for name, m in models.items():
         lines.append(f"| {name} | " + " | ".join(_cell(m["result"], f"test/{k}") for k in CLICK) + " |")
     lines += ["", "## Time and throughput", "",
-              "| model | best epoch | epochs run | wall min to best | train examples/s | one validation s | peak RSS MiB |",
+              "| model | best epoch | epochs run | wall min to best | train examples/s (epoch logs) | one validation s | "
+              "peak RSS MiB |",
               "|---|---|---|---|---|---|---|"]
     for name, m in models.items():
         r = m["result"]
         to_best = "-" if r.get("seconds_to_best") is None else f"{r['seconds_to_best'] / 60:.1f}"
-        lines.append(f"| {name} | {r['best_epoch'] + 1} | {r['epochs']} | {to_best} | {r['sequences_per_s']:.0f} | "
+        rate = "-" if m.get("examples_per_s") is None else f"{m['examples_per_s']:.0f}"
+        lines.append(f"| {name} | {r['best_epoch'] + 1} | {r['epochs']} | {to_best} | {rate} | "
                      f"{_cell(r, 'valid/seconds', '.1f')} | {_cell(r, 'peak_rss_mib_max', '.0f')} |")
     if data["missing"]:
         lines += ["", f"Not run or not finished when this was written: {', '.join(data['missing'])}."]
@@ -90,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--notes", default=None, help="markdown file appended as the report's notes")
     args = ap.parse_args(argv)
     data = collect(Path(args.runs), RUNS, with_buckets=False)  # MTIN's evaluation has no buckets
+    for m in data["models"].values():
+        m["examples_per_s"] = epoch_throughput(Path(args.runs) / m["run"])
     if not data["models"]:
         raise SystemExit(f"mtin_report: none of the runs {sorted(RUNS.values())} is under {args.runs}")
     FIGURES.mkdir(parents=True, exist_ok=True)

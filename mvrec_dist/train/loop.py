@@ -93,8 +93,6 @@ class Trainer:
         self.log = log
         self.state = state
         self.report = report
-        self._sequences = 0
-        self._targets = 0
         self._epoch_summary: dict[str, float] = {}  # the last finished epoch's loss, rate and memory
         self._audit = None
         if cfg.data.audit_dir:
@@ -141,7 +139,7 @@ class Trainer:
         test, baselines = self._test() if cfg.train.test_after_training else (None, {})
         best_valid = next((h["metrics"] for h in st.history if h["step"] == st.best_step), {})
         seconds = max(st.train_seconds, 1e-9)
-        throughput = {"sequences_per_s": self._sequences / seconds, "targets_per_s": self._targets / seconds}
+        throughput = {"sequences_per_s": st.sequences / seconds, "targets_per_s": st.targets / seconds}
         memory = peak_memory(self.model)
         self.log.record("memory", st.step, memory)
         return FitResult(state=st, valid=best_valid, test=test, throughput=throughput, memory=memory,
@@ -153,7 +151,7 @@ class Trainer:
         cfg, st = self.cfg, self.state
         batches = self.data.train_batches(st.epoch)
         expected = max(1, self.data.estimated_steps_per_epoch())
-        epoch_start, seq0, tgt0 = time.perf_counter(), self._sequences, self._targets
+        epoch_start, seq0, tgt0 = time.perf_counter(), st.sequences, st.targets
         loss_sum, loss_steps = 0.0, 0
         # Steps go on while any rank has data (ranks out of it train on dummy batches); each is yielded
         # after its update, so a batch's cursor is recorded only once its step ran.
@@ -171,16 +169,16 @@ class Trainer:
             st.epoch_step += 1
             loss_sum, loss_steps = loss_sum + stats.loss, loss_steps + 1
             st.train_seconds += time.perf_counter() - t0
-            self._sequences += sequences
-            self._targets += targets
+            st.sequences += sequences
+            st.targets += targets
             now = time.perf_counter()
-            rate = (self._sequences - seq0) / max(now - epoch_start, 1e-9)
+            rate = (st.sequences - seq0) / max(now - epoch_start, 1e-9)
             bar.update(st.epoch_step, f"loss {stats.loss:.4f}, {rate:,.0f} seq/s")
             if st.step % cfg.train.log_every_steps == 0:
-                target_rate = (self._targets - tgt0) / max(now - epoch_start, 1e-9)
+                target_rate = (st.targets - tgt0) / max(now - epoch_start, 1e-9)
                 self.log.record("train", st.step, {"loss": stats.loss, "epoch": st.epoch, "sequences_per_s": rate,
-                                                   "targets_per_s": target_rate, "sequences": self._sequences,
-                                                   "targets": self._targets, "train_seconds": st.train_seconds})
+                                                   "targets_per_s": target_rate, "sequences": st.sequences,
+                                                   "targets": st.targets, "train_seconds": st.train_seconds})
             if cfg.train.checkpoint_every_steps and st.step % cfg.train.checkpoint_every_steps == 0:
                 st.elapsed_seconds = time.perf_counter() - run_start
                 self._checkpoint(is_best=False)
@@ -192,8 +190,8 @@ class Trainer:
             t0 = time.perf_counter()
         bar.close()  # before the epoch's line: the line replaces the bar
         seconds = time.perf_counter() - epoch_start
-        rate = (self._sequences - seq0) / max(seconds, 1e-9)
-        target_rate = (self._targets - tgt0) / max(seconds, 1e-9)
+        rate = (st.sequences - seq0) / max(seconds, 1e-9)
+        target_rate = (st.targets - tgt0) / max(seconds, 1e-9)
         memory = peak_memory(self.model)
         self._epoch_summary = {"loss": loss_sum / max(loss_steps, 1), "sequences_per_s": rate,
                                "targets_per_s": target_rate,

@@ -33,6 +33,11 @@ class TrainState:
     """Validations without improvement (early stopping counts these)."""
     train_seconds: float = 0.0
     """Wall time spent training (excluding evaluation) so far, summed over resumes."""
+    sequences: int = 0
+    """Training sequences (examples) consumed so far over all ranks, summed over resumes: with
+    ``train_seconds``, the run's throughput (a resumed run's covers its whole life, not the last attempt)."""
+    targets: int = 0
+    """Training targets so far over all ranks, summed over resumes."""
     seconds_to_best: float = 0.0
     """Wall time (training + evaluation) from the start to the best validation."""
     elapsed_seconds: float = 0.0

@@ -281,3 +281,5 @@ def test_a_run_resumed_after_it_stopped_early_goes_straight_to_the_test():
                     resumed_state, lambda m: None, task=task).fit()
     assert again.state.epoch == 4 and task.values == [0.5] and again.state.best_epoch == 1
     assert again.test == {"err": -1.0, "items": 5, "seconds": 0.0}
+    # The throughput covers the run's whole life, not the resumed attempt's (which trained nothing).
+    assert again.throughput == first.throughput and first.throughput["sequences_per_s"] > 0
