@@ -8,9 +8,15 @@
 * ``relative_in_working_dir_copy``: relative paths of a job that ``ray job submit --working-dir``
   started in Ray's temporary copy of the working tree (where outputs would be lost).
 
-How a shared mount is told from a local disk: a path with a URI scheme other than ``file://``
-(``s3://``, ``gs://``, ``hdfs://``, ...) names an object store or a distributed filesystem and is
-shared by construction. A local path is resolved (symlinks included) and looked up in the mount
+How a shared mount is told from a local disk: a path with a URI scheme names an object store or a
+distributed filesystem (``s3://``, ``gs://``, ``hdfs://``, ...), reached over the network and so shared
+by construction, except the schemes of storage inside one process or on one node's disk
+(``NODE_LOCAL_SCHEMES``: ``memory://``, ``mock://``, ``local://``; ``file://`` is a local path). An
+``s3://`` URI is shared only as long as its endpoint is: with the endpoint overridden
+(``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, the AWS SDKs' variables, which pyarrow and so the jobs
+and Ray Train honour) to a loopback address, every node would talk to a store of its own. Storage
+URIs carry no query string (pyarrow's ``?endpoint_override=...``): the jobs append run and shard
+paths to them, which would land inside the query; the endpoint goes in the environment. A local path is resolved (symlinks included) and looked up in the mount
 table of the node running the check (``/proc/self/mounts``, the longest mount point containing
 it); it counts as shared when that mount's filesystem type is a network or cluster filesystem
 (``SHARED_FS_TYPES``: NFS, SMB, Lustre, CephFS, GPFS, GCS/S3 FUSE, ...). A Kubernetes
@@ -25,11 +31,12 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-from typing import Iterable
+from typing import Iterable, Mapping
+from urllib.parse import urlsplit
 
 from mvrec_dist.data.manifest import MANIFEST_NAME
 
-__all__ = ["PathError", "SHARED_FS_TYPES", "check_storage_path", "check_dataset_dir",
+__all__ = ["PathError", "SHARED_FS_TYPES", "NODE_LOCAL_SCHEMES", "check_storage_path", "check_dataset_dir",
            "check_manifest_path", "check_input_path", "ray_working_dir_copy", "relative_in_working_dir_copy"]
 
 # Filesystem types (as /proc/self/mounts names them) whose contents every client node sees.
@@ -38,6 +45,13 @@ SHARED_FS_TYPES = frozenset({
     "wekafs", "panfs", "fuse.gcsfuse", "fuse.s3fs", "fuse.mountpoint-s3", "fuse.juicefs",
     "fuse.ceph-fuse", "fuse.glusterfs", "fuse.blobfuse2", "fuse.goofys", "fuse.geesefs",
 })
+
+# URI schemes (pyarrow's and fsspec's) of storage inside one process or on one node's own disk.
+NODE_LOCAL_SCHEMES = frozenset({"memory", "mock", "local"})
+
+# Where an S3 client sends its requests when an endpoint is configured, in the AWS SDKs' order.
+_S3_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+_S3_SCHEMES = frozenset({"s3", "s3a"})
 
 _MOUNTS_FILE = "/proc/self/mounts"
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -86,7 +100,8 @@ def relative_in_working_dir_copy(paths: dict[str, str | None], cwd: str | None =
 
 def check_storage_path(path: str, *, num_nodes: int, key: str = "train.storage_path",
                        mounts: str | None = None,
-                       shared_fs_types: Iterable[str] = SHARED_FS_TYPES) -> str:
+                       shared_fs_types: Iterable[str] = SHARED_FS_TYPES,
+                       environ: Mapping[str, str] | None = None) -> str:
     """Check that ``path`` is reachable from every node of a cluster of ``num_nodes`` nodes.
 
     Args:
@@ -98,17 +113,20 @@ def check_storage_path(path: str, *, num_nodes: int, key: str = "train.storage_p
         mounts: Text of a mount table in ``/proc/self/mounts`` format; ``None`` reads this
             node's table.
         shared_fs_types: Filesystem types that count as shared.
+        environ: The environment holding an S3 endpoint override; ``None`` reads this process's.
 
     Returns:
         The path to use: URIs unchanged, local paths made absolute.
 
     Raises:
-        PathError: when a multi-node run is given a path on a node-local filesystem, or when the
-            mount table cannot be read to tell.
+        PathError: when a multi-node run is given a path on a node-local filesystem, a node-local
+            URI scheme or an ``s3://`` URI whose endpoint is a loopback address, when the mount
+            table cannot be read to tell, or (any run) when a URI carries a query string.
     """
     if not path:
         raise PathError(f"{key} is empty; set it to a shared filesystem mount or an s3:// / gs:// URI")
     if _URI.match(path) and not path.startswith("file://"):
+        _check_shared_uri(path, num_nodes=num_nodes, key=key, environ=os.environ if environ is None else environ)
         return path
     local = os.path.abspath(path[len("file://"):] if path.startswith("file://") else path)
     if num_nodes <= 1:
@@ -126,6 +144,30 @@ def check_storage_path(path: str, *, num_nodes: int, key: str = "train.storage_p
     raise PathError(f"{key}={path} is a local path ({fs_type} filesystem mounted at {mount_point}) "
                     f"but the cluster has {num_nodes} nodes; use a shared filesystem mount "
                     f"(NFS, Lustre, a ReadWriteMany volume) or an s3:// / gs:// URI")
+
+
+def _check_shared_uri(uri: str, *, num_nodes: int, key: str, environ: Mapping[str, str]) -> None:
+    """Refuse a storage URI that cannot work as one (query string) or is not shared (see the module doc)."""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if parts.query or parts.fragment:
+        hint = (" (for an S3-compatible store, set AWS_ENDPOINT_URL=http://host:port on every node and the "
+                "client instead)" if scheme in _S3_SCHEMES else "")
+        raise PathError(f"{key}={uri} has a query string or fragment, which run and shard paths would be appended "
+                        f"to; give the bare {scheme}://bucket/prefix URI and configure the store in the "
+                        f"environment{hint}")
+    if num_nodes <= 1:
+        return
+    if scheme in NODE_LOCAL_SCHEMES:
+        raise PathError(f"{key}={uri} is {scheme}:// storage, inside one process or node, but the cluster has "
+                        f"{num_nodes} nodes; use a shared filesystem mount or an s3:// / gs:// URI")
+    if scheme in _S3_SCHEMES:
+        var = next((v for v in _S3_ENDPOINT_VARS if environ.get(v)), None)
+        host = (urlsplit(environ[var]).hostname or "") if var else ""
+        if host == "localhost" or host.startswith("127.") or host in ("::1", "0.0.0.0"):
+            raise PathError(f"{key}={uri}: {var}={environ[var]} is a loopback address, a store that each of the "
+                            f"cluster's {num_nodes} nodes would have to itself; point {var} at an address every "
+                            "node reaches")
 
 
 def check_dataset_dir(path: str, *, key: str = "data.dataset_dir") -> str:

@@ -69,6 +69,35 @@ def test_symlinks_are_resolved_before_the_mount_lookup(tmp_path):
         check_storage_path(str(away), num_nodes=2, mounts=shared_table)
 
 
+@pytest.mark.parametrize("uri", ["memory://bucket/runs", "mock:///runs", "local:///runs"])
+def test_node_local_uri_schemes_are_not_shared(uri):
+    assert check_storage_path(uri, num_nodes=1) == uri
+    with pytest.raises(PathError, match=r"^train.storage_path=.* storage, inside one process or node, but the "
+                                        r"cluster has 2 nodes; use a shared filesystem mount or an s3://"):
+        check_storage_path(uri, num_nodes=2)
+
+
+def test_s3_with_an_endpoint_override_is_shared_unless_the_endpoint_is_loopback():
+    # The local test cluster's store (cluster/local): s3:// URIs, the endpoint in the environment.
+    store = {"AWS_ENDPOINT_URL": "http://10.201.0.2:9000"}
+    assert check_storage_path("s3://mvrec/runs", num_nodes=3, environ=store) == "s3://mvrec/runs"
+    for env, var in (({"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"}, "AWS_ENDPOINT_URL"),
+                     ({"AWS_ENDPOINT_URL": "http://10.201.0.2:9000", "AWS_ENDPOINT_URL_S3": "http://localhost:9000"},
+                      "AWS_ENDPOINT_URL_S3")):
+        with pytest.raises(PathError, match=rf"^train.storage_path=s3://mvrec/runs: {var}=\S+ is a loopback address"):
+            check_storage_path("s3://mvrec/runs", num_nodes=2, environ=env)
+        assert check_storage_path("s3://mvrec/runs", num_nodes=1, environ=env) == "s3://mvrec/runs"
+    assert check_storage_path("gs://b/runs", num_nodes=2, environ={"AWS_ENDPOINT_URL": "http://127.0.0.1:1"})
+
+
+def test_storage_uris_with_a_query_string_are_refused_on_any_cluster():
+    uri = "s3://mvrec/runs?endpoint_override=10.201.0.2:9000&scheme=http"
+    for nodes in (1, 3):
+        with pytest.raises(PathError, match=r"has a query string or fragment, which run and shard paths would be "
+                                            r"appended to; .*AWS_ENDPOINT_URL=http://host:port"):
+            check_storage_path(uri, num_nodes=nodes, environ={})
+
+
 def test_the_key_is_named_and_extra_shared_types_are_accepted():
     table = "/dev/sda1 / ext4 rw 0 0\nremote: /mnt/r fuse.rclone rw 0 0\n"
     with pytest.raises(PathError, match=r"^data.dataset_dir=/mnt/r/x is a local path \(fuse.rclone"):
