@@ -41,6 +41,20 @@ class IngestConfig:
     warm: tuple[int, ...] = setting(
         (), doc="Also derive Warm-N datasets into <output_dir>-warm<N>: items with fewer than N interactions "
         "removed, short users dropped, re-split (mvrec_dist.data.ingest.warm; the paper: [20, 50, 200]).")
+    item_counts: str | None = setting(
+        None, doc="Per-item counts CSV (local path or URI; header 'item,<col>,...' e.g. 'item,likes,views,comments', "
+        "raw item ids, non-negative integer counts, every item of the dataset listed): the popularity label "
+        "(MMRA: log2 of the count, no label for 0) comes from its item_count_column instead of the item's "
+        "interactions in the dataset (null: the interactions, which in MicroLens are the comments).")
+    item_count_column: str = setting(
+        "comments", doc="Column of ingest.item_counts holding the label counts.")
+    item_split_seed: int = setting(
+        0, doc="Seed of the random train/valid/test split of the labelled items saved with the dataset "
+        "(stats/item_split.npy; MMRA's popularity prediction).")
+    item_valid_fraction: float = setting(
+        0.1, doc="Share of the labelled items in the item split's valid part (MMRA: 0.1).")
+    item_test_fraction: float = setting(
+        0.1, doc="Share of the labelled items in the item split's test part (MMRA: 0.1).")
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -56,6 +70,13 @@ class IngestConfig:
         p.check(self.read_block_bytes >= 1 << 16, "read_block_bytes", f"must be >= 65536, got {self.read_block_bytes}")
         p.check(self.group_partitions >= 0, "group_partitions", f"must be >= 0, got {self.group_partitions}")
         p.check(bool(self.output_dir), "output_dir", "must be set")
+        p.check(bool(self.item_count_column) and self.item_count_column != "item", "item_count_column",
+                f"must name a count column of ingest.item_counts other than 'item', got {self.item_count_column!r}")
+        for name in ("item_valid_fraction", "item_test_fraction"):
+            p.check(0.0 <= getattr(self, name) < 1.0, name, f"must be in [0, 1), got {getattr(self, name)}")
+        p.check(self.item_valid_fraction + self.item_test_fraction < 1.0, "item_test_fraction",
+                f"item_valid_fraction + item_test_fraction must be < 1 (train keeps the rest), got "
+                f"{self.item_valid_fraction} + {self.item_test_fraction}")
         p.raise_if_any()
 
 

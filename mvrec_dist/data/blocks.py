@@ -103,8 +103,10 @@ LAYOUTS: dict[str, Layout] = {
                    optional=_EVAL_TIMES, min_length=2, length_to_n=1),
     "exposures": Layout("exposures", "u", "user", "users.npy", "raw_users.npy",
                         jagged={"items.npy": _I32, "ts.npy": _I64}, min_length=0, length_to_n=0),
+    # interactions.npy (every kept interaction of the item) is optional: item tables from before it have none.
     "items": Layout("items", "i", "item", "items.npy", "raw_items.npy",
-                    rows={"train_counts.npy": _I64, "has_title.npy": _BOOL}, text="titles.json"),
+                    rows={"train_counts.npy": _I64, "interactions.npy": _I64, "has_title.npy": _BOOL},
+                    optional=frozenset({"interactions.npy"}), text="titles.json"),
 }
 
 # Per-row member -> the block members it is built from (besides the ids, always read).
@@ -114,7 +116,7 @@ _ROW_SOURCES: dict[str, dict[str, frozenset[str]]] = {
     "valid": {"history.npy": frozenset({"offsets.npy", "history.npy"}), "target.npy": frozenset({"targets.npy"}),
               "ts.npy": frozenset({"offsets.npy", "ts.npy"}), "target_ts.npy": frozenset({"targets_ts.npy"}),
               "json": frozenset({"offsets.npy", "raw_users.npy"})},
-    "items": {"json": frozenset({"raw_items.npy", "train_counts.npy", "has_title.npy"}),
+    "items": {"json": frozenset({"raw_items.npy", "train_counts.npy", "interactions.npy", "has_title.npy"}),
               "txt": frozenset({"titles.json"})},
 }
 _ROW_SOURCES["test"] = _ROW_SOURCES["valid"]
@@ -295,8 +297,13 @@ class Block:
             if wanted is None or "json" in wanted:
                 raw, counts, has = (self._list(m) for m in (layout.raw_ids, "train_counts.npy", "has_title.npy"))
                 names.append("json")
-                columns.append([{"item": ids[i], "raw_item": raw[i], "train_count": counts[i], "has_title": has[i]}
-                                for i in rows])
+                rows_json = [{"item": ids[i], "raw_item": raw[i], "train_count": counts[i], "has_title": has[i]}
+                             for i in rows]
+                if "interactions.npy" in a:
+                    inter = self._list("interactions.npy")
+                    for row, i in zip(rows_json, rows):
+                        row["interactions"] = inter[i]
+                columns.append(rows_json)
             if wanted is None or "txt" in wanted:
                 titles = a[layout.text]
                 names.append("txt")

@@ -111,6 +111,12 @@ class Manifest:
         return self.data.get("labels")
 
     @property
+    def item_labels(self) -> dict[str, Any] | None:
+        """The ``item_labels`` section (popularity label counts and the item split), None in datasets
+        ingested before it existed (``mvrec_dist.data.item_split`` loads it)."""
+        return self.data.get("item_labels")
+
+    @property
     def timestamp_splits(self) -> frozenset[str]:
         """The user splits whose blocks hold timestamps (``timestamps.splits``; before that section
         existed, csv datasets stored them in ``train`` only)."""

@@ -7,7 +7,9 @@ offsets and consecutive ids of every block, that train/valid/test of the same us
 history = train items, test history = valid history + valid target), ids against the maps, the
 titles flags, the timestamps of every split that has them); the ``exposures`` split and the
 ``labels`` counts of labelled datasets; the content split and trunk-feature stores
-(``verify_content``); the train item counts; and the count identities of ``shards/README.md``.
+(``verify_content``); the train item counts; the popularity labels' counts and the item split
+(``verify_labels``: ``stats/item_interactions.npy`` against the recounted shards, the split against
+its seed); and the count identities of ``shards/README.md``.
 Every problem names the file, and the block where there is one
 (``train/train-00003.tar:b0000000123: offsets.npy must ...``). Prints every problem and exits 1 when
 there is any, 0 otherwise.
@@ -25,6 +27,7 @@ import numpy as np
 from mvrec_dist.data.manifest import ManifestError, load_manifest
 from mvrec_dist.data.verify_blocks import (Problems, check_file, read_file, verify_exposures, verify_items,
                                            verify_user_splits)
+from mvrec_dist.data.verify_labels import check_item_labels, load_label_arrays
 
 __all__ = ["verify_dataset", "main"]
 
@@ -69,16 +72,24 @@ def verify_dataset(root: str) -> list[str]:
         if rows is not None and rows != m.data["quarantine"]["rows"]:
             problems.add("quarantine.tsv", f"{rows} rows, manifest says {m.data['quarantine']['rows']}")
     recount = np.zeros(n_items + 1, dtype=np.int64)
+    recount_all = np.zeros(n_items + 1, dtype=np.int64)
     split_inter = {"train": 0, "valid": 0, "test": 0}
     has_ts = m.input_format == "pairs_csv"
-    verify_user_splits(root, m, has_ts, user_map, recount, split_inter, problems)
+    label_arrays = load_label_arrays(root, m, problems)
+    before = len(problems)
+    verify_user_splits(root, m, has_ts, user_map, recount, split_inter, problems, recount_all=recount_all)
+    if label_arrays is not None:
+        # A broken shard leaves the recount short; that shard is reported already, so don't compare then.
+        check_item_labels(m, label_arrays, recount_all if len(problems) == before else None, problems)
     _check_exposures(root, m, user_map, problems)
     if train_counts is not None and not np.array_equal(train_counts, recount):
         problems.add("stats/item_train_counts.npy", "differs from the item counts of the train shards")
     if not m.has_split("items"):
         problems.add("manifest", "no items split")
     else:
-        without = verify_items(root, m, item_map, train_counts, problems)
+        without = verify_items(root, m, item_map, train_counts, problems,
+                               interactions=label_arrays["interactions"] if label_arrays else None,
+                               expect_interactions=label_arrays is not None)
         if without != counts.get("items_without_title"):
             problems.add("manifest", f"items_without_title = {counts.get('items_without_title')}, the items shards "
                                      f"flag {without} items without a title")

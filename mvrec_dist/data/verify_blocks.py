@@ -221,7 +221,8 @@ def _agree(tr: Block, va: Block, te: Block, n_items: int, user_map: np.ndarray |
 
 
 def verify_user_splits(root: str, m: Manifest, has_ts: bool, user_map: np.ndarray | None,
-                       recount: np.ndarray, split_inter: dict[str, int], problems: Problems) -> None:
+                       recount: np.ndarray, split_inter: dict[str, int], problems: Problems, *,
+                       recount_all: np.ndarray | None = None) -> None:
     """Check the train/valid/test shards block by block.
 
     Args:
@@ -232,6 +233,8 @@ def verify_user_splits(root: str, m: Manifest, has_ts: bool, user_map: np.ndarra
         recount: int64 [N+1]; the train item counts are added to it.
         split_inter: ``{split: interactions}``; the blocks' counts are added to it.
         problems: Where problems go.
+        recount_all: int64 [N+1] or None; every item's interactions (train items, valid and test
+            targets: the full sequences) are added to it.
     """
     shards = {s: m.shards(s) for s in ("train", "valid", "test")}
     if not len(shards["train"]) == len(shards["valid"]) == len(shards["test"]):
@@ -258,13 +261,18 @@ def verify_user_splits(root: str, m: Manifest, has_ts: bool, user_map: np.ndarra
             items = tr.arrays["items.npy"]
             if len(items) and 1 <= items.min() and items.max() <= n_items:  # else reported by _agree
                 recount += np.bincount(items, minlength=len(recount))
+            if recount_all is not None:
+                every = np.concatenate([items, va.arrays["targets.npy"], te.arrays["targets.npy"]])
+                if len(every) and 1 <= every.min() and every.max() <= n_items:
+                    recount_all += np.bincount(every, minlength=len(recount_all))
             split_inter["train"] += len(tr.arrays["items.npy"])
             split_inter["valid"] += len(va)
             split_inter["test"] += len(te)
 
 
 def verify_items(root: str, m: Manifest, item_map: np.ndarray | None, train_counts: np.ndarray | None,
-                 problems: Problems) -> int:
+                 problems: Problems, *, interactions: np.ndarray | None = None,
+                 expect_interactions: bool = False) -> int:
     """Check the items shards block by block.
 
     Args:
@@ -273,6 +281,9 @@ def verify_items(root: str, m: Manifest, item_map: np.ndarray | None, train_coun
         item_map: ``maps/items.npy`` or None when unreadable.
         train_counts: ``stats/item_train_counts.npy`` or None when unreadable.
         problems: Where problems go.
+        interactions: ``stats/item_interactions.npy`` or None (absent or unreadable).
+        expect_interactions: Blocks must hold ``interactions.npy`` (datasets with an ``item_labels``
+            section); without it they may (datasets from before it have none).
 
     Returns:
         The number of items whose ``has_title`` is false (to compare with the manifest's
@@ -289,8 +300,13 @@ def verify_items(root: str, m: Manifest, item_map: np.ndarray | None, train_coun
             without += int((~has).sum())
             if any(t for h, t in zip(has.tolist(), titles) if not h):
                 problems.add(where, "an item the titles file does not list (has_title false) has a title")
+            if expect_interactions and "interactions.npy" not in block.arrays:
+                problems.add(where, "no interactions.npy (the manifest has an item_labels section)")
             for name, table, what in (("raw_items.npy", item_map, "maps/items.npy"),
-                                      ("train_counts.npy", train_counts, "stats/item_train_counts.npy")):
+                                      ("train_counts.npy", train_counts, "stats/item_train_counts.npy"),
+                                      ("interactions.npy", interactions, "stats/item_interactions.npy")):
+                if name not in block.arrays:
+                    continue
                 if table is not None and (block.ids[-1] >= len(table) or
                                           not np.array_equal(block.arrays[name], table[block.ids])):
                     problems.add(where, f"{name} differs from {what}")

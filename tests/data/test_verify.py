@@ -108,6 +108,54 @@ def test_a_wrong_count_is_caught(copy):
     assert any("train + valid + test = kept_interactions does not hold" in p for p in problems)
 
 
+def _rewrite_npy(root, rel, change, *, record=True):
+    """Replace ``rel``'s array by ``change(array)``; with ``record`` its new size and sha256 go into the manifest."""
+    path = root / rel
+    buf = io.BytesIO()
+    np.save(buf, change(np.load(path)), allow_pickle=False)
+    path.write_bytes(buf.getvalue())
+    if record:
+        m = manifest(root)
+        m["files"][rel] = {"bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        rewrite_manifest(root, m)
+
+
+def _moved(counts):
+    """One interaction moved from the most counted item to item 1: same sum, other counts."""
+    out = counts.copy()
+    out[np.argmax(out)] -= 1
+    out[1] += 1
+    return out
+
+
+def test_a_tampered_item_interactions_file_is_caught(copy):
+    _rewrite_npy(copy, "stats/item_interactions.npy", _moved, record=False)
+    assert any(p.startswith("stats/item_interactions.npy: sha256") for p in verify_dataset(str(copy)))
+    _rewrite_npy(copy, "stats/item_interactions.npy", lambda a: a, record=True)  # checksums match again
+    problems = verify_dataset(str(copy))
+    assert any("stats/item_interactions.npy: differs from the item counts of the train, valid and test shards" in p
+               for p in problems)
+    assert any("interactions.npy differs from stats/item_interactions.npy" in p for p in problems)
+
+
+def test_item_labels_that_do_not_reconcile_are_caught(copy):
+    m = manifest(copy)
+    m["item_labels"]["labelled_items"] -= 1
+    m["item_labels"]["split"]["seed"] += 1
+    rewrite_manifest(copy, m)
+    problems = verify_dataset(str(copy))
+    assert any("labelled_items + unlabelled_items != items" in p for p in problems)
+    assert any("labelled_items = " in p and "items with a count > 0" in p for p in problems)
+    assert any("is not the split of the labelled items drawn from the recorded seed" in p for p in problems)
+
+
+def test_a_dataset_from_before_the_item_labels_still_verifies(copy):
+    m = manifest(copy)
+    del m["item_labels"]
+    rewrite_manifest(copy, m)
+    assert verify_dataset(str(copy)) == []
+
+
 def test_content_is_checked_not_only_checksums(copy):
     # Re-pack a shard with one block's members split apart: the hash matches, the layout does not.
     rewrite_shard(copy, "items", 0, lambda members: members[:1] + members[2:] + members[1:2])

@@ -12,7 +12,9 @@ samples.
 
 With labelled input the items are those of kept users' interactions *and* exposures (an item only
 ever shown is still an item of the catalogue, with a train count of 0); the train counts count
-interactions only.
+interactions only. So do the interaction counts: every kept interaction of the item over the kept users'
+full sequences (train positions and the valid and test targets), the popularity label's count
+(``mvrec_dist.data.item_split``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class Summary:
     """Sorted unique raw item ids of kept users' sequences, int64 [N]."""
     train_counts: np.ndarray
     """Train-split interactions of each item, int64 [N]."""
+    interaction_counts: np.ndarray
+    """Kept interactions of each item over the kept users' full sequences (train + valid + test targets), int64 [N]."""
     counts: dict[str, int] = field(default_factory=dict)
     """``COUNT_KEYS`` totals."""
 
@@ -99,7 +103,7 @@ def summarize(grouped: pa.Table) -> Summary:
                       dropped_exposures=int(exp_dropped.sum()), exposure_users=int((n_exp[kept] > 0).sum()))
     return Summary(users=np.sort(user[kept]), items=uniq,
                    train_counts=np.bincount(inverse[in_train], minlength=len(uniq)).astype(np.int64),
-                   counts=counts)
+                   interaction_counts=np.bincount(inverse, minlength=len(uniq)).astype(np.int64), counts=counts)
 
 
 def merge_summaries(parts: list[Summary]) -> Summary:
@@ -123,12 +127,16 @@ def merge_summaries(parts: list[Summary]) -> Summary:
                           "duplicate samples")
     all_items = np.concatenate([p.items for p in parts]) if parts else np.zeros(0, np.int64)
     all_counts = np.concatenate([p.train_counts for p in parts]) if parts else np.zeros(0, np.int64)
+    all_inter = np.concatenate([p.interaction_counts for p in parts]) if parts else np.zeros(0, np.int64)
     items, inverse = np.unique(all_items, return_inverse=True)
     train_counts = np.zeros(len(items), dtype=np.int64)
     np.add.at(train_counts, inverse, all_counts)
+    interaction_counts = np.zeros(len(items), dtype=np.int64)
+    np.add.at(interaction_counts, inverse, all_inter)
     keys = COUNT_KEYS + (EXPOSURE_COUNT_KEYS if any("kept_exposures" in p.counts for p in parts) else ())
     counts = {k: sum(p.counts.get(k, 0) for p in parts) for k in keys}
-    return Summary(users=users, items=items, train_counts=train_counts, counts=counts)
+    return Summary(users=users, items=items, train_counts=train_counts, interaction_counts=interaction_counts,
+                   counts=counts)
 
 
 @ray.remote

@@ -1,8 +1,9 @@
-"""The item table: blocks of consecutive dense items with raw ids, train counts and titles.
+"""The item table: blocks of consecutive dense items with raw ids, interaction counts and titles.
 
 Shard ``j`` holds dense items ``j*S+1 .. (j+1)*S``, cut into blocks of ``B`` items keyed
 ``b%010d`` like the user splits (``shard_writer``); a block holds ``items.npy`` (dense ids, int64),
-``raw_items.npy`` (int64), ``train_counts.npy`` (int64), ``has_title.npy`` (bool), ``titles.json``
+``raw_items.npy`` (int64), ``train_counts.npy`` (int64), ``interactions.npy`` (int64: every kept
+interaction of the item, train + valid + test targets), ``has_title.npy`` (bool), ``titles.json``
 (a JSON list of the titles, '' where the titles file has none) and the block ``json``. Shards are
 rendered by Ray tasks, each given its slice of the id map, counts and titles.
 """
@@ -22,7 +23,8 @@ __all__ = ["render_item_shard", "write_item_shards"]
 
 
 def render_item_shard(shard: int, first: int, raw_items: np.ndarray, train_counts: np.ndarray,
-                      has_title: np.ndarray, titles: list[str], *, shard_size: int, block_size: int) -> bytearray:
+                      has_title: np.ndarray, titles: list[str], *, shard_size: int, block_size: int,
+                      interactions: np.ndarray | None = None) -> bytearray:
     """Render one items tar.
 
     Args:
@@ -34,6 +36,8 @@ def render_item_shard(shard: int, first: int, raw_items: np.ndarray, train_count
         titles: Title per item ('' when none), length K.
         shard_size: ``ingest.shard_max_samples``.
         block_size: Items per block (``ingest.users_per_block``).
+        interactions: Kept interactions per item over the full sequences, int64 [K]; None writes no
+            ``interactions.npy`` member (the item table of datasets from before it existed).
 
     Returns:
         The tar bytes.
@@ -43,27 +47,33 @@ def render_item_shard(shard: int, first: int, raw_items: np.ndarray, train_count
     raw = np.ascontiguousarray(raw_items, dtype=np.int64)
     counts = np.ascontiguousarray(train_counts, dtype=np.int64)
     has = np.ascontiguousarray(has_title, dtype=bool)
+    inter = None if interactions is None else np.ascontiguousarray(interactions, dtype=np.int64)
     blocks, lo, index = [], 0, first_block_index(shard, shard_size, block_size)
     for size in block_sizes(k, block_size):
         hi = lo + size
-        blocks.append((index, {
+        members = {
             "json": json_payload(block_meta(LAYOUTS["items"], index, first + lo, size)),
             "items.npy": npy_payload(dense[lo:hi]), "raw_items.npy": npy_payload(raw[lo:hi]),
-            "train_counts.npy": npy_payload(counts[lo:hi]), "has_title.npy": npy_payload(has[lo:hi]),
-            "titles.json": (encode_titles(titles[lo:hi]),)}))
+            "train_counts.npy": npy_payload(counts[lo:hi])}
+        if inter is not None:
+            members["interactions.npy"] = npy_payload(inter[lo:hi])
+        members.update({"has_title.npy": npy_payload(has[lo:hi]), "titles.json": (encode_titles(titles[lo:hi]),)})
+        blocks.append((index, members))
         lo, index = hi, index + 1
     return render_blocks(blocks)
 
 
 @ray.remote
 def _write_items(root: str, indices: list[int], shard_size: int, block_size: int, raw_items: np.ndarray,
-                 train_counts: np.ndarray, has_title: np.ndarray, titles: list[str]) -> list[dict]:
+                 train_counts: np.ndarray, interactions: np.ndarray, has_title: np.ndarray,
+                 titles: list[str]) -> list[dict]:
     out = []
     base = indices[0] * shard_size
     for j in indices:
         lo, hi = j * shard_size - base, min((j + 1) * shard_size - base, len(raw_items))
         data = render_item_shard(j, j * shard_size + 1, raw_items[lo:hi], train_counts[lo:hi], has_title[lo:hi],
-                                 titles[lo:hi], shard_size=shard_size, block_size=block_size)
+                                 titles[lo:hi], shard_size=shard_size, block_size=block_size,
+                                 interactions=interactions[lo:hi])
         path = shard_path("items", j)
         out.append({"split": "items", "index": j, "path": path, "samples": hi - lo,
                     "blocks": len(block_sizes(hi - lo, block_size)),
@@ -72,7 +82,8 @@ def _write_items(root: str, indices: list[int], shard_size: int, block_size: int
 
 
 def write_item_shards(root: str, items: np.ndarray, train_counts: np.ndarray, titles: Titles | None,
-                      shard_size: int, block_size: int, tasks: int) -> tuple[list[dict], int]:
+                      shard_size: int, block_size: int, tasks: int, *,
+                      interactions: np.ndarray) -> tuple[list[dict], int]:
     """Write every items shard with Ray tasks.
 
     Args:
@@ -83,6 +94,8 @@ def write_item_shards(root: str, items: np.ndarray, train_counts: np.ndarray, ti
         shard_size: ``ingest.shard_max_samples``.
         block_size: Items per block (``ingest.users_per_block``).
         tasks: How many tasks to spread the shards over.
+        interactions: Kept interactions per item over the full sequences, int64 [N] (the
+            ``interactions.npy`` member).
 
     Returns:
         ``(shard entries in index order, items without a title)``.
@@ -98,6 +111,6 @@ def write_item_shards(root: str, items: np.ndarray, train_counts: np.ndarray, ti
     for g in groups:
         lo, hi = g[0] * shard_size, min((g[-1] + 1) * shard_size, len(items))
         refs.append(_write_items.remote(root, g, shard_size, block_size, items[lo:hi], train_counts[lo:hi],
-                                        has[lo:hi], texts[lo:hi]))
+                                        interactions[lo:hi], has[lo:hi], texts[lo:hi]))
     entries = [e for part in ray.get(refs) for e in part]
     return sorted(entries, key=lambda e: e["index"]), int((~has).sum())

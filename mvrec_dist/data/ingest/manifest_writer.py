@@ -25,16 +25,28 @@ from mvrec_dist.data.ingest.errors import IngestError
 from mvrec_dist.data.manifest import BLOCK_SIZE_KEYS, MANIFEST_NAME, SCHEMA_VERSION
 
 __all__ = ["fingerprint", "check_output_dir", "reconcile", "build_manifest", "temp_dir_for", "publish",
-           "remove_tree", "replace_manifest", "CONTENT_KEYS"]
+           "remove_tree", "replace_manifest", "CONTENT_KEYS", "ITEM_SPLIT_KEYS"]
 
 CONTENT_KEYS = ("format", "min_seq_len", "shard_max_samples", "users_per_block", "items_per_block", "on_bad_rows")
 """Ingest settings that change the written data (read range sizes, partitions and paths do not)."""
+ITEM_SPLIT_KEYS = ("item_split_seed", "item_valid_fraction", "item_test_fraction")
+"""Settings of the saved item split: in the fingerprint only when not at their defaults (see ``fingerprint``)."""
 
 
-def fingerprint(ingest_config: dict, inputs: list[dict], titles: dict | None, labels: bool = False) -> str:
-    """Identity of a dataset: the content-relevant config, the input files (path, size) and whether
-    they carry the label column."""
+def fingerprint(ingest_config: dict, inputs: list[dict], titles: dict | None, labels: bool = False,
+                item_counts: dict | None = None) -> str:
+    """Identity of a dataset: the content-relevant config, the input files (path, size), whether they
+    carry the label column and the per-item counts file (path, size; ``ingest.item_counts``)."""
+    from mvrec_dist.config.ingest import IngestConfig
+
     config = {k: ingest_config[k] for k in CONTENT_KEYS}
+    # The item split's settings and the counts file enter only when not at their defaults, so every
+    # dataset ingested with defaults keeps the fingerprint it had before they existed (cached feature
+    # stores are keyed by it).
+    defaults = IngestConfig.__dataclass_fields__
+    for key in ITEM_SPLIT_KEYS:
+        if key in ingest_config and ingest_config[key] != defaults[key].default:
+            config[key] = ingest_config[key]
     # Of ingest.duplicates only 'drop' changes the data: 'keep' and 'error' write the same bytes
     # whenever 'error' lets the job finish, as did every ingestion before the setting existed, so
     # those datasets keep their fingerprint.
@@ -45,6 +57,9 @@ def fingerprint(ingest_config: dict, inputs: list[dict], titles: dict | None, la
              "titles": titles and {"path": titles["path"], "bytes": titles["bytes"]}}
     if labels:  # only then, so every unlabelled dataset keeps its fingerprint
         ident["labels"] = True
+    if item_counts is not None:
+        ident["item_counts"] = {"path": item_counts["path"], "bytes": item_counts["bytes"],
+                                "column": item_counts["column"]}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
@@ -89,7 +104,7 @@ def check_output_dir(output_dir: str, fp: str, overwrite: bool) -> None:
 
 
 def reconcile(counts: dict, splits: dict, summary_train: int, shard_size: int, duplicates: str = "keep",
-              labels: dict | None = None) -> dict:
+              labels: dict | None = None, extra_checks: dict[str, bool] | None = None) -> dict:
     """Check every count identity of ``shards/README.md``.
 
     Args:
@@ -100,6 +115,8 @@ def reconcile(counts: dict, splits: dict, summary_train: int, shard_size: int, d
         duplicates: ``ingest.duplicates`` (only ``drop`` may drop rows).
         labels: The manifest ``labels`` section of labelled input (plus ``written``: the exposures
             the writers stored), else None.
+        extra_checks: Further identities computed elsewhere (name -> held), e.g. the ``item_labels``
+            ones (``item_labels.write_item_labels``).
 
     Returns:
         The manifest ``reconciliation`` section (``ok`` true).
@@ -147,6 +164,7 @@ def reconcile(counts: dict, splits: dict, summary_train: int, shard_size: int, d
             all(s.get("blocks") == -(-s["samples"] // per_block) for s in shards)
         checks[f"{split}: shards 0..{-(-expected // shard_size) - 1} all written"] = \
             [s["path"] for s in shards] == [f"{split}/{split}-{j:05d}.tar" for j in range(-(-expected // shard_size))]
+    checks.update(extra_checks or {})
     failed = [name for name, ok in checks.items() if not ok]
     if failed:
         raise IngestError("counts do not reconcile, no manifest written: " + "; ".join(failed) +
@@ -158,10 +176,12 @@ def reconcile(counts: dict, splits: dict, summary_train: int, shard_size: int, d
 
 def build_manifest(*, fp: str, config: dict, inputs: list[dict], titles: dict | None, counts: dict,
                    reconciliation: dict, splits: dict, files: dict, quarantine: dict, timestamps: dict | None = None,
-                   labels: dict | None = None) -> dict:
-    """Assemble ``manifest.json`` (schema ``SCHEMA_VERSION``); ``timestamps`` and ``labels`` are written
-    only when given (timestamped, labelled input)."""
-    optional = {k: v for k, v in (("timestamps", timestamps), ("labels", labels)) if v is not None}
+                   labels: dict | None = None, stats: dict | None = None, item_labels: dict | None = None) -> dict:
+    """Assemble ``manifest.json`` (schema ``SCHEMA_VERSION``); ``timestamps``, ``labels`` and ``item_labels``
+    are written only when given (timestamped, labelled input; the item labels section); ``stats``: further
+    entries of the ``stats`` section beside ``item_train_counts``."""
+    optional = {k: v for k, v in (("timestamps", timestamps), ("labels", labels), ("item_labels", item_labels))
+                if v is not None}
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "mvrec_dist.dataset",
@@ -174,7 +194,7 @@ def build_manifest(*, fp: str, config: dict, inputs: list[dict], titles: dict | 
         "reconciliation": reconciliation,
         "splits": splits,
         "maps": {"items": "maps/items.npy", "users": "maps/users.npy"},
-        "stats": {"item_train_counts": "stats/item_train_counts.npy"},
+        "stats": {"item_train_counts": "stats/item_train_counts.npy", **(stats or {})},
         "files": files,
         "quarantine": quarantine,
         **optional,

@@ -23,6 +23,10 @@ Labelled csv input (``user,item,timestamp,label``, ``sources.detect_labels``) ru
 label-1 rows are the interactions, label-0 rows the exposures, which ride along with their user to
 the ``exposures`` split (``grouping``, ``shard_writer``) and are counted in the manifest's
 ``labels`` section; without the column nothing differs from before.
+
+Every dataset also gets the popularity labels' counts and the item split (``item_labels``: every item's
+kept interactions, or ``ingest.item_counts``'s column, read before anything else; the labelled items split
+with ``ingest.item_split_seed``), reconciled with the rest.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from mvrec_dist.data.ingest.datasource import InteractionsDatasource, ReadLedger
 from mvrec_dist.data.ingest.errors import IngestError, find_ingest_error
 from mvrec_dist.data.ingest.grouping import group_users
 from mvrec_dist.data.ingest.ids import merge_tree
+from mvrec_dist.data.ingest.item_labels import CountsFile, read_counts_file, write_item_labels
 from mvrec_dist.data.ingest.items import write_item_shards
 from mvrec_dist.data.ingest.manifest_writer import (build_manifest, check_output_dir, fingerprint, publish,
                                                     reconcile, remove_tree, temp_dir_for)
@@ -104,6 +109,8 @@ class DatasetIdentity:
     """``manifest_writer.fingerprint`` of the above: equal fingerprints mean the same dataset."""
     labels: bool = False
     """The inputs carry the per-interaction click label (``sources.detect_labels``)."""
+    item_counts: dict | None = None
+    """The per-item counts file's path, size and column (``ingest.item_counts``), or None."""
 
 
 def dataset_identity(cfg: IngestConfig) -> DatasetIdentity:
@@ -124,9 +131,16 @@ def dataset_identity(cfg: IngestConfig) -> DatasetIdentity:
         tfs, tpath = dfs.resolve(cfg.titles)
         size = tfs.get_file_info(tpath).size
         titles_info = {"path": cfg.titles, "bytes": int(size) if size is not None else None}
+    counts_info = None
+    if cfg.item_counts:
+        cfs, cpath = dfs.resolve(cfg.item_counts)
+        size = cfs.get_file_info(cpath).size
+        counts_info = {"path": cfg.item_counts, "bytes": int(size) if size is not None else None,
+                       "column": cfg.item_count_column}
     ingest_dict = dict(config_to_dict(cfg), format=fmt)
     return DatasetIdentity(files=files, format=fmt, inputs=inputs, titles=titles_info, config=ingest_dict,
-                           fingerprint=fingerprint(ingest_dict, inputs, titles_info, labels), labels=labels)
+                           fingerprint=fingerprint(ingest_dict, inputs, titles_info, labels, counts_info),
+                           labels=labels, item_counts=counts_info)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -182,6 +196,9 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, inputs: list[dict
     timings: dict[str, float] = {}
     t = time.perf_counter()
     titles: Titles | None = read_titles(cfg.titles, cfg.on_bad_rows) if cfg.titles else None
+    # Read (and checked) before the interactions: a bad counts file fails before the shuffle.
+    counts_file: CountsFile | None = read_counts_file(cfg.item_counts, cfg.item_count_column) \
+        if cfg.item_counts else None
     if titles_info is not None:
         titles_info.update(rows=titles.rows, header_rows=titles.header_rows, quarantined_rows=len(titles.bad),
                            bom_stripped=titles.bom_stripped)
@@ -215,13 +232,17 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, inputs: list[dict
 
     t = time.perf_counter()
     item_entries, without_title = write_item_shards(tmp, summary.items, summary.train_counts, titles, S,
-                                                    cfg.items_per_block, tasks=cpus)
+                                                    cfg.items_per_block, tasks=cpus,
+                                                    interactions=summary.interaction_counts)
     files_section = {
         "maps/items.npy": write_bytes(f"{tmp}/maps/items.npy", _npy_bytes(np.concatenate([[-1], summary.items]))),
         "maps/users.npy": write_bytes(f"{tmp}/maps/users.npy", _npy_bytes(np.concatenate([[-1], summary.users]))),
         "stats/item_train_counts.npy": write_bytes(f"{tmp}/stats/item_train_counts.npy",
                                                    _npy_bytes(np.concatenate([[0], summary.train_counts]))),
     }
+    label_files, stats, item_labels, label_checks = write_item_labels(
+        tmp, cfg, summary.items, summary.interaction_counts, summary.counts["kept_interactions"], counts_file)
+    files_section.update(label_files)
     timings["items"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -231,11 +252,12 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, inputs: list[dict
     label_section = _labels(reports, summary) if labels else None
     written = sum(e["interactions"] for e in user_entries if e["split"] == EXPOSURE_SPLIT)
     reconciliation = reconcile(counts, splits, summary.counts["train_interactions"], S, cfg.duplicates,
-                               labels={**label_section, "written": written} if labels else None)
+                               labels={**label_section, "written": written} if labels else None,
+                               extra_checks=label_checks)
     timings["finish"] = time.perf_counter() - t
     time_splits = list(USER_SPLITS) + ([EXPOSURE_SPLIT] if labels else [])
     parts = {"counts": counts, "reconciliation": reconciliation, "splits": splits, "files": files_section,
-             "quarantine": quarantine, "labels": label_section,
+             "quarantine": quarantine, "labels": label_section, "stats": stats, "item_labels": item_labels,
              "timestamps": {"splits": time_splits, "unit": TIMESTAMP_UNIT} if with_ts else None}
     return parts, timings
 

@@ -441,7 +441,12 @@ def derive_warm(parent_dir: str, n: int, output_dir: str, *, overwrite: bool = F
             read_block_bytes=int(settings.get("read_block_bytes", defaults.read_block_bytes)),
             group_partitions=int(settings.get("group_partitions", defaults.group_partitions)),
             # The parent already applied its duplicates policy: its sequences are taken as they are.
-            on_bad_rows="error", duplicates="keep", overwrite=False, progress=progress)
+            on_bad_rows="error", duplicates="keep", overwrite=False, progress=progress,
+            # The popularity labels as the parent's: its counts file (a superset of the kept items) or the
+            # interactions (of the derived sequences), split with the parent's settings.
+            item_counts=settings.get("item_counts"),
+            **{k: settings.get(k, getattr(defaults, k)) for k in ("item_count_column", "item_split_seed",
+                                                                  "item_valid_fraction", "item_test_fraction")})
         with ray_session(RayConfig()):
             ingested = run_ingest(cfg).manifest
         written = {"users": w["written_users"], "interactions": w["written_interactions"]}

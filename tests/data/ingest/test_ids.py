@@ -26,6 +26,9 @@ def test_summaries_merge_into_sorted_ids_and_train_counts():
     assert s.items.tolist() == [10, 20, 30, 50]  # item 99 belongs to a dropped user: no id
     # train = all but the last two: user 7 -> [50, 10], user 4 -> [30]
     assert s.train_counts.tolist() == [1, 0, 1, 1]
+    # every kept interaction, the valid and test targets too: user 7 -> 50, 10, 50, 30; user 4 -> 30, 20, 10
+    assert s.interaction_counts.tolist() == [2, 1, 2, 2]
+    assert s.interaction_counts.sum() == s.counts["kept_interactions"]
     assert s.counts == {"kept_users": 2, "kept_rows": 7, "kept_interactions": 7, "filtered_users": 1,
                         "filtered_rows": 1, "filtered_interactions": 1, "train_interactions": 3,
                         "duplicate_users": 1, "duplicate_rows": 1, "dropped_rows": 0, "dropped_interactions": 0}

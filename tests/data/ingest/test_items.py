@@ -35,6 +35,11 @@ def test_render_item_shard():
     assert first["has_title.npy"].dtype == bool and first["has_title.npy"].tolist() == [True, False]
     assert first["titles.json"] == ["ça va", ""]
     assert blocks["b0000000006"]["titles.json"] == ["x"]
+    with_counts = read_blocks(render_item_shard(1, 11, np.array([500, 900, 901]), np.array([4, 0, 2]),
+                                                np.array([True, False, True]), ["ça va", "", "x"], shard_size=10,
+                                                block_size=2, interactions=np.array([6, 1, 3])))
+    assert with_counts["b0000000005"]["interactions.npy"].tolist() == [6, 1]
+    assert with_counts["b0000000006"]["interactions.npy"].dtype == np.int64
 
 
 @settings(max_examples=50, deadline=None)

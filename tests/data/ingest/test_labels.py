@@ -92,6 +92,14 @@ def test_exposures_stay_out_of_sequences_splits_and_counts(labelled):
         assert items[full].tolist() == [i for i, _ in CLICKS[user]]
     counts = dict(zip(items[1:].tolist(), np.load(out / "stats" / "item_train_counts.npy")[1:].tolist()))
     assert counts == {10: 2, 11: 2, 12: 2, 13: 0, 14: 0, 15: 0, 16: 0, 20: 0, 21: 0, 99: 0}
+    # The popularity label counts every kept interaction (valid and test targets too), never an exposure
+    # nor a filtered user's click: items only shown (20, 21, 99) have 0 and no label.
+    inter = dict(zip(items[1:].tolist(), np.load(out / "stats" / "item_interactions.npy")[1:].tolist()))
+    assert inter == {10: 2, 11: 2, 12: 3, 13: 2, 14: 1, 15: 1, 16: 1, 20: 0, 21: 0, 99: 0}
+    section = json.loads((out / "manifest.json").read_text())["item_labels"]
+    assert (section["labelled_items"], section["unlabelled_items"]) == (7, 3)
+    codes = np.load(out / "stats" / "item_split.npy")
+    assert sorted(items[np.flatnonzero(codes >= 0)].tolist()) == [10, 11, 12, 13, 14, 15, 16]
     shown = rows_of(out, "exposures", {"items.npy", "ts.npy", "json"})
     assert sorted(shown) == [1, 2, 5]
     for user in (1, 2, 5):

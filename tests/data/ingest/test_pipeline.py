@@ -45,6 +45,8 @@ def read_split(root, split):
                                                      "train_count": int(b["train_counts.npy"][i]),
                                                      "has_title": bool(b["has_title.npy"][i])},
                                             "txt": b["titles.json"][i]}
+                    if "interactions.npy" in b:
+                        out[f"i{item:010d}"]["json"]["interactions"] = int(b["interactions.npy"][i])
                 continue
             seq = "items.npy" if split == "train" else "history.npy"
             off = b["offsets.npy"]

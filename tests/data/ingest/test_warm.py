@@ -150,6 +150,12 @@ def test_warm_n_equals_the_brute_force(parent, tmp_path, n):
     assert set(items) == {i for s in expected.values() for i in s}
     for raw, row in items.items():
         assert row["json"]["has_title"] == (raw in TITLES) and row["txt"] == TITLES.get(raw, "")
+    # The derived dataset's own popularity label counts (its sequences' interactions) and item split.
+    from collections import Counter
+
+    per_item = Counter(i for s in expected.values() for i in s)
+    assert {raw: row["json"]["interactions"] for raw, row in items.items()} == dict(per_item)
+    assert manifest["item_labels"]["labelled_items"] == len(per_item) and manifest["item_labels"]["split"]["seed"] == 0
     assert verify_dataset(str(out)) == []
     assert not (tmp_path / f"parent-warm{n}.work").exists()
 
