@@ -34,7 +34,9 @@ def deepspeed_config(parallel: ParallelConfig, train: TrainConfig, *, micro_batc
     """
     # DeepSpeed's default buckets hold 5e8 elements and are zero-filled as gradients arrive: for a
     # dense tower of 50K parameters that fill, not the model, dominated the step (~70% on CPU).
-    bucket = int(min(5e8, max(1 << 22, num_params)))
+    # A multiple of 512: ZeRO-1/2 assert the all-gather bucket is a multiple of their alignment factor
+    # (2 or 4 elements by dtype), and an odd parameter count (MMRA's dense tower) would not be.
+    bucket = -(-int(min(5e8, max(1 << 22, num_params))) // 512) * 512
     zero: dict = {"stage": parallel.zero_stage, "reduce_bucket_size": bucket, "allgather_bucket_size": bucket}
     if parallel.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": parallel.use_gpu}

@@ -105,7 +105,9 @@ def one_line(exc: BaseException) -> str:
 DETERMINISTIC_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG,
                                   errno.ENAMETOOLONG})
 # Exceptions that are bugs or bad input in the code path itself: the same step raises them again.
-_PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, ImportError, SyntaxError, NotImplementedError)
+# AssertionError: libraries assert on their configuration (DeepSpeed's bucket alignment), which a retry repeats.
+_PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, ImportError, SyntaxError, NotImplementedError,
+                       AssertionError)
 # Ray's wrappers: never the explanation themselves when they hold something more specific.
 _WRAPPER_NAMES = {"WorkerGroupError", "ControllerError", "TrainingFailedError", "UserExceptionWithTraceback",
                   "RayTaskError", "TaskError"}

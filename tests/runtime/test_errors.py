@@ -87,5 +87,7 @@ def test_users_errors_and_programming_errors_are_deterministic():
 
     assert is_deterministic(PathError("p")) and is_deterministic(TypeError("bad")) and is_deterministic(
         OSError(13, "Permission denied", "/x"))
+    # A library's assertion on its configuration fails the same way every time (DeepSpeed's bucket alignment).
+    assert is_deterministic(AssertionError("allgather_bucket_size must be a multiple of nccl_start_alignment_factor, 2"))
     assert describe_failure(WorkerGroupError({0: PathError("data.dataset_dir=/x does not exist")})) == (
         "data.dataset_dir=/x does not exist")
