@@ -32,9 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         print(resolved_yaml(cfg), end="")
         return 0
     from mvrec_dist.retrieval.features import RetrievalError
-    from mvrec_dist.retrieval.job import absolute_retrieval_paths, neighbours_problems, run_neighbours
+    from mvrec_dist.retrieval.job import neighbours_problems, run_neighbours
+    from mvrec_dist.train.launch import absolute_paths
 
-    cfg = absolute_retrieval_paths(cfg)
+    cfg = absolute_paths(cfg)
     problems = neighbours_problems(cfg)  # what can fail without a cluster fails before one starts
     if problems:
         print(f"{PROG}: error: " + "\n  - ".join(["cannot build neighbours:", *problems]), file=sys.stderr)

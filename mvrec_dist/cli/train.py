@@ -29,13 +29,16 @@ __all__ = ["main", "train", "summary_table", "ALIASES"]
 ALIASES = {"address": "ray.address", "resume": "train.resume", "run-name": "train.run_name"}
 
 
-def main(argv: Sequence[str] | None = None, *, prog: str = "mvrec train", description: str = __doc__) -> int:
-    """``mvrec train`` and ``jobs/train_videorec.py``: parse the command line, train, print the result.
+def main(argv: Sequence[str] | None = None, *, prog: str = "mvrec train", description: str = __doc__,
+         tasks: tuple[str, ...] | None = None) -> int:
+    """``mvrec train``, ``jobs/train_videorec.py`` and ``jobs/train_popularity.py``: parse the command line,
+    train, print the result.
 
     Args:
         argv: Arguments without the program name (default ``sys.argv[1:]``).
         prog: Program name for usage and error lines.
         description: Top of ``--help`` (the job passes its own docstring with its launch commands).
+        tasks: The ``task.name`` values this entrypoint trains (None: every task); others exit 2.
 
     Returns:
         The exit status: 0 done, 2 cannot start as configured, 1 failed.
@@ -45,6 +48,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "mvrec train", descri
     if args.print_config:
         print(resolved_yaml(args.config), end="")
         return 0
+    if tasks is not None and args.config.task.name not in tasks:
+        print(f"{prog}: error: task.name: this job trains {' or '.join(tasks)}, got {args.config.task.name!r} "
+              "(jobs/train_videorec.py trains every task)", file=sys.stderr)
+        return 2
     return guarded(prog, args.debug, lambda: _show(args.config, train(args.config)))
 
 

@@ -43,7 +43,7 @@ class TrainJobConfig:
 
     task: TaskConfig = setting(
         factory=NextItemTaskConfig,
-        doc="What the run learns; 'name' picks next_item (default), item_popularity or mtin.")
+        doc="What the run learns; 'name' picks next_item (default), item_popularity, mtin or mmra.")
     data: DataConfig = setting(factory=DataConfig, doc="Dataset and batching.")
     model: ModelConfig = setting(factory=ModelConfig, doc="Item tower, user encoder and loss.")
     parallel: ParallelConfig = setting(factory=ParallelConfig, doc="Workers, sharding and ZeRO.")
@@ -72,8 +72,15 @@ class TrainJobConfig:
                 "parallel.zero_stage", "task mtin adds lambda ||Theta||^2 of Eq. 12 in the forward, which reads whole "
                 "parameters; ZeRO-3 partitions them outside their module's forward: use zero_stage 0, 1 or 2 "
                 "(MTIN's dense tower is small) or task.mtin.l2=0")
-        p.check(self.task.name != "item_popularity" or self.eval.click_cutoff is None, "eval.click_cutoff",
-                "task item_popularity ranks nothing, so it has no click metrics; leave eval.click_cutoff null")
+        p.check(self.task.name not in ("item_popularity", "mmra") or self.eval.click_cutoff is None, "eval.click_cutoff",
+                f"task {self.task.name} ranks nothing, so it has no click metrics; leave eval.click_cutoff null")
+        if self.task.name == "mmra":
+            for key in ("text_features", "frame_features", "output_dir"):
+                p.check(bool(getattr(self.retrieval, key)), f"retrieval.{key}",
+                        "task mmra reads its inputs from the retrieval section: text_features (title vectors), "
+                        "frame_features (per-frame features) and output_dir (the neighbour store); set all three")
+            p.check(self.task.retrieved <= self.retrieval.k, "task.retrieved",
+                    f"reads {self.task.retrieved} neighbours but the store keeps retrieval.k={self.retrieval.k}")
         names = [m.name for m in self.metrics]
         p.check(self.eval.select_metric is None or self.eval.select_metric in names, "eval.select_metric",
                 f"must be a metric of task '{self.task.name}': one of {names}, got {self.eval.select_metric!r}")

@@ -14,7 +14,8 @@ from typing import Literal
 from mvrec_dist.config.fields import Problems, setting
 from mvrec_dist.config.mtin import MTINConfig
 
-__all__ = ["MetricSpec", "TaskConfig", "NextItemTaskConfig", "ItemPopularityTaskConfig", "MTINTaskConfig"]
+__all__ = ["MetricSpec", "TaskConfig", "NextItemTaskConfig", "ItemPopularityTaskConfig", "MTINTaskConfig",
+           "MMRATaskConfig"]
 
 
 @dataclass(frozen=True)
@@ -164,3 +165,57 @@ class MTINTaskConfig(TaskConfig):
     def default_select_metric(self, ks: tuple[int, ...]) -> str:
         """NDCG@10 (or at the first cut-off), as for next-item: the MicroLens headline metric."""
         return "ndcg@10" if 10 in ks else f"ndcg@{ks[0]}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MMRATaskConfig(TaskConfig):
+    """MMRA (retrieval-augmented micro-video popularity prediction; ICDM-UESTC/MMRA): a regression over items.
+
+    Label: ``log2`` of the item's interaction count in the dataset (or of a per-item counts file's
+    column), written at ingestion with the item split (80/10/10, seeded) that the task trains on
+    (``mvrec_dist.data.item_split``); items without interactions have no label and are in no split.
+    Inputs, all named by the ``retrieval`` section (the same preset builds the neighbours with
+    ``jobs/build_neighbours.py``): ``retrieval.text_features`` (a title vector ``[Ct]`` per item),
+    ``retrieval.frame_features`` (per-frame features ``[F, Cv]``, or ``[Cv]`` read as one frame) and
+    ``retrieval.output_dir`` (each item's neighbours among the train and valid items, with cosine
+    similarities). The model is ``mvrec_dist.models.mmra.MMRA``; no embedding tables.
+    Metrics: nMSE, SRC, MAE over the whole split, their per-batch averages as MMRA's ``test.py``
+    computes them (``eval_batch``), and MAE + nMSE, MMRA's selection criterion (lower is better).
+    """
+
+    name: Literal["mmra"] = setting("mmra", doc="Selects MMRA popularity prediction (its own model, data and metrics).")
+    frames: int = setting(10, doc="Frames per item the model reads (MMRA: 10); the frame store must hold at least "
+                                  "this many (a [Cv] store is one frame and needs frames=1).")
+    retrieved: int = setting(10, doc="Retrieved neighbours per item the model reads, of the store's k (MMRA: 10 of 20).")
+    alpha: float = setting(0.6, doc="Scale of the negated attention branch of the cross-modal attention (MMRA: 0.6).")
+    feature_dim: int | None = setting(
+        None, doc="Width d of the model's streams (MMRA: 768, its features' width). null = the text features' width. "
+                  "A modality of another width passes through a linear projection to d first (ours: MMRA's ViT and "
+                  "BERT features are both 768 wide, ours need not be).")
+    use_retrieval: bool = setting(True, doc="False: the model without the retrieval branch (the ablation baseline): "
+                                            "the fusion MLP reads the item's own text and frame streams only.")
+    loss: Literal["mse", "bce"] = setting(
+        "mse", doc="'mse' (MMRA's default); 'bce': the output is a logit of label / (the train labels' maximum), "
+                   "predictions are sigmoid(output) x that maximum (MMRA's BCE option applies BCELoss to the raw output, "
+                   "which is only defined in [0, 1]).")
+    eval_batch: int = setting(256, doc="Items per batch of the per-batch metric variant (MMRA's test loader: 256), and "
+                                       "per forward pass of evaluation.")
+
+    def __post_init__(self) -> None:
+        p = Problems()
+        p.check(self.frames >= 1, "frames", f"must be >= 1, got {self.frames}")
+        p.check(self.retrieved >= 1, "retrieved", f"must be >= 1, got {self.retrieved}")
+        p.check(self.feature_dim is None or self.feature_dim >= 1, "feature_dim",
+                f"must be >= 1 or null, got {self.feature_dim}")
+        p.check(self.eval_batch >= 2, "eval_batch", f"must be >= 2, got {self.eval_batch}")
+        p.raise_if_any()
+
+    def metrics(self, ks: tuple[int, ...], click_cutoff: int | None = None) -> tuple[MetricSpec, ...]:
+        """MAE + nMSE (selection), nMSE, SRC, MAE; then their per-batch variants (``*_b``). SRC is higher-is-better."""
+        return (MetricSpec("mae_nmse", False), MetricSpec("nmse", False), MetricSpec("src", True),
+                MetricSpec("mae", False), MetricSpec("nmse_b", False), MetricSpec("src_b", True),
+                MetricSpec("mae_b", False))
+
+    def default_select_metric(self, ks: tuple[int, ...]) -> str:
+        """MAE + nMSE on validation, lower is better: MMRA's early-stopping criterion."""
+        return "mae_nmse"

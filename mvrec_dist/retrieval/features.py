@@ -35,7 +35,7 @@ from mvrec_dist.data.content_store import ContentStore, ContentStoreError
 from mvrec_dist.data.fs import open_input_file
 from mvrec_dist.data.manifest import Manifest
 
-__all__ = ["RetrievalError", "ItemFeatures", "assemble_item_features", "combine_modalities", "RULE"]
+__all__ = ["RetrievalError", "ItemFeatures", "assemble_item_features", "combine_modalities", "open_feature_store", "RULE"]
 
 RULE = ("per modality: L2-normalise, scale by sqrt(weight); concatenate; L2-normalise the whole "
         "(cosine = weighted mean of per-modality cosines; a missing modality contributes a zero block)")
@@ -83,7 +83,9 @@ def _name(item: int, raw: np.ndarray | None) -> str:
     return f"item {item}" + (f" (raw id {int(raw[item])})" if raw is not None and item < len(raw) else "")
 
 
-def _open_store(name: str, path: str, manifest: Manifest) -> ContentStore:
+def open_feature_store(name: str, path: str, manifest: Manifest) -> ContentStore:
+    """The feature store at ``path`` of modality ``name`` (``title``: ``[C]`` per item; ``frames``: ``[C]`` or
+    per-frame ``[F, C]``), checked to belong to ``manifest``'s dataset; ``RetrievalError`` otherwise."""
     try:
         store = ContentStore.from_features(path)
     except ContentStoreError as exc:
@@ -96,19 +98,22 @@ def _open_store(name: str, path: str, manifest: Manifest) -> ContentStore:
                              "jobs/cache_trunk_features.py on this dataset")
     if store.num_items != manifest.num_items:
         raise RetrievalError(f"{path}: {store.num_items} items, the dataset has {manifest.num_items}")
-    if len(store.shape) != 1:
+    if len(store.shape) != 1 and not (name == "frames" and len(store.shape) == 2):
         raise RetrievalError(f"{path}: {name} features of shape {list(store.shape)} per item; the retriever needs "
-                             "one vector per item (cache the encoder with finetune=frozen, whose output is pooled)")
+                             "one vector per item (cache the encoder with finetune=frozen, whose output is pooled)"
+                             + ("" if name == "title" else ", or per-frame vectors [F, C], which it averages"))
     return store
 
 
 def _normalised(store: ContentStore, name: str, raw: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """``(ids with a feature, their float32 L2-normalised vectors)``; non-finite or zero vectors raise."""
     ids = np.nonzero(store.index[:, 0] >= 0)[0]
-    out = np.empty((len(ids), store.shape[0]), dtype=np.float32)
+    out = np.empty((len(ids), store.shape[-1]), dtype=np.float32)
     for lo in range(0, len(ids), GATHER_CHUNK):
         chunk = ids[lo:lo + GATHER_CHUNK]
         x = store.gather(chunk).astype(np.float32)
+        if x.ndim == 3:  # per-frame features [F, C] (MMRA's frame store): the item's vector is their mean
+            x = x.mean(axis=1)
         bad = ~np.isfinite(x).all(axis=1)
         if bad.any():
             raise RetrievalError(f"{store.layout.root}: {_name(int(chunk[bad][0]), raw)} has a non-finite {name} feature")
@@ -167,7 +172,7 @@ def assemble_item_features(manifest: Manifest, modalities: list[tuple[str, str, 
     raw = _raw_items(manifest)
     blocks, described = [], []
     for name, path, weight in modalities:
-        store = _open_store(name, path, manifest)
+        store = open_feature_store(name, path, manifest)
         ids, vecs = _normalised(store, name, raw)
         if on_missing == "error" and len(ids) < n:
             has = np.zeros(n + 1, dtype=bool)

@@ -1,7 +1,7 @@
 """The retriever as a Ray Data job: every item's top-k neighbours among the train and valid items.
 
-Driver: the dataset's manifest, the item split (the item task's ``item_split``, the same function and
-settings training uses), every item's vector (``features.assemble_item_features``: all input checks
+Driver: the dataset's manifest, the item split (``task_item_split``: the one training uses, the
+dataset's saved split for ``mmra``), every item's vector (``features.assemble_item_features``: all input checks
 happen here, before any worker starts), the index over train ∪ valid items (``backends.build_index``:
 exact vectors, or a faiss index built with every core), both put once into Ray's object store.
 
@@ -17,11 +17,9 @@ An output holding a store with the same identity (dataset, split, features, sett
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 
@@ -34,14 +32,14 @@ from mvrec_dist.config.retrieval import RetrievalConfig
 from mvrec_dist.data.content_store import ContentStoreError, load_features_manifest
 from mvrec_dist.data.ingest.manifest_writer import publish, remove_tree, temp_dir_for
 from mvrec_dist.data.ingest.tar_writer import write_bytes
-from mvrec_dist.data.manifest import ManifestError, load_manifest
+from mvrec_dist.data.item_split import split_sha256
+from mvrec_dist.data.manifest import Manifest, ManifestError, load_manifest
 from mvrec_dist.retrieval.backends import IndexPayload, Searcher, backend_identity, build_index
 from mvrec_dist.retrieval.features import RULE, RetrievalError, assemble_item_features
 from mvrec_dist.retrieval.store import (NEIGHBOURS_KIND, NEIGHBOURS_SCHEMA, load_neighbours_manifest, render_shard,
                                        shard_items, shard_path)
 
-__all__ = ["NeighboursResult", "run_neighbours", "neighbours_problems", "task_item_split", "absolute_retrieval_paths",
-           "expected_counts"]
+__all__ = ["NeighboursResult", "run_neighbours", "neighbours_problems", "task_item_split", "expected_counts"]
 
 SHORT_LISTED = 100
 """Items listed by id per reason in the manifest (the counts are always complete)."""
@@ -57,34 +55,36 @@ class NeighboursResult:
     reused: bool
 
 
-def task_item_split(cfg: TrainJobConfig, num_items: int) -> dict[str, np.ndarray]:
-    """The item task's random train/valid/test split of items 1..N (``tasks.item_popularity.item_split``).
+def task_item_split(cfg: TrainJobConfig, manifest: Manifest | None) -> tuple[dict[str, np.ndarray], dict]:
+    """The item task's train/valid/test split and how it was made (the neighbour store records it).
+
+    ``mmra``: the split saved with the dataset at ingestion (``data.item_split.load_item_split``: the
+    labelled items, 80/10/10). ``item_popularity``: ``data.item_split.item_split`` of items 1..N with the
+    task's fractions and seed. ``manifest`` None only checks that the task has a split.
 
     Raises:
         RetrievalError: when ``task`` has no item split (only item tasks have one).
     """
+    from mvrec_dist.data.item_split import item_split, item_labels_section, load_item_split
+
     t = cfg.task
+    if t.name == "mmra":
+        if manifest is None:
+            return {}, {}
+        section = item_labels_section(manifest)
+        return load_item_split(manifest), {"function": "the dataset's saved split (stats/item_split.npy)",
+                                           **{k: v for k, v in section.get("split", {}).items()
+                                              if k in ("seed", "valid_fraction", "test_fraction")}}
     if not all(hasattr(t, a) for a in ("valid_fraction", "test_fraction", "split_seed")):
         raise RetrievalError(f"task.name: the neighbours' index is the train and valid items of an item task's "
-                             f"split (item_popularity: valid_fraction, test_fraction, split_seed); got {t.name!r}")
-    # Imported here: the tasks package brings torchrec (tens of seconds on a busy 2-core machine).
-    from mvrec_dist.tasks.item_popularity import item_split
-
-    return item_split(num_items, valid_fraction=t.valid_fraction, test_fraction=t.test_fraction, seed=t.split_seed)
-
-
-def absolute_retrieval_paths(cfg: TrainJobConfig) -> TrainJobConfig:
-    """``cfg`` with the dataset and the retrieval section's local paths absolute (Ray workers run elsewhere)."""
-    from mvrec_dist.train.launch import absolute_paths
-
-    cfg = absolute_paths(cfg)
-
-    def fix(path: str | None) -> str | None:
-        return os.path.abspath(path) if path and "://" not in path else path
-
-    r = cfg.retrieval
-    return dataclasses.replace(cfg, retrieval=dataclasses.replace(
-        r, output_dir=fix(r.output_dir), text_features=fix(r.text_features), frame_features=fix(r.frame_features)))
+                             f"split (item_popularity: valid_fraction, test_fraction, split_seed; mmra: the dataset's "
+                             f"saved split); got {t.name!r}")
+    if manifest is None:
+        return {}, {}
+    split = item_split(manifest.num_items, valid_fraction=t.valid_fraction, test_fraction=t.test_fraction,
+                       seed=t.split_seed)
+    return split, {"function": "mvrec_dist.data.item_split.item_split", "valid_fraction": t.valid_fraction,
+                   "test_fraction": t.test_fraction, "seed": t.split_seed}
 
 
 def neighbours_problems(cfg: TrainJobConfig) -> list[str]:
@@ -101,11 +101,10 @@ def neighbours_problems(cfg: TrainJobConfig) -> list[str]:
             load_features_manifest(path)
         except ContentStoreError as exc:
             problems.append(f"retrieval.{'text' if name == 'title' else 'frame'}_features: {exc}")
-    if not all(hasattr(cfg.task, a) for a in ("valid_fraction", "test_fraction", "split_seed")):
-        try:
-            task_item_split(cfg, 3)
-        except RetrievalError as exc:
-            problems.append(str(exc))
+    try:
+        task_item_split(cfg, None)
+    except RetrievalError as exc:
+        problems.append(str(exc))
     try:
         load_manifest(cfg.data.dataset_dir)
     except ManifestError as exc:
@@ -157,15 +156,11 @@ class _QueryWorker:
         return {"result": np.asarray(out, dtype=object)}
 
 
-def _identity(cfg: TrainJobConfig, manifest, split: dict, features, num_index: int) -> dict:
-    r, t = cfg.retrieval, cfg.task
-    digest = hashlib.sha256()
-    for name in ("train", "valid", "test"):
-        digest.update(name.encode() + np.ascontiguousarray(split[name], dtype=np.int64).tobytes())
+def _identity(cfg: TrainJobConfig, manifest, split: dict, how: dict, features, num_index: int) -> dict:
+    r = cfg.retrieval
     return {
         "dataset_dir": cfg.data.dataset_dir, "dataset_fingerprint": manifest.data.get("fingerprint"),
-        "split": {"function": "mvrec_dist.tasks.item_popularity.item_split", "valid_fraction": t.valid_fraction,
-                  "test_fraction": t.test_fraction, "seed": t.split_seed, "sha256": digest.hexdigest(),
+        "split": {**how, "sha256": split_sha256(split),
                   **{name: int(len(split[name])) for name in ("train", "valid", "test")}},
         "index": "train and valid items with a vector; queries: every item with a vector, never itself",
         "features": features.modalities, "rule": RULE, "on_missing": r.on_missing, "k": r.k,
@@ -224,13 +219,13 @@ def run_neighbours(cfg: TrainJobConfig) -> NeighboursResult:
     r, out = cfg.retrieval, cfg.retrieval.output_dir
     manifest = load_manifest(cfg.data.dataset_dir)
     n = manifest.num_items
-    split = task_item_split(cfg, n)
+    split, how = task_item_split(cfg, manifest)
     features = assemble_item_features(manifest, r.modalities, r.on_missing)
     in_index = np.zeros(n + 1, dtype=bool)
     in_index[np.concatenate([split["train"], split["valid"]])] = True
     in_index &= features.present
     index_ids = np.nonzero(in_index)[0].astype(np.int64)
-    identity = _identity(cfg, manifest, split, features, len(index_ids))
+    identity = _identity(cfg, manifest, split, how, features, len(index_ids))
     fp = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     existing = _check_output(out, fp, r.overwrite)
     if existing is not None:

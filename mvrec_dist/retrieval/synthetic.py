@@ -1,6 +1,6 @@
 """Synthetic item features: a feature store for a dataset without content, and vectors for timing.
 
-    python -m mvrec_dist.retrieval.synthetic <dataset_dir> <output_dir> [--dims 384] [--seed 0]
+    python -m mvrec_dist.retrieval.synthetic <dataset_dir> <output_dir> [--dims 384] [--frames F] [--seed 0]
 
 writes a feature store (the layout ``jobs/cache_trunk_features.py`` writes, read by
 ``ContentStore.from_features``) of one clustered random vector per item, so the retriever runs end to
@@ -11,6 +11,8 @@ The vectors (``clustered_vectors``) are a Gaussian mixture: unit-variance centre
 plus isotropic noise. Items of one cluster are near each other, as titles on one topic are; an
 unstructured Gaussian cloud in hundreds of dimensions would make every approximate index look
 worse than it is on real embeddings (all distances nearly equal). They carry no signal about anything.
+With ``--frames F`` each item gets ``[F, dims]`` per-frame features (its vector plus per-frame noise,
+``frame_vectors``), the shape MMRA's frame input has; the retriever averages them.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from mvrec_dist.data.ingest.manifest_writer import publish, remove_tree, temp_di
 from mvrec_dist.data.ingest.tar_writer import write_bytes
 from mvrec_dist.data.manifest import SCHEMA_VERSION, load_manifest
 
-__all__ = ["clustered_vectors", "write_feature_store", "main"]
+__all__ = ["clustered_vectors", "frame_vectors", "write_feature_store", "main"]
 
 MEMBER = "feature.npy"
 
@@ -54,6 +56,14 @@ def clustered_vectors(n: int, dims: int, *, clusters: int = 0, noise: float = 1.
         hi = min(lo + chunk, n)
         out[lo:hi] = centres[rng.integers(0, clusters, hi - lo)]
         out[lo:hi] += np.float32(noise) * rng.standard_normal((hi - lo, dims), dtype=np.float32)
+    return out
+
+
+def frame_vectors(vectors: np.ndarray, frames: int, *, noise: float = 0.5, seed: int = 0) -> np.ndarray:
+    """``float32 [n, frames, d]``: each item's vector plus independent per-frame noise (std ``noise``)."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(1,))))
+    out = np.repeat(vectors[:, None, :], frames, axis=1)
+    out += np.float32(noise) * rng.standard_normal(out.shape, dtype=np.float32)
     return out
 
 
@@ -112,15 +122,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dims", type=int, default=384, help="vector width (default 384, all-MiniLM's)")
     p.add_argument("--clusters", type=int, default=0, help="mixture components (0: one per 250 items)")
     p.add_argument("--noise", type=float, default=1.5, help="per-item noise std (centres: 1)")
+    p.add_argument("--frames", type=int, default=0, help="per-frame features [frames, dims] (0: one vector [dims])")
+    p.add_argument("--frame-noise", type=float, default=0.5, help="per-frame noise std (with --frames)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
     n = load_manifest(a.dataset_dir).num_items
     vectors = clustered_vectors(n, a.dims, clusters=a.clusters, noise=a.noise, seed=a.seed)
+    generator = {"generator": "mvrec_dist.retrieval.synthetic.clustered_vectors", "clusters": a.clusters,
+                 "noise": a.noise, "seed": a.seed}
+    if a.frames:
+        vectors = frame_vectors(vectors, a.frames, noise=a.frame_noise, seed=a.seed)
+        generator.update(frames=a.frames, frame_noise=a.frame_noise)
     m = write_feature_store(a.output_dir, a.dataset_dir, np.arange(1, n + 1), vectors, overwrite=a.overwrite,
-                            identity={"synthetic": {"generator": "mvrec_dist.retrieval.synthetic.clustered_vectors",
-                                                    "clusters": a.clusters, "noise": a.noise, "seed": a.seed}})
-    print(f"{a.output_dir}: {m['counts']['with_features']:,} synthetic {a.dims}-d item features")
+                            identity={"synthetic": generator})
+    print(f"{a.output_dir}: {m['counts']['with_features']:,} synthetic item features of shape {list(vectors.shape[1:])}")
     return 0
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from mvrec_dist.data.batch import TensorBatch
+from mvrec_dist.data.item_split import item_split  # moved there (torch-free); re-exported here
 from mvrec_dist.data.loader import attach_content, load_item_train_counts
 from mvrec_dist.eval.progress import EvalProgress
 from mvrec_dist.models.recommender import TaskOutput
@@ -77,18 +78,6 @@ def popularity_labels(item_train_counts: np.ndarray) -> np.ndarray:
     return np.log2(1.0 + item_train_counts.astype(np.float64)).astype(np.float32)
 
 
-def item_split(num_items: int, *, valid_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
-    """Random split of items 1..N: ``{"train", "valid", "test"}`` -> sorted ids (disjoint, covering 1..N).
-
-    Valid and test get ``round(fraction * N)`` items each (at least 1 when N >= 3).
-    """
-    perm = np.random.Generator(np.random.PCG64(seed)).permutation(num_items) + 1
-    n_test = max(1, round(test_fraction * num_items)) if num_items >= 3 else 0
-    n_valid = max(1, round(valid_fraction * num_items)) if num_items >= 3 else 0
-    return {"test": np.sort(perm[:n_test]), "valid": np.sort(perm[n_test:n_test + n_valid]),
-            "train": np.sort(perm[n_test + n_valid:])}
-
-
 class ItemPopularityData:
     """One rank's data of the item-popularity task (see the module docstring).
 
@@ -107,13 +96,22 @@ class ItemPopularityData:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.num_items = manifest.num_items
         self.content_store = content_store
-        counts = load_item_train_counts(manifest) if item_train_counts is None else item_train_counts
-        self.labels = popularity_labels(counts)
-        t = cfg.task
-        self.splits = item_split(self.num_items, valid_fraction=t.valid_fraction, test_fraction=t.test_fraction,
-                                 seed=t.split_seed)
+        self.labels, self.splits = self._labels_and_splits(manifest, item_train_counts)
         self.global_batch = cfg.train.batch_size
         self._epoch, self._steps, self._loaded_steps = 0, 0, 0
+
+    def _labels_and_splits(self, manifest: Any, item_train_counts: np.ndarray | None
+                           ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``(labels float32 [N+1], {"train", "valid", "test"} -> sorted ids)``: what the stream and evaluation read
+        (a subclass for another label or split overrides this)."""
+        counts = load_item_train_counts(manifest) if item_train_counts is None else item_train_counts
+        t = self.cfg.task
+        return popularity_labels(counts), item_split(self.num_items, valid_fraction=t.valid_fraction,
+                                                     test_fraction=t.test_fraction, seed=t.split_seed)
+
+    def make_batch(self, items: np.ndarray, cursor: int | None) -> Any:
+        """The batch of ``items`` (the stream's, and the dummy's with none); a subclass builds its own batch type."""
+        return attach_content(ItemBatch.of(items, self.labels[items], cursor=cursor), self.content_store)
 
     # ------------------------------------------------------------------ the stream and its state
     def _epoch_order(self, epoch: int) -> np.ndarray:
@@ -134,7 +132,7 @@ class ItemPopularityData:
             mine = part[self.rank * per_rank:(self.rank + 1) * per_rank]
             if len(mine) == 0:
                 return  # only the last step can leave a rank without items
-            yield attach_content(ItemBatch.of(mine, self.labels[mine], cursor=step + 1), self.content_store)
+            yield self.make_batch(mine, step + 1)
 
     def record(self, batch: ItemBatch | None) -> None:
         """One more step of the epoch was taken (by every rank: a rank out of items records None)."""
@@ -163,8 +161,7 @@ class ItemPopularityData:
 
     def dummy_batch(self) -> ItemBatch:
         """No items (only the padding id is looked up)."""
-        empty = np.zeros(0, dtype=np.int64)
-        return attach_content(ItemBatch.of(empty, np.zeros(0, dtype=np.float32)), self.content_store)
+        return self.make_batch(np.zeros(0, dtype=np.int64), None)
 
     def estimated_steps_per_epoch(self) -> int:
         """Global steps per epoch."""

@@ -192,7 +192,10 @@ def absolute_paths(cfg: TrainJobConfig) -> TrainJobConfig:
                                content_features=fix(cfg.data.content_features), prepare_with=fix(cfg.data.prepare_with))
     train = dataclasses.replace(cfg.train, storage_path=fix(cfg.train.storage_path))
     resume = train.resume if train.resume in ("auto", "never") else fix(train.resume)
-    return dataclasses.replace(cfg, data=data, train=dataclasses.replace(train, resume=resume))
+    r = cfg.retrieval  # the neighbour job's output and MMRA's inputs
+    retrieval = dataclasses.replace(r, output_dir=fix(r.output_dir), text_features=fix(r.text_features),
+                                    frame_features=fix(r.frame_features))
+    return dataclasses.replace(cfg, data=data, train=dataclasses.replace(train, resume=resume), retrieval=retrieval)
 
 
 def _fit(cfg: TrainJobConfig, worker: Callable[[dict], None], payload: dict, *, name: str, storage: str,

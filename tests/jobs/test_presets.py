@@ -18,7 +18,8 @@ from mvrec_dist.config import IngestJobConfig, TrainJobConfig, load_config
 REPO = Path(__file__).resolve().parents[2]
 PRESETS = sorted((REPO / "jobs" / "configs").rglob("*.yaml"))
 JOB_CONFIG = {"ingest_microlens.py": IngestJobConfig, "train_videorec.py": TrainJobConfig,
-              "cache_trunk_features.py": TrainJobConfig, "build_neighbours.py": TrainJobConfig}
+              "cache_trunk_features.py": TrainJobConfig, "build_neighbours.py": TrainJobConfig,
+              "train_popularity.py": TrainJobConfig}
 LAUNCH = re.compile(r"python jobs/(\w+\.py) --config (jobs/configs/\S+\.yaml)")
 
 

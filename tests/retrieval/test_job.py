@@ -58,7 +58,7 @@ def test_every_item_gets_the_exact_top_k_of_train_and_valid_items(built):
     manifest = load_manifest(str(tmp / "ds"))
     n = manifest.num_items
     m = result.manifest
-    split = task_item_split(cfg, n)
+    split, _ = task_item_split(cfg, manifest)
     index_ids = np.sort(np.concatenate([split["train"], split["valid"]]))
     c = m["counts"]
     assert (c["items"], c["queries"], c["index_items"]) == (n, n, len(index_ids))
@@ -122,7 +122,7 @@ def test_faiss_backend_and_items_without_features(built):
     assert not (nb.ids[items] == items[:, None]).any()
     # Recall of this (deliberately narrow: 2 lists probed) index against exact, measured.
     feats = assemble_item_features(load_manifest(str(tmp / "ds")), [("title", str(tmp / "g"), 1.0)], "partial")
-    split = task_item_split(_cfg(tmp, "x"), n)
+    split, _ = task_item_split(_cfg(tmp, "x"), load_manifest(str(tmp / "ds")))
     index_ids = np.sort(np.intersect1d(np.concatenate([split["train"], split["valid"]]), keep))
     ref = exact_topk(feats.vectors[items], items, feats.vectors[index_ids], index_ids, K)
     recall = np.mean([len(set(a) & set(b)) / K for a, b in zip(nb.ids[items].tolist(), ref.ids.tolist())])
