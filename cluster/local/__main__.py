@@ -3,6 +3,10 @@
   python -m cluster.local up --hosts 3          # head h0 + workers h1, h2, S3 store, client
   python -m cluster.local exec client -- ray job submit --address http://10.201.0.10:8265 ...
   python -m cluster.local status
+  python -m cluster.local kill h2               # lose a host: SIGKILL every process of its namespace
+  python -m cluster.local add-worker            # a new worker host (next address) joins the head
+  python -m cluster.local new-head              # a new head host (next address); then rejoin the workers
+  python -m cluster.local rejoin h1             # restart a worker's Ray against the current head
   python -m cluster.local down                  # every process, namespace, link and file of it
 
 Run as root from the repo root (``exec`` runs commands there, so ``--working-dir .`` is this checkout).
@@ -72,6 +76,29 @@ def _exec(a: argparse.Namespace) -> int:
     return subprocess.call(cluster.command(host, argv), env=cluster.env(host, token=not a.no_token), cwd=os.getcwd())
 
 
+def _failure(a: argparse.Namespace) -> int:
+    cluster = LocalCluster.from_state(a.name)
+    try:
+        if a.cmd == "kill":
+            host = cluster.host(a.host)
+            n = cluster.kill(host)
+            print(f"{host.name} ({host.address}): killed {n} processes; its namespace {host.ns} is empty")
+        elif a.cmd == "add-worker":
+            host = cluster.add_worker()
+            print(f"{host.name} ({host.address}, namespace {host.ns}) joined {cluster.gcs_address}")
+        elif a.cmd == "new-head":
+            host = cluster.new_head()
+            print(f"new head {host.name} ({host.address}); dashboard/jobs {cluster.dashboard_url}; rejoin the "
+                  f"workers: python -m cluster.local rejoin HOST")
+        else:
+            host = cluster.rejoin(a.host)
+            print(f"{host.name} ({host.address}) joined {cluster.gcs_address}")
+    except (ClusterError, KeyError) as exc:
+        print(f"{a.cmd} failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cluster.local", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,11 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("host", help="h0, h1, ..., store or client")
     p.add_argument("--no-token", action="store_true", help="without the Ray auth token (to see it refused)")
     p.add_argument("argv", nargs=argparse.REMAINDER)
+    p = sub.add_parser("kill", help="lose a host: SIGKILL every process of its namespace (the namespace stays)")
+    p.add_argument("host")
+    sub.add_parser("add-worker", help="a new worker host (new namespace, next address) joins the current head")
+    sub.add_parser("new-head", help="a new head host (new namespace, next address); rejoin the workers after it")
+    p = sub.add_parser("rejoin", help="restart a worker host's Ray against the current head")
+    p.add_argument("host")
     a = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("python -m cluster.local needs root (ip netns)", file=sys.stderr)
         return 2
-    return {"up": _up, "down": _down, "status": _status, "exec": _exec}[a.cmd](a)
+    return {"up": _up, "down": _down, "status": _status, "exec": _exec, "kill": _failure, "add-worker": _failure,
+            "new-head": _failure, "rejoin": _failure}[a.cmd](a)
 
 
 if __name__ == "__main__":

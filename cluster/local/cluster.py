@@ -98,20 +98,31 @@ class LocalCluster:
         self.root = Path("/tmp") / name
         self.net_ns = f"{name}-net"
         self.ray_hosts = [Host(f"h{i}", f"{name}-h{i}", f"{subnet}.{10 + i}") for i in range(hosts)]
+        self._head = self.ray_hosts[0]
+        self.dead: set[str] = set()
+        """Ray hosts whose namespace was emptied (``kill``) and not started again."""
         self.store = Host("store", f"{name}-store", f"{subnet}.2")
         self.client = Host("client", f"{name}-client", f"{subnet}.3")
         self.token_file = self.root / "ray_auth_token"
+        self._initial = hosts
         self.keys: dict[str, str] = {}
         self._weed: subprocess.Popen | None = None  # the store, a child of this process: reaped by down()
 
     # ------------------------------------------------------------------ addresses and environments
     @property
     def head(self) -> Host:
-        return self.ray_hosts[0]
+        """The current Ray head (``h0`` until ``new_head``)."""
+        return self._head
 
     @property
     def workers(self) -> list[Host]:
-        return self.ray_hosts[1:]
+        """The worker hosts that were started at ``up`` (dead or alive; see ``alive_workers``)."""
+        return self.ray_hosts[1:self._initial]
+
+    @property
+    def alive_workers(self) -> list[Host]:
+        """Every Ray host but the head that has not been killed."""
+        return [h for h in self.ray_hosts if h != self._head and h.name not in self.dead]
 
     @property
     def hosts(self) -> list[Host]:
@@ -146,7 +157,12 @@ class LocalCluster:
                "HOME": str(home), "TMPDIR": str(self.root / host.name / "tmp"), "LANG": "C.UTF-8",
                "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
                # torch.distributed (gloo) between hosts over the bridge; NCCL would take the same name.
-               "GLOO_SOCKET_IFNAME": "eth0", "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+               "GLOO_SOCKET_IFNAME": "eth0", "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu",
+               # DeepSpeed JIT-builds its CPU ops (deepspeed_shm_comm) into the torch extensions cache under HOME:
+               # with a fresh HOME per host every new host compiled them again (minutes of 2 busy cores). The
+               # machine's cache is shared instead, as an image with the ops prebuilt would be (torch locks it).
+               "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR")
+               or os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions")}
         if token:
             env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_file))
         if self.keys:
@@ -241,9 +257,14 @@ class LocalCluster:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
         self.keys = store.write_credentials(self.root / "store")
+        self._save_state()
+
+    def _save_state(self) -> None:
+        """``<root>/state.json``: what ``from_state`` (``python -m cluster.local exec``...) reads back."""
         state = {"name": self.name, "hosts": [asdict(h) for h in self.hosts], "dashboard_url": self.dashboard_url,
                  "gcs_address": self.gcs_address, "token_file": str(self.token_file), "head_cpus": self.head_cpus,
-                 "worker_cpus": self.worker_cpus, "subnet": self.subnet, "keys": self.keys}
+                 "worker_cpus": self.worker_cpus, "subnet": self.subnet, "keys": self.keys, "head": self.head.name,
+                 "dead": sorted(self.dead), "initial": self._initial}
         path = self.root / "state.json"
         path.write_text(json.dumps(state, indent=1))
         path.chmod(0o600)
@@ -286,6 +307,102 @@ class LocalCluster:
             net.kill_namespace(host.ns)
             shutil.rmtree(temp, ignore_errors=True)
 
+    # ------------------------------------------------------------------ failures and replacements
+    def kill(self, host: Host | str) -> int:
+        """Lose ``host``: SIGKILL every process in its namespace (``ip netns pids``), as a machine that
+        dies takes all its processes; the namespace and its link stay (an address nobody answers on).
+
+        Returns:
+            How many processes were killed.
+
+        Raises:
+            ClusterError: when processes survive.
+        """
+        host = self.host(host) if isinstance(host, str) else host
+        count = len(net.namespace_pids(host.ns))
+        left = net.kill_namespace(host.ns)
+        if left:
+            raise ClusterError(f"{host.name} ({host.address}): processes {left} survived SIGKILL")
+        self.dead.add(host.name)
+        self._save_state()
+        return count
+
+    def freeze(self, *hosts: Host | str) -> None:
+        """SIGSTOP every process of ``hosts`` (then ``kill`` them): hosts lost at the same instant, with no
+        step run between one host's end and another's."""
+        import signal
+
+        for host in hosts:
+            host = self.host(host) if isinstance(host, str) else host
+            for pid in net.namespace_pids(host.ns):
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except ProcessLookupError:
+                    pass
+
+    def _new_ray_host(self) -> Host:
+        i = len(self.ray_hosts)
+        if 10 + i > 250:
+            raise ClusterError("no address left on the bridge for another host")
+        host = Host(f"h{i}", f"{self.name}-h{i}", f"{self.subnet}.{10 + i}")
+        for sub in ("home", "tmp"):
+            (self.root / host.name / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            net.add_namespace(host.ns)
+            net.connect(host.ns, self.net_ns, f"v-{host.name}", host.address, 24)
+        except net.NetError as exc:
+            raise ClusterError(f"{host.name} ({host.address}): network: {exc}") from None
+        self.ray_hosts.append(host)
+        self._save_state()
+        return host
+
+    def add_worker(self, timeout: float = 90) -> Host:
+        """A new worker host (new namespace, next free address) joining the current head; returns it."""
+        host = self._new_ray_host()
+        self._ray_start(host, [f"--address={self.gcs_address}", f"--num-cpus={self.worker_cpus}"],
+                        time.monotonic() + timeout)
+        return host
+
+    def add_workers(self, count: int, *, parallel: int = 2, timeout: float = 120) -> list[Host]:
+        """``count`` new worker hosts, ``parallel`` of them starting Ray at a time; returns them."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        hosts = [self._new_ray_host() for _ in range(count)]
+        deadline = time.monotonic() + timeout
+        with ThreadPoolExecutor(parallel) as pool:
+            for f in [pool.submit(self._ray_start, h, [f"--address={self.gcs_address}",
+                                                       f"--num-cpus={self.worker_cpus}"], deadline) for h in hosts]:
+                f.result()
+        return hosts
+
+    def rejoin(self, host: Host | str, timeout: float = 90) -> Host:
+        """Restart Ray on a worker host against the current head (what its supervisor does after a head
+        loss: the old raylet exits once the GCS is gone, ``gcs_rpc_server_reconnect_timeout_s``)."""
+        host = self.host(host) if isinstance(host, str) else host
+        net.kill_namespace(host.ns)
+        shutil.rmtree(self.root / host.name / "ray", ignore_errors=True)
+        self._ray_start(host, [f"--address={self.gcs_address}", f"--num-cpus={self.worker_cpus}"],
+                        time.monotonic() + timeout)
+        self.dead.discard(host.name)
+        self._save_state()
+        return host
+
+    def new_head(self, timeout: float = 120) -> Host:
+        """A new Ray head on a new host (namespace, address): the cluster's head from now on; returns it.
+        Workers still point at the old head: ``rejoin`` them."""
+        host = self._new_ray_host()
+        self._ray_start(host, ["--head", f"--port={GCS_PORT}", f"--dashboard-host={host.address}",
+                               f"--dashboard-port={DASHBOARD_PORT}", "--include-dashboard=true",
+                               f"--num-cpus={self.head_cpus}"], time.monotonic() + timeout)
+        self._head = host
+        self._save_state()
+        return host
+
+    def wait_nodes(self, count: int, timeout: float = 60) -> list[dict]:
+        """Wait until the head reports ``count`` alive nodes (the head included); return them."""
+        return self.probe(self.client, "wait-nodes", self.dashboard_url, str(count), "--timeout", str(int(timeout)),
+                          timeout=timeout + 20)
+
     def down(self) -> list[str]:
         """Kill every process of this cluster's namespaces, delete them (bridge and veths go with the
         ``net`` namespace) and the cluster directory. Idempotent; returns problems (empty: all gone)."""
@@ -306,8 +423,11 @@ class LocalCluster:
         """The cluster ``up`` left running under ``name`` (read from ``/tmp/<name>/state.json``)."""
         state = json.loads((Path("/tmp") / name / "state.json").read_text())
         hosts = [h for h in state["hosts"] if re.fullmatch(r"h\d+", h["name"])]
-        cluster = cls(name, len(hosts), head_cpus=state["head_cpus"], worker_cpus=state["worker_cpus"],
-                      subnet=state["subnet"])
+        cluster = cls(name, state.get("initial", len(hosts)), head_cpus=state["head_cpus"],
+                      worker_cpus=state["worker_cpus"], subnet=state["subnet"])
+        cluster.ray_hosts = [Host(**h) for h in hosts]
+        cluster._head = cluster.host(state.get("head", "h0"))
+        cluster.dead = set(state.get("dead", ()))
         cluster.keys = state["keys"]
         return cluster
 

@@ -10,6 +10,9 @@ Commands:
   http-status URL [--token] [--post JSON]  HTTP status and body of a GET or POST (with or without the Ray token)
   job-tasks URL SUBMISSION_ID              the job's tasks grouped by the address of the node that ran them
   read URI                                 an object of the store, as text
+  copy SRC DST                             copy a directory of the store (a checkpoint) to another prefix
+  ls URI                                   the entries under a directory of the store (recursive)
+  train-windows DATASET                    every (sample, window) of the dataset's train split, sorted
 """
 
 from __future__ import annotations
@@ -117,6 +120,55 @@ def read(uri: str) -> dict:
         return {"uri": uri, "text": f.read().decode("utf-8")}
 
 
+def copy(src: str, dst: str) -> dict:
+    """Copy the directory ``src`` to ``dst`` (both URIs of the same store); return the files copied."""
+    import pyarrow.fs as pafs
+
+    from mvrec_dist.data.fs import resolve
+
+    fs, a = resolve(src)
+    _, b = resolve(dst)
+    files = [e for e in fs.get_file_info(pafs.FileSelector(a, recursive=True)) if e.type == pafs.FileType.File]
+    pafs.copy_files(a, b, source_filesystem=fs, destination_filesystem=fs)
+    return {"src": src, "dst": dst, "files": len(files)}
+
+
+def ls(uri: str) -> dict:
+    """Every file under ``uri`` (recursive), relative to it, with its size."""
+    import pyarrow.fs as pafs
+
+    from mvrec_dist.data.fs import resolve
+
+    fs, root = resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    return {"uri": uri, "files": {e.path[len(root.rstrip("/")) + 1:]: e.size for e in infos
+                                  if e.type == pafs.FileType.File}}
+
+
+def train_windows(dataset: str, max_seq_len: int = 10) -> dict:
+    """Every ``(global sample index, window index)`` of the train split (``data.train_windows=all``):
+    what one epoch must deliver, each exactly once."""
+    from mvrec_dist.data.batch import training_windows
+    from mvrec_dist.data.plan import Chunk
+    from mvrec_dist.data.reader import ShardReader
+
+    reader = ShardReader(dataset, "train", members={"items.npy"})
+    total = reader.num_samples
+    # A chunk must lie inside one shard: chunks of the shard size when all shards have it (the tests' 200),
+    # else of one sample.
+    for size in (200, 1):
+        out = []
+        chunks = [Chunk(a, min(a + size, total), None, 0, min(a + size, total) - a) for a in range(0, total, size)]
+        try:
+            for g, sample in reader.iter_chunks(chunks):
+                out += [[int(g), w] for w in
+                        range(len(training_windows(sample.members["items.npy"], max_seq_len, "all")))]
+            break
+        except ValueError:
+            continue
+    return {"samples": total, "windows": sorted(out)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cluster.local.probe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,8 +188,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("submission_id")
     p = sub.add_parser("read")
     p.add_argument("uri")
+    p = sub.add_parser("copy")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p = sub.add_parser("ls")
+    p.add_argument("uri")
+    p = sub.add_parser("train-windows")
+    p.add_argument("dataset")
     a = parser.parse_args(argv)
-    if a.cmd == "mkbucket":
+    if a.cmd == "ls":
+        out = ls(a.uri)
+    elif a.cmd == "copy":
+        out = copy(a.src, a.dst)
+    elif a.cmd == "train-windows":
+        out = train_windows(a.dataset)
+    elif a.cmd == "mkbucket":
         out = mkbucket(a.timeout)
     elif a.cmd == "wait-nodes":
         out = wait_nodes(a.url, a.count, a.timeout)

@@ -399,10 +399,15 @@ def console_relay(console: Console) -> Iterator[Any]:
         The ``ray.util.queue.Queue`` to hand the workers (``QueueSink``); everything put into it
         before the block ends is drawn, in order, before this returns.
     """
+    import ray
     from ray.util.queue import Empty, Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    # num_cpus=0: the queue must not take a CPU the Ray Train workers were sized to use.
-    queue = Queue(actor_options={"num_cpus": 0})
+    # num_cpus=0: the queue must not take a CPU the Ray Train workers were sized to use. On the driver's node:
+    # left to the scheduler, a retry's queue could land on a worker node that just died but is not yet marked
+    # dead (Ray's health checks take ~15-30 s), and every progress line of that attempt was lost.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
     stop = threading.Event()
 
     def pump() -> None:

@@ -93,12 +93,12 @@ class Checkpointer:
             if fs.get_file_info(f"{root}/{name}/{COMMIT_NAME}").type != pafs.FileType.File:
                 # Rank 0 prunes after every rank uploaded this save: an uncommitted directory is what a
                 # failed attempt left, and nothing will ever complete it.
-                fs.delete_dir(f"{root}/{name}")
-                log.info("deleted unfinished checkpoint %s", name)
+                if _delete_dir(fs, f"{root}/{name}"):
+                    log.info("deleted unfinished checkpoint %s", name)
                 continue
             committed += 1
             if committed > keep and step != best_step:
-                fs.delete_dir(f"{root}/{name}")
+                _delete_dir(fs, f"{root}/{name}")
                 log.info("deleted old checkpoint %s", name)
 
     # ------------------------------------------------------------------ load
@@ -184,6 +184,21 @@ class Checkpointer:
     def close(self) -> None:
         """Remove this rank's scratch space."""
         shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def _delete_dir(fs: pafs.FileSystem, path: str) -> bool:
+    """Delete the directory ``path``; False when it was already gone.
+
+    An object store can still list a checkpoint "directory" that an earlier prune emptied (SeaweedFS keeps
+    the empty directory entry; other stores list eventually): it has no ``COMMIT.json``, so it looks
+    unfinished, and deleting it raises ``FileNotFoundError``. That must not fail the save it follows (it
+    did: every save after a resume on the S3 store failed the run, once per retry).
+    """
+    try:
+        fs.delete_dir(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _copy_file(src: str, fs: pafs.FileSystem, dst: str) -> None:

@@ -9,7 +9,9 @@ cluster/runtime_env.yaml -- python jobs/...``, with the data on ``s3://mvrec/...
 Scenarios: a submit without the token is refused (401); the ingest job's Ray Data tasks run on both worker
 hosts with input and output on the store, and the manifest reconciles (scenario 1); training with one rank
 per host on two hosts equals training with both ranks on one host, bitwise on CPU (scenario 2: gloo's
-allreduce of two ranks adds the same two operands in either order, and every rank reads the same samples).
+allreduce of two ranks adds the same two operands in either order, and every rank reads the same samples);
+node loss (scenario 3), head loss (scenario 6) and an elastic resume from 2 to 3 hosts (scenario 5) in one
+lineage of failures, ``chaos`` (below). A network partition (scenario 4) is not tested yet.
 
 Skipped (with the reason) when this machine cannot make network namespaces (not root, no ``ip netns``).
 Every step that fails names the host and the step; the fixture fails the run when anything of the
@@ -158,11 +160,11 @@ def _metrics(c, run: str) -> tuple[dict, list]:
     return keep, curve
 
 
-@pytest.mark.timeout(480)
-def test_training_one_worker_per_host_on_two_hosts_equals_two_workers_on_one_host(local_cluster, ingested):
+@pytest.fixture(scope="module")
+def two_runs(local_cluster, ingested):
+    """Scenario 2's two runs of TRAIN, side by side: ``two-hosts`` (submitted: one rank on h1, one on h2) and
+    ``one-host`` (on the client alone); also the uninterrupted reference of the failure scenarios."""
     import subprocess
-
-    from mvrec_dist.train.checkpointing import checkpoint_name
 
     c = local_cluster
     started = time.monotonic()
@@ -178,12 +180,20 @@ def test_training_one_worker_per_host_on_two_hosts_equals_two_workers_on_one_hos
         out_two, _ = two_hosts.communicate(timeout=max(30, 440 - (time.monotonic() - started)))
     finally:
         two_hosts.kill()
-    seconds = time.monotonic() - started
     assert one_host.returncode == 0, (f"{_where(c, c.client)}: the 2-worker run on one host (embedded Ray) failed "
                                       f"(exit {one_host.returncode}): {(one_host.stdout + one_host.stderr)[-3000:]}")
     assert two_hosts.returncode == 0 and "Job 'mvrec-train-two-hosts' succeeded" in out_two, (
         f"{_where(c, c.client)} -> head {c.head.address}: ray job submit of jobs/train_videorec.py failed "
         f"(exit {two_hosts.returncode}): {out_two[-3000:]}")
+    return time.monotonic() - started
+
+
+@pytest.mark.timeout(480)
+def test_training_one_worker_per_host_on_two_hosts_equals_two_workers_on_one_host(local_cluster, two_runs):
+    from mvrec_dist.train.checkpointing import checkpoint_name
+
+    c = local_cluster
+    seconds = two_runs
     # The two ranks of the cluster run were on the two worker hosts, one each.
     tasks = c.probe(c.client, "job-tasks", c.dashboard_url, "mvrec-train-two-hosts")
     for worker in c.workers:
@@ -197,9 +207,214 @@ def test_training_one_worker_per_host_on_two_hosts_equals_two_workers_on_one_hos
     assert result_two == result_one, f"metrics differ: two hosts {result_two} vs one host {result_one}"
     assert curve_two == curve_one, f"loss/evaluation curves differ: two hosts {curve_two} vs one host {curve_one}"
     step = checkpoint_name(result_one["steps"])
-    commits = {run: json.loads(c.probe(c.client, "read", f"s3://mvrec/runs/{run}/{step}/COMMIT.json")["text"])["files"]
-               for run in ("two-hosts", "one-host")}
-    differ = [f for f in STATE_FILES if commits["two-hosts"][f]["sha256"] != commits["one-host"][f]["sha256"]]
+    differ = [f for f, (a, b) in _state_hashes(c, "two-hosts", "one-host", step).items() if a != b]
     assert not differ, f"{step}: parameters / optimizer / RNG state differ between the runs in {differ}"
     print(f"\ntwo trainings (concurrent) {seconds:.1f} s; equal: {sorted(result_one)}, {len(curve_one)} curve "
           f"points, {step} {list(STATE_FILES)} (sha256)")
+
+
+def _state_hashes(c, run_a: str, run_b: str, step: str) -> dict[str, tuple[str, str]]:
+    """sha256 of each of STATE_FILES in ``step`` of two runs (from their COMMIT.json)."""
+    commits = [json.loads(c.probe(c.client, "read", f"s3://mvrec/runs/{run}/{step}/COMMIT.json")["text"])["files"]
+               for run in (run_a, run_b)]
+    return {f: (commits[0][f]["sha256"], commits[1][f]["sha256"]) for f in STATE_FILES}
+
+
+# Scenarios 3, 6 and 5: one lineage of the run ``chaos`` (TRAIN, plus a checkpoint every K steps and an audit of
+# the samples each rank trained on), three hosts lost on the way, then a run resumed on another world size:
+#   attempt 1   ranks on h1, h2; checkpoint K committed; at the first audit line of step K+1 every process of h2
+#               is SIGKILLed (node loss)
+#   attempt 2   the driver's retry (train.max_failures, default 3) waits for CPUs; a replacement host h3 joins;
+#               ranks on h1, h3 resume from the newest committed checkpoint; at step 2K+1 the head h0 is emptied
+#               (head loss: GCS, job server and the driver go); h1 and h3 lose their raylets with it
+#   attempt 3   a new head h4 (new namespace, new address); h1 and h3 rejoin it, h5-h7 join; the same command is
+#               resubmitted and resumes from the newest committed checkpoint (2K when the kill lands in time); it
+#               ends equal, bitwise, to the uninterrupted run ``two-hosts`` of scenario 2 (a reference without
+#               the checkpoint every K steps: the cadence changes nothing either)
+#   elastic     beside attempt 3, run ``elastic`` = that checkpoint (2 ranks) copied into its own run directory and
+#               resumed on 3 hosts x 1 worker (parallel.num_workers=3, train.batch_size=63: the global batch must
+#               split evenly): the reader re-cuts what is left of the epoch (``redistribute``); the audit shows
+#               every (sample, window) of the epoch trained on exactly once
+# Why K = 3 (train.checkpoint_every_steps; the default 0 checkpoints at epoch ends only, so a node lost
+# mid-epoch replays the epoch from its start): the tiny epoch has ~10 steps, so both losses fall mid-epoch.
+K = 3
+CHAOS = TRAIN + ["train.run_name=chaos", f"train.checkpoint_every_steps={K}"]
+# Bounds (seconds, with margins for a loaded 2-core machine).
+DETECT_BOUND_S = 60  # SIGKILL of a host -> the driver's "training failed ... restarting" line
+STEP_WAIT_S = 300  # a submitted run reaching a given step (process start-up dominates)
+
+
+STEPS = 12  # of the epoch (600 train windows, batch 64 over 2 ranks of 32)
+
+
+def _committed(c, run: str) -> list[int]:
+    """Steps of the run's committed checkpoints (those with COMMIT.json), from the store."""
+    files = c.probe(c.client, "ls", f"s3://mvrec/runs/{run}")["files"]
+    return sorted(int(f.split("/")[0][len("checkpoint-step"):]) for f in files
+                  if f.startswith("checkpoint-step") and f.endswith("/COMMIT.json"))
+
+
+@pytest.fixture(scope="module")
+def chaos(local_cluster, two_runs):
+    """Run the lineage above; return what the tests check (outputs, times, the hosts of each attempt)."""
+    from tests.helpers.local_cluster import AuditWatch, SubmittedJob, rank_hosts
+
+    c = local_cluster
+    audit = c.root / "audit"  # the namespaces share the filesystem: one directory collects every rank's file
+    h1, h2 = c.workers
+    out: dict = {"audit": audit}
+    started = time.monotonic()
+    watch = AuditWatch(audit / "chaos")
+    job1 = SubmittedJob(c, c.client, _submit(c, "mvrec-chaos", CHAOS + [f"data.audit_dir={audit}/chaos"]))
+    jobs = [job1]
+    try:
+        # -- node loss (scenario 3)
+        # Which host holds each rank (read from /proc while both run: after the kill it is gone).
+        assert watch.wait_step(1, STEP_WAIT_S), (f"chaos attempt 1 on {h1.name}, {h2.name}: no step within "
+                                                 f"{STEP_WAIT_S} s; submit output: {job1.text[-2500:]}")
+        out["hosts1"] = rank_hosts(c, audit / "chaos")
+        hit = watch.wait_step(K + 1, STEP_WAIT_S)
+        assert hit, (f"chaos attempt 1 on {h1.name}, {h2.name}: no rank reached step {K + 1} within {STEP_WAIT_S} s "
+                     f"(audit reached {watch.last_step()}); submit output: {job1.text[-2500:]}")
+        t_kill = time.monotonic()
+        out["killed_processes"] = c.kill(h2)
+        out["kill_step"] = watch.last_step()
+        out["committed1"] = _committed(c, "chaos")
+        out["t_kill"] = t_kill
+        h3 = c.add_worker()
+        out["replacement"] = h3
+        detected = job1.wait_for(r"training failed: .*restarting the workers", DETECT_BOUND_S, after=t_kill)
+        assert detected, (f"{_where(c, h2)} killed at step {out['kill_step']}: the driver on {c.head.name} did not "
+                          f"report the failure within {DETECT_BOUND_S} s: {job1.text[-2500:]}")
+        out["t_detect"], out["detect_line"] = detected
+        resumed = job1.wait_for(r"resumed from \S+checkpoint-step", STEP_WAIT_S, after=t_kill)
+        assert resumed, f"chaos attempt 2 (h1, {h3.name}) did not resume within {STEP_WAIT_S} s: {job1.text[-2500:]}"
+        out["t_resumed"], out["resumed_line"] = resumed
+        first = watch.wait_step(1, 60, after=resumed[0])
+        out["t_first_step"] = first and first["t"]
+
+        # -- head loss (scenario 6)
+        hit = watch.wait_step(2 * K + 1, STEP_WAIT_S, after=t_kill)
+        assert hit, (f"chaos attempt 2 (h1, {h3.name}): no rank reached step {2 * K + 1} within {STEP_WAIT_S} s "
+                     f"(audit: {watch.last_step()}): {job1.text[-2500:]}")
+        old_head = c.head
+        # The head and, with it, the raylets of h1 and h3 (Ray ends them after gcs_rpc_server_reconnect_timeout_s;
+        # here at the same instant, so no rank trains on while the head's many processes are being killed).
+        c.freeze(h1, h3, old_head)
+        out["head_kill_step"] = watch.last_step()
+        out["hosts2"] = rank_hosts(c, audit / "chaos")  # read from /proc while frozen: scanning takes seconds
+        c.kill(old_head)
+        out["committed2"] = _committed(c, "chaos")
+        # Their raylets lose the GCS with the head (Ray ends them after gcs_rpc_server_reconnect_timeout_s);
+        # emptied now, so nothing of attempt 2 runs on while the next one starts.
+        for w in (h1, h3):
+            c.kill(w)
+        job1.wait(30)
+        new_head = c.new_head()
+        # Two hosts at a time (five raylets registering at once can miss Ray's 30 s limit on 2 busy cores).
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2) as pool:
+            joined = [pool.submit(c.rejoin, w) for w in (h1, h3)]
+            [f.result() for f in joined]
+        extra = c.add_workers(3, parallel=2)
+        c.wait_nodes(1 + 2 + len(extra), timeout=60)
+        out.update(old_head=old_head, new_head=new_head, extra=extra)
+        # -- the same command resubmitted (scenario 6), and the elastic resume beside it (scenario 5)
+        print(f"\nchaos: node loss at step {out['kill_step']} (committed {out['committed1']}), head loss at step "
+              f"{out['head_kill_step']} (committed {out['committed2']}); ranks {out['hosts1']} then {out['hosts2']}")
+        # The elastic run starts from the checkpoint the resubmission resumes from: the newest committed.
+        out["resume2"] = max(out["committed2"])
+        assert out["resume2"] < STEPS, (f"head {old_head.name} killed at step {out['head_kill_step']}, after the "
+                                        f"epoch's last checkpoint {out['committed2']}: nothing left to resume mid-epoch")
+        step = f"checkpoint-step{out['resume2']:09d}"
+        c.probe(c.client, "copy", f"s3://mvrec/runs/chaos/{step}", f"s3://mvrec/runs/elastic/{step}")
+        job2 = SubmittedJob(c, c.client, _submit(c, "mvrec-chaos", CHAOS + [f"data.audit_dir={audit}/chaos"]))
+        job3 = SubmittedJob(c, c.client, _submit(c, "mvrec-elastic", TRAIN + [
+            "train.run_name=elastic", "parallel.num_workers=3", "train.batch_size=63", f"data.audit_dir={audit}/elastic"]))
+        jobs += [job2, job3]
+        out["rc2"], out["rc3"] = job2.wait(360), job3.wait(60 + max(0, 360 - (time.monotonic() - job2.started)))
+        out.update(job1=job1, job2=job2, job3=job3, seconds=time.monotonic() - started)
+    finally:
+        watch.stop()
+        for job in jobs:
+            job.kill()
+    return out
+
+
+@pytest.mark.timeout(900)
+def test_node_loss_resumes_from_the_last_checkpoint_on_a_replacement_host(local_cluster, chaos):
+    c, h1, h2 = local_cluster, *local_cluster.workers
+    h3 = chaos["replacement"]
+    assert sorted(chaos["hosts1"].values()) == [h1.name, h2.name], f"attempt 1 ranks: {chaos['hosts1']}"
+    assert sorted(chaos["hosts2"].values()) == [h1.name, h3.name], (
+        f"attempt 2 ranks should be on {h1.name} and the replacement {h3.name}: {chaos['hosts2']}")
+    assert chaos["killed_processes"] > 3, f"{_where(c, h2)}: only {chaos['killed_processes']} processes killed"
+    detect = chaos["t_detect"] - chaos["t_kill"]
+    assert detect < DETECT_BOUND_S, f"{_where(c, h2)}: failure seen after {detect:.1f} s"
+    assert "retry 1 of train.max_failures=3" in chaos["detect_line"], chaos["detect_line"]
+    newest = max(chaos["committed1"])
+    assert K <= newest < chaos["kill_step"], (f"{_where(c, h2)} killed at step {chaos['kill_step']}: committed "
+                                             f"checkpoints then {chaos['committed1']}")
+    assert f"chaos/checkpoint-step{newest:09d}: step {newest} " in chaos["resumed_line"], (
+        f"attempt 2 did not resume from the newest committed checkpoint {newest}: {chaos['resumed_line']}")
+    print(f"\nnode loss at step {chaos['kill_step']}: detected {detect:.1f} s, resumed (restart + load) "
+          f"{chaos['t_resumed'] - chaos['t_detect']:.1f} s, first step "
+          f"{(chaos['t_first_step'] or float('nan')) - chaos['t_resumed']:.1f} s later; lineage "
+          f"{chaos['seconds']:.1f} s")
+
+
+@pytest.mark.timeout(900)
+def test_head_loss_the_resubmitted_job_resumes_and_ends_equal_to_the_uninterrupted_run(local_cluster, chaos):
+    from mvrec_dist.train.checkpointing import checkpoint_name
+    from tests.helpers.local_cluster import effective_rows
+
+    c = local_cluster
+    job2 = chaos["job2"]
+    where = f"{_where(c, c.client)} -> new head {chaos['new_head'].name} ({chaos['new_head'].address})"
+    assert chaos["rc2"] == 0 and "Job 'mvrec-chaos' succeeded" in job2.text, (
+        f"{where}: the resubmitted chaos job failed (exit {chaos['rc2']}): {job2.text[-3000:]}")
+    r2 = chaos["resume2"]
+    assert f"chaos/checkpoint-step{r2:09d}: step {r2} " in job2.text, (
+        f"{where}: the resubmitted job did not resume from the newest committed checkpoint {r2} (head killed at "
+        f"step {chaos['head_kill_step']}): {job2.text[-3000:]}")
+    assert "taking over run" in job2.text, f"{where}: the dead driver's run was not taken over: {job2.text[-2000:]}"
+    result_chaos, _ = _metrics(c, "chaos")
+    result_ref, _ = _metrics(c, "two-hosts")
+    assert result_chaos == result_ref, f"after a node and a head loss: {result_chaos} vs uninterrupted {result_ref}"
+    step = checkpoint_name(result_ref["steps"])
+    differ = [f for f, (a, b) in _state_hashes(c, "chaos", "two-hosts", step).items() if a != b]
+    assert not differ, f"{step}: chaos differs from the uninterrupted run in {differ}"
+    # Nothing skipped or repeated over the three attempts: the audit of the surviving lineage.
+    rows, resumes = effective_rows(chaos["audit"] / "chaos")
+    expect = [max(chaos["committed1"]), chaos["resume2"]]
+    assert resumes == expect, f"attempts resumed after steps {resumes}, expected {expect} (the newest committed)"
+    expected = [tuple(w) for w in c.probe(c.client, "train-windows", SHARDS)["windows"]]
+    assert sorted(rows) == expected, (f"chaos: {len(rows)} rows trained, {len(set(rows))} distinct, "
+                                      f"{len(expected)} windows in the epoch")
+
+
+@pytest.mark.timeout(900)
+def test_a_checkpoint_of_two_hosts_resumes_on_three_and_sees_every_sample_once(local_cluster, chaos):
+    from tests.helpers.local_cluster import effective_rows
+
+    c = local_cluster
+    job3 = chaos["job3"]
+    assert chaos["rc3"] == 0 and "Job 'mvrec-elastic' succeeded" in job3.text, (
+        f"{_where(c, c.client)} -> {chaos['new_head'].name}: the elastic job failed (exit {chaos['rc3']}): "
+        f"{job3.text[-3000:]}")
+    r2 = chaos["resume2"]
+    assert f"elastic/checkpoint-step{r2:09d}: step {r2} " in job3.text, job3.text[-3000:]
+    assert "3 ranks on cpu" in job3.text, f"elastic did not run 3 ranks: {job3.text[-2000:]}"
+    # Steps 1..r2 of chaos's lineage (2 ranks), then every step of elastic (3 ranks, one per host).
+    before, _ = effective_rows(chaos["audit"] / "chaos", upto_step=r2)
+    after, resumes = effective_rows(chaos["audit"] / "elastic")
+    assert resumes == [], f"elastic restarted (after steps {resumes})"
+    ranks = sorted(int(p.name[len("consumed-rank"):-len(".jsonl")]) for p in (chaos["audit"] / "elastic").glob("*.jsonl"))
+    assert ranks == [0, 1, 2], f"elastic audit files of ranks {ranks}"
+    expected = [tuple(w) for w in c.probe(c.client, "train-windows", SHARDS)["windows"]]
+    seen = before + after
+    dup = len(seen) - len(set(seen))
+    missing = set(expected) - set(seen)
+    assert sorted(seen) == expected, (f"elastic resume: {dup} rows trained twice, {len(missing)} never "
+                                      f"(e.g. {sorted(missing)[:5]}); {len(before)} up to step {r2}, {len(after)} after")

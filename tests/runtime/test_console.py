@@ -182,3 +182,39 @@ def test_a_driver_log_whose_run_never_started_is_not_written(tmp_path):
     with library_logs(str(log_file), verbose=False):
         logging.getLogger("ray").warning("Token authentication is enabled for this Ray cluster.")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_relay_queue_lives_on_the_drivers_node(monkeypatch):
+    """A retry's queue left to the scheduler could land on a worker node that just died (not yet marked dead):
+    every progress line of that attempt was lost. The queue is pinned to the driver's node, which drains it."""
+    import ray
+    import ray.util.queue
+
+    made = {}
+
+    class FakeQueue:
+        def __init__(self, actor_options):
+            made.update(actor_options)
+
+        def get(self, timeout):
+            raise ray.util.queue.Empty
+
+        def qsize(self):
+            return 0
+
+        def get_nowait_batch(self, n):
+            return []
+
+        def shutdown(self, force):
+            pass
+
+    class Context:
+        def get_node_id(self):
+            return "ab" * 28
+
+    monkeypatch.setattr(ray.util.queue, "Queue", FakeQueue)
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: Context())
+    with console.console_relay(Console(tty=False)):
+        pass
+    strategy = made["scheduling_strategy"]
+    assert made["num_cpus"] == 0 and strategy.node_id == "ab" * 28 and strategy.soft is False

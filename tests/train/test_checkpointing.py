@@ -41,6 +41,20 @@ def test_retention_keeps_the_newest_committed_and_the_best_and_drops_unfinished_
     ckpt.close()
 
 
+def test_retention_skips_a_listed_checkpoint_that_is_already_gone(tmp_path, monkeypatch):
+    """An object store listing a directory an earlier prune emptied (SeaweedFS's S3) must not fail the save."""
+    run = tmp_path / "r"
+    for step in (3, 6, 9):
+        _checkpoint(run, step)
+    real = checkpointing.list_checkpoints
+    monkeypatch.setattr(checkpointing, "list_checkpoints",
+                        lambda uri: sorted(real(uri) + [(1, "checkpoint-step000000001")], reverse=True))
+    ckpt = _checkpointer(tmp_path)
+    ckpt._prune(best_step=9)  # raised FileNotFoundError for the ghost checkpoint-step000000001
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-step000000006", "checkpoint-step000000009"]
+    ckpt.close()
+
+
 def test_a_commit_marker_that_cannot_be_written_leaves_no_marker(tmp_path, monkeypatch):
     """A full disk while COMMIT.json is written once left an empty marker; now it lands by rename only."""
     local, run = tmp_path / "local", tmp_path / "r" / "checkpoint-step000000005"
