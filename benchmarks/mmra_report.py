@@ -26,7 +26,7 @@ from benchmarks.text_quality import collect  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 RUNS = {"MMRA, 2 workers": "mmra-2w", "MMRA without retrieval, 2 workers": "mmra-noretrieval-2w",
-        "MMRA, 1 worker": "mmra-1w"}
+        "MMRA, 1 worker (2 epochs: throughput)": "mmra-1w"}
 WHOLE = ("nmse", "src", "mae")
 BATCHED = ("nmse_b", "src_b", "mae_b")
 

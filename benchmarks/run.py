@@ -51,6 +51,8 @@ PART_MODULES = {
     "video": "benchmarks.harness.foreign:VIDEO",
     "plan": "benchmarks.bench_plan:PART",
     "retrieval": "benchmarks.bench_retrieval:PART",
+    "mmra": "benchmarks.harness.foreign:MMRA",
+    "multihost": "benchmarks.harness.foreign:MULTIHOST",
 }
 # What --quick runs: every part the harness measures itself, the plan last (it reads scaling and
 # ingest_scale). Parts other scripts write are only rendered in quick mode.
