@@ -26,9 +26,10 @@ from benchmarks.text_quality import collect  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results"
 FIGURES = RESULTS / "figures"
 RUNS = {"MTIN, 2 workers": "mtin-2w", "SASRec, 2 workers": "sasrec-2w",
-        "MTIN, 1 worker (3 epochs: speed)": "mtin-1w", "SASRec, 1 worker (3 epochs: speed)": "sasrec-1w"}
-"""Label -> run name. The 1-worker runs of 2026-12-04 are 3-epoch runs for throughput and epoch time (the
-global batch is the same, so their quality is the 2-worker run's after 3 epochs, not a result)."""
+        "MTIN, 1 worker": "mtin-1w", "SASRec, 1 worker": "sasrec-1w"}
+"""Label -> run name. The 1-worker runs are full runs (2026-12-05, one after the other; the load average
+beside them is in ``runs/mtin-report/loadavg-1w.log``); the 3-epoch 1-worker runs of 2026-12-04 are kept as
+``*-1w-3ep``, not reported."""
 RANKING = ("hr@10", "ndcg@10", "hr@20", "ndcg@20")
 CLICK = ("auc", "precision@50", "recall@50", "f1@50")
 
