@@ -27,7 +27,7 @@ def test_both_metric_sets_time_to_best_and_the_runs_not_there(tmp_path):
     _write_run(tmp_path, "sasrec-2w", 0.07, click=False)
     data = collect(tmp_path, mtin_report.RUNS, with_buckets=False)
     assert list(data["models"]) == ["MTIN, 2 workers", "SASRec, 2 workers"]
-    assert data["missing"] == ["MTIN, 1 worker (3 epochs: speed)", "SASRec, 1 worker (3 epochs: speed)"]
+    assert data["missing"] == ["MTIN, 1 worker", "SASRec, 1 worker"]
     for m in data["models"].values():
         m["examples_per_s"] = mtin_report.epoch_throughput(tmp_path / m["run"])
     assert data["models"]["MTIN, 2 workers"]["examples_per_s"] == 1750.0  # (10 000 + 60 000) / 40 s
@@ -36,5 +36,5 @@ def test_both_metric_sets_time_to_best_and_the_runs_not_there(tmp_path):
     assert "| MTIN, 2 workers | 0.9000 | 0.0040 | 0.2000 | 0.0078 |" in md
     assert "| SASRec, 2 workers | - | - | - | - |" in md  # a run without click metrics says so, no zeros
     assert "| MTIN, 2 workers | 4 | 9 | 10.0 | 1750 | 66.0 | 900 |" in md
-    assert "Not run or not finished when this was written: MTIN, 1 worker (3 epochs: speed), SASRec, 1 worker" in md
+    assert "Not run or not finished when this was written: MTIN, 1 worker, SASRec, 1 worker" in md
     assert md.rstrip().endswith("a note")
