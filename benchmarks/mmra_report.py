@@ -40,8 +40,8 @@ def render(data: dict, notes: str) -> str:
              "interaction (comment) count in the ingested MicroLens-50K; split 80/10/10 of the items, seed 0, saved "
              "with the dataset; the test split evaluated once, with the weights of the best validation epoch "
              "(MAE + nMSE, lower is better). Titles: real (all-MiniLM-L6-v2 sentence vectors, frozen). "
-             "**Frames: synthetic** (seeded per-frame noise vectors; only 3 of the 19,220 videos exist here), "
-             "so the visual stream carries no signal. Retrieval: each item's 10 most title-similar train/valid items.",
+             "**No frames**: only 3 of the 19,220 videos exist here, so every item gets the same constant frame vectors "
+             "and the visual stream carries nothing (per-item noise frames were memorised: notes). Retrieval: each item's 10 most title-similar train/valid items.",
              "", "## Test metrics", "",
              "nMSE, SRC, MAE over the whole test split; `_b`: MMRA's `test.py` averaging (mean over batches of 256 in "
              "item-id order; `eval/regression.py` says how it differs).", "",
