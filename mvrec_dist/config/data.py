@@ -24,7 +24,8 @@ class DataConfig:
     prefetch_batches: int = setting(4, doc="Batches each loader worker prepares ahead.")
     content_features: str | None = setting(None, doc="Cached trunk-feature dataset directory for content towers in cached-trunk mode.")
     audit_dir: str | None = setting(
-        None, doc="Write each rank's consumed (epoch, step, sample, window) rows here as JSON lines (exactly-once audits).")
+        None, doc="Write each rank's consumed (epoch, step, sample, window) rows here as JSON lines (exactly-once "
+        "audits); a file hold-after-step-N there holds every rank after step N while it exists (fault tests).")
     prepare_with: str | None = setting(
         None, doc="Ingest preset run first when dataset_dir has no manifest yet (the demo makes its synthetic data so).")
 

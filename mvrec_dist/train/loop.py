@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -96,12 +97,24 @@ class Trainer:
         self._epoch_summary: dict[str, float] = {}  # the last finished epoch's loss, rate and memory
         self._audit = None
         if cfg.data.audit_dir:
-            import os
-
             os.makedirs(cfg.data.audit_dir, exist_ok=True)
             # Line-buffered: after a crash the file holds every step it reported.
             self._audit = open(os.path.join(cfg.data.audit_dir, f"consumed-rank{model.ctx.rank}.jsonl"), "a",
                                buffering=1, encoding="utf-8")
+
+    def _hold_if_asked(self, step: int) -> None:
+        """Fault tests put a failure at an exact step: while ``<audit_dir>/hold-after-step-<step>`` exists, every
+        rank waits after that step (and its checkpoint, when one is due), having left ``...-<step>.rank<r>``
+        beside it. Without it a kill aimed at step N of a fast run lands wherever the run has got to by then."""
+        if self._audit is None:
+            return
+        hold = os.path.join(self.cfg.data.audit_dir, f"hold-after-step-{step}")
+        if not os.path.exists(hold):
+            return
+        with open(f"{hold}.rank{self.model.ctx.rank}", "w", encoding="utf-8") as f:
+            f.write(str(os.getpid()))
+        while os.path.exists(hold):
+            time.sleep(0.05)
 
     def _patience_spent(self) -> bool:
         """Early stopping: ``train.patience`` validations in a row without a new best."""
@@ -182,6 +195,7 @@ class Trainer:
             if cfg.train.checkpoint_every_steps and st.step % cfg.train.checkpoint_every_steps == 0:
                 st.elapsed_seconds = time.perf_counter() - run_start
                 self._checkpoint(is_best=False)
+            self._hold_if_asked(st.step)
             if cfg.train.max_steps and st.step >= cfg.train.max_steps:
                 st.data = self.data.state_dict()
                 steps.close()  # batches a pipeline fetched ahead are not run (their cursors were not recorded)

@@ -222,15 +222,15 @@ def _state_hashes(c, run_a: str, run_b: str, step: str) -> dict[str, tuple[str, 
 
 # Scenarios 3, 6 and 5: one lineage of the run ``chaos`` (TRAIN, plus a checkpoint every K steps and an audit of
 # the samples each rank trained on), three hosts lost on the way, then a run resumed on another world size:
-#   attempt 1   ranks on h1, h2; checkpoint K committed; at the first audit line of step K+1 every process of h2
-#               is SIGKILLed (node loss)
+#   attempt 1   ranks on h1, h2; checkpoint K committed; with both ranks held after step K+1
+#               (``AuditWatch.hold``), every process of h2 is SIGKILLed (node loss)
 #   attempt 2   the driver's retry (train.max_failures, default 3) waits for CPUs; a replacement host h3 joins;
-#               ranks on h1, h3 resume from the newest committed checkpoint; at step 2K+1 the head h0 is emptied
-#               (head loss: GCS, job server and the driver go); h1 and h3 lose their raylets with it
+#               ranks on h1, h3 resume from the newest committed checkpoint; held after step 2K+1, the head h0
+#               is emptied (head loss: GCS, job server and the driver go); h1 and h3 lose their raylets with it
 #   attempt 3   a new head h4 (new namespace, new address); h1 and h3 rejoin it, h5-h7 join; the same command is
-#               resubmitted and resumes from the newest committed checkpoint (2K when the kill lands in time); it
-#               ends equal, bitwise, to the uninterrupted run ``two-hosts`` of scenario 2 (a reference without
-#               the checkpoint every K steps: the cadence changes nothing either)
+#               resubmitted and resumes from the newest committed checkpoint, 2K; it ends equal,
+#               bitwise, to the uninterrupted run ``two-hosts`` of scenario 2 (a reference without the checkpoint
+#               every K steps: the cadence changes nothing either)
 #   elastic     beside attempt 3, run ``elastic`` = that checkpoint (2 ranks) copied into its own run directory and
 #               resumed on 3 hosts x 1 worker (parallel.num_workers=3, train.batch_size=63: the global batch must
 #               split evenly): the reader re-cuts what is left of the epoch (``redistribute``); the audit shows
@@ -265,6 +265,10 @@ def chaos(local_cluster, two_runs):
     out: dict = {"audit": audit}
     started = time.monotonic()
     watch = AuditWatch(audit / "chaos")
+    # The ranks wait after step K+1 (node loss) and after 2K+1 (head loss) until released: each kill lands at
+    # its step whatever the load (without holds, a fast tiny run could pass the epoch's last checkpoint first).
+    watch.hold(K + 1)
+    watch.hold(2 * K + 1)
     job1 = SubmittedJob(c, c.client, _submit(c, "mvrec-chaos", CHAOS + [f"data.audit_dir={audit}/chaos"]))
     jobs = [job1]
     try:
@@ -273,12 +277,13 @@ def chaos(local_cluster, two_runs):
         assert watch.wait_step(1, STEP_WAIT_S), (f"chaos attempt 1 on {h1.name}, {h2.name}: no step within "
                                                  f"{STEP_WAIT_S} s; submit output: {job1.text[-2500:]}")
         out["hosts1"] = rank_hosts(c, audit / "chaos")
-        hit = watch.wait_step(K + 1, STEP_WAIT_S)
-        assert hit, (f"chaos attempt 1 on {h1.name}, {h2.name}: no rank reached step {K + 1} within {STEP_WAIT_S} s "
-                     f"(audit reached {watch.last_step()}); submit output: {job1.text[-2500:]}")
+        held = watch.wait_held(K + 1, 2, STEP_WAIT_S)
+        assert held, (f"chaos attempt 1 on {h1.name}, {h2.name}: the ranks were not both held after step {K + 1} "
+                      f"within {STEP_WAIT_S} s (audit reached {watch.last_step()}); submit output: {job1.text[-2500:]}")
         t_kill = time.monotonic()
         out["killed_processes"] = c.kill(h2)
-        out["kill_step"] = watch.last_step()
+        out["kill_step"] = K + 1
+        watch.release(K + 1)  # h1's rank goes on into step K+2 and finds its peer gone
         out["committed1"] = _committed(c, "chaos")
         out["t_kill"] = t_kill
         h3 = c.add_worker()
@@ -294,14 +299,14 @@ def chaos(local_cluster, two_runs):
         out["t_first_step"] = first and first["t"]
 
         # -- head loss (scenario 6)
-        hit = watch.wait_step(2 * K + 1, STEP_WAIT_S, after=t_kill)
-        assert hit, (f"chaos attempt 2 (h1, {h3.name}): no rank reached step {2 * K + 1} within {STEP_WAIT_S} s "
-                     f"(audit: {watch.last_step()}): {job1.text[-2500:]}")
+        held = watch.wait_held(2 * K + 1, 2, STEP_WAIT_S)
+        assert held, (f"chaos attempt 2 (h1, {h3.name}): the ranks were not both held after step {2 * K + 1} "
+                      f"within {STEP_WAIT_S} s (audit: {watch.last_step()}): {job1.text[-2500:]}")
         old_head = c.head
         # The head and, with it, the raylets of h1 and h3 (Ray ends them after gcs_rpc_server_reconnect_timeout_s;
         # here at the same instant, so no rank trains on while the head's many processes are being killed).
         c.freeze(h1, h3, old_head)
-        out["head_kill_step"] = watch.last_step()
+        out["head_kill_step"] = 2 * K + 1
         out["hosts2"] = rank_hosts(c, audit / "chaos")  # read from /proc while frozen: scanning takes seconds
         c.kill(old_head)
         out["committed2"] = _committed(c, "chaos")
@@ -317,6 +322,7 @@ def chaos(local_cluster, two_runs):
         with ThreadPoolExecutor(2) as pool:
             joined = [pool.submit(c.rejoin, w) for w in (h1, h3)]
             [f.result() for f in joined]
+        watch.release(2 * K + 1)  # for the resubmission: no rank of attempt 2 is left to go on
         extra = c.add_workers(3, parallel=2)
         c.wait_nodes(1 + 2 + len(extra), timeout=60)
         out.update(old_head=old_head, new_head=new_head, extra=extra)

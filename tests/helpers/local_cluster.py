@@ -189,6 +189,25 @@ class AuditWatch:
     def last_step(self) -> int:
         return max((r["step"] for r in self.records), default=0)
 
+    # Holds (``TrainLoop._hold_if_asked``): the ranks stop after an exact step until released, so a kill aimed
+    # at that step lands there however fast the run is going.
+    def hold(self, step: int) -> None:
+        """Every rank of the run will wait after ``step`` until :meth:`release`."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / f"hold-after-step-{step}").write_text("")
+
+    def wait_held(self, step: int, ranks: int, timeout: float) -> bool:
+        """True once ``ranks`` ranks are waiting after ``step`` (their markers), False after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(list(self.directory.glob(f"hold-after-step-{step}.rank*"))) >= ranks:
+                return True
+            time.sleep(self.poll_s)
+        return False
+
+    def release(self, step: int) -> None:
+        (self.directory / f"hold-after-step-{step}").unlink(missing_ok=True)
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)

@@ -142,6 +142,34 @@ def test_resume_on_another_world_size_sees_each_sample_of_the_epoch_once(dataset
     assert final["data"]["world_size"] == after and final["epoch"] == 1 == final["data"]["epoch"]
 
 
+def test_a_hold_file_stops_every_rank_after_its_step_until_removed(dataset, tmp_path):
+    """The fault tests' hold (``data.audit_dir``/hold-after-step-N): both ranks stop after step N, with that
+    step's checkpoint committed and nothing of step N+1 trained, and go on to the end once it is removed."""
+    import threading
+    import time
+
+    runs, audit = tmp_path / "runs", tmp_path / "audit"
+    audit.mkdir()
+    hold = audit / "hold-after-step-4"
+    hold.write_text("")
+    done: dict = {}
+    t = threading.Thread(target=lambda: done.update(r=run_ranks(_train, 2, _overrides(
+        dataset, runs, "held", f"data.audit_dir={audit}", "train.epochs=1"))), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 240
+    while len(list(audit.glob("hold-after-step-4.rank*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sorted(p.name for p in audit.glob("hold-after-step-4.rank*")) == [
+        "hold-after-step-4.rank0", "hold-after-step-4.rank1"], "the ranks did not both stop after step 4"
+    time.sleep(1.5)  # held, not merely slow: still nothing past step 4
+    steps = [json.loads(line)["step"] for f in audit.glob("consumed-rank*.jsonl") for line in f.read_text().splitlines()]
+    assert max(steps) == 4 and t.is_alive()
+    assert (runs / "held" / "checkpoint-step000000004" / "COMMIT.json").exists()
+    hold.unlink()
+    t.join(240)
+    assert not t.is_alive() and done["r"][0]["epoch"] == 1
+
+
 def test_a_truncated_checkpoint_is_skipped_for_the_previous_one(dataset, tmp_path):
     runs = tmp_path / "runs"
     run_ranks(_train, 2, _overrides(dataset, runs, "trunc", "train.max_steps=8"))
