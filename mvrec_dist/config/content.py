@@ -146,11 +146,31 @@ class FrameCNNConfig(VideoEncoderConfig):
     widths: tuple[int, ...] = setting((64, 128, 256, 512), doc="Channels of each residual stage (ResNet-18: 64,128,256,512).")
     layers: tuple[int, ...] = setting((2, 2, 2, 2), doc="Basic blocks per stage (ResNet-18: 2,2,2,2).")
     stem_width: int = setting(64, doc="Channels out of the 7x7 stem convolution (ResNet: 64).")
+    frame_pool: Literal["mean", "none"] = setting(
+        "mean", doc="'mean': one vector per item, averaged over frames (what item towers take); 'none': one "
+                    "spatially pooled vector per frame, [F, C] per item, for per-frame feature stores "
+                    "(MMRA's frame input; cached with finetune=frozen, never an item tower's input).")
 
     @property
     def num_blocks(self) -> int:
         """The stem plus one block per residual stage."""
         return 1 + len(self.layers)
+
+    def cache_problems(self) -> list[str]:
+        """Per-frame features are the whole encoder's output: only a frozen encoder has them as its trunk."""
+        problems = super().cache_problems()
+        if self.frame_pool == "none" and self.finetune != "frozen":
+            problems.append(f"frame_pool: 'none' caches the whole encoder's per-frame output, which needs "
+                            f"finetune='frozen' (got {self.finetune!r}: its cut is inside the CNN)")
+        return problems
+
+    def cache_identity(self) -> dict[str, Any]:
+        """As every video encoder's; ``frame_pool`` only when it is not the default, so stores cached
+        before the setting existed keep their identity."""
+        ident = super().cache_identity()
+        if self.frame_pool == "mean":
+            ident["encoder"].pop("frame_pool", None)
+        return ident
 
     def __post_init__(self) -> None:
         p = Problems()

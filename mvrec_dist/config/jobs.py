@@ -79,8 +79,15 @@ class TrainJobConfig:
                 p.check(bool(getattr(self.retrieval, key)), f"retrieval.{key}",
                         "task mmra reads its inputs from the retrieval section: text_features (title vectors), "
                         "frame_features (per-frame features) and output_dir (the neighbour store); set all three")
+            p.check(self.model.content_encoder is None or self.data.content_features == self.retrieval.frame_features,
+                    "data.content_features", "task mmra with a model.content_encoder caches its per-frame features "
+                    "(jobs/cache_trunk_features.py) for the task to read: data.content_features must be "
+                    f"retrieval.frame_features ({self.retrieval.frame_features!r}), got {self.data.content_features!r}")
             p.check(self.task.retrieved <= self.retrieval.k, "task.retrieved",
                     f"reads {self.task.retrieved} neighbours but the store keeps retrieval.k={self.retrieval.k}")
+        p.check(getattr(self.model.content_encoder, "frame_pool", "mean") == "mean" or self.task.name == "mmra",
+                "model.content_encoder.frame_pool", "'none' gives per-frame features [F, C], which only task mmra "
+                "reads (item towers take one vector per item): use 'mean'")
         names = [m.name for m in self.metrics]
         p.check(self.eval.select_metric is None or self.eval.select_metric in names, "eval.select_metric",
                 f"must be a metric of task '{self.task.name}': one of {names}, got {self.eval.select_metric!r}")

@@ -60,6 +60,8 @@ class RetrievalConfig:
         p = Problems()
         p.check(self.text_weight >= 0 and self.frame_weight >= 0, "text_weight",
                 f"weights must be >= 0, got text {self.text_weight}, frames {self.frame_weight}")
+        p.check(self.text_weight + self.frame_weight > 0, "text_weight",
+                "text_weight and frame_weight are both 0: no similarity to retrieve by")
         p.check(self.k >= 1, "k", f"must be >= 1, got {self.k}")
         p.check(self.ivf_lists >= 0, "ivf_lists", f"must be >= 0, got {self.ivf_lists}")
         p.check(self.ivf_probe >= 1, "ivf_probe", f"must be >= 1, got {self.ivf_probe}")
@@ -76,10 +78,12 @@ class RetrievalConfig:
 
     @property
     def modalities(self) -> list[tuple[str, str, float]]:
-        """``(name, feature store, weight)`` of each configured feature source, titles first."""
+        """``(name, feature store, weight)`` of each configured feature source of weight > 0, titles first.
+        A source of weight 0 adds nothing to any similarity, so it is not read: MMRA's frame store may then
+        hold only the items that have a video."""
         out = []
-        if self.text_features:
+        if self.text_features and self.text_weight > 0:
             out.append(("title", self.text_features, self.text_weight))
-        if self.frame_features:
+        if self.frame_features and self.frame_weight > 0:
             out.append(("frames", self.frame_features, self.frame_weight))
         return out

@@ -200,6 +200,10 @@ class MMRATaskConfig(TaskConfig):
                    "which is only defined in [0, 1]).")
     eval_batch: int = setting(256, doc="Items per batch of the per-batch metric variant (MMRA's test loader: 256), and "
                                        "per forward pass of evaluation.")
+    missing_frames: Literal["error", "zeros"] = setting(
+        "error", doc="A labelled item without frame features (no video file, ingested ID-only): 'error' refuses the "
+                     "run naming the split; 'zeros' reads all-zero frames for it, and each evaluation reports how "
+                     "many of its items did ('no_frames').")
 
     def __post_init__(self) -> None:
         p = Problems()

@@ -185,7 +185,6 @@ def assemble_item_features(manifest: Manifest, modalities: list[tuple[str, str, 
         described.append({"modality": name, "store": path, "dims": int(vecs.shape[1]), "weight": float(weight),
                           "items": int(len(ids)), "store_fingerprint": store.manifest.get("fingerprint")})
     vectors, present = combine_modalities(blocks, n)
+    # With on_missing=error every store covered every item (checked above), so this is empty then.
     missing = {int(i): "no feature in any configured store" for i in np.nonzero(~present[1:])[0] + 1}
-    if missing and on_missing == "error":  # only zero weights can get here
-        raise RetrievalError(f"{_name(min(missing), raw)}: every feature it has carries weight 0")
     return ItemFeatures(vectors=vectors, present=present, modalities=described, missing=missing)

@@ -93,9 +93,8 @@ def neighbours_problems(cfg: TrainJobConfig) -> list[str]:
     if not r.output_dir:
         problems.append("retrieval.output_dir: set the directory the neighbour store goes to")
     if not r.modalities:
-        problems.append("retrieval.text_features: set a feature store (titles) and/or retrieval.frame_features")
-    if r.modalities and sum(w for _, _, w in r.modalities) <= 0:
-        problems.append("retrieval.text_weight: the configured features all carry weight 0")
+        problems.append("retrieval.text_features: set a feature store (titles) and/or retrieval.frame_features, "
+                        "with a weight > 0 (a store of weight 0 is not read)")
     for name, path, _ in r.modalities:
         try:
             load_features_manifest(path)

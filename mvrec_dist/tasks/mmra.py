@@ -84,15 +84,30 @@ class ItemInputs:
     """
 
     def __init__(self, *, text_store: Any, frame_store: Any, neighbour_ids: np.ndarray, neighbour_sims: np.ndarray,
-                 neighbour_counts: np.ndarray, labels: np.ndarray, frames: int, retrieved: int):
+                 neighbour_counts: np.ndarray, labels: np.ndarray, frames: int, retrieved: int,
+                 zero_missing_frames: bool = False):
         self.text_store, self.frame_store = text_store, frame_store
+        self.zero_missing_frames = zero_missing_frames
         self.ids, self.sims = neighbour_ids[:, :retrieved], neighbour_sims[:, :retrieved]
         self.mask = np.arange(retrieved)[None, :] < np.minimum(neighbour_counts, retrieved)[:, None]
         self.labels, self.frames, self.retrieved = labels, frames, retrieved
 
     def _frames(self, ids: np.ndarray) -> np.ndarray:
+        if self.zero_missing_frames:  # items without a video read zeros (task.missing_frames=zeros)
+            has = self.frame_store.has(ids)
+            f, cv = self.frame_shape
+            out = np.zeros((len(ids), f, cv), np.float32)
+            out[has] = self._frames_present(ids[has])
+            return out
+        return self._frames_present(ids)
+
+    def _frames_present(self, ids: np.ndarray) -> np.ndarray:
         x = self.frame_store.gather(ids).astype(np.float32)
         return x[:, None, :] if x.ndim == 2 else x[:, :self.frames]
+
+    def without_frames(self, items: np.ndarray) -> int:
+        """How many of ``items`` have no frame features (read as zeros)."""
+        return int((~self.frame_store.has(np.asarray(items, dtype=np.int64))).sum())
 
     def batch(self, items: np.ndarray, cursor: int | None) -> PopularityBatch:
         """The batch of ``items`` (each distinct item's features read once; empty slots are zeros)."""
@@ -203,7 +218,7 @@ def _open_inputs(cfg: Any, manifest: Any, labels: np.ndarray) -> ItemInputs:
     return ItemInputs(text_store=open_feature_store("title", r.text_features, manifest),
                       frame_store=open_feature_store("frames", r.frame_features, manifest),
                       neighbour_ids=nb.ids, neighbour_sims=nb.sims, neighbour_counts=nb.counts, labels=labels,
-                      frames=t.frames, retrieved=t.retrieved)
+                      frames=t.frames, retrieved=t.retrieved, zero_missing_frames=t.missing_frames == "zeros")
 
 
 def _labels_and_split(manifest: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -259,9 +274,11 @@ class MMRATask(Task):
             if name == "frames" and len(store.shape) == 1 and t.frames != 1:
                 out.append(f"task.frames: {path} holds one pooled vector per item; set task.frames=1")
             missing = [s for s in ("train", "valid", "test") if (~store.has(split[s])).any()]
-            if missing:
+            if missing and not (name == "frames" and t.missing_frames == "zeros"):
                 out.append(f"retrieval.{'text' if name == 'title' else 'frame'}_features: {path} lacks features of "
-                           f"{', '.join(missing)} items; MMRA needs both modalities of every labelled item")
+                           f"{', '.join(missing)} items; MMRA needs both modalities of every labelled item"
+                           + (" (or task.missing_frames=zeros: all-zero frames for items without a video, counted "
+                              "in every evaluation)" if name == "frames" else ""))
         return out
 
     def build_model(self, manifest: Any, *, device: str | torch.device) -> nn.Module:
@@ -321,7 +338,8 @@ class MMRATask(Task):
         pred = self._split_predictions(model, data, split, log)
         labels = data.labels[data.splits[split]].astype(np.float64)
         out = {**regression_metrics(pred, labels), **batched_regression_metrics(pred, labels, self.cfg.task.eval_batch)}
-        return {**out, "items": len(labels), "seconds": time.perf_counter() - start}
+        return {**out, "items": len(labels), "no_frames": data.inputs.without_frames(data.splits[split]),
+                "seconds": time.perf_counter() - start}
 
     def baselines(self, model: Any, data: MMRAData, split: str) -> dict[str, dict[str, float]]:
         """``train_mean`` (the train labels' mean for every item) and ``retrieval`` (softmax-of-similarity

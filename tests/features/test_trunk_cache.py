@@ -107,3 +107,30 @@ def test_features_of_another_trunk_or_no_store_are_refused(dataset, tmp_path):
     wrong_frames = _cfg(dataset, tmp_path / "f", "model.content_encoder.cached_trunk=false",
                         "model.content_encoder.frames=3")
     assert "holds 2 frames of 32x32" in content_problems(wrong_frames)[0]
+
+
+def test_per_frame_features_for_mmra_are_one_vector_per_decoded_frame(dataset, tmp_path):
+    """The frame CNN, frozen, with frame_pool=none caches [F, C] per item (MMRA's frame input) through the
+    same pass: the real videos' decoded frames and the synthetic ones, each frame its own vector; ID-only
+    items have none."""
+    from tests.helpers.content import TINY_FRAME_CNN
+
+    out = tmp_path / "frames"
+    cfg = load_config(TrainJobConfig, None, [
+        f"data.dataset_dir={dataset}", f"data.content_features={out}", "data.loader_workers=0", "task.name=mmra",
+        f"retrieval.text_features={tmp_path / 'titles'}", f"retrieval.frame_features={out}",
+        f"retrieval.output_dir={tmp_path / 'neighbours'}", "model.item_tower=content", *TINY_FRAME_CNN, "model.content_encoder.finetune=frozen",
+        "model.content_encoder.frame_pool=none", "model.content_encoder.cached_trunk=true",
+        "parallel.num_workers=1", "trunk_cache.progress=false", "trunk_cache.batch_size=7",
+        "trunk_cache.concurrency=2"])
+    run_trunk_cache(cfg)
+    assert verify_dataset(str(out)) == []
+    features = ContentStore.from_features(str(out))
+    frames = ContentStore.from_dataset(load_manifest(str(dataset)))
+    assert features.shape == (2, 8) and features.items_with_content == frames.items_with_content
+    ids = np.nonzero(frames.has(np.arange(frames.num_items + 1)))[0]
+    expected = trunk_features(build_trunk_encoder(cfg), torch.from_numpy(frames.gather(ids))).numpy()
+    got = features.gather(ids)
+    assert got.dtype == np.float16  # the pass's default dtype
+    np.testing.assert_allclose(got.astype(np.float32), expected, rtol=TOLERANCE["float16"] / 2, atol=1e-6)
+    assert (np.abs(got[:, 0] - got[:, 1]).max(axis=1) > 0).all()  # two frames, two vectors

@@ -85,3 +85,29 @@ def test_baselines_are_the_train_mean_and_the_softmax_weighted_neighbour_labels(
         expected.append(float((w / w.sum() * inputs.labels[inputs.ids[item, :c]]).sum()))
     assert out["retrieval"]["mae"] == pytest.approx(np.mean(np.abs(np.array(expected) - labels)), abs=1e-6)
     assert out["retrieval"]["items"] == 3 and out["retrieval"]["batches"] == 2
+
+
+def test_items_without_frames_read_zeros_when_asked_and_are_counted(tmp_path):
+    """task.missing_frames=zeros: an item absent from the frame store (no video) reads all-zero frames, as
+    item and as neighbour; the others read their own; ``without_frames`` counts the absent."""
+    ds = item_dataset(tmp_path / "ds", N)
+    rng = np.random.default_rng(1)
+    text = feature_store(tmp_path / "text", ds, {i: rng.normal(size=CT).astype(np.float32) for i in range(1, N + 1)})
+    with_video = {2, 3, 7}
+    frames = feature_store(tmp_path / "frames", ds, {i: rng.normal(size=(F, CV)).astype(np.float32) for i in with_video})
+    ids = np.zeros((N + 1, K), dtype=np.int64)
+    ids[1:, 0], ids[1:, 1] = 3, 4
+    sims, counts = np.full((N + 1, K), 0.5, np.float32), np.full(N + 1, 2, np.int64)
+    labels = np.ones(N + 1, np.float32)
+    store = ContentStore.from_features(frames)
+    common = dict(text_store=ContentStore.from_features(text), frame_store=store, neighbour_ids=ids,
+                  neighbour_sims=sims, neighbour_counts=counts, labels=labels, frames=F, retrieved=2)
+    with pytest.raises(Exception, match="no content"):
+        ItemInputs(**common).batch(np.array([1, 2]), None)  # the default: nothing read as zeros unasked
+    inputs = ItemInputs(**common, zero_missing_frames=True)
+    b = inputs.batch(np.array([1, 2, 7]), None)
+    assert not b.frames[0].any()
+    np.testing.assert_array_equal(b.frames[1:].numpy(), store.gather(np.array([2, 7])))
+    np.testing.assert_array_equal(b.neighbour_frames[:, 0].numpy(), np.repeat(store.gather(np.array([3])), 3, 0))
+    assert not b.neighbour_frames[:, 1].any()  # neighbour 4 has no video
+    assert inputs.without_frames(np.arange(1, N + 1)) == N - len(with_video)

@@ -10,8 +10,9 @@ Deviations:
 * The stem (``conv1``, ``bn1``, ReLU, max-pool) is one module ``stem`` so it is one fine-tuning
   block; its keys are ``stem.conv1.*`` / ``stem.bn1.*`` here and ``conv1.*`` / ``bn1.*`` in
   torchvision files (``torchvision_resnet_key_map`` renames them).
-* No classification layer: the encoder returns the frame-averaged ``[U, widths[-1]]`` feature,
-  and the checkpoint's ``fc`` is ignored (listed when loading).
+* No classification layer: the encoder returns the frame-averaged ``[U, widths[-1]]`` feature
+  (or, with ``frame_pool='none'``, the per-frame ``[U, F, widths[-1]]`` features MMRA reads), and
+  the checkpoint's ``fc`` is ignored (listed when loading).
 * Widths, stage depths and the stem width are configurable for tiny test models.
 * Frozen blocks keep BatchNorm in eval mode (``encoder.py``).
 """
@@ -80,10 +81,16 @@ class _PerFrame(nn.Module):
 
 
 class _FramePool(nn.Module):
-    """``[U, F, C, H, W] -> [U, C]``: spatial mean per frame, then mean over frames."""
+    """``[U, F, C, H, W] -> [U, C]``: spatial mean per frame, then mean over frames (``temporal``), or
+    ``-> [U, F, C]``: the spatial mean only (per-frame features)."""
+
+    def __init__(self, temporal: bool = True) -> None:
+        super().__init__()
+        self.temporal = temporal
 
     def forward(self, x: Tensor) -> Tensor:
-        return x.mean(dim=(3, 4)).mean(dim=1)
+        x = x.mean(dim=(3, 4))
+        return x.mean(dim=1) if self.temporal else x
 
 
 class FrameCNN(VideoEncoder):
@@ -93,9 +100,11 @@ class FrameCNN(VideoEncoder):
         widths: Channels of each residual stage.
         layers: Basic blocks per stage.
         stem_width: Channels out of the stem convolution.
+        frame_pool: ``'mean'`` (``[U, C]`` out) or ``'none'`` (``[U, F, C]``: per-frame feature stores).
     """
 
-    def __init__(self, *, widths: Sequence[int], layers: Sequence[int], stem_width: int) -> None:
+    def __init__(self, *, widths: Sequence[int], layers: Sequence[int], stem_width: int,
+                 frame_pool: str = "mean") -> None:
         super().__init__(out_dim=widths[-1], mean=IMAGENET_MEAN, std=IMAGENET_STD)
         self.stem = _Stem(stem_width)
         self.num_stages = len(widths)
@@ -105,7 +114,7 @@ class FrameCNN(VideoEncoder):
             stage += [_BasicBlock(planes, planes, 1) for _ in range(n - 1)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
             inplanes = planes
-        self._pool = _FramePool()
+        self._pool = _FramePool(temporal=frame_pool == "mean")
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -147,7 +156,7 @@ def frame_cnn(cfg: FrameCNNConfig) -> FrameCNN:
     Returns:
         The encoder, ``out_dim = cfg.widths[-1]``.
     """
-    model = FrameCNN(widths=cfg.widths, layers=cfg.layers, stem_width=cfg.stem_width)
+    model = FrameCNN(widths=cfg.widths, layers=cfg.layers, stem_width=cfg.stem_width, frame_pool=cfg.frame_pool)
     if cfg.checkpoint is not None:
         load_public_checkpoint(model, cfg.checkpoint, torchvision_resnet_key_map(model))
     apply_finetune(model, cfg.finetune, cfg.top_blocks)

@@ -91,3 +91,34 @@ def test_old_checkpoint_without_num_batches_tracked(tmp_path):
     assert report.kept and all(k.endswith("num_batches_tracked") for k in report.kept)
     assert set(report.ignored) == {"fc.weight", "fc.bias"}
     assert len(report.loaded) + len(report.kept) == len(enc.state_dict())
+
+
+def test_per_frame_output_is_the_spatial_mean_of_each_frame_and_averages_to_the_pooled_output():
+    torch.manual_seed(0)
+    mean = FrameCNN(widths=(4, 8), layers=(1, 1), stem_width=4).eval()
+    per_frame = FrameCNN(widths=(4, 8), layers=(1, 1), stem_width=4, frame_pool="none").eval()
+    per_frame.load_state_dict(mean.state_dict())
+    frames = torch.randint(0, 256, (3, 4, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        pooled, each = mean(mean.prepare(frames)), per_frame(per_frame.prepare(frames))
+    assert each.shape == (3, 4, 8) and pooled.shape == (3, 8)
+    torch.testing.assert_close(each.mean(dim=1), pooled, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(each[:, 0], each[:, 1])  # frames differ, so their vectors do
+
+
+def test_per_frame_pooling_is_cached_whole_and_only_for_mmra():
+    import pytest
+
+    from mvrec_dist.config import TrainJobConfig, load_config
+    from mvrec_dist.config.fields import ConfigError
+
+    top = FrameCNNConfig(frame_pool="none", finetune="top")
+    assert any("frame_pool" in p for p in top.cache_problems())
+    assert FrameCNNConfig(frame_pool="none", finetune="frozen").cache_problems() == []
+    # The stores cached before the setting existed keep their identity; per-frame stores get another.
+    assert "frame_pool" not in FrameCNNConfig().cache_identity()["encoder"]
+    assert FrameCNNConfig(frame_pool="none").cache_identity()["encoder"]["frame_pool"] == "none"
+    with pytest.raises(ConfigError, match="frame_pool"):
+        load_config(TrainJobConfig, None, ["data.dataset_dir=x", "model.item_tower=id+content",
+                                           "model.loss.name=inbatch_softmax", "model.content_encoder.name=frame_cnn",
+                                           "model.content_encoder.frame_pool=none"])
