@@ -340,6 +340,17 @@ class LocalCluster:
                 except ProcessLookupError:
                     pass
 
+    def partition(self, host: Host | str, *, up: bool = False) -> None:
+        """Cut ``host`` off the network (``up=True``: heal it): its port on the bridge set down, as a switch port
+        or cable lost. Its processes run on and its TCP connections stay open, but every packet from or to it
+        is dropped: peers see no reset, only silence, until their own timeouts fire (what a partition is, unlike
+        ``kill`` whose dead host answers with resets)."""
+        host = self.host(host) if isinstance(host, str) else host
+        try:
+            net.ip("-n", self.net_ns, "link", "set", f"v-{host.name}", "up" if up else "down")
+        except net.NetError as exc:
+            raise ClusterError(f"{host.name} ({host.address}): {'heal' if up else 'partition'}: {exc}") from None
+
     def _new_ray_host(self) -> Host:
         i = len(self.ray_hosts)
         if 10 + i > 250:

@@ -11,7 +11,8 @@ hosts with input and output on the store, and the manifest reconciles (scenario 
 per host on two hosts equals training with both ranks on one host, bitwise on CPU (scenario 2: gloo's
 allreduce of two ranks adds the same two operands in either order, and every rank reads the same samples);
 node loss (scenario 3), head loss (scenario 6) and an elastic resume from 2 to 3 hosts (scenario 5) in one
-lineage of failures, ``chaos`` (below). A network partition (scenario 4) is not tested yet.
+lineage of failures, ``chaos`` (below); a network partition (scenario 4: a host cut off the bridge for longer
+than the collective timeout) on the hosts chaos leaves, ``partition`` (last).
 
 Skipped (with the reason) when this machine cannot make network namespaces (not root, no ``ip netns``).
 Every step that fails names the host and the step; the fixture fails the run when anything of the
@@ -424,3 +425,128 @@ def test_a_checkpoint_of_two_hosts_resumes_on_three_and_sees_every_sample_once(l
     missing = set(expected) - set(seen)
     assert sorted(seen) == expected, (f"elastic resume: {dup} rows trained twice, {len(missing)} never "
                                       f"(e.g. {sorted(missing)[:5]}); {len(before)} up to step {r2}, {len(after)} after")
+
+
+# Scenario 4, network partition: run ``partition`` (CHAOS's settings under its own name) held after step K+1; the
+# host of rank 1 is cut off the bridge (``LocalCluster.partition``: its port down, packets dropped, no resets)
+# and the ranks released: rank 0 enters step K+2's allreduce and hears nothing. Detected by whichever fires first:
+# gloo's collective timeout on rank 0 (parallel.timeout_s, set to GLOO_TIMEOUT_S here: the shipped 1800 s would
+# make the test 30 min long) or Ray's health check of the cut host's raylet (Ray's defaults: a check every 3 s,
+# 10 s to answer, dead after 5 misses: 15-65 s). The driver restarts the workers on the hosts left (a spare
+# stands in; after chaos there are three); the cut host is healed only after the collective timeout has passed,
+# and its old processes must be gone (its raylet, told by the GCS that it is dead or past
+# gcs_rpc_server_reconnect_timeout_s, ends them): none of them may write to the run after the heal.
+GLOO_TIMEOUT_S = 60
+PARTITION_DETECT_BOUND_S = GLOO_TIMEOUT_S + 45  # the later of the two detectors, plus the driver's reaction
+HEALED_GONE_S = 120  # heal -> no Ray worker process of the old attempt left on the healed host
+
+
+def _ray_workers(host) -> list[str]:
+    """The Ray worker processes (``ray::...``) in ``host``'s namespace: their command lines."""
+    import psutil
+
+    from cluster.local.net import namespace_pids
+
+    found = []
+    for pid in namespace_pids(host.ns):
+        try:
+            cmd = " ".join(psutil.Process(pid).cmdline())
+        except psutil.Error:
+            continue
+        if cmd.startswith("ray::"):
+            found.append(f"{pid} {cmd[:80]}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def partition(local_cluster, two_runs):
+    from tests.helpers.local_cluster import AuditWatch, SubmittedJob, rank_hosts
+
+    c = local_cluster
+    audit = c.root / "audit" / "partition"
+    out: dict = {"audit": audit}
+    watch = AuditWatch(audit)
+    watch.hold(K + 1)
+    job = SubmittedJob(c, c.client, _submit(c, "mvrec-partition", TRAIN + [
+        "train.run_name=partition", f"train.checkpoint_every_steps={K}", f"parallel.timeout_s={GLOO_TIMEOUT_S}",
+        f"data.audit_dir={audit}"]))
+    out["job"] = job
+    victim = None
+    try:
+        held = watch.wait_held(K + 1, 2, STEP_WAIT_S)
+        assert held, (f"partition run: the ranks were not both held after step {K + 1} within {STEP_WAIT_S} s "
+                      f"(audit reached {watch.last_step()}); submit output: {job.text[-2500:]}")
+        hosts = rank_hosts(c, audit)
+        out["hosts1"] = hosts
+        victim = c.host(hosts[1])
+        out["victim"] = victim
+        if len(c.alive_workers) < 3:  # run alone (-k partition): the replacement joins before the cut
+            c.add_worker()
+        out["committed_at_cut"] = _committed(c, "partition")
+        c.partition(victim)
+        t_cut = time.monotonic()
+        out["t_cut"] = t_cut
+        watch.release(K + 1)
+        detected = job.wait_for(r"training failed: .*restarting the workers", PARTITION_DETECT_BOUND_S + 30,
+                                after=t_cut)
+        assert detected, (f"{_where(c, victim)} cut off after step {K + 1}: the driver on {c.head.name} did not report "
+                          f"a failure within {PARTITION_DETECT_BOUND_S + 30} s: {job.text[-2500:]}")
+        out["t_detect"], out["detect_line"] = detected
+        # Healed once the collective timeout has passed (the partition outlasts it, as the scenario asks).
+        time.sleep(max(0.0, t_cut + GLOO_TIMEOUT_S + 15 - time.monotonic()))
+        c.partition(victim, up=True)
+        t_heal = time.monotonic()
+        out["t_heal"] = t_heal
+        left = _ray_workers(victim)
+        while left and time.monotonic() < t_heal + HEALED_GONE_S:
+            time.sleep(1)
+            left = _ray_workers(victim)
+        out["left_after_heal"] = left
+        out["gone_after_heal_s"] = time.monotonic() - t_heal
+        out["rc"] = job.wait(420)
+        # Nothing of the run written after it ended: a stale process writing late would show here.
+        out["committed_end"] = _committed(c, "partition")
+        time.sleep(5)
+        out["committed_later"] = _committed(c, "partition")
+    finally:
+        watch.stop()
+        job.kill()
+        if victim is not None:
+            c.partition(victim, up=True)
+    return out
+
+
+@pytest.mark.timeout(900)
+def test_network_partition_is_detected_in_bound_and_the_run_ends_equal(local_cluster, partition):
+    from mvrec_dist.train.checkpointing import checkpoint_name
+    from tests.helpers.local_cluster import effective_rows
+
+    c, p = local_cluster, partition
+    victim, job = p["victim"], p["job"]
+    where = f"{_where(c, victim)} cut off after step {K + 1}"
+    detect = p["t_detect"] - p["t_cut"]
+    assert detect < PARTITION_DETECT_BOUND_S, (f"{where}: failure reported after {detect:.1f} s, bound "
+                                               f"{PARTITION_DETECT_BOUND_S} s: {p['detect_line']}")
+    assert not p["left_after_heal"], (f"{where}: {HEALED_GONE_S} s after the heal, processes of the old attempt "
+                                      f"still run there: {p['left_after_heal']}")
+    assert p["rc"] == 0 and "Job 'mvrec-partition' succeeded" in job.text, (
+        f"{where}: the run did not recover (exit {p['rc']}): {job.text[-3000:]}")
+    newest = max(p["committed_at_cut"])
+    assert f"partition/checkpoint-step{newest:09d}: step {newest} " in job.text, (
+        f"{where}: did not resume from the newest committed checkpoint {newest}: {job.text[-3000:]}")
+    assert p["committed_end"] == p["committed_later"], (
+        f"{where}: checkpoints changed after the run ended: {p['committed_end']} -> {p['committed_later']}")
+    result, _ = _metrics(c, "partition")
+    ref, _ = _metrics(c, "two-hosts")
+    assert result == ref, f"{where}: {result} vs uninterrupted {ref}"
+    step = checkpoint_name(ref["steps"])
+    differ = [f for f, (a, b) in _state_hashes(c, "partition", "two-hosts", step).items() if a != b]
+    assert not differ, f"{where}: {step} differs from the uninterrupted run in {differ}"
+    rows, resumes = effective_rows(p["audit"])
+    assert resumes == [newest], f"{where}: attempts resumed after steps {resumes}, expected [{newest}]"
+    expected = [tuple(w) for w in c.probe(c.client, "train-windows", SHARDS)["windows"]]
+    assert sorted(rows) == expected, (f"{where}: {len(rows)} rows trained, {len(set(rows))} distinct, "
+                                      f"{len(expected)} windows in the epoch")
+    print(f"\npartition of {victim.name} after step {K + 1}: detected {detect:.1f} s (bound "
+          f"{PARTITION_DETECT_BOUND_S} s; {p['detect_line'][-160:]}); old processes gone "
+          f"{p['gone_after_heal_s']:.1f} s after the heal")
