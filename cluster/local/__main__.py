@@ -4,6 +4,8 @@
   python -m cluster.local exec client -- ray job submit --address http://10.201.0.10:8265 ...
   python -m cluster.local status
   python -m cluster.local kill h2               # lose a host: SIGKILL every process of its namespace
+  python -m cluster.local partition h2          # cut a host off the network (its bridge port down)
+  python -m cluster.local heal h2               # and back on
   python -m cluster.local add-worker            # a new worker host (next address) joins the head
   python -m cluster.local new-head              # a new head host (next address); then rejoin the workers
   python -m cluster.local rejoin h1             # restart a worker's Ray against the current head
@@ -83,6 +85,10 @@ def _failure(a: argparse.Namespace) -> int:
             host = cluster.host(a.host)
             n = cluster.kill(host)
             print(f"{host.name} ({host.address}): killed {n} processes; its namespace {host.ns} is empty")
+        elif a.cmd in ("partition", "heal"):
+            host = cluster.host(a.host)
+            cluster.partition(host, up=a.cmd == "heal")
+            print(f"{host.name} ({host.address}): {'back on' if a.cmd == 'heal' else 'cut off'} the bridge")
         elif a.cmd == "add-worker":
             host = cluster.add_worker()
             print(f"{host.name} ({host.address}, namespace {host.ns}) joined {cluster.gcs_address}")
@@ -117,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("argv", nargs=argparse.REMAINDER)
     p = sub.add_parser("kill", help="lose a host: SIGKILL every process of its namespace (the namespace stays)")
     p.add_argument("host")
+    for cmd, what in (("partition", "cut a host off the network: its bridge port down, packets dropped"),
+                      ("heal", "put a partitioned host back on the network")):
+        sub.add_parser(cmd, help=what).add_argument("host")
     sub.add_parser("add-worker", help="a new worker host (new namespace, next address) joins the current head")
     sub.add_parser("new-head", help="a new head host (new namespace, next address); rejoin the workers after it")
     p = sub.add_parser("rejoin", help="restart a worker host's Ray against the current head")
@@ -126,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print("python -m cluster.local needs root (ip netns)", file=sys.stderr)
         return 2
     return {"up": _up, "down": _down, "status": _status, "exec": _exec, "kill": _failure, "add-worker": _failure,
-            "new-head": _failure, "rejoin": _failure}[a.cmd](a)
+            "new-head": _failure, "rejoin": _failure, "partition": _failure, "heal": _failure}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,12 @@ class ParallelConfig:
     offload_optimizer: bool = setting(False, doc="ZeRO optimizer-state offload to CPU memory (stage >= 1).")
     pipeline: Literal["auto", "simple", "sparse_dist"] = setting(
         "auto", doc="Train step: 'sparse_dist' is TorchRec's TrainPipelineSparseDist (the next batches' input all-to-all and, on CUDA, host-to-device copy overlap the current step; same numbers as 'simple'; needs an ID table); 'auto' is sparse_dist on CUDA with an ID table, else 'simple'.")
-    timeout_s: int = setting(1800, doc="Collective-operation timeout of the process group, in seconds.")
+    timeout_s: int = setting(
+        1800, doc="Collective-operation timeout of the process group, in seconds. It is also how long a rank waits "
+                  "on a peer cut off by a network partition (no reset arrives; Ray's node health check may or may not "
+                  "fail the run sooner: in the partition test it did not): lower it where partitions are a concern, "
+                  "but above the longest save, evaluation or data wait a rank sits through (the partition test uses "
+                  "60 s; cluster/README.md).")
     tables: tuple[TableParallelConfig, ...] = setting(
         (), doc="Per-table overrides of sharding_type / embedding_optimizer / embedding_lr, by table name.")
 
