@@ -15,10 +15,12 @@ class IngestConfig:
     """Where the raw interactions are, how to read them, and how to write the shards."""
 
     input: str = setting("", doc="Interactions: a file, a directory or a glob; local path or a pyarrow/fsspec URI.")
-    format: Literal["auto", "pairs_tsv", "pairs_csv"] = setting(
+    format: Literal["auto", "pairs_tsv", "pairs_csv", "plays_csv"] = setting(
         "auto", doc="Input format; 'auto' decides from the file suffix (.tsv: user<TAB>items, .csv: "
                     "user,item,timestamp with an optional fourth column label, 1 = clicked, 0 = shown but not "
-                    "clicked: an exposure).")
+                    "clicked: an exposure) and, for .csv, the first line: FRAME's "
+                    "user,item,playing_time,duration,timestamp[,like,follow,forward] (header, or 5 or 8 fields) "
+                    "is plays_csv, whose playing time and duration are stored with every interaction.")
     titles: str | None = setting(None, doc="Titles CSV (header 'item,title'); null writes items without titles.")
     output_dir: str = setting("data/shards/demo", doc="Dataset directory to create; it gets manifest.json, shards and id maps.")
     min_seq_len: int = setting(5, doc="Users with fewer interactions are dropped and counted (paper: 5).")

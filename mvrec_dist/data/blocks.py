@@ -92,15 +92,22 @@ class Layout:
 
 _I32, _I64, _BOOL = "<i4", "<i8", "|b1"
 _EVAL_TIMES = frozenset({"ts.npy", "targets_ts.npy"})
+# FRAME input (plays_csv): every interaction's playing time and duration, cut like the timestamps.
+_PLAYS = {"play.npy": _I64, "duration.npy": _I64}
+_TARGET_PLAYS = {"targets_play.npy": _I64, "targets_duration.npy": _I64}
+_EVAL_OPTIONAL = _EVAL_TIMES | frozenset(_PLAYS) | frozenset(_TARGET_PLAYS)
 LAYOUTS: dict[str, Layout] = {
-    "train": Layout("train", "u", "user", "users.npy", "raw_users.npy", jagged={"items.npy": _I32, "ts.npy": _I64},
-                    optional=frozenset({"ts.npy"}), min_length=1, length_to_n=2),
+    "train": Layout("train", "u", "user", "users.npy", "raw_users.npy",
+                    jagged={"items.npy": _I32, "ts.npy": _I64, **_PLAYS},
+                    optional=frozenset({"ts.npy", *_PLAYS}), min_length=1, length_to_n=2),
     "valid": Layout("valid", "u", "user", "users.npy", "raw_users.npy",
-                    rows={"targets.npy": _I32, "targets_ts.npy": _I64}, jagged={"history.npy": _I32, "ts.npy": _I64},
-                    optional=_EVAL_TIMES, min_length=1, length_to_n=2),
+                    rows={"targets.npy": _I32, "targets_ts.npy": _I64, **_TARGET_PLAYS},
+                    jagged={"history.npy": _I32, "ts.npy": _I64, **_PLAYS},
+                    optional=_EVAL_OPTIONAL, min_length=1, length_to_n=2),
     "test": Layout("test", "u", "user", "users.npy", "raw_users.npy",
-                   rows={"targets.npy": _I32, "targets_ts.npy": _I64}, jagged={"history.npy": _I32, "ts.npy": _I64},
-                   optional=_EVAL_TIMES, min_length=2, length_to_n=1),
+                   rows={"targets.npy": _I32, "targets_ts.npy": _I64, **_TARGET_PLAYS},
+                   jagged={"history.npy": _I32, "ts.npy": _I64, **_PLAYS},
+                   optional=_EVAL_OPTIONAL, min_length=2, length_to_n=1),
     "exposures": Layout("exposures", "u", "user", "users.npy", "raw_users.npy",
                         jagged={"items.npy": _I32, "ts.npy": _I64}, min_length=0, length_to_n=0),
     # interactions.npy (every kept interaction of the item) is optional: item tables from before it have none.
@@ -112,15 +119,18 @@ LAYOUTS: dict[str, Layout] = {
 # Per-row member -> the block members it is built from (besides the ids, always read).
 _ROW_SOURCES: dict[str, dict[str, frozenset[str]]] = {
     "train": {"items.npy": frozenset({"offsets.npy", "items.npy"}), "ts.npy": frozenset({"offsets.npy", "ts.npy"}),
+              **{m: frozenset({"offsets.npy", m}) for m in _PLAYS},
               "json": frozenset({"offsets.npy", "raw_users.npy"})},
     "valid": {"history.npy": frozenset({"offsets.npy", "history.npy"}), "target.npy": frozenset({"targets.npy"}),
               "ts.npy": frozenset({"offsets.npy", "ts.npy"}), "target_ts.npy": frozenset({"targets_ts.npy"}),
+              **{m: frozenset({"offsets.npy", m}) for m in _PLAYS},
+              **{m.replace("targets_", "target_"): frozenset({m}) for m in _TARGET_PLAYS},
               "json": frozenset({"offsets.npy", "raw_users.npy"})},
     "items": {"json": frozenset({"raw_items.npy", "train_counts.npy", "interactions.npy", "has_title.npy"}),
               "txt": frozenset({"titles.json"})},
 }
 _ROW_SOURCES["test"] = _ROW_SOURCES["valid"]
-_ROW_SOURCES["exposures"] = _ROW_SOURCES["train"]
+_ROW_SOURCES["exposures"] = {m: v for m, v in _ROW_SOURCES["train"].items() if m not in _PLAYS}
 
 
 def row_members(split: str) -> frozenset[str]:
@@ -270,7 +280,8 @@ class Block:
         Returns:
             One ``Sample`` per row, in ``rows`` order, with the members of ``shards/README.md``'s
             per-row view (``items.npy``/``ts.npy``/``json``, ``history.npy``/``target.npy``/``json``
-            (and ``ts.npy``/``target_ts.npy`` where stored), ``json``/``txt``).
+            (and ``ts.npy``/``target_ts.npy``, ``play.npy``/``target_play.npy``, ``duration.npy``/
+            ``target_duration.npy`` where stored), ``json``/``txt``).
         """
         layout, a = self.layout, self.arrays
         ids = self._list("ids")
@@ -284,7 +295,8 @@ class Block:
                     values = a[name]
                     names.append(name)
                     columns.append([values[off[i]:off[i + 1]] for i in rows])
-            for block_name, row_name in (("targets.npy", "target.npy"), ("targets_ts.npy", "target_ts.npy")):
+            for block_name in layout.rows:  # targets*.npy -> target*.npy: one value per row
+                row_name = block_name.replace("targets", "target", 1)
                 if block_name in a and (wanted is None or row_name in wanted):
                     targets = a[block_name]
                     names.append(row_name)

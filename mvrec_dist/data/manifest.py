@@ -125,6 +125,12 @@ class Manifest:
             return frozenset(section.get("splits", ()))
         return frozenset({"train"}) if self.input_format == "pairs_csv" else frozenset()
 
+    @property
+    def plays(self) -> dict[str, Any] | None:
+        """The ``plays`` section (FRAME's ``plays_csv`` input: every interaction's playing time and duration
+        in ``play.npy``/``duration.npy`` and ``targets_*`` of the user splits), None for other input."""
+        return self.data.get("plays")
+
     def path(self, relative: str) -> str:
         """Join ``relative`` onto the dataset directory."""
         return f"{self.root.rstrip('/')}/{relative}"

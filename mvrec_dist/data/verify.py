@@ -74,7 +74,7 @@ def verify_dataset(root: str) -> list[str]:
     recount = np.zeros(n_items + 1, dtype=np.int64)
     recount_all = np.zeros(n_items + 1, dtype=np.int64)
     split_inter = {"train": 0, "valid": 0, "test": 0}
-    has_ts = m.input_format == "pairs_csv"
+    has_ts = m.input_format in ("pairs_csv", "plays_csv")
     label_arrays = load_label_arrays(root, m, problems)
     before = len(problems)
     verify_user_splits(root, m, has_ts, user_map, recount, split_inter, problems, recount_all=recount_all)

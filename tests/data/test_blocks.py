@@ -33,7 +33,8 @@ def train_block(lengths, first=0, index=0) -> Block:
 
 
 def test_needed_members_follow_the_requested_row_members():
-    assert row_members("train") == {"items.npy", "ts.npy", "json"}
+    assert row_members("train") == {"items.npy", "ts.npy", "play.npy", "duration.npy", "json"}
+    assert row_members("exposures") == {"items.npy", "ts.npy", "json"}
     assert needed_members("train", frozenset({"items.npy"})) == {"json", "users.npy", "offsets.npy", "items.npy"}
     assert needed_members("valid", frozenset({"target.npy"})) == {"json", "users.npy", "offsets.npy", "targets.npy"}
     assert needed_members("items", frozenset({"txt"})) == {"json", "items.npy", "titles.json"}

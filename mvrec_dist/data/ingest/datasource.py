@@ -34,7 +34,7 @@ from mvrec_dist.data.ingest.validate import escape_raw
 __all__ = ["BlockReport", "ReadLedger", "InteractionsDatasource", "quarantine_part_path"]
 
 # In-memory bytes per input byte, for Ray Data's planning only.
-_EXPANSION = {"pairs_csv": 1.3, "pairs_tsv": 7.5}
+_EXPANSION = {"pairs_csv": 1.3, "plays_csv": 1.6, "pairs_tsv": 7.5}
 
 
 @dataclass(frozen=True)

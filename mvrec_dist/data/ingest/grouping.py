@@ -17,6 +17,10 @@ exactly as unlabelled rows are; label-0 rows are *exposures* (shown, not clicked
 sequence, its length (``min_seq_len`` counts interactions), the split or the item counts. They are
 kept per user in the same (timestamp, order key) order as ``exp_items``/``exp_ts``. A duplicate is a
 repeat of a whole row, label included, so interactions and exposures are checked apart.
+
+FRAME's input (``plays_csv``: ``play`` and ``duration`` columns) keeps both per interaction beside
+``ts``, in the same order (lists ``play``, ``duration``). A duplicate is a repeat of (user, item,
+timestamp), whatever the playing time.
 """
 
 from __future__ import annotations
@@ -30,15 +34,21 @@ from mvrec_dist.data.ingest.sources import InputFile
 __all__ = ["grouped_schema", "group_users", "user_order"]
 
 
-def grouped_schema(with_ts: bool, labels: bool = False) -> pa.Schema:
+PLAY_COLUMNS = ("play", "duration")
+"""Per-interaction columns of ``plays_csv`` input carried beside the items (``parse.interaction_schema``)."""
+
+
+def grouped_schema(with_ts: bool, labels: bool = False, plays: bool = False) -> pa.Schema:
     """Schema of ``group_users`` output: one row per user (kept or dropped); with ``labels`` the
     exposure columns ``exposures`` (count), ``exp_dropped`` (duplicate exposure rows dropped),
-    ``exp_items`` and ``exp_ts``."""
+    ``exp_items`` and ``exp_ts``; with ``plays`` the lists ``play`` and ``duration``."""
     fields = [pa.field("user", pa.int64()), pa.field("n", pa.int64()), pa.field("rows", pa.int64()),
               pa.field("dup_rows", pa.int64()), pa.field("dropped", pa.int64()), pa.field("kept", pa.bool_()),
               pa.field("items", pa.large_list(pa.int64()))]
     if with_ts:
         fields.append(pa.field("ts", pa.large_list(pa.int64())))
+    if plays:
+        fields += [pa.field(c, pa.large_list(pa.int64())) for c in PLAY_COLUMNS]
     if labels:
         fields += [pa.field("exposures", pa.int64()), pa.field("exp_dropped", pa.int64()),
                    pa.field("exp_items", pa.large_list(pa.int64())), pa.field("exp_ts", pa.large_list(pa.int64()))]
@@ -72,7 +82,8 @@ def user_order(user: np.ndarray, ts: np.ndarray, order: np.ndarray) -> np.ndarra
 
 
 def group_users(block: pa.Table, *, min_seq_len: int, with_ts: bool, duplicates: str = "keep",
-                files: list[InputFile] | None = None, labels: bool | None = None) -> pa.Table:
+                files: list[InputFile] | None = None, labels: bool | None = None,
+                plays: bool | None = None) -> pa.Table:
     """Group one block of interactions into per-user sequences.
 
     Args:
@@ -85,6 +96,7 @@ def group_users(block: pa.Table, *, min_seq_len: int, with_ts: bool, duplicates:
         files: The input files by index, naming file and line in a duplicates error.
         labels: Whether the input carries the label column (None: whether ``block`` has one; the
             pipeline says it, so that empty blocks get the same schema as the others).
+        plays: Whether the input carries ``play``/``duration`` (``plays_csv``; None: whether ``block`` has them).
 
     Returns:
         A table (``grouped_schema``) with one row per user in ascending raw user id: ``n``
@@ -99,15 +111,18 @@ def group_users(block: pa.Table, *, min_seq_len: int, with_ts: bool, duplicates:
     if duplicates not in POLICIES:
         raise ValueError(f"duplicates must be one of {POLICIES}, got {duplicates!r}")
     labels = "label" in block.column_names if labels is None else labels
-    schema = grouped_schema(with_ts, labels)
+    plays = "play" in block.column_names if plays is None else plays
+    schema = grouped_schema(with_ts, labels, plays)
     if block.num_rows == 0:
         return schema.empty_table()
     user, item, ts, order = (_np(block, c) for c in ("user", "item", "ts", "order"))
+    extra = {c: _np(block, c) for c in PLAY_COLUMNS} if plays else {}
     first = _np(block, "first") if "first" in block.column_names else None
     label = _np(block, "label") if labels else None
     idx = user_order(user, ts, order)
     if idx is not None:
         user, item, ts, order = user[idx], item[idx], ts[idx], order[idx]
+        extra = {c: v[idx] for c, v in extra.items()}
         first = first[idx] if first is not None else None
         label = label[idx] if label is not None else None
     if label is not None:
@@ -132,6 +147,7 @@ def group_users(block: pa.Table, *, min_seq_len: int, with_ts: bool, duplicates:
         keep = ~found.later
         dropped = np.add.reduceat(found.later.astype(np.int64), starts)
         user, item, ts = user[keep], item[keep], ts[keep]
+        extra = {c: v[keep] for c, v in extra.items()}
         n, rows = n - dropped, rows - found.rows
         starts = np.cumsum(n) - n
     kept = n >= min_seq_len
@@ -142,6 +158,8 @@ def group_users(block: pa.Table, *, min_seq_len: int, with_ts: bool, duplicates:
                "kept": kept, "items": pa.LargeListArray.from_arrays(offsets, item[take])}
     if with_ts:
         columns["ts"] = pa.LargeListArray.from_arrays(offsets, ts[take])
+    for c, v in extra.items():
+        columns[c] = pa.LargeListArray.from_arrays(offsets, v[take])
     return pa.table(columns, schema=schema)
 
 

@@ -205,7 +205,8 @@ def _rebased(column: pa.ChunkedArray) -> pa.LargeListArray:
     return pa.LargeListArray.from_arrays(offsets - offsets[0], arr.values.to_numpy()[offsets[0]:offsets[-1]])
 
 
-def assign_dense(grouped: pa.Table, maps: list, shard_size: int, with_ts: bool, labels: bool = False) -> pa.Table:
+def assign_dense(grouped: pa.Table, maps: list, shard_size: int, with_ts: bool, labels: bool = False,
+                 plays: bool = False) -> pa.Table:
     """Map one grouped block to dense ids and shard indices (dropped users are left out).
 
     Args:
@@ -215,6 +216,7 @@ def assign_dense(grouped: pa.Table, maps: list, shard_size: int, with_ts: bool, 
         shard_size: ``ingest.shard_max_samples``.
         with_ts: Carry the timestamps.
         labels: Carry the exposures (``exp_items`` as dense ids, ``exp_ts``).
+        plays: Carry ``play`` and ``duration`` (``plays_csv``).
 
     Returns:
         Rows of ``shard_writer.dense_schema``.
@@ -222,7 +224,7 @@ def assign_dense(grouped: pa.Table, maps: list, shard_size: int, with_ts: bool, 
     users_map, items_map = ray.get(maps)
     kept = grouped.column("kept").to_numpy(zero_copy_only=False)
     if not kept.any():
-        return dense_schema(with_ts, labels).empty_table()
+        return dense_schema(with_ts, labels, plays).empty_table()
     rows = grouped.filter(pa.array(kept))
     raw_user = rows.column("user").to_numpy()
     dense_user = lookup(users_map, raw_user, "user") + 1
@@ -230,7 +232,9 @@ def assign_dense(grouped: pa.Table, maps: list, shard_size: int, with_ts: bool, 
                "n": rows.column("n").to_numpy(), "items": _dense_list(rows.column("items"), items_map)}
     if with_ts:
         columns["ts"] = _rebased(rows.column("ts"))
+    if plays:
+        columns.update({c: _rebased(rows.column(c)) for c in ("play", "duration")})
     if labels:
         columns["exp_items"] = _dense_list(rows.column("exp_items"), items_map)
         columns["exp_ts"] = _rebased(rows.column("exp_ts"))
-    return pa.table(columns, schema=dense_schema(with_ts, labels))
+    return pa.table(columns, schema=dense_schema(with_ts, labels, plays))

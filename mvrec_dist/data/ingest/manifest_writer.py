@@ -176,12 +176,13 @@ def reconcile(counts: dict, splits: dict, summary_train: int, shard_size: int, d
 
 def build_manifest(*, fp: str, config: dict, inputs: list[dict], titles: dict | None, counts: dict,
                    reconciliation: dict, splits: dict, files: dict, quarantine: dict, timestamps: dict | None = None,
-                   labels: dict | None = None, stats: dict | None = None, item_labels: dict | None = None) -> dict:
-    """Assemble ``manifest.json`` (schema ``SCHEMA_VERSION``); ``timestamps``, ``labels`` and ``item_labels``
-    are written only when given (timestamped, labelled input; the item labels section); ``stats``: further
-    entries of the ``stats`` section beside ``item_train_counts``."""
-    optional = {k: v for k, v in (("timestamps", timestamps), ("labels", labels), ("item_labels", item_labels))
-                if v is not None}
+                   labels: dict | None = None, stats: dict | None = None, item_labels: dict | None = None,
+                   plays: dict | None = None) -> dict:
+    """Assemble ``manifest.json`` (schema ``SCHEMA_VERSION``); ``timestamps``, ``labels``, ``item_labels`` and
+    ``plays`` are written only when given (timestamped, labelled input; the item labels section; FRAME's
+    playing times); ``stats``: further entries of the ``stats`` section beside ``item_train_counts``."""
+    optional = {k: v for k, v in (("timestamps", timestamps), ("labels", labels), ("item_labels", item_labels),
+                                  ("plays", plays)) if v is not None}
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "mvrec_dist.dataset",

@@ -54,7 +54,7 @@ from mvrec_dist.data.ingest.manifest_writer import (build_manifest, check_output
 from mvrec_dist.data.ingest.quarantine import merge_quarantine
 from mvrec_dist.data.ingest.partition import exchange_context, range_partition, sample_users, user_boundaries
 from mvrec_dist.data.ingest.range_writer import collect, write_pieces, write_ranges
-from mvrec_dist.data.ingest.shard_writer import EXPOSURE_SPLIT, USER_SPLITS
+from mvrec_dist.data.ingest.shard_writer import EXPOSURE_SPLIT, PLAY_MEMBERS, USER_SPLITS
 from mvrec_dist.data.ingest.sources import detect_format, detect_labels, list_inputs, plan_ranges
 from mvrec_dist.data.ingest.validate import LABEL_COLUMN
 from mvrec_dist.data.ingest.tar_writer import write_bytes
@@ -69,6 +69,9 @@ _SAMPLE_BYTES = 1 << 20
 TIMESTAMP_UNIT = ("the input's integers, stored unchanged (MicroLens csv and the synthetic generator: Unix "
                   "milliseconds)")
 """What the manifest's ``timestamps.unit`` says."""
+PLAY_UNIT = ("the input's integers, stored unchanged (FRAME's data: milliseconds; the synthetic generator: "
+             "milliseconds); play ratio = min(play / duration, 1)")
+"""What the manifest's ``plays.unit`` says (``plays_csv`` input)."""
 
 
 @dataclass
@@ -202,7 +205,8 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, inputs: list[dict
     if titles_info is not None:
         titles_info.update(rows=titles.rows, header_rows=titles.header_rows, quarantined_rows=len(titles.bad),
                            bom_stripped=titles.bom_stripped)
-    with_ts = fmt == "pairs_csv"
+    with_ts = fmt in ("pairs_csv", "plays_csv")
+    plays = fmt == "plays_csv"
     cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
     partitions = group_partitions(cfg, sum(f.size for f in files), cpus)
     parts_dir = f"{tmp}/_quarantine_parts"
@@ -222,7 +226,7 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, inputs: list[dict
     t = time.perf_counter()
     S = cfg.shard_max_samples
     layout = {"root": tmp, "shard_size": S, "block_size": cfg.users_per_block, "num_users": len(summary.users),
-              "with_ts": with_ts, "labels": labels}
+              "with_ts": with_ts, "labels": labels, "plays": plays}
     results = grouped.map_batches(write_ranges, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
                                   fn_kwargs={"maps": maps, **layout}).to_arrow_refs()
     user_entries, pieces = collect(ray.get(results))
@@ -258,7 +262,8 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, inputs: list[dict
     time_splits = list(USER_SPLITS) + ([EXPOSURE_SPLIT] if labels else [])
     parts = {"counts": counts, "reconciliation": reconciliation, "splits": splits, "files": files_section,
              "quarantine": quarantine, "labels": label_section, "stats": stats, "item_labels": item_labels,
-             "timestamps": {"splits": time_splits, "unit": TIMESTAMP_UNIT} if with_ts else None}
+             "timestamps": {"splits": time_splits, "unit": TIMESTAMP_UNIT} if with_ts else None,
+             "plays": {"splits": list(USER_SPLITS), "members": list(PLAY_MEMBERS), "unit": PLAY_UNIT} if plays else None}
     return parts, timings
 
 
@@ -273,8 +278,9 @@ def _read_and_group(cfg: IngestConfig, files: list, fmt: str, partitions: int,
     with exchange_context():
         grouped = (range_partition(ray.data.read_datasource(source), boundaries)
                    .map_batches(group_users, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
-                                fn_kwargs={"min_seq_len": cfg.min_seq_len, "with_ts": fmt == "pairs_csv",
-                                           "duplicates": cfg.duplicates, "files": files, "labels": labels})
+                                fn_kwargs={"min_seq_len": cfg.min_seq_len, "with_ts": fmt != "pairs_tsv",
+                                           "duplicates": cfg.duplicates, "files": files, "labels": labels,
+                                           "plays": fmt == "plays_csv"})
                    .materialize())
     reports = ray.get(ledger.reports.remote())
     if len(reports) != len(ranges):

@@ -43,7 +43,7 @@ def _ipc(table: pa.Table) -> bytes:
 
 
 def write_ranges(grouped: pa.Table, *, maps: list, root: str, shard_size: int, block_size: int,
-                 num_users: int, with_ts: bool, labels: bool = False) -> pa.Table:
+                 num_users: int, with_ts: bool, labels: bool = False, plays: bool = False) -> pa.Table:
     """Write the shards inside one grouped block's dense-id range; return entries and pieces.
 
     Args:
@@ -55,6 +55,7 @@ def write_ranges(grouped: pa.Table, *, maps: list, root: str, shard_size: int, b
         num_users: Kept users U.
         with_ts: Write the timestamps.
         labels: Write the exposures split.
+        plays: Write the playing times and durations (``plays_csv``).
 
     Returns:
         ``result_schema`` rows: one with the JSON list of written shard entries, and one per
@@ -64,7 +65,7 @@ def write_ranges(grouped: pa.Table, *, maps: list, root: str, shard_size: int, b
         IngestError: when the block's dense ids are not contiguous (a partition that did not hold
             a whole user range).
     """
-    dense = assign_dense(grouped, maps, shard_size, with_ts, labels)
+    dense = assign_dense(grouped, maps, shard_size, with_ts, labels, plays)
     if dense.num_rows == 0:
         return result_schema().empty_table()
     users = dense.column("user").to_numpy()
@@ -78,7 +79,7 @@ def write_ranges(grouped: pa.Table, *, maps: list, root: str, shard_size: int, b
     inside = (shard >= first_full) & (shard <= last_full)
     entries = write_user_shards(dense.filter(pa.array(inside)), root=root, shard_size=shard_size,
                                 block_size=block_size, num_users=num_users, with_ts=with_ts,
-                                labels=labels) if inside.any() else []
+                                labels=labels, plays=plays) if inside.any() else []
     rows = {"shard": [-1], "entries": [json.dumps(entries)], "piece": [None]}
     for j in np.unique(shard[~inside]).tolist():
         rows["shard"].append(j)
@@ -103,15 +104,15 @@ def collect(results: list[pa.Table]) -> tuple[list[dict], dict[int, list[bytes]]
 
 @ray.remote
 def _write_boundary(pieces: list[bytes], root: str, shard_size: int, block_size: int, num_users: int,
-                    with_ts: bool, labels: bool) -> list[dict]:
+                    with_ts: bool, labels: bool, plays: bool) -> list[dict]:
     tables = [pa.ipc.open_stream(p).read_all() for p in pieces]
-    table = pa.concat_tables(tables).cast(dense_schema(with_ts, labels))
+    table = pa.concat_tables(tables).cast(dense_schema(with_ts, labels, plays))
     return write_user_shards(table, root=root, shard_size=shard_size, block_size=block_size,
-                             num_users=num_users, with_ts=with_ts, labels=labels)
+                             num_users=num_users, with_ts=with_ts, labels=labels, plays=plays)
 
 
 def write_pieces(pieces: dict[int, list[bytes]], *, root: str, shard_size: int, block_size: int,
-                 num_users: int, with_ts: bool, labels: bool = False) -> list[dict]:
+                 num_users: int, with_ts: bool, labels: bool = False, plays: bool = False) -> list[dict]:
     """Write every boundary shard from its pieces (Ray tasks; each checks its shard is whole).
 
     Args:
@@ -122,10 +123,11 @@ def write_pieces(pieces: dict[int, list[bytes]], *, root: str, shard_size: int, 
         num_users: U.
         with_ts: Write the timestamps.
         labels: Write the exposures split.
+        plays: Write the playing times and durations.
 
     Returns:
         The written shards' manifest entries.
     """
-    refs = [_write_boundary.remote(p, root, shard_size, block_size, num_users, with_ts, labels)
+    refs = [_write_boundary.remote(p, root, shard_size, block_size, num_users, with_ts, labels, plays)
             for p in pieces.values()]
     return [e for part in ray.get(refs) for e in part]

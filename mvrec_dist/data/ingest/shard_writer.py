@@ -16,7 +16,10 @@ dense items ``s[0..n-1]`` a block holds (``shards/README.md``, ``mvrec_dist.data
 ``s[n-1]``; each with ``users.npy``, ``raw_users.npy``, ``offsets.npy`` and the block ``json``.
 With timestamps (csv input) every split carries them: train ``ts.npy``, valid and test ``ts.npy``
 beside ``history.npy`` and ``targets_ts.npy`` beside ``targets.npy``. With labelled input a fourth
-split, ``exposures``, holds each user's exposures (``items.npy``, ``ts.npy``; possibly none).
+split, ``exposures``, holds each user's exposures (``items.npy``, ``ts.npy``; possibly none). FRAME's
+input (``plays_csv``) adds the playing time and duration of every interaction the same way as the
+timestamps: ``play.npy``/``duration.npy`` beside the items or history, ``targets_play.npy``/
+``targets_duration.npy`` beside the targets.
 Rendering is a handful of numpy gathers per shard and a few members per block: nothing per user.
 """
 
@@ -35,7 +38,7 @@ from mvrec_dist.data.ingest.errors import IngestError
 from mvrec_dist.data.ingest.tar_writer import Payload, tar_bytes, write_bytes
 
 __all__ = ["USER_SPLITS", "EXPOSURE_SPLIT", "UserShard", "npy_header", "npy_payload", "json_payload", "render_blocks",
-           "render_user_shards", "write_user_shards", "shard_path", "first_block_index", "dense_schema"]
+           "render_user_shards", "write_user_shards", "shard_path", "first_block_index", "dense_schema", "PLAY_MEMBERS"]
 
 USER_SPLITS = ("train", "valid", "test")
 EXPOSURE_SPLIT = "exposures"
@@ -45,12 +48,19 @@ _I64 = np.dtype("<i8")
 _npy_headers: dict[tuple[str, int], bytes] = {}
 
 
-def dense_schema(with_ts: bool, labels: bool = False) -> pa.Schema:
-    """Per-user rows with dense ids, as the write stage receives them (``exp_*``: the exposures)."""
+PLAY_MEMBERS = ("play", "duration")
+"""Per-interaction values of ``plays_csv`` input, stored as ``<name>.npy`` / ``targets_<name>.npy``."""
+
+
+def dense_schema(with_ts: bool, labels: bool = False, plays: bool = False) -> pa.Schema:
+    """Per-user rows with dense ids, as the write stage receives them (``exp_*``: the exposures; with
+    ``plays`` the ``play`` and ``duration`` lists)."""
     fields = [pa.field("shard", pa.int64()), pa.field("user", pa.int64()), pa.field("raw_user", pa.int64()),
               pa.field("n", pa.int64()), pa.field("items", pa.large_list(pa.int32()))]
     if with_ts:
         fields.append(pa.field("ts", pa.large_list(pa.int64())))
+    if plays:
+        fields += [pa.field(c, pa.large_list(pa.int64())) for c in PLAY_MEMBERS]
     if labels:
         fields += [pa.field("exp_items", pa.large_list(pa.int32())), pa.field("exp_ts", pa.large_list(pa.int64()))]
     return pa.schema(fields)
@@ -138,6 +148,8 @@ class UserShard:
     """Dense item ids of every user's exposures in time order, int32 [E]."""
     exp_ts: np.ndarray | None = None
     """Their timestamps, int64 [E]."""
+    plays: dict[str, np.ndarray] | None = None
+    """``plays_csv``: ``play`` and ``duration`` of every interaction, int64 [sum n] each, like ``ts``."""
 
 
 def _prefix(values: np.ndarray, offsets: np.ndarray, n: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -166,6 +178,10 @@ def render_user_shards(s: UserShard, *, shard_size: int, block_size: int) -> dic
     ts = np.ascontiguousarray(s.ts, dtype=_I64) if s.ts is not None else None
     train_ts = _prefix(ts, offsets, n, n - 2) if ts is not None else None
     test_ts = _prefix(ts, offsets, n, n - 1) if ts is not None else None
+    plays = {}
+    for name, values in (s.plays or {}).items():
+        values = np.ascontiguousarray(values, dtype=_I64)
+        plays[name] = (_prefix(values, offsets, n, n - 2), _prefix(values, offsets, n, n - 1), values)
     train_off = np.concatenate([[0], np.cumsum(n - 2)])
     test_off = np.concatenate([[0], np.cumsum(n - 1)])
     valid_targets, test_targets = items[valid_at], items[test_at]
@@ -183,8 +199,16 @@ def render_user_shards(s: UserShard, *, shard_size: int, block_size: int) -> dic
                        "targets_ts.npy": npy_payload(ts[valid_at[lo:hi]])} if ts is not None else {}
         test_times = {"ts.npy": npy_payload(test_ts[h0:h1]),
                       "targets_ts.npy": npy_payload(ts[test_at[lo:hi]])} if ts is not None else {}
+        train_plays = {}
+        for name, (tr, te, values) in plays.items():  # the same cuts as the timestamps
+            train_plays[f"{name}.npy"] = npy_payload(tr[t0:t1])
+            valid_times.update({f"{name}.npy": npy_payload(tr[t0:t1]),
+                                f"targets_{name}.npy": npy_payload(values[valid_at[lo:hi]])})
+            test_times.update({f"{name}.npy": npy_payload(te[h0:h1]),
+                               f"targets_{name}.npy": npy_payload(values[test_at[lo:hi]])})
         parts = [("train", {"offsets.npy": train_offsets, "items.npy": npy_payload(train[t0:t1]),
-                            **({"ts.npy": npy_payload(train_ts[t0:t1])} if train_ts is not None else {})}),
+                            **({"ts.npy": npy_payload(train_ts[t0:t1])} if train_ts is not None else {}),
+                            **train_plays}),
                  ("valid", {"offsets.npy": train_offsets, "history.npy": npy_payload(train[t0:t1]),
                             "targets.npy": npy_payload(valid_targets[lo:hi]), **valid_times}),
                  ("test", {"offsets.npy": npy_payload(test_off[lo:hi + 1] - h0),
@@ -209,18 +233,20 @@ def _flat(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return offsets - offsets[0], arr.values.to_numpy()[offsets[0]:offsets[-1]]
 
 
-def _shard_from_rows(index: int, rows: pa.Table, with_ts: bool, labels: bool = False) -> UserShard:
+def _shard_from_rows(index: int, rows: pa.Table, with_ts: bool, labels: bool = False,
+                     plays: bool = False) -> UserShard:
     offsets, items = _flat(rows.column("items"))
     ts = _flat(rows.column("ts"))[1] if with_ts else None
     exp_offsets, exp_items = _flat(rows.column("exp_items")) if labels else (None, None)
     exp_ts = _flat(rows.column("exp_ts"))[1] if labels else None
     return UserShard(index=index, users=rows.column("user").to_numpy(), raw_users=rows.column("raw_user").to_numpy(),
                      n=rows.column("n").to_numpy(), offsets=offsets, items=items, ts=ts, exp_offsets=exp_offsets,
-                     exp_items=exp_items, exp_ts=exp_ts)
+                     exp_items=exp_items, exp_ts=exp_ts,
+                     plays={c: _flat(rows.column(c))[1] for c in PLAY_MEMBERS} if plays else None)
 
 
 def write_user_shards(table: pa.Table, *, root: str, shard_size: int, block_size: int, num_users: int,
-                      with_ts: bool, labels: bool = False) -> list[dict]:
+                      with_ts: bool, labels: bool = False, plays: bool = False) -> list[dict]:
     """Render and write every shard whose users are in ``table``.
 
     Args:
@@ -231,6 +257,7 @@ def write_user_shards(table: pa.Table, *, root: str, shard_size: int, block_size
         num_users: Total kept users U (the last shard ends at U).
         with_ts: Write the timestamps (``ts.npy``, ``targets_ts.npy``).
         labels: Write the ``exposures`` split (``table`` has the ``exp_*`` columns).
+        plays: Write ``play.npy``/``duration.npy`` and their ``targets_*`` (``table`` has the columns).
 
     Returns:
         One entry per written tar: ``split``, ``index``, ``path``, ``samples`` (users), ``blocks``,
@@ -255,7 +282,7 @@ def write_user_shards(table: pa.Table, *, root: str, shard_size: int, block_size
                 np.any(np.diff(users) != 1):
             raise IngestError(f"shard {j} received {len(users)} users ({users[:3].tolist()}...) instead of "
                               f"exactly users {first}..{last}: the partitioning split or duplicated users")
-        s = _shard_from_rows(j, rows, with_ts, labels)
+        s = _shard_from_rows(j, rows, with_ts, labels, plays)
         counted = {"train": int((s.n - 2).sum()), "valid": len(users), "test": len(users),
                    EXPOSURE_SPLIT: len(s.exp_items) if labels else 0}
         blocks = len(block_sizes(len(users), block_size))

@@ -8,7 +8,9 @@ end to the next newline. Ranges therefore cover every line exactly once, whateve
 
 Whether ``pairs_csv`` files carry the optional click label (``user,item,timestamp,label``) is read
 from each file's first line (``detect_labels``), before any read task runs: every range of a file
-must parse it the same way, and one dataset holds labelled input or none.
+must parse it the same way, and one dataset holds labelled input or none. ``.csv`` files whose first line
+is FRAME's header (``user,item,playing_time,duration,timestamp[,like,follow,forward]``) or, without a
+header, has five or eight fields are ``plays_csv`` (``detect_format``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pyarrow.fs as pafs
 from mvrec_dist.data import fs as dfs
 from mvrec_dist.data.ingest.errors import IngestError
 from mvrec_dist.data.ingest.parse import MAX_FILE_BYTES, MAX_FILES
-from mvrec_dist.data.ingest.validate import BOM, LABELED_CSV_HEADER, is_header, strip_terminator
+from mvrec_dist.data.ingest.validate import BOM, LABELED_CSV_HEADER, PLAYS_FIELDS, is_header, strip_terminator
 
 __all__ = ["InputFile", "ByteRange", "list_inputs", "detect_format", "detect_labels", "plan_ranges", "read_range",
            "count_newlines", "FORMAT_SUFFIXES"]
@@ -89,10 +91,11 @@ def detect_format(files: list[InputFile], fmt: str) -> str:
 
     Args:
         files: The inputs.
-        fmt: ``auto``, ``pairs_tsv`` or ``pairs_csv``.
+        fmt: ``auto``, ``pairs_tsv``, ``pairs_csv`` or ``plays_csv``.
 
     Returns:
-        ``pairs_tsv`` or ``pairs_csv``.
+        ``pairs_tsv``, ``pairs_csv`` or ``plays_csv`` (a ``.csv`` whose first line is FRAME's header or,
+        headerless, has 5 or 8 fields).
 
     Raises:
         IngestError: when ``auto`` cannot decide.
@@ -106,7 +109,8 @@ def detect_format(files: list[InputFile], fmt: str) -> str:
             raise IngestError(f"{f.display}: cannot tell the format from the suffix {suffix or '(none)'}; "
                               "name files *.tsv (user<TAB>items) or *.csv (user,item,timestamp), "
                               "or set ingest.format")
-        found.setdefault(FORMAT_SUFFIXES[suffix], f.display)
+        found.setdefault(_csv_kind(f) if FORMAT_SUFFIXES[suffix] == "pairs_csv" else FORMAT_SUFFIXES[suffix],
+                         f.display)
     if len(found) > 1:
         raise IngestError(f"inputs mix formats ({', '.join(f'{k}: {v}' for k, v in sorted(found.items()))}); "
                           "ingest one format at a time")
@@ -122,6 +126,14 @@ def _first_line(f: InputFile) -> bytes:
         if line.strip(b" \t"):
             return line
     return b""
+
+
+def _csv_kind(f: InputFile) -> str:
+    """``plays_csv`` for a csv file in FRAME's layout (by its first line), else ``pairs_csv``."""
+    line = _first_line(f)
+    plays = is_header(line, "plays_csv") or (not is_header(line, "pairs_csv", labels=line.count(b",") == 3)
+                                             and line.count(b",") + 1 in PLAYS_FIELDS)
+    return "plays_csv" if plays else "pairs_csv"
 
 
 def detect_labels(files: list[InputFile], fmt: str) -> bool:

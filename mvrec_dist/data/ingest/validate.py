@@ -11,6 +11,14 @@ Valid lines:
 * ``pairs_csv`` with the label column (``labels=True``, decided per dataset by
   ``sources.detect_labels``): ``user,item,timestamp,label``, the same three fields and a decimal
   integer equal to 0 or 1 (1: clicked, an interaction; 0: shown but not clicked, an exposure).
+* ``plays_csv`` (FRAME's interaction format, Lu et al., SIGIR'23, public code tsinghua-fib-lab/FRAME:
+  ``data_final2.csv`` holds user, video, playing time, duration, timestamp and like/follow/forward):
+  ``user,item,playing_time,duration,timestamp`` or the same with ``,like,follow,forward``, five or
+  eight fields. The ids and the timestamp as in ``pairs_csv``; ``playing_time`` a decimal integer
+  ``>= 0``; ``duration`` a decimal integer ``> 0`` (a play ratio needs it) and ``playing_time <=
+  duration`` (FRAME clips the ratio at 1 itself; input claiming a longer play than the video is taken
+  as broken, not clipped silently); like/follow/forward each 0 or 1 (validated, not stored: FRAME's
+  model does not read them).
 * ``pairs_tsv``: ``user<TAB>item item ...``, a non-empty sequence of single-space separated
   non-negative decimal integers.
 * A line ends with ``\\n`` (``\\r\\n`` accepted); only the last line of a file may lack it.
@@ -23,13 +31,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["BOM", "BadLine", "CSV_HEADER", "LABELED_CSV_HEADER", "LABEL_COLUMN", "TSV_HEADERS", "TITLES_HEADER",
+__all__ = ["BOM", "BadLine", "CSV_HEADER", "LABELED_CSV_HEADER", "LABEL_COLUMN", "PLAYS_CSV_HEADER",
+           "PLAYS_BEHAVIOUR_HEADER", "PLAYS_FIELDS", "TSV_HEADERS", "TITLES_HEADER",
            "is_header", "find_bad_lines", "escape_raw"]
 
 CSV_HEADER = b"user,item,timestamp"
 LABEL_COLUMN = "label"
 """Name of the optional per-interaction click label of ``pairs_csv`` (its header's fourth field)."""
 LABELED_CSV_HEADER = CSV_HEADER + b"," + LABEL_COLUMN.encode("ascii")
+PLAYS_CSV_HEADER = b"user,item,playing_time,duration,timestamp"
+"""FRAME's interaction columns (``plays_csv``)."""
+PLAYS_BEHAVIOUR_HEADER = PLAYS_CSV_HEADER + b",like,follow,forward"
+"""The same with FRAME's optional behaviour columns."""
+PLAYS_FIELDS = (5, 8)
+"""Fields a ``plays_csv`` line may have: without and with the behaviour columns."""
 TSV_HEADERS = (b"user\titems", b"user\titem")
 TITLES_HEADER = b"item,title"
 BOM = b"\xef\xbb\xbf"
@@ -58,6 +73,8 @@ def is_header(line: bytes, fmt: str, labels: bool = False) -> bool:
     text = line.removeprefix(BOM).strip(b" \t")  # a header checked on its own may still carry it
     if fmt == "pairs_csv":
         return text == (LABELED_CSV_HEADER if labels else CSV_HEADER)
+    if fmt == "plays_csv":
+        return text in (PLAYS_CSV_HEADER, PLAYS_BEHAVIOUR_HEADER)
     return text in TSV_HEADERS
 
 
@@ -105,7 +122,7 @@ def line_problem(line: bytes, fmt: str, *, unterminated_last: bool, may_be_heade
 
     Args:
         line: The line without its terminator.
-        fmt: ``pairs_csv`` or ``pairs_tsv``.
+        fmt: ``pairs_csv``, ``plays_csv`` or ``pairs_tsv``.
         unterminated_last: The line is the last of its file and has no newline (possibly truncated).
         may_be_header: The line is the first of its file, where a header is allowed.
         labels: ``pairs_csv`` rows carry the label column.
@@ -133,6 +150,8 @@ def line_problem(line: bytes, fmt: str, *, unterminated_last: bool, may_be_heade
             if problem:
                 return problem
         return _label_problem(fields[3]) if labels else None
+    if fmt == "plays_csv":
+        return _plays_problem(line.split(b","), truncated)
     parts = line.split(b"\t")
     if len(parts) != 2:
         return f"{truncated}expected 2 tab-separated fields (user<TAB>items), got {len(parts)}"
@@ -148,6 +167,30 @@ def line_problem(line: bytes, fmt: str, *, unterminated_last: bool, may_be_heade
         problem = _int_problem(token, f"item {k + 1}", True)
         if problem:
             return problem
+    return None
+
+
+def _plays_problem(fields: list[bytes], truncated: str) -> str | None:
+    """Why the fields of a ``plays_csv`` line are not a valid row, or None."""
+    if len(fields) not in PLAYS_FIELDS:
+        return (f"{truncated}expected 5 or 8 comma-separated fields ({PLAYS_CSV_HEADER.decode()}[,like,follow,forward]),"
+                f" got {len(fields)}")
+    names = ("user id", "item id", "playing time", "duration", "timestamp")
+    for field, what, non_negative in zip(fields, names, (True, True, False, False, False)):
+        problem = _int_problem(field, what, non_negative)
+        if problem:
+            return problem
+    play, duration = int(fields[2]), int(fields[3])
+    if play < 0:
+        return f"playing time {play} is negative"
+    if duration <= 0:
+        return f"duration {duration} is not positive (a play ratio needs it)"
+    if play > duration:
+        return f"playing time {play} is greater than the duration {duration}"
+    for field, what in zip(fields[5:], ("like", "follow", "forward")):
+        text = field.strip(b" \t")
+        if not _INT.fullmatch(text) or int(text) not in (0, 1):
+            return f"{what} {_show(text)} is not 0 or 1"
     return None
 
 
