@@ -26,7 +26,10 @@ from benchmarks.text_quality import collect  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 RUNS = {"MMRA, 2 workers": "mmra-2w", "MMRA without retrieval, 2 workers": "mmra-noretrieval-2w",
-        "MMRA, 1 worker (2 epochs: throughput)": "mmra-1w"}
+        "MMRA, 1 worker (2 epochs: throughput)": "mmra-1w",
+        "MMRA, decoded-frame features (3 real videos, zeros elsewhere), 2 workers": "mmra-frames",
+        "MMRA, decoded-frame features, 1 epoch, 1 worker (quiet machine: throughput)": "mmra-frames-1w",
+        "MMRA, decoded-frame features, 1 epoch, 2 workers (quiet machine: throughput)": "mmra-frames-2w"}
 WHOLE = ("nmse", "src", "mae")
 BATCHED = ("nmse_b", "src_b", "mae_b")
 
@@ -40,8 +43,11 @@ def render(data: dict, notes: str) -> str:
              "interaction (comment) count in the ingested MicroLens-50K; split 80/10/10 of the items, seed 0, saved "
              "with the dataset; the test split evaluated once, with the weights of the best validation epoch "
              "(MAE + nMSE, lower is better). Titles: real (all-MiniLM-L6-v2 sentence vectors, frozen). "
-             "**No frames**: only 3 of the 19,220 videos exist here, so every item gets the same constant frame vectors "
-             "and the visual stream carries nothing (per-item noise frames were memorised: notes). Retrieval: each item's 10 most title-similar train/valid items.",
+             "**Frames**: only 3 of the 19,220 videos exist here. The `mmra` runs give every item the same constant frame "
+             "vectors, so the visual stream carries nothing (per-item noise frames were memorised: notes); the "
+             "`mmra-frames` runs read per-frame features of decoded frames (a frozen, random-weight frame CNN, "
+             "`jobs/configs/microlens-50k/mmra-frames.yaml`) for the 3 real videos and zero frames for the other "
+             "19,217 items. Retrieval: each item's 10 most title-similar train/valid items.",
              "", "## Test metrics", "",
              "nMSE, SRC, MAE over the whole test split; `_b`: MMRA's `test.py` averaging (mean over batches of 256 in "
              "item-id order; `eval/regression.py` says how it differs).", "",
