@@ -175,6 +175,10 @@ def run_ingest(cfg: IngestConfig, *, extra_config: dict | None = None) -> Ingest
     tmp = temp_dir_for(cfg.output_dir)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = cfg.progress
+    # An IngestError raised in a map task (grouping finds a user on two lines, say) reaches the job as
+    # itself, not as Ray Data's UserCodeException, so the error names file and line. Without this it only
+    # did so when an earlier stage of the same process (video content, the trunk cache) had set it.
+    ctx.raise_original_map_exception = True
     try:
         parts, timings = _build(cfg, files, fmt, tmp, inputs, titles_info, ident.labels)
         manifest = build_manifest(fp=fp, config={"ingest": ingest_dict, **(extra_config or {})}, inputs=inputs,
