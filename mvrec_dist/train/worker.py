@@ -92,9 +92,8 @@ def build_rank(cfg: TrainJobConfig, ctx: DistContext) -> RankSetup:
     # Tasks without an item tower (MMRA reads feature stores of its own) have no content encoder, and no
     # content reaches their model through the tower's store (MMRA's preset may still name an encoder: the one
     # whose per-frame output jobs/cache_trunk_features.py caches for it).
-    encoder = getattr(getattr(model.dense, "item_tower", None), "content_encoder", None)
-    tower = getattr(model.dense, "item_tower", None) is not None
-    store = open_content_store(cfg, manifest, encoder) if tower else None
+    tower = getattr(model.dense, "item_tower", None)
+    store = None if tower is None else open_content_store(cfg, manifest, getattr(tower, "content_encoder", None))
     data = task.build_data(manifest, rank=ctx.rank, world_size=ctx.world_size, pin_memory=ctx.is_cuda,
                            content_store=store, gather=lambda rows: all_gather_variable(rows, ctx))
     pm = ParallelModel(model, cfg, ctx, total_steps=data.estimated_steps_per_epoch() * cfg.train.epochs)
