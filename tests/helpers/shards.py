@@ -253,3 +253,23 @@ synthetic:
   chunk_users: 300
 """
 """An ingest config (``.format(out=..., raw=...)``) the end-to-end tests of the jobs ingest first."""
+
+
+def ingest_small_blocks(src: Any, out: Any, **kw: Any) -> Any:
+    """``run_ingest`` of a hand-made input with one user per block and 2 samples per shard, so even a few rows
+    cross block and shard boundaries (``kw``: further ``IngestConfig`` fields)."""
+    from mvrec_dist.config.ingest import IngestConfig
+    from mvrec_dist.data.ingest import run_ingest
+
+    return run_ingest(IngestConfig(input=str(src), output_dir=str(out), progress=False, min_seq_len=3,
+                                   shard_max_samples=2, users_per_block=1, items_per_block=4, **kw))
+
+
+def members_by_user(root: Any, split: str, members: set[str]) -> dict:
+    """``{raw user: its sample's members}`` of ``split`` read back from the dataset at ``root``."""
+    from mvrec_dist.data.plan import eval_plan
+    from mvrec_dist.data.reader import ShardReader
+
+    reader = ShardReader(str(root), split, members=members)
+    return {s.members["json"]["raw_user"]: s.members
+            for _, s in reader.iter_chunks(eval_plan(reader.shard_counts, num_consumers=1)[0])}

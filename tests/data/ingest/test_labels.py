@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 from mvrec_dist.config.ingest import IngestConfig
-from mvrec_dist.data.ingest import IngestError, run_ingest
-from mvrec_dist.data.plan import eval_plan
-from mvrec_dist.data.reader import ShardReader
+from mvrec_dist.data.ingest import IngestError
 from mvrec_dist.data.verify import verify_dataset
+from tests.helpers.shards import ingest_small_blocks, members_by_user
 
 pytestmark = pytest.mark.integration
 
@@ -43,22 +42,11 @@ def _write(tmp_path, rows, header="user,item,timestamp,label"):
     return tmp_path
 
 
-def ingest(src, out, **kw):
-    return run_ingest(IngestConfig(input=str(src), output_dir=str(out), progress=False, min_seq_len=3,
-                                   shard_max_samples=2, users_per_block=1, items_per_block=4, **kw))
-
-
-def rows_of(root, split, members):
-    reader = ShardReader(str(root), split, members=members)
-    return {s.members["json"]["raw_user"]: s.members
-            for _, s in reader.iter_chunks(eval_plan(reader.shard_counts, num_consumers=1)[0])}
-
-
 @pytest.fixture(scope="module")
 def labelled(ray_local, tmp_path_factory):
     """The rows above (and the bad one, quarantined) ingested in two files."""
     tmp = tmp_path_factory.mktemp("labels")
-    return tmp / "ds", ingest(_write(tmp / "raw", _rows()), tmp / "ds", on_bad_rows="quarantine")
+    return tmp / "ds", ingest_small_blocks(_write(tmp / "raw", _rows()), tmp / "ds", on_bad_rows="quarantine")
 
 
 def test_every_row_is_counted_and_the_manifest_says_labels_were_present(labelled):
@@ -86,7 +74,7 @@ def test_exposures_stay_out_of_sequences_splits_and_counts(labelled):
     items = np.load(out / "maps" / "items.npy")
     # Items of kept users' interactions and exposures (99 was only shown); users 3 and 4 add none.
     assert items[1:].tolist() == [10, 11, 12, 13, 14, 15, 16, 20, 21, 99]
-    test = rows_of(out, "test", {"history.npy", "target.npy", "json"})
+    test = members_by_user(out, "test", {"history.npy", "target.npy", "json"})
     for user in (1, 2, 5):
         full = np.concatenate([test[user]["history.npy"], test[user]["target.npy"]])
         assert items[full].tolist() == [i for i, _ in CLICKS[user]]
@@ -100,7 +88,7 @@ def test_exposures_stay_out_of_sequences_splits_and_counts(labelled):
     assert (section["labelled_items"], section["unlabelled_items"]) == (7, 3)
     codes = np.load(out / "stats" / "item_split.npy")
     assert sorted(items[np.flatnonzero(codes >= 0)].tolist()) == [10, 11, 12, 13, 14, 15, 16]
-    shown = rows_of(out, "exposures", {"items.npy", "ts.npy", "json"})
+    shown = members_by_user(out, "exposures", {"items.npy", "ts.npy", "json"})
     assert sorted(shown) == [1, 2, 5]
     for user in (1, 2, 5):
         assert list(zip(items[shown[user]["items.npy"]].tolist(), shown[user]["ts.npy"].tolist())) == \
@@ -109,9 +97,9 @@ def test_exposures_stay_out_of_sequences_splits_and_counts(labelled):
 
 def test_valid_and_test_keep_the_inputs_timestamps(labelled):
     out, _ = labelled
-    valid = rows_of(out, "valid", {"ts.npy", "target_ts.npy", "json"})
-    test = rows_of(out, "test", {"ts.npy", "target_ts.npy", "json"})
-    train = rows_of(out, "train", {"ts.npy", "json"})
+    valid = members_by_user(out, "valid", {"ts.npy", "target_ts.npy", "json"})
+    test = members_by_user(out, "test", {"ts.npy", "target_ts.npy", "json"})
+    train = members_by_user(out, "train", {"ts.npy", "json"})
     for user in (1, 2, 5):
         times = [t for _, t in CLICKS[user]]
         assert train[user]["ts.npy"].tolist() == valid[user]["ts.npy"].tolist() == times[:-2]
@@ -153,4 +141,4 @@ def test_files_with_and_without_the_column_are_refused_before_reading(tmp_path):
     assert dataset_identity(IngestConfig(input=str(mixed), output_dir=str(tmp_path / "ds"))).labels
     (mixed / "part-9.csv").write_text("user,item,timestamp\n1,2,3\n")
     with pytest.raises(IngestError, match="mix csv files with and without the label column"):
-        ingest(mixed, tmp_path / "ds")
+        ingest_small_blocks(mixed, tmp_path / "ds")

@@ -8,12 +8,10 @@ import random
 import numpy as np
 import pytest
 
-from mvrec_dist.config.ingest import IngestConfig
-from mvrec_dist.data.ingest import IngestError, run_ingest
+from mvrec_dist.data.ingest import IngestError
 from mvrec_dist.data.ingest.parse import parse_block
-from mvrec_dist.data.plan import eval_plan
-from mvrec_dist.data.reader import ShardReader
 from mvrec_dist.data.verify import verify_dataset
+from tests.helpers.shards import ingest_small_blocks, members_by_user
 
 pytestmark = pytest.mark.integration
 
@@ -38,17 +36,6 @@ def _rows() -> list[str]:
     return rows
 
 
-def _ingest(src, out, **kw):
-    return run_ingest(IngestConfig(input=str(src), output_dir=str(out), progress=False, min_seq_len=3,
-                                   shard_max_samples=2, users_per_block=1, items_per_block=4, **kw))
-
-
-def _rows_of(root, split, members):
-    reader = ShardReader(str(root), split, members=members)
-    return {s.members["json"]["raw_user"]: s.members
-            for _, s in reader.iter_chunks(eval_plan(reader.shard_counts, num_consumers=1)[0])}
-
-
 @pytest.fixture(scope="module")
 def plays(ray_local, tmp_path_factory):
     """The rows above plus the bad ones (quarantined) in one FRAME-format file with its header."""
@@ -56,7 +43,7 @@ def plays(ray_local, tmp_path_factory):
     (tmp / "raw").mkdir()
     rows = _rows()
     (tmp / "raw" / "frame.csv").write_text("\n".join([HEADER] + rows[:2] + list(BAD) + rows[2:]) + "\n")
-    return tmp, _ingest(tmp / "raw", tmp / "ds", on_bad_rows="quarantine")
+    return tmp, ingest_small_blocks(tmp / "raw", tmp / "ds", on_bad_rows="quarantine")
 
 
 def test_the_format_is_detected_and_every_split_keeps_play_and_duration(plays):
@@ -66,9 +53,9 @@ def test_the_format_is_detected_and_every_split_keeps_play_and_duration(plays):
     assert m["plays"]["members"] == ["play", "duration"] and m["plays"]["splits"] == ["train", "valid", "test"]
     assert m["counts"]["quarantined_rows"] == 3 and m["counts"]["users"] == 2
     out = tmp / "ds"
-    train = _rows_of(out, "train", {"play.npy", "duration.npy", "ts.npy", "json"})
-    valid = _rows_of(out, "valid", {"play.npy", "duration.npy", "target_play.npy", "target_duration.npy", "json"})
-    test = _rows_of(out, "test", {"play.npy", "duration.npy", "target_play.npy", "target_duration.npy", "json"})
+    train = members_by_user(out, "train", {"play.npy", "duration.npy", "ts.npy", "json"})
+    valid = members_by_user(out, "valid", {"play.npy", "duration.npy", "target_play.npy", "target_duration.npy", "json"})
+    test = members_by_user(out, "test", {"play.npy", "duration.npy", "target_play.npy", "target_duration.npy", "json"})
     for user in (1, 2):
         p = [r[1] for r in PLAYS[user]]
         d = [r[2] for r in PLAYS[user]]
