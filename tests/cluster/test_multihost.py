@@ -214,6 +214,19 @@ def test_training_one_worker_per_host_on_two_hosts_equals_two_workers_on_one_hos
           f"points, {step} {list(STATE_FILES)} (sha256)")
 
 
+def _assert_equals_uninterrupted(c, run: str, where: str) -> None:
+    """``run`` ended as the uninterrupted ``two-hosts`` run: the same metrics, and the same sha256 of every
+    state file of the final checkpoint."""
+    from mvrec_dist.train.checkpointing import checkpoint_name
+
+    result, _ = _metrics(c, run)
+    ref, _ = _metrics(c, "two-hosts")
+    assert result == ref, f"{where}: {run} {result} vs uninterrupted {ref}"
+    step = checkpoint_name(ref["steps"])
+    differ = [f for f, (a, b) in _state_hashes(c, run, "two-hosts", step).items() if a != b]
+    assert not differ, f"{where}: {step} of {run} differs from the uninterrupted run in {differ}"
+
+
 def _state_hashes(c, run_a: str, run_b: str, step: str) -> dict[str, tuple[str, str]]:
     """sha256 of each of STATE_FILES in ``step`` of two runs (from their COMMIT.json)."""
     commits = [json.loads(c.probe(c.client, "read", f"s3://mvrec/runs/{run}/{step}/COMMIT.json")["text"])["files"]
@@ -373,7 +386,6 @@ def test_node_loss_resumes_from_the_last_checkpoint_on_a_replacement_host(local_
 
 @pytest.mark.timeout(900)
 def test_head_loss_the_resubmitted_job_resumes_and_ends_equal_to_the_uninterrupted_run(local_cluster, chaos):
-    from mvrec_dist.train.checkpointing import checkpoint_name
     from tests.helpers.local_cluster import effective_rows
 
     c = local_cluster
@@ -386,12 +398,7 @@ def test_head_loss_the_resubmitted_job_resumes_and_ends_equal_to_the_uninterrupt
         f"{where}: the resubmitted job did not resume from the newest committed checkpoint {r2} (head killed at "
         f"step {chaos['head_kill_step']}): {job2.text[-3000:]}")
     assert "taking over run" in job2.text, f"{where}: the dead driver's run was not taken over: {job2.text[-2000:]}"
-    result_chaos, _ = _metrics(c, "chaos")
-    result_ref, _ = _metrics(c, "two-hosts")
-    assert result_chaos == result_ref, f"after a node and a head loss: {result_chaos} vs uninterrupted {result_ref}"
-    step = checkpoint_name(result_ref["steps"])
-    differ = [f for f, (a, b) in _state_hashes(c, "chaos", "two-hosts", step).items() if a != b]
-    assert not differ, f"{step}: chaos differs from the uninterrupted run in {differ}"
+    _assert_equals_uninterrupted(c, "chaos", "after a node and a head loss")
     # Nothing skipped or repeated over the three attempts: the audit of the surviving lineage.
     rows, resumes = effective_rows(chaos["audit"] / "chaos")
     expect = [max(chaos["committed1"]), chaos["resume2"]]
@@ -518,7 +525,6 @@ def partition(local_cluster, two_runs):
 
 @pytest.mark.timeout(900)
 def test_network_partition_is_detected_in_bound_and_the_run_ends_equal(local_cluster, partition):
-    from mvrec_dist.train.checkpointing import checkpoint_name
     from tests.helpers.local_cluster import effective_rows
 
     c, p = local_cluster, partition
@@ -536,12 +542,7 @@ def test_network_partition_is_detected_in_bound_and_the_run_ends_equal(local_clu
         f"{where}: did not resume from the newest committed checkpoint {newest}: {job.text[-3000:]}")
     assert p["committed_end"] == p["committed_later"], (
         f"{where}: checkpoints changed after the run ended: {p['committed_end']} -> {p['committed_later']}")
-    result, _ = _metrics(c, "partition")
-    ref, _ = _metrics(c, "two-hosts")
-    assert result == ref, f"{where}: {result} vs uninterrupted {ref}"
-    step = checkpoint_name(ref["steps"])
-    differ = [f for f, (a, b) in _state_hashes(c, "partition", "two-hosts", step).items() if a != b]
-    assert not differ, f"{where}: {step} differs from the uninterrupted run in {differ}"
+    _assert_equals_uninterrupted(c, "partition", where)
     rows, resumes = effective_rows(p["audit"])
     assert resumes == [newest], f"{where}: attempts resumed after steps {resumes}, expected [{newest}]"
     expected = [tuple(w) for w in c.probe(c.client, "train-windows", SHARDS)["windows"]]
