@@ -104,6 +104,11 @@ class SyntheticConfig:
         0.0, doc="Exposures (label-0 rows: shown, not clicked) per interaction, drawn by popularity from clusters "
         "the user never clicks, so a model can learn them; the csv gets a label column. 0: none, the csv is byte "
         "for byte the one without the option. Needs structure > 0 (the clusters).")
+    plays: bool = setting(
+        False, doc="Give every interaction a playing time and a duration (ms) with clip-level structure (users "
+        "leave videos in clips whose latent topic they dislike, mvrec_dist.data.synthetic_plays) and write FRAME's "
+        "format, user,item,playing_time,duration,timestamp (plays_csv). Off: the csv is byte for byte the one "
+        "without the option. Not with exposures (that format has no label column).")
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -119,6 +124,8 @@ class SyntheticConfig:
         p.check(0.0 <= self.exposures <= 20.0, "exposures", f"must be in [0, 20], got {self.exposures}")
         p.check(self.exposures == 0 or self.structure > 0, "exposures",
                 "needs synthetic.structure > 0: exposures are drawn from the latent clusters a user does not follow")
+        p.check(not (self.plays and self.exposures > 0), "plays",
+                "cannot be combined with synthetic.exposures: FRAME's plays_csv format has no label column")
         p.raise_if_any()
 
 

@@ -54,6 +54,10 @@ negative branch, ``task.negatives: exposures``). Each exposure is shown shortly 
 interactions (a uniform time in the gap before it), no item twice to a user. Exposures use their own
 random stream: the interactions are exactly those of ``exposures = 0``.
 
+Play times (``plays``; 0 exposures): every interaction also gets a playing time and the item's duration in
+milliseconds, drawn clip by clip from latent user tastes for clip topics (``synthetic_plays``), and the csv is
+FRAME's ``user,item,playing_time,duration,timestamp`` (``plays_csv``); the interactions are those without.
+
 Users are generated ``chunk_users`` at a time into ``part-%05d.csv`` files by parallel Ray tasks
 (or in-process without Ray); each part depends only on ``(seed, part)`` and the global totals, so
 the same config gives byte-identical files and no process holds more than one part. Totals are
@@ -71,6 +75,7 @@ import pyarrow.csv as pcsv
 
 from mvrec_dist.config.ingest import SyntheticConfig
 from mvrec_dist.data import fs as dfs
+from mvrec_dist.data import synthetic_plays
 
 __all__ = ["SEQ_ALPHA", "SEQ_SCALE", "POP_EXPONENT", "POP_OFFSET_FRACTION", "POP_HEAD_BOOST",
            "POP_HEAD_FRACTION", "MIN_LEN", "fit_sequence_lengths",
@@ -91,6 +96,7 @@ _TS_SPAN_MS = 2 * 365 * 86_400_000
 _GAP_MEAN_MS = 6 * 3_600_000
 _CSV_HEADER = b"user,item,timestamp\n"
 _LABELED_CSV_HEADER = b"user,item,timestamp,label\n"
+_PLAYS_CSV_HEADER = b"user,item,playing_time,duration,timestamp\n"
 _EXPOSURE_ROUNDS = 16
 """Redraws of an exposure that lands in a followed cluster or repeats an item; what is left is dropped."""
 
@@ -370,6 +376,11 @@ def generate_part(cfg: SyntheticConfig, part: int) -> bytes:
     shuffle = rng.permutation(len(local))
     columns = {"user": (local + lo + 1)[shuffle], "item": ids[rank][shuffle], "timestamp": ts[shuffle]}
     header = _CSV_HEADER
+    if cfg.plays:
+        header = _PLAYS_CSV_HEADER
+        play, duration = synthetic_plays.draw_plays(cfg, part, local, ids[rank])
+        columns = {"user": columns["user"], "item": columns["item"], "playing_time": play[shuffle],
+                   "duration": duration[shuffle], "timestamp": columns["timestamp"]}
     if cfg.exposures > 0:
         header = _LABELED_CSV_HEADER
         e_local, e_rank, e_ts = _exposures(cfg, part, clusters, local, rank, ts, gaps)
@@ -442,7 +453,8 @@ def _describe(cfg: SyntheticConfig) -> dict:
                     "pop_head_fraction": POP_HEAD_FRACTION},
             # Only when on, so unstructured generations made before it existed stay reusable.
             **({"structure": cfg.structure, "cluster_size": cfg.cluster_size} if cfg.structure > 0 else {}),
-            **({"exposures": cfg.exposures} if cfg.exposures > 0 else {})}
+            **({"exposures": cfg.exposures} if cfg.exposures > 0 else {}),
+            **({"plays": True} if cfg.plays else {})}
 
 
 def generate(cfg: SyntheticConfig, *, use_ray: bool | None = None) -> str:

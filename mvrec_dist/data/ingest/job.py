@@ -57,7 +57,8 @@ def run_ingest_job(cfg: IngestJobConfig) -> IngestResult:
     t0 = time.perf_counter()
     ingest, extra = cfg.ingest, {}
     if cfg.synthetic.enabled:
-        ingest = dataclasses.replace(ingest, input=generate(cfg.synthetic), format="pairs_csv")
+        ingest = dataclasses.replace(ingest, input=generate(cfg.synthetic),
+                                     format="plays_csv" if cfg.synthetic.plays else "pairs_csv")
         extra["synthetic"] = config_to_dict(cfg.synthetic)
     adds_content = cfg.video.enabled or cfg.text.enabled
     # Content stages and Warm-N derivations work on the dataset these inputs make: reuse it when it is there.

@@ -19,3 +19,13 @@ def test_synthetic_input_is_generated_then_ingested(ray_local, tmp_path):
     assert result.manifest["counts"]["users"] == 200 == manifest["counts"]["users"]
     assert manifest["config"]["synthetic"]["interactions"] == 1500
 
+
+
+def test_synthetic_plays_are_ingested_as_plays_csv(ray_local, tmp_path):
+    cfg = load_config(IngestJobConfig, SMALL,
+                      [f"ingest.output_dir={tmp_path / 'ds'}", f"synthetic.output={tmp_path / 'raw'}",
+                       "synthetic.users=60", "synthetic.items=50", "synthetic.interactions=400",
+                       "synthetic.chunk_users=60", "synthetic.plays=true"])
+    manifest = run_ingest_job(cfg).manifest
+    assert manifest["config"]["ingest"]["format"] == "plays_csv" and manifest["plays"]["members"] == ["play", "duration"]
+    assert manifest["config"]["synthetic"]["plays"] is True
