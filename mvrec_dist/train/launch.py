@@ -31,6 +31,7 @@ from mvrec_dist.runtime.paths import PathError, check_dataset_dir, check_storage
 from mvrec_dist.runtime.ray_cluster import cluster_view
 from mvrec_dist.train.curves import save_run_curves
 from mvrec_dist.train.run_lease import RunLease
+from mvrec_dist.train.run_logs import start_attempt
 from mvrec_dist.train.runs import RESULT_NAME, STATUS_NAME, list_checkpoints, read_json
 
 __all__ = ["PreflightError", "RunFailedError", "preflight", "prepare_dataset", "prepare_features", "absolute_paths",
@@ -387,7 +388,9 @@ def _fit_with_retries(cfg: TrainJobConfig, say: Callable[[str], None]) -> dict:
     retries = cfg.train.max_failures
     for attempt in range(retries + 1):
         try:
-            _fit(cfg, train_worker, config_payload(cfg), name=cfg.train.run_name, storage=cfg.train.storage_path)
+            # A fresh attempt id per worker group: only its ranks may write the run's logs (train.run_logs).
+            payload = {**config_payload(cfg), "attempt": start_attempt(cfg)}
+            _fit(cfg, train_worker, payload, name=cfg.train.run_name, storage=cfg.train.storage_path)
             return read_result(cfg)
         except Exception as exc:  # noqa: BLE001 (every failure is classified, then re-raised or retried)
             cause, line = failure_cause(exc), describe_failure(exc)

@@ -81,10 +81,13 @@ class Trainer:
         report: Called with metrics at every report point (Ray Train's ``report``); at a checkpoint
             they name it (the checkpointer writes it; Ray Train is never handed checkpoints).
         task: The run's ``Task`` (built from ``cfg`` when None).
+        after_checkpoint: Called on every rank once a checkpoint is committed and recorded (the run's logs are
+            copied to remote storage then: ``train.run_logs``).
     """
 
     def __init__(self, cfg: TrainJobConfig, model: Any, data: Any, checkpointer: Any, log: MetricsLog,
-                 state: TrainState, report: Callable[[dict], None], task: Task | None = None):
+                 state: TrainState, report: Callable[[dict], None], task: Task | None = None,
+                 after_checkpoint: Callable[[], None] = lambda: None):
         self.cfg = cfg
         self.model = model
         self.data = data
@@ -94,6 +97,7 @@ class Trainer:
         self.log = log
         self.state = state
         self.report = report
+        self.after_checkpoint = after_checkpoint
         self._epoch_summary: dict[str, float] = {}  # the last finished epoch's loss, rate and memory
         self._audit = None
         if cfg.data.audit_dir:
@@ -138,6 +142,7 @@ class Trainer:
                 improved = False
             st.epoch += 1
             st.epoch_step = 0
+            st.epoch_loss_sum = 0.0
             self.data.end_epoch()
             st.elapsed_seconds = time.perf_counter() - run_start
             if cfg.train.checkpoint_at_epoch_end or improved:
@@ -165,7 +170,6 @@ class Trainer:
         batches = self.data.train_batches(st.epoch)
         expected = max(1, self.data.estimated_steps_per_epoch())
         epoch_start, seq0, tgt0 = time.perf_counter(), st.sequences, st.targets
-        loss_sum, loss_steps = 0.0, 0
         # Steps go on while any rank has data (ranks out of it train on dummy batches); each is yielded
         # after its update, so a batch's cursor is recorded only once its step ran.
         steps = self.model.train_steps(batches, self.data.dummy_batch, self.task.count)
@@ -180,7 +184,7 @@ class Trainer:
                                               "rows": batch.provenance.tolist()}) + "\n")
             st.step += 1
             st.epoch_step += 1
-            loss_sum, loss_steps = loss_sum + stats.loss, loss_steps + 1
+            st.epoch_loss_sum += stats.loss  # in the state: a resumed epoch's mean covers its steps before the resume
             st.train_seconds += time.perf_counter() - t0
             st.sequences += sequences
             st.targets += targets
@@ -207,7 +211,7 @@ class Trainer:
         rate = (st.sequences - seq0) / max(seconds, 1e-9)
         target_rate = (st.targets - tgt0) / max(seconds, 1e-9)
         memory = peak_memory(self.model)
-        self._epoch_summary = {"loss": loss_sum / max(loss_steps, 1), "sequences_per_s": rate,
+        self._epoch_summary = {"loss": st.epoch_loss_sum / max(st.epoch_step, 1), "sequences_per_s": rate,
                                "targets_per_s": target_rate,
                                **{k: v for k, v in memory.items() if k in ("peak_rss_mib_max", "peak_gpu_mib_max")}}
         self.log.record("epoch", st.step, {"epoch": st.epoch, "loss": self._epoch_summary["loss"],
@@ -280,4 +284,5 @@ class Trainer:
         name = self.checkpointer.save(self.model, st)
         self.report({**self._report_metrics(), "checkpoint": name, "is_best": is_best})
         self.log.record("checkpoint", st.step, {"epoch": st.epoch, "best": is_best})
+        self.after_checkpoint()
         self.log.progress(f"checkpoint {name}{' (best)' if is_best else ''}")

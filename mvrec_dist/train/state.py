@@ -23,6 +23,9 @@ class TrainState:
     """Optimiser steps taken in total."""
     epoch_step: int = 0
     """Steps taken in the current epoch."""
+    epoch_loss_sum: float = 0.0
+    """Sum of the training loss of the current epoch's ``epoch_step`` steps (the epoch's mean loss, also after a
+    resume mid-epoch)."""
     best_metric: float = float("-inf")
     """Best validation value of the selection metric so far (meaningful once ``best_step >= 0``)."""
     best_epoch: int = -1

@@ -19,7 +19,6 @@ import torch
 
 from mvrec_dist.config.jobs import TrainJobConfig
 from mvrec_dist.config.load import build_config, config_to_dict
-from mvrec_dist.data.fs import is_local
 from mvrec_dist.data.manifest import Manifest, load_manifest
 from mvrec_dist.parallel.facade import ParallelModel
 from mvrec_dist.parallel.process_groups import DistContext, all_gather_variable, current_context
@@ -29,6 +28,7 @@ from mvrec_dist.train.checkpointing import Checkpointer
 from mvrec_dist.train.content import content_fn, open_content_store
 from mvrec_dist.train.loop import FitResult, Trainer
 from mvrec_dist.train.metrics_log import MetricsLog
+from mvrec_dist.train.run_logs import RunLogs
 from mvrec_dist.train.runs import RESULT_NAME
 from mvrec_dist.train.state import TrainState
 
@@ -105,7 +105,8 @@ def build_rank(cfg: TrainJobConfig, ctx: DistContext) -> RankSetup:
 
 
 def run_worker(cfg: TrainJobConfig, ctx: DistContext, *,
-               report: Callable[[dict], None] = lambda metrics: None, sink: Sink | None = None) -> FitResult:
+               report: Callable[[dict], None] = lambda metrics: None, sink: Sink | None = None,
+               attempt: str | None = None) -> FitResult:
     """Train, validate and test on this rank (every rank of the group calls it).
 
     Args:
@@ -113,19 +114,26 @@ def run_worker(cfg: TrainJobConfig, ctx: DistContext, *,
         ctx: This rank's process group and device.
         report: Where metric-only reports go.
         sink: Where rank 0's progress lines and bars go (the driver's console); None prints them here.
+        attempt: The driver's id of this attempt (``run_logs.start_attempt``): on remote storage the log uploads
+            stop once another attempt has replaced it; None: not fenced.
 
     Returns:
         The ``FitResult`` (the same on every rank).
     """
     setup = build_rank(cfg, ctx)
     pm = setup.parallel
+    logs = RunLogs(cfg, ctx.rank, attempt)
+    seeded = logs.seed()  # before MetricsLog appends to metrics.jsonl: the earlier attempts' records first
     log = MetricsLog(run_logs_dir(cfg), quiet=cfg.train.quiet, enabled=ctx.rank == 0, sink=sink)
     checkpointer = Checkpointer(cfg, ctx)
     try:
         state = checkpointer.restore(pm)
         for uri in checkpointer.skipped:
             log.progress(f"skipped checkpoint {uri}: it does not verify (partial or corrupt)", always=True)
-        trainer = Trainer(cfg, pm, setup.data, checkpointer, log, state or TrainState(), report, task=setup.task)
+        trainer = Trainer(cfg, pm, setup.data, checkpointer, log, state or TrainState(), report, task=setup.task,
+                          after_checkpoint=logs.upload_metrics)
+        if seeded:
+            log.progress(f"continuing the run's metrics.jsonl and TensorBoard logs from {cfg.train.storage_path}")
         if state is not None:
             log.progress(f"resumed from {checkpointer.restored_from}: step {state.step} (epoch {state.epoch}, "
                          f"data {setup.data.describe_state()})", always=True)
@@ -140,34 +148,7 @@ def run_worker(cfg: TrainJobConfig, ctx: DistContext, *,
     finally:
         log.close()
         checkpointer.close()
-        if not is_local(cfg.train.storage_path):
-            _upload_logs(cfg, ctx.rank)
-
-
-def _upload_logs(cfg: TrainJobConfig, rank: int) -> None:
-    """Copy the local ``logs/`` into the run directory on remote storage (overwriting older copies): rank 0
-    all of it (metrics, TensorBoard, the log files of the ranks on its node), other ranks their own log file."""
-    import sys
-
-    import pyarrow.fs as pafs
-
-    from mvrec_dist.data.fs import resolve
-
-    local = run_logs_dir(cfg)
-    if not os.path.isdir(local):
-        return
-    fs, root = resolve(f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}/logs")
-    fs.create_dir(root, recursive=True)
-    local_fs = pafs.LocalFileSystem()
-    if rank == 0:
-        pafs.copy_files(local, root, source_filesystem=local_fs, destination_filesystem=fs)
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    for name in os.listdir(local):
-        if name.endswith(f"-rank{rank}.log"):
-            pafs.copy_files(os.path.join(local, name), f"{root}/{name}", source_filesystem=local_fs,
-                            destination_filesystem=fs)
+        logs.upload_all()
 
 
 def run_eval_worker(cfg: TrainJobConfig, ctx: DistContext, checkpoint: str, split: str, *,
@@ -223,14 +204,16 @@ def final_metrics(result: FitResult) -> dict:
 def train_worker(loop_config: dict) -> None:
     """The training job's per-worker function under Ray Train (``runtime.console.logged_worker`` calls it).
 
-    ``loop_config = {"config": <resolved config dict>, "console": ...}`` (``console``: see ``logged_worker``).
+    ``loop_config = {"config": <resolved config dict>, "attempt": id or None, "console": ...}`` (``attempt``:
+    ``run_logs.start_attempt``; ``console``: see ``logged_worker``).
     """
     import ray.train
 
     cfg = build_config(TrainJobConfig, loop_config["config"])
     ctx = current_context(use_gpu=cfg.parallel.use_gpu)
 
-    result = run_worker(cfg, ctx, report=lambda m: ray.train.report(m), sink=worker_sink(loop_config, ctx.rank))
+    result = run_worker(cfg, ctx, report=lambda m: ray.train.report(m), sink=worker_sink(loop_config, ctx.rank),
+                        attempt=loop_config.get("attempt"))
     metrics = final_metrics(result)
     if ctx.rank == 0:
         write_result(cfg, metrics)

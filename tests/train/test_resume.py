@@ -124,6 +124,13 @@ def test_resume_on_the_same_world_size_continues_exactly(dataset, tmp_path, engi
     state_a = json.loads((runs / "straight" / "checkpoint-step000000012" / "state.json").read_text())
     state_b = json.loads((runs / "resumed" / "checkpoint-step000000012" / "state.json").read_text())
     assert state_a["history"][0]["metrics"]["ndcg@10"] == state_b["history"][0]["metrics"]["ndcg@10"]
+    # The epoch's mean training loss, recorded at its end, covers the steps before the resume too.
+
+    def epoch_losses(run: str) -> dict[int, float]:
+        rows = [json.loads(line) for line in (runs / run / "logs" / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in rows if r["kind"] == "epoch"}
+
+    assert epoch_losses("straight") and epoch_losses("resumed") == epoch_losses("straight")
 
 
 @pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
