@@ -22,6 +22,7 @@ cluster is left afterwards.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 
@@ -61,6 +62,28 @@ def _where(cluster, host) -> str:
     return f"{host.name} ({host.address}, namespace {host.ns})"
 
 
+# What each scenario took, from this process's clock (the namespaces share it): written as JSON to
+# $MVREC_MULTIHOST_TIMES when set (``benchmarks/bench_multihost.py --scenarios`` runs this module for its
+# one line per scenario); the tests check bounds, not these figures.
+TIMES: dict[str, dict] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def scenario_times():
+    yield TIMES
+    path = os.environ.get("MVREC_MULTIHOST_TIMES")
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(TIMES, f, indent=1)
+
+
+def _since(t0: float, hit) -> float | None:
+    """Seconds from ``t0`` to a time, a ``(t, line)`` match or an audit record; None when it never came."""
+    if hit is None:
+        return None
+    return (hit if isinstance(hit, float) else hit[0] if isinstance(hit, tuple) else hit["t"]) - t0
+
+
 @pytest.mark.timeout(300)
 def test_a_submit_without_the_token_is_refused(local_cluster):
     c = local_cluster
@@ -95,6 +118,7 @@ def ingested(local_cluster):
     assert proc.returncode == 0 and "Job 'mvrec-ingest-tiny' succeeded" in out, (
         f"{step} failed (exit {proc.returncode}); head logs under {c.root}/h0/ray: {out[-3000:]}")
     assert f"wrote {SHARDS}" in out, f"{step}: the job did not report writing {SHARDS}: {out[-1500:]}"
+    TIMES["ingest"] = {"job_s": time.monotonic() - started, "cluster_up_s": c.up_seconds}
     return out, time.monotonic() - started
 
 
@@ -177,10 +201,13 @@ def two_runs(local_cluster, ingested):
     local = [str(REPO / a) if a.startswith("jobs/") else a for a in TRAIN]
     one_host = c.run(c.client, local + ["train.run_name=one-host", "ray.num_cpus=2", "ray.dashboard=false"],
                      timeout=420, cwd=c.root / "client" / "tmp")
+    t_one = time.monotonic()
     try:
         out_two, _ = two_hosts.communicate(timeout=max(30, 440 - (time.monotonic() - started)))
     finally:
         two_hosts.kill()
+    TIMES["two_hosts"] = {"two_hosts_job_s": time.monotonic() - started, "one_host_run_s": t_one - started,
+                          "concurrent": True}
     assert one_host.returncode == 0, (f"{_where(c, c.client)}: the 2-worker run on one host (embedded Ray) failed "
                                       f"(exit {one_host.returncode}): {(one_host.stdout + one_host.stderr)[-3000:]}")
     assert two_hosts.returncode == 0 and "Job 'mvrec-train-two-hosts' succeeded" in out_two, (
@@ -215,13 +242,19 @@ def test_training_one_worker_per_host_on_two_hosts_equals_two_workers_on_one_hos
 
 
 def _assert_equals_uninterrupted(c, run: str, where: str) -> None:
-    """``run`` ended as the uninterrupted ``two-hosts`` run: the same metrics, and the same sha256 of every
-    state file of the final checkpoint."""
+    """``run`` ended as the uninterrupted ``two-hosts`` run: the same metrics; the same ``metrics.jsonl`` records
+    (the last of each kind and step: the steps after a checkpoint are recorded again when replayed), so no
+    attempt's records were lost though rank 0 moved hosts and jobs (``train.run_logs``); and the same sha256 of
+    every state file of the final checkpoint."""
     from mvrec_dist.train.checkpointing import checkpoint_name
 
-    result, _ = _metrics(c, run)
-    ref, _ = _metrics(c, "two-hosts")
+    result, curve = _metrics(c, run)
+    ref, ref_curve = _metrics(c, "two-hosts")
     assert result == ref, f"{where}: {run} {result} vs uninterrupted {ref}"
+    last = {(r["kind"], r["step"]): r for r in curve}
+    assert list(last.values()) == ref_curve, (
+        f"{where}: {run}'s logs/metrics.jsonl (last record per kind and step) {sorted(last)} vs uninterrupted "
+        f"{[(r['kind'], r['step']) for r in ref_curve]}")
     step = checkpoint_name(ref["steps"])
     differ = [f for f, (a, b) in _state_hashes(c, run, "two-hosts", step).items() if a != b]
     assert not differ, f"{where}: {step} of {run} differs from the uninterrupted run in {differ}"
@@ -279,6 +312,7 @@ def chaos(local_cluster, two_runs):
     out: dict = {"audit": audit}
     started = time.monotonic()
     watch = AuditWatch(audit / "chaos")
+    watches = [watch]
     # The ranks wait after step K+1 (node loss) and after 2K+1 (head loss) until released: each kill lands at
     # its step whatever the load (without holds, a fast tiny run could pass the epoch's last checkpoint first).
     watch.hold(K + 1)
@@ -309,14 +343,13 @@ def chaos(local_cluster, two_runs):
         resumed = job1.wait_for(r"resumed from \S+checkpoint-step", STEP_WAIT_S, after=t_kill)
         assert resumed, f"chaos attempt 2 (h1, {h3.name}) did not resume within {STEP_WAIT_S} s: {job1.text[-2500:]}"
         out["t_resumed"], out["resumed_line"] = resumed
-        first = watch.wait_step(1, 60, after=resumed[0])
-        out["t_first_step"] = first and first["t"]
 
         # -- head loss (scenario 6)
         held = watch.wait_held(2 * K + 1, 2, STEP_WAIT_S)
         assert held, (f"chaos attempt 2 (h1, {h3.name}): the ranks were not both held after step {2 * K + 1} "
                       f"within {STEP_WAIT_S} s (audit: {watch.last_step()}): {job1.text[-2500:]}")
         old_head = c.head
+        t_head = time.monotonic()
         # The head and, with it, the raylets of h1 and h3 (Ray ends them after gcs_rpc_server_reconnect_timeout_s;
         # here at the same instant, so no rank trains on while the head's many processes are being killed).
         c.freeze(h1, h3, old_head)
@@ -330,15 +363,18 @@ def chaos(local_cluster, two_runs):
             c.kill(w)
         job1.wait(30)
         new_head = c.new_head()
+        out["t_new_head"] = time.monotonic()
         # Two hosts at a time (five raylets registering at once can miss Ray's 30 s limit on 2 busy cores).
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(2) as pool:
             joined = [pool.submit(c.rejoin, w) for w in (h1, h3)]
             [f.result() for f in joined]
+        out["t_rejoined"] = time.monotonic()
         watch.release(2 * K + 1)  # for the resubmission: no rank of attempt 2 is left to go on
         extra = c.add_workers(3, parallel=2)
         c.wait_nodes(1 + 2 + len(extra), timeout=60)
+        out["t_head"] = t_head
         out.update(old_head=old_head, new_head=new_head, extra=extra)
         # -- the same command resubmitted (scenario 6), and the elastic resume beside it (scenario 5)
         print(f"\nchaos: node loss at step {out['kill_step']} (committed {out['committed1']}), head loss at step "
@@ -350,16 +386,48 @@ def chaos(local_cluster, two_runs):
         step = f"checkpoint-step{out['resume2']:09d}"
         c.probe(c.client, "copy", f"s3://mvrec/runs/chaos/{step}", f"s3://mvrec/runs/elastic/{step}")
         job2 = SubmittedJob(c, c.client, _submit(c, "mvrec-chaos", CHAOS + [f"data.audit_dir={audit}/chaos"]))
+        watch3 = AuditWatch(audit / "elastic")
+        watches.append(watch3)
         job3 = SubmittedJob(c, c.client, _submit(c, "mvrec-elastic", TRAIN + [
             "train.run_name=elastic", "parallel.num_workers=3", "train.batch_size=63", f"data.audit_dir={audit}/elastic"]))
         jobs += [job2, job3]
         out["rc2"], out["rc3"] = job2.wait(360), job3.wait(60 + max(0, 360 - (time.monotonic() - job2.started)))
         out.update(job1=job1, job2=job2, job3=job3, seconds=time.monotonic() - started)
     finally:
-        watch.stop()
+        for w in watches:
+            w.stop()
         for job in jobs:
             job.kill()
+    _chaos_times(out, watch, watch3)
     return out
+
+
+def _first_step(watch, resumed_from: int, after: float) -> dict | None:
+    """The audit record of the first step a resumed attempt trained (its ranks' audit lines can arrive before the
+    "resumed from" line, which streams through the job server)."""
+    return next((r for r in watch.records if r["t"] >= after and r["step"] == resumed_from + 1), None)
+
+
+def _chaos_times(out: dict, watch, watch3) -> None:
+    """TIMES of scenarios 3, 6 and 5 from what the chaos lineage stamped (after the fact: nothing here waits)."""
+    resumed = r"resumed from \S+checkpoint-step"
+    t_kill, job2, job3 = out["t_kill"], out["job2"], out["job3"]
+    TIMES["node_loss"] = {"kill_step": out["kill_step"], "resumed_from": max(out["committed1"]),
+                          "detect_s": out["t_detect"] - t_kill, "resumed_s": out["t_resumed"] - t_kill,
+                          "first_step_s": _since(t_kill, _first_step(watch, max(out["committed1"]), out["t_detect"]))}
+    r2 = job2.find(resumed)
+    TIMES["head_loss"] = {"kill_step": out["head_kill_step"], "resumed_from": out["resume2"],
+                          "new_head_s": out["t_new_head"] - out["t_head"],
+                          "hosts_rejoined_s": out["t_rejoined"] - out["t_head"],
+                          "resubmitted_s": job2.started - out["t_head"], "resumed_s": _since(out["t_head"], r2),
+                          "first_step_s": _since(out["t_head"], _first_step(watch, out["resume2"], job2.started)),
+                          "resubmit_to_resumed_s": _since(job2.started, r2),
+                          "job_end_s": _since(out["t_head"], job2.ended)}
+    r3 = job3.find(resumed)
+    TIMES["elastic"] = {"from_ranks": 2, "to_ranks": 3, "resumed_from": out["resume2"],
+                        "submit_to_resumed_s": _since(job3.started, r3),
+                        "submit_to_first_step_s": _since(job3.started, _first_step(watch3, out["resume2"], job3.started)),
+                        "submit_to_end_s": _since(job3.started, job3.ended)}
 
 
 @pytest.mark.timeout(900)
@@ -378,10 +446,7 @@ def test_node_loss_resumes_from_the_last_checkpoint_on_a_replacement_host(local_
                                              f"checkpoints then {chaos['committed1']}")
     assert f"chaos/checkpoint-step{newest:09d}: step {newest} " in chaos["resumed_line"], (
         f"attempt 2 did not resume from the newest committed checkpoint {newest}: {chaos['resumed_line']}")
-    print(f"\nnode loss at step {chaos['kill_step']}: detected {detect:.1f} s, resumed (restart + load) "
-          f"{chaos['t_resumed'] - chaos['t_detect']:.1f} s, first step "
-          f"{(chaos['t_first_step'] or float('nan')) - chaos['t_resumed']:.1f} s later; lineage "
-          f"{chaos['seconds']:.1f} s")
+    print(f"\nnode loss at step {chaos['kill_step']}: {TIMES.get('node_loss')}; lineage {chaos['seconds']:.1f} s")
 
 
 @pytest.mark.timeout(900)
@@ -511,6 +576,14 @@ def partition(local_cluster, two_runs):
         out["left_after_heal"] = left
         out["gone_after_heal_s"] = time.monotonic() - t_heal
         out["rc"] = job.wait(420)
+        hit = job.find(r"resumed from \S+checkpoint-step", after=t_cut)
+        first = _first_step(watch, max(out["committed_at_cut"]), out["t_detect"])
+        TIMES["partition"] = {"cut_after_step": K + 1, "resumed_from": max(out["committed_at_cut"]),
+                              "gloo_timeout_s": GLOO_TIMEOUT_S, "detect_s": out["t_detect"] - t_cut,
+                              "healed_at_s": t_heal - t_cut,
+                              "old_processes_gone_after_heal_s": out["gone_after_heal_s"],
+                              "resumed_s": _since(t_cut, hit), "first_step_s": _since(t_cut, first),
+                              "job_end_s": _since(t_cut, job.ended)}
         # Nothing of the run written after it ended: a stale process writing late would show here.
         out["committed_end"] = _committed(c, "partition")
         time.sleep(5)

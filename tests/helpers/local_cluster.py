@@ -91,6 +91,7 @@ class SubmittedJob:
         self.argv = argv
         self.lines: list[tuple[float, str]] = []
         self.started = time.monotonic()
+        self.ended: float | None = None  # when its output closed (the command ended)
         self._proc = cluster.popen(host, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -98,6 +99,7 @@ class SubmittedJob:
     def _read(self) -> None:
         for line in self._proc.stdout:
             self.lines.append((time.monotonic(), line.rstrip("\n")))
+        self.ended = time.monotonic()
 
     @property
     def text(self) -> str:
