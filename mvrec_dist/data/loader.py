@@ -9,8 +9,9 @@ size skips exactly that much; on another world size the rest of the epoch is re-
 
 A task's collate may ask for more than the windows (its ``needs``): ``"times"``, each window's
 timestamps (the train ``ts.npy``, cut like the items), and ``"exposures"``, the user's exposure
-list (the ``exposures`` split, read alongside with the same chunks: its rows are the train rows).
-Without needs nothing else is read.
+list (the ``exposures`` split, read alongside with the same chunks: its rows are the train rows), and
+``"plays"``, the playing time and duration of each window's interactions and of the user's whole train
+sequence (FRAME's input: the train ``play.npy`` / ``duration.npy``). Without needs nothing else is read.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ class ConsumerStream:
     def __iter__(self) -> Iterator[SequenceBatch]:
         s = self.s
         needs = s.get("needs") or frozenset()
-        members = {"items.npy", "json"} | ({"ts.npy"} if "times" in needs else set())
+        members = ({"items.npy", "json"} | ({"ts.npy"} if "times" in needs else set())
+                   | ({"play.npy", "duration.npy"} if "plays" in needs else set()))
         reader = ShardReader(self.dataset_dir, "train", members=members)
         exposures = None
         if "exposures" in needs:  # its rows are the train rows: the same chunks read it alongside
@@ -93,6 +95,11 @@ class ConsumerStream:
                 # The same cut of the timestamps gives each window's times.
                 seq_times = training_windows(sample.members["ts.npy"], s["max_seq_len"], s["mode"]) \
                     if "times" in needs else None
+                seq_plays = None
+                if "plays" in needs:  # cut like the items; the collate also reads the whole sequence's
+                    play, duration = sample.members["play.npy"], sample.members["duration.npy"]
+                    seq_plays = (training_windows(play, s["max_seq_len"], s["mode"]),
+                                 training_windows(duration, s["max_seq_len"], s["mode"]), play, duration)
                 seen = None
                 if exposures is not None:
                     eg, exposed = next(exposures)
@@ -112,6 +119,9 @@ class ConsumerStream:
                     extras["times"].append(seq_times[w_index])
                 if "exposures" in needs:
                     extras["exposures"].append(seen)
+                if "plays" in needs:
+                    wp, wd, play, duration = seq_plays
+                    extras["plays"].append((wp[w_index], wd[w_index], play, duration))
                 if len(windows) == s["batch_size"]:
                     done = w_index + 1 == len(seq_windows)
                     cursor = DataCursor(self.consumer, samples + (1 if done else 0), 0 if done else w_index + 1,
@@ -206,9 +216,10 @@ class TrainData:
             with each window's whole train sequence and its ``(global sample index, window index)``
             row of ``provenance`` (``int64 [B, 2]``); it returns a ``TensorBatch`` with
             ``unique_items``, whose ``cursor`` and ``provenance`` the stream sets. None: ``SequenceBatch``.
-            A collate with a ``needs`` attribute (``{"times", "exposures"}``) also gets
+            A collate with a ``needs`` attribute (``{"times", "exposures", "plays"}``) also gets
             ``extras={"times": [each window's timestamps], "exposures": [(items, timestamps) of the
-            row's user]}`` (module docstring).
+            row's user], "plays": [(window play, window duration, sequence play, sequence duration)]}``
+            (module docstring).
     """
 
     def __init__(self, cfg: TrainJobConfig, manifest: Manifest, *, rank: int, world_size: int,
