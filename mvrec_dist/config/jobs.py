@@ -43,7 +43,7 @@ class TrainJobConfig:
 
     task: TaskConfig = setting(
         factory=NextItemTaskConfig,
-        doc="What the run learns; 'name' picks next_item (default), item_popularity, mtin or mmra.")
+        doc="What the run learns; 'name' picks next_item (default), item_popularity, mtin, mmra or frame.")
     data: DataConfig = setting(factory=DataConfig, doc="Dataset and batching.")
     model: ModelConfig = setting(factory=ModelConfig, doc="Item tower, user encoder and loss.")
     parallel: ParallelConfig = setting(factory=ParallelConfig, doc="Workers, sharding and ZeRO.")

@@ -15,7 +15,7 @@ from mvrec_dist.config.fields import Problems, setting
 from mvrec_dist.config.mtin import MTINConfig
 
 __all__ = ["MetricSpec", "TaskConfig", "NextItemTaskConfig", "ItemPopularityTaskConfig", "MTINTaskConfig",
-           "MMRATaskConfig"]
+           "MMRATaskConfig", "FRAMETaskConfig"]
 
 
 @dataclass(frozen=True)
@@ -223,3 +223,58 @@ class MMRATaskConfig(TaskConfig):
     def default_select_metric(self, ks: tuple[int, ...]) -> str:
         """MAE + nMSE on validation, lower is better: MMRA's early-stopping criterion."""
         return "mae_nmse"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FRAMETaskConfig(TaskConfig):
+    """FRAME (SIGIR'23): clip-level user interests from user x clip graphs of play ratios.
+
+    Every play of a user but the first is an example (``tasks/frame_batch.py``): per-clip BCE (watched
+    through / left in, the positive term weighted ``k/4``) plus a BPR term between the played video's score
+    and that of a video the user never played from the same batch. The graphs come from each user's train
+    plays (``data/clip_graphs.py``); ``A E`` is a weighted pooled lookup of the sharded clip table, ``A^T U``
+    the clip aggregates refreshed every ``refresh_every_steps`` (``models/frame.py``). Without play times
+    (MicroLens) every play counts as watched through. Evaluation: the MicroLens protocol (HR/NDCG@K, full
+    ranking of the video scores, history excluded) and FRAME's metrics over each user's test candidates (the
+    target, label 1, and ``eval_negatives`` videos the user never played, label 0): ``frame/auc`` (global),
+    ``frame/user_auc``, ``frame/logloss``, ``frame/recall@K``, ``frame/ndcg@K`` and FRAME's un-normalised
+    ``frame/dcg@K`` for K in 3, 5 (``eval/candidate_metrics.py``). ``model.embedding_dim`` is D;
+    ``model.item_tower``, ``user_encoder`` and ``loss`` are not used.
+    """
+
+    name: Literal["frame"] = setting("frame", doc="Selects FRAME (its own graphs, model, loss and metrics).")
+    graph_rule: Literal["left_once", "released"] = setting(
+        "left_once", doc="Negative edges: 'left_once' = one edge of weight 1 to the clip a play left in (also the "
+                         "first clip); 'released' = the released code's (weight k, none when the play left in the "
+                         "first clip). data/clip_graphs.py says why.")
+    hidden: int = setting(64, doc="Hidden width of the clip scorer MLP (released: 256; 64 keeps full ranking of "
+                                  "4 clips per video affordable on CPU).")
+    bpr_weight: float = setting(1.0, doc="Weight of the BPR term (per play with an in-batch negative) beside the "
+                                         "clip BCE (per labelled clip).")
+    refresh_every_steps: int = setting(
+        1, doc="Recompute the clip aggregates A^T U from every user's interest every N steps (1: every step, the "
+               "released forward; larger: cheaper, staler). One pass reads every user's graph row once.")
+    refresh_chunk: int = setting(4096, doc="Users per pooled lookup of a refresh pass (and of evaluation).")
+    eval_negatives: int = setting(20, doc="Label-0 candidates per test user for FRAME's metrics (videos the user "
+                                          "never played, keyed by seed, split and user).")
+    ks: tuple[int, ...] = setting((3, 5), doc="Cut-offs of FRAME's Recall/NDCG/DCG over the candidates.")
+    user_chunk: int = setting(64, doc="Users scored at once in full ranking.")
+    item_chunk: int = setting(256, doc="Videos per scoring block of full ranking.")
+
+    def __post_init__(self) -> None:
+        p = Problems()
+        for name in ("hidden", "refresh_every_steps", "refresh_chunk", "eval_negatives", "user_chunk", "item_chunk"):
+            p.check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        p.check(self.bpr_weight >= 0, "bpr_weight", f"must be >= 0, got {self.bpr_weight}")
+        p.check(bool(self.ks) and all(k >= 1 for k in self.ks), "ks", f"must be cut-offs >= 1, got {self.ks}")
+        p.raise_if_any()
+
+    def metrics(self, ks: tuple[int, ...], click_cutoff: int | None = None) -> tuple[MetricSpec, ...]:
+        """HR/NDCG@K of full ranking, then FRAME's candidate metrics (log loss lower is better)."""
+        frame = tuple(MetricSpec(f"frame/{m}@{k}", True) for k in self.ks for m in ("recall", "ndcg", "dcg"))
+        return (ranking_metrics(ks, None) + (MetricSpec("frame/auc", True), MetricSpec("frame/user_auc", True),
+                                             MetricSpec("frame/logloss", False)) + frame)
+
+    def default_select_metric(self, ks: tuple[int, ...]) -> str:
+        """NDCG@10 (or at the first cut-off), the MicroLens headline metric."""
+        return "ndcg@10" if 10 in ks else f"ndcg@{ks[0]}"

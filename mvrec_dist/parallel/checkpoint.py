@@ -445,9 +445,14 @@ def read_sparse(dmp: Any, sparse_dir: str, ctx: DistContext) -> None:
 
         target = {"model": {old(k): v for k, v in model_sd.items()},
                   "optim": {"state": {old(k): v for k, v in optim_sd["state"].items()}}}
+    if not target["optim"].get("state"):
+        # A rank that holds no shard of any table (a table-wise plan, or a column-wise one that put every
+        # column shard elsewhere) has no optimizer state; DCP would look for an ``optim`` key of its own.
+        del target["optim"]
     dcp.load(target, storage_reader=SafeDCPReader(sparse_dir), process_group=ctx.group)
     dmp.load_state_dict(model_sd)
-    dmp.fused_optimizer.load_state_dict(optim_sd)
+    if "optim" in target:
+        dmp.fused_optimizer.load_state_dict(optim_sd)
 
 
 def load_full_state(path: str) -> dict[str, torch.Tensor]:

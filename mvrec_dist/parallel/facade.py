@@ -34,7 +34,7 @@ from mvrec_dist.parallel.checkpoint import persistent_buffers
 from mvrec_dist.parallel.pipeline import pipelined_steps
 from mvrec_dist.parallel.process_groups import DistContext, all_gather_variable, all_reduce_sum
 from mvrec_dist.models.recommender import ITEM_FEATURE
-from mvrec_dist.models.tables import table_inputs
+from mvrec_dist.models.tables import Bags, table_inputs
 from mvrec_dist.parallel.sharding import ShardedEmbeddings, shard_tables, sparse_gradient_scale
 from mvrec_dist.parallel.step import ScaledDense, StepInput, StepModule, StepObserver, SyncedStep, run_train_step
 from mvrec_dist.parallel.zero import build_engine
@@ -109,7 +109,12 @@ class ParallelModel:
         self._content_chunk = 0
         # BatchNorm running statistics of trainable video blocks move with each rank's own batch;
         # averaged every step, every rank holds the same model (evaluation, checkpoints).
-        self._buffers = [b for b in persistent_buffers(self.engine.module).values() if b.is_floating_point()]
+        # Buffers a module declares equal on every rank by construction (``identical_on_ranks``: FRAME's clip
+        # aggregates, all-reduced when refreshed) are left out: averaging them would cost an all-reduce a step.
+        same = {f"{prefix}.{name}" if prefix else name for prefix, m in self.engine.module.named_modules()
+                for name in getattr(m, "identical_on_ranks", ())}
+        self._buffers = [b for n, b in persistent_buffers(self.engine.module).items()
+                         if b.is_floating_point() and n not in same]
 
     # ------------------------------------------------------------------ training
     def lookup(self, ids: torch.Tensor, feature: str = ITEM_FEATURE) -> torch.Tensor:
@@ -123,6 +128,19 @@ class ParallelModel:
             ``[U, D]`` the rows, in ``ids`` order (read only: nothing is written back).
         """
         return self._step.embed(table_inputs(self.specs, {feature: ids}, partial=True))[feature]
+
+    def lookup_bags(self, features: dict[str, Bags]) -> dict[str, torch.Tensor]:
+        """Pooled lookups of some pooled features (a bag each) through the sharded tables (collective).
+
+        Args:
+            features: Feature name -> ``Bags`` (every feature of a pooled kind that is looked up at all; every
+                rank must call it, also with empty bags).
+
+        Returns:
+            Feature name -> ``[bags, D]`` sums (read only).
+        """
+        return {f: v for f, v in self._step.embed(table_inputs(self.specs, features, partial=True)).items()
+                if f in features}
 
     def sync_step(self, has_batch: bool, num_targets: int, sequences: int) -> tuple[bool, int, int]:
         """One all-reduce per step: does any rank have data, and the global target/sequence counts."""

@@ -141,6 +141,11 @@ class Task(ABC):
         task's users, kept for the logs' schema) and ``seconds``.
         """
 
+    def refresh(self, model: Any, data: TaskData, step: int) -> None:
+        """Bring state that depends on every example up to date (collective; every rank calls it with the same
+        ``step``): once when training starts or resumes, at ``state.step``, and after every step, before
+        that step's checkpoint. FRAME recomputes its clip aggregates here. Nothing by default."""
+
     def baselines(self, model: Any, data: TaskData, split: str) -> dict[str, dict[str, float]]:
         """Metrics of reference rankers on ``split`` by baseline name, with the keys of ``evaluate``
         (collective); the final test reports them as ``baseline/<name>/<split>/<metric>``. None by default."""

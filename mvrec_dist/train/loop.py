@@ -132,6 +132,7 @@ class Trainer:
         # A run resumed after it had decided to stop (its test crashed, say) goes straight to the test:
         # the decision is in the state, and another epoch would be work the uninterrupted run never did.
         stop = self._patience_spent() or bool(cfg.train.max_steps and st.step >= cfg.train.max_steps)
+        self.task.refresh(self.model, self.data, st.step)  # at the start and at a resume (Task.refresh)
         while st.epoch < cfg.train.epochs and not stop:
             if self._train_epoch(run_start):
                 break  # max_steps, mid-epoch
@@ -196,6 +197,7 @@ class Trainer:
                 self.log.record("train", st.step, {"loss": stats.loss, "epoch": st.epoch, "sequences_per_s": rate,
                                                    "targets_per_s": target_rate, "sequences": st.sequences,
                                                    "targets": st.targets, "train_seconds": st.train_seconds})
+            self.task.refresh(self.model, self.data, st.step)
             if cfg.train.checkpoint_every_steps and st.step % cfg.train.checkpoint_every_steps == 0:
                 st.elapsed_seconds = time.perf_counter() - run_start
                 self._checkpoint(is_best=False)

@@ -236,6 +236,9 @@ class ScriptedTask:
     def metric_values(self, metrics):
         return {"err": metrics["err"]}
 
+    def refresh(self, model, data, step):  # Task.refresh: nothing to bring up to date
+        pass
+
     def count(self, batch):
         return int((batch.lengths - 1).sum()), len(batch.lengths)
 

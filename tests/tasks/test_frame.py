@@ -1,0 +1,149 @@
+"""FRAME in the one trainer (``tasks/frame.py``, ``models/frame.py``): the loss, the distributed transposed
+aggregation against the dense single-process ``A^T U``, training steps on 2 gloo ranks, an exact resume, and
+the job with its preset through Ray Train."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers.dist import run_ranks
+
+REPO = Path(__file__).resolve().parents[2]
+PRESET = REPO / "jobs" / "configs" / "synthetic" / "frame-small.yaml"
+
+
+def test_the_clip_loss_is_frames_pointwise_loss_in_the_logits():
+    from mvrec_dist.models.frame import FRAME
+
+    f = FRAME(num_clips=8, dim=4, hidden=3)
+    logits = torch.tensor([[0.3, -1.2, 2.0, 0.1], [-0.4, 0.0, 0.0, 0.0]])
+    labels = torch.tensor([[1, 0, -1, -1], [0, -1, -1, -1]], dtype=torch.int8)
+    weights = torch.tensor([0.25, 0.0])
+    p = torch.sigmoid(logits)
+    expected = -(0.25 * torch.log(p[0, 0]) + torch.log(1 - p[0, 1]) + torch.log(1 - p[1, 0]))
+    torch.testing.assert_close(f.loss_sum(logits, labels, weights), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def dataset(ray_local, tmp_path_factory) -> Path:
+    """A tiny synthetic dataset with play times (60 users, 40 videos)."""
+    from mvrec_dist.config import IngestJobConfig, load_config
+    from mvrec_dist.data.ingest import run_ingest_job
+
+    root = tmp_path_factory.mktemp("frame")
+    cfg = load_config(IngestJobConfig, None, [f"ingest.output_dir={root / 'ds'}", "ingest.shard_max_samples=16",
+                                              "ingest.progress=false", "synthetic.enabled=true",
+                                              f"synthetic.output={root / 'raw'}", "synthetic.users=60",
+                                              "synthetic.items=40", "synthetic.interactions=700",
+                                              "synthetic.chunk_users=30", "synthetic.plays=true"])
+    run_ingest_job(cfg)
+    return root / "ds"
+
+
+def _overrides(dataset: Path, runs: Path, name: str, *extra: str) -> list[str]:
+    return [f"data.dataset_dir={dataset}", "data.prepare_with=null", f"train.storage_path={runs}",
+            f"train.run_name={name}", "train.batch_size=16", "train.quiet=true", "data.loader_workers=0",
+            "train.test_after_training=false", "task.refresh_chunk=7", *extra]
+
+
+def _aggregates(ctx, overrides):
+    """After the first refresh: the aggregates, and (one rank) the dense A^T ReLU(W1 T A E) from the full table."""
+    from mvrec_dist.config import TrainJobConfig, load_config
+    from mvrec_dist.data.clip_graphs import build_clip_graphs, play_ratios
+    from mvrec_dist.data.plan import eval_plan
+    from mvrec_dist.data.reader import ShardReader
+    from mvrec_dist.models.tables import Bags
+    from mvrec_dist.train.worker import build_rank
+
+    cfg = load_config(TrainJobConfig, PRESET, overrides + [f"parallel.num_workers={ctx.world_size}"])
+    setup = build_rank(cfg, ctx)
+    pm, frame = setup.parallel, setup.parallel.dense.frame
+    setup.task.refresh(pm, setup.data, 0)
+    out = {"pos": frame.pos_aggregate.clone(), "neg": frame.neg_aggregate.clone()}
+    rows = frame.pos_aggregate.shape[0]
+    # Every row of the table, one bag each (collective: both ranks ask for all rows).
+    unit = Bags(torch.arange(rows), torch.ones(rows, dtype=torch.long), torch.ones(rows))
+    with pm.evaluating():
+        table = pm.lookup_bags({"clip_pos": unit, "clip_neg": unit})["clip_pos"]
+        if ctx.rank == 0:
+            users, items, ratios = [], [], []
+            reader = ShardReader(str(cfg.data.dataset_dir), "train",
+                                 members={"items.npy", "play.npy", "duration.npy", "json"})
+            for _, s in reader.iter_chunks(eval_plan(reader.shard_counts, num_consumers=1)[0]):
+                m = s.members
+                users += [m["json"]["user"]] * len(m["items.npy"])
+                items += m["items.npy"].tolist()
+                ratios += play_ratios(m["play.npy"], m["duration.npy"]).tolist()
+            g = build_clip_graphs(np.array(users), np.array(items), np.array(ratios), num_users=max(users),
+                                  num_items=setup.data.num_items)
+            for name, a in (("pos", g.positive.to_dense()), ("neg", g.negative.to_dense())):
+                a = torch.from_numpy(a).float()
+                out[f"dense_{name}"] = a.T @ frame.interest(a @ table)
+    return out
+
+
+@pytest.mark.integration
+def test_the_distributed_aggregation_equals_the_dense_one(dataset, tmp_path):
+    two = run_ranks(_aggregates, 2, _overrides(dataset, tmp_path, "agg2"))
+    one = run_ranks(_aggregates, 1, _overrides(dataset, tmp_path, "agg1"))[0]
+    for name in ("pos", "neg"):
+        assert one[f"dense_{name}"].abs().sum() > 0
+        # Users split over 2 ranks and chunks of 7, summed in another order: float32 rounding only.
+        for got in (one[name], two[0][name], two[1][name]):
+            torch.testing.assert_close(got, one[f"dense_{name}"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(two[0][name], two[1][name], rtol=0, atol=0)  # the same on every rank
+
+
+def _train(ctx, overrides):
+    from mvrec_dist.config import TrainJobConfig, load_config
+    from mvrec_dist.train.worker import run_worker
+
+    cfg = load_config(TrainJobConfig, PRESET, overrides + [f"parallel.num_workers={ctx.world_size}"])
+    result = run_worker(cfg, ctx)
+    return {"step": result.state.step, "valid": result.valid}
+
+
+@pytest.mark.integration
+def test_training_resumes_exactly_with_the_aggregates(dataset, tmp_path):
+    from mvrec_dist.parallel.checkpoint import load_full_state
+
+    base = _overrides(dataset, tmp_path, "straight", "train.epochs=2", "train.checkpoint_every_steps=3",
+                      "train.keep_checkpoints=10", "task.refresh_every_steps=2")
+    straight = run_ranks(_train, 2, base + ["train.max_steps=9"])
+    resumed = [o.replace("run_name=straight", "run_name=resumed") for o in base]
+    assert run_ranks(_train, 2, resumed + ["train.max_steps=3"])[0]["step"] == 3  # a step that is no refresh step
+    assert run_ranks(_train, 2, resumed + ["train.max_steps=9"])[0]["step"] == 9 == straight[0]["step"]
+    a = load_full_state(str(tmp_path / "straight" / "checkpoint-step000000009"))
+    b = load_full_state(str(tmp_path / "resumed" / "checkpoint-step000000009"))
+    assert set(a) == set(b) and any("frame_clip" in k for k in a) and any("pos_aggregate" in k for k in a)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
+    rows = [json.loads(line) for line in (tmp_path / "straight" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in rows if r["kind"] == "valid"]
+    assert valid and all(0.0 <= valid[-1][k] <= 1.0 for k in ("hr@10", "ndcg@10", "frame/auc", "frame/ndcg@3"))
+
+
+@pytest.mark.integration
+def test_frame_trains_through_the_job_with_its_preset(dataset, tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "jobs" / "train_videorec.py"), "--config", str(PRESET),
+                           *_overrides(dataset, tmp_path / "runs", "job", "train.epochs=2", "train.log_every_steps=2",
+                                       "train.test_after_training=true", "train.quiet=false"),
+                           "ray.num_cpus=2", "ray.dashboard=false"],
+                          cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "runs" / "job" / "result.json").read_text())
+    for key in ("hr@10", "ndcg@10", "frame/auc", "frame/user_auc", "frame/recall@3", "frame/ndcg@5", "frame/dcg@5"):
+        assert 0.0 <= result[f"test/{key}"] <= (1.0 if "dcg@" not in key or "ndcg" in key else 5.0), key
+    assert result["test/frame/logloss"] > 0 and result["test/users"] == result["valid/users"] == 60
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "job" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["kind"] == "train"]
+    assert len(losses) >= 4 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, losses
