@@ -231,7 +231,7 @@ class FRAMETaskConfig(TaskConfig):
 
     Every play of a user but the first is an example (``tasks/frame_batch.py``): per-clip BCE (watched
     through / left in, the positive term weighted ``k/4``) plus a BPR term between the played video's score
-    and that of a video the user never played from the same batch. The graphs come from each user's train
+    and that of a video the user never played (``bpr_negatives``). The graphs come from each user's train
     plays (``data/clip_graphs.py``); ``A E`` is a weighted pooled lookup of the sharded clip table, ``A^T U``
     the clip aggregates refreshed every ``refresh_every_steps`` (``models/frame.py``). Without play times
     (MicroLens) every play counts as watched through. Evaluation: the MicroLens protocol (HR/NDCG@K, full
@@ -251,6 +251,11 @@ class FRAMETaskConfig(TaskConfig):
                                   "4 clips per video affordable on CPU).")
     bpr_weight: float = setting(1.0, doc="Weight of the BPR term (per play with an in-batch negative) beside the "
                                          "clip BCE (per labelled clip).")
+    bpr_negatives: Literal["sampled", "in_batch"] = setting(
+        "sampled", doc="The BPR term's negative video of each play: 'sampled' = a uniform draw from the videos the "
+                       "user never played (as the evaluation's candidates); 'in_batch' = another play's video from "
+                       "the rank's batch (popularity-distributed like the positives: it never learns popularity; "
+                       "test AUC 0.50 on the synthetic demo).")
     refresh_every_steps: int = setting(
         1, doc="Recompute the clip aggregates A^T U from every user's interest every N steps (1: every step, the "
                "released forward; larger: cheaper, staler). One pass reads every user's graph row once.")

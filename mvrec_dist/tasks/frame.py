@@ -72,7 +72,7 @@ class FRAMETower(nn.Module):
 
     def forward(self, embeddings: dict[str, Tensor], batch: FRAMEBatch) -> TaskOutput:
         """The step's loss: the clip BCE over labelled clips plus ``bpr_weight`` x the BPR of each play's video
-        score against its in-batch negative's (``-log sigmoid(s(u, v) - s(u, v-))``), summed.
+        score against its negative's (``FRAMEBatch.negatives``) (``-log sigmoid(s(u, v) - s(u, v-))``), summed.
 
         Args:
             embeddings: ``clip_pos`` -> ``[B, D]`` ``(A_pos E)`` of the rows' users (``clip_neg`` is looked up
@@ -112,7 +112,8 @@ class FRAMEData:
                  content_store: Any = None, gather: Callable[[Tensor], Tensor] | None = None):
         t = cfg.task
         self.plays = manifest.plays is not None
-        self.collate = FRAMECollate(num_items=manifest.num_items, plays=self.plays, rule=t.graph_rule)
+        self.collate = FRAMECollate(num_items=manifest.num_items, plays=self.plays, rule=t.graph_rule,
+                                    seed=cfg.train.seed, bpr_negatives=t.bpr_negatives)
         self.stream = TrainData(cfg, manifest, rank=rank, world_size=world_size, pin_memory=pin_memory,
                                 content_store=None, gather=gather, collate=self.collate)
         self.rank, self.world_size, self.num_items = rank, world_size, manifest.num_items

@@ -14,8 +14,12 @@ durations of both (``needs = {"plays"}``). From them:
   row-normalised weights, as weighted bags (``pos_*``, ``neg_*``), one per batch row: the input of the
   sharded weighted pooled lookup ``A C`` (a TorchRec ``EmbeddingBagCollection`` with per-sample weights).
   The row depends on the user alone, so it is the same whichever rank the user lands on.
-* **In-batch BPR pairs.** Each example's negative video is that of the example ``E // 2`` places later in
-  the rank's batch (cyclic); none (0) when it is the same video or one in the user's train sequence.
+* **BPR pairs.** Each example's negative video (``task.bpr_negatives``): ``sampled`` (default), a video the
+  user never played, uniform, keyed by ``(train.seed, epoch, user, window, slot)`` (``data.negatives``: the same
+  draw on any world size and resume), as the evaluation's candidates are; ``in_batch``, the video of the
+  example ``E // 2`` places later in the rank's batch (cyclic; none, 0, when it is the same video or one the
+  user played). In-batch videos follow popularity, as the positives do, so that term never learns to put the
+  popular above the unpopular: on the synthetic demo it left test AUC at 0.50 (``tasks/frame.py``).
 
 **Without play times** (MicroLens records comments only; ``plays`` absent from the manifest) every play
 counts as watched through, ``r = 1``: ``A_pos`` holds every clip of each commented video, ``A_neg`` is
@@ -35,6 +39,7 @@ from torch import Tensor
 from mvrec_dist.data.batch import TensorBatch
 from mvrec_dist.data.clip_graphs import (CLIPS, GraphRule, clip_edges, clip_labels, clip_positive_weights,
                                          graph_from_edges, play_ratios)
+from mvrec_dist.data.negatives import row_keys, sample_non_interacted
 
 __all__ = ["FRAMEBatch", "FRAMECollate", "user_graph_rows"]
 
@@ -123,10 +128,16 @@ class FRAMECollate:
         plays: The dataset has play times (``plays_csv``); otherwise every ratio is 1 (module docstring).
         clips: Clips per video C.
         rule: The negative-edge rule of the graphs.
+        seed: ``train.seed`` (sampled BPR negatives).
+        bpr_negatives: ``sampled`` or ``in_batch`` (module docstring).
     """
 
-    def __init__(self, *, num_items: int, plays: bool, clips: int = CLIPS, rule: GraphRule = "left_once"):
+    def __init__(self, *, num_items: int, plays: bool, clips: int = CLIPS, rule: GraphRule = "left_once",
+                 seed: int = 0, bpr_negatives: str = "sampled"):
+        if bpr_negatives not in ("sampled", "in_batch"):
+            raise ValueError(f"bpr_negatives must be 'sampled' or 'in_batch', got {bpr_negatives!r}")
         self.num_items, self.plays, self.clips, self.rule = num_items, plays, clips, rule
+        self.seed, self.bpr_negatives = seed, bpr_negatives
         self.needs = frozenset({"plays"} if plays else ())
 
     def __call__(self, windows: Sequence[np.ndarray], users: Sequence[int], sequences: Sequence[np.ndarray],
@@ -146,14 +157,19 @@ class FRAMECollate:
                  else np.zeros(0, np.int64))
         ratios = np.concatenate([r[1:] for r in window_ratios]) if windows else np.zeros(0)
         rows = np.repeat(np.arange(len(windows), dtype=np.int64), counts)
-        negatives = self._negatives(items, rows, sequences)
+        if self.bpr_negatives == "sampled":
+            keys = row_keys(self.seed, "train", epoch, np.asarray(users, dtype=np.int64), provenance[:, 1])
+            drawn = sample_non_interacted(keys, max(counts, default=0), sequences, self.num_items)
+            negatives = np.concatenate([drawn[r, :c] for r, c in enumerate(counts)] + [np.zeros(0, np.int64)])
+        else:
+            negatives = self._in_batch(items, rows, sequences)
         (pos, neg) = user_graph_rows(sequences, sequence_ratios, num_items=self.num_items, clips=self.clips,
                                      rule=self.rule)
         return _batch(np.asarray(users, dtype=np.int64), rows, items, clip_labels(ratios, self.clips),
                       clip_positive_weights(ratios, self.clips), negatives, pos, neg)
 
     @staticmethod
-    def _negatives(items: np.ndarray, rows: np.ndarray, sequences: Sequence[np.ndarray]) -> np.ndarray:
+    def _in_batch(items: np.ndarray, rows: np.ndarray, sequences: Sequence[np.ndarray]) -> np.ndarray:
         e = len(items)
         if e < 2:
             return np.zeros(e, dtype=np.int64)

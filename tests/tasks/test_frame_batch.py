@@ -34,7 +34,8 @@ def test_a_hand_table_gives_the_hand_computed_batch():
     seqs = [[2, 3, 5], [3, 4]]
     plays, durations = [[10, 3, 1], [6, 20]], [[10, 10, 10], [10, 10]]
     windows, users, sequences, prov, extras = _rows(seqs, plays, durations)
-    batch = FRAMECollate(num_items=N, plays=True)(windows, users, sequences, prov, 0, extras)
+    batch = FRAMECollate(num_items=N, plays=True, bpr_negatives="in_batch")(windows, users, sequences, prov, 0,
+                                                                            extras)
     # Windows (L=2): user 1 -> [2,3,5]; user 2 -> [3,4]. Examples: every item but each user's first.
     assert batch.users.tolist() == [1, 2]
     assert batch.items.tolist() == [3, 5, 4] and batch.example_rows.tolist() == [0, 0, 1]
@@ -51,6 +52,22 @@ def test_a_hand_table_gives_the_hand_computed_batch():
     # BPR: example i pairs with example (i + 1) % 3; 5 is in user 1's sequence, 4 is not, 3 is in user 2's.
     assert batch.negatives.tolist() == [0, 4, 0]
     assert batch.unique_items.tolist() == [0, 3, 4, 5]
+
+
+def test_sampled_bpr_negatives_are_unplayed_and_keyed_by_the_row():
+    seqs = [[2, 3, 5, 1], [3, 4, 6]]
+    windows, users, sequences, prov, extras = _rows(seqs, [[1, 1, 1, 1], [1, 1, 1]], [[2, 2, 2, 2], [2, 2, 2]],
+                                                    max_seq_len=3)
+    collate = FRAMECollate(num_items=N, plays=True, seed=3)
+    a = collate(windows, users, sequences, prov, 0, extras)
+    assert len(a.negatives) == a.num_examples == 3 + 2
+    for row, neg in zip(a.example_rows.tolist(), a.negatives.tolist()):
+        assert 1 <= neg <= N and neg not in seqs[row]
+    # The same rows draw the same, alone or in another batch; another epoch draws anew (keys: seed, epoch, row).
+    alone = collate(windows[1:], users[1:], sequences[1:], prov[1:], 0, {"plays": extras["plays"][1:]})
+    assert alone.negatives.tolist() == a.negatives[3:].tolist()
+    draws = {tuple(collate(windows, users, sequences, prov, e, extras).negatives.tolist()) for e in range(6)}
+    assert len(draws) > 1
 
 
 def test_without_play_times_every_play_is_watched_through():
