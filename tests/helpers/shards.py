@@ -255,6 +255,22 @@ synthetic:
 """An ingest config (``.format(out=..., raw=...)``) the end-to-end tests of the jobs ingest first."""
 
 
+def ingest_synthetic(root: Path, *overrides: str) -> Path:
+    """Generate and ingest a synthetic dataset under ``root`` (``raw/`` and ``ds/``) with the ingest job's own
+    function; ``overrides``: dotted ``ingest.``/``synthetic.`` settings (sizes, seed, ``synthetic.plays``, ...).
+
+    Returns:
+        The dataset directory, ``root / "ds"``.
+    """
+    from mvrec_dist.config import IngestJobConfig, load_config
+    from mvrec_dist.data.ingest import run_ingest_job
+
+    run_ingest_job(load_config(IngestJobConfig, None, [f"ingest.output_dir={root / 'ds'}", "ingest.progress=false",
+                                                       "synthetic.enabled=true", f"synthetic.output={root / 'raw'}",
+                                                       *overrides]))
+    return root / "ds"
+
+
 def ingest_small_blocks(src: Any, out: Any, **kw: Any) -> Any:
     """``run_ingest`` of a hand-made input with one user per block and 2 samples per shard, so even a few rows
     cross block and shard boundaries (``kw``: further ``IngestConfig`` fields)."""

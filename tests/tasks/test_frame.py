@@ -35,17 +35,11 @@ def test_the_clip_loss_is_frames_pointwise_loss_in_the_logits():
 @pytest.fixture(scope="module")
 def dataset(ray_local, tmp_path_factory) -> Path:
     """A tiny synthetic dataset with play times (60 users, 40 videos)."""
-    from mvrec_dist.config import IngestJobConfig, load_config
-    from mvrec_dist.data.ingest import run_ingest_job
+    from tests.helpers.shards import ingest_synthetic
 
-    root = tmp_path_factory.mktemp("frame")
-    cfg = load_config(IngestJobConfig, None, [f"ingest.output_dir={root / 'ds'}", "ingest.shard_max_samples=16",
-                                              "ingest.progress=false", "synthetic.enabled=true",
-                                              f"synthetic.output={root / 'raw'}", "synthetic.users=60",
-                                              "synthetic.items=40", "synthetic.interactions=700",
-                                              "synthetic.chunk_users=30", "synthetic.plays=true"])
-    run_ingest_job(cfg)
-    return root / "ds"
+    return ingest_synthetic(tmp_path_factory.mktemp("frame"), "ingest.shard_max_samples=16", "synthetic.users=60",
+                            "synthetic.items=40", "synthetic.interactions=700", "synthetic.chunk_users=30",
+                            "synthetic.plays=true")
 
 
 def _overrides(dataset: Path, runs: Path, name: str, *extra: str) -> list[str]:

@@ -26,17 +26,10 @@ BASE = ["model.embedding_dim=16", "train.batch_size=32", "train.epochs=2", "trai
 @pytest.fixture(scope="module")
 def dataset(ray_local, tmp_path_factory) -> Path:
     """A tiny synthetic dataset (300 users), ingested once for the module."""
-    from mvrec_dist.config import IngestJobConfig, load_config
-    from mvrec_dist.data.ingest import run_ingest_job
+    from tests.helpers.shards import ingest_synthetic
 
-    root = tmp_path_factory.mktemp("resume")
-    cfg = load_config(IngestJobConfig, None, [f"ingest.output_dir={root / 'ds'}", "ingest.shard_max_samples=64",
-                                              "ingest.progress=false", "synthetic.enabled=true",
-                                              f"synthetic.output={root / 'raw'}", "synthetic.users=300",
-                                              "synthetic.items=150", "synthetic.interactions=2400",
-                                              "synthetic.chunk_users=150"])
-    run_ingest_job(cfg)
-    return root / "ds"
+    return ingest_synthetic(tmp_path_factory.mktemp("resume"), "ingest.shard_max_samples=64", "synthetic.users=300",
+                            "synthetic.items=150", "synthetic.interactions=2400", "synthetic.chunk_users=150")
 
 
 def _train(ctx, overrides):
