@@ -52,6 +52,7 @@ PART_MODULES = {
     "plan": "benchmarks.bench_plan:PART",
     "retrieval": "benchmarks.bench_retrieval:PART",
     "mmra": "benchmarks.harness.foreign:MMRA",
+    "frame": "benchmarks.harness.foreign:FRAME",
     "multihost": "benchmarks.harness.foreign:MULTIHOST",
 }
 # What --quick runs: every part the harness measures itself, the plan last (it reads scaling and

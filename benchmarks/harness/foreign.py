@@ -2,7 +2,7 @@
 
 ``benchmarks/bench_ingest.py`` (ingestion vs parse-only), ``benchmarks/bench_video.py`` (video
 encoders), ``benchmarks/bench_multihost.py`` (node loss on the namespace cluster) and
-``benchmarks/mmra_report.py`` (the MMRA runs' report) write ``<name>.json`` and ``<name>.md`` in their own format into the results directory.
+``benchmarks/mmra_report.py`` (the MMRA runs' report) and ``benchmarks/frame_report.py`` (FRAME beside SASRec) write ``<name>.json`` and ``<name>.md`` in their own format into the results directory.
 The harness runs them (full mode only: they write the committed results and take minutes) and
 embeds their markdown, with headings demoted and relative links rebased onto the report.
 """
@@ -16,7 +16,7 @@ import sys
 from benchmarks.harness.jobs import REPO
 from benchmarks.harness.parts import Part, RenderContext
 
-__all__ = ["passthrough_part", "embed_markdown", "run_owner_script", "INGEST", "VIDEO", "MULTIHOST", "MMRA"]
+__all__ = ["passthrough_part", "embed_markdown", "run_owner_script", "INGEST", "VIDEO", "MULTIHOST", "MMRA", "FRAME"]
 
 
 def embed_markdown(md: str, rctx: RenderContext) -> str:
@@ -54,3 +54,4 @@ VIDEO = passthrough_part("video", "Video encoder throughput", "benchmarks/bench_
 MULTIHOST = passthrough_part("multihost", "Multi-host faults (namespace cluster, S3 store)", "benchmarks/bench_multihost.py")
 MMRA = passthrough_part("mmra", "MMRA popularity prediction on MicroLens-50K",
                         "benchmarks/mmra_report.py --runs runs/mmra-report --notes benchmarks/results/mmra_notes.md")
+FRAME = passthrough_part("frame", "FRAME beside SASRec", "benchmarks/frame_report.py --runs runs/frame-report")
