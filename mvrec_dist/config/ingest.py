@@ -57,6 +57,12 @@ class IngestConfig:
         0.1, doc="Share of the labelled items in the item split's valid part (MMRA: 0.1).")
     item_test_fraction: float = setting(
         0.1, doc="Share of the labelled items in the item split's test part (MMRA: 0.1).")
+    resume: bool = setting(
+        True, doc="Build the dataset in <output_dir>.partial-<key> (key: the dataset fingerprint and the inputs' "
+        "modification times) and, when a run of the same inputs and settings was interrupted there, reuse the "
+        "shards it finished, each checked by sha256 against its completion record (mvrec_dist.data.ingest.resume); "
+        "the directory is kept when a run is interrupted, deleted when the data fails. false: a fresh temporary "
+        "directory, deleted on any failure.")
 
     def __post_init__(self) -> None:
         p = Problems()

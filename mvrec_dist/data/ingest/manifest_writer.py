@@ -1,9 +1,10 @@
 """The write side of ``manifest.json``: reconciliation, the output-directory contract, atomic publish.
 
-Everything is written into ``<output>.tmp-<random>/`` first. Only when every count reconciles is
-``manifest.json`` written and the directory moved into place (one ``rename`` on a local disk; on
-object stores the files are copied first and the manifest is written last), so a dataset
-directory with a manifest is always complete, and an interrupted job leaves none.
+Everything is written into ``<output>.tmp-<random>/`` first (``<output>.partial-<key>/`` with
+``ingest.resume``: ``resume.py``). Only when every count reconciles is ``manifest.json`` written and
+the directory moved into place (one ``rename`` on a local disk; on object stores the files are copied
+first and the manifest is written last), so a dataset directory with a manifest is always complete,
+and an interrupted job leaves none (only, with ``ingest.resume``, its work directory for a rerun).
 
 An output directory that already holds a dataset is replaced only when it is the *same* dataset
 (same fingerprint: content-relevant config and input files) or ``ingest.overwrite`` is set.

@@ -19,6 +19,10 @@ Stages (no process holds the interactions; the driver holds only id arrays and c
    maps and stats beside them;
 5. reconcile every count and publish atomically (``manifest_writer``).
 
+With ``ingest.resume`` (the default) the dataset is built in ``<output>.partial-<key>``, which an
+interrupted run leaves behind, and the write stage of the same command run again reuses the user-split
+shards it finished, each checked by sha256 (``resume.py``); stages 1-3 run again.
+
 Labelled csv input (``user,item,timestamp,label``, ``sources.detect_labels``) runs the same stages:
 label-1 rows are the interactions, label-0 rows the exposures, which ride along with their user to
 the ``exposures`` split (``grouping``, ``shard_writer``) and are counted in the manifest's
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -54,6 +59,7 @@ from mvrec_dist.data.ingest.manifest_writer import (build_manifest, check_output
 from mvrec_dist.data.ingest.quarantine import merge_quarantine
 from mvrec_dist.data.ingest.partition import exchange_context, range_partition, sample_users, user_boundaries
 from mvrec_dist.data.ingest.range_writer import collect, write_pieces, write_ranges
+from mvrec_dist.data.ingest.resume import WorkDir, claim, finish, release, resume_key
 from mvrec_dist.data.ingest.shard_writer import EXPOSURE_SPLIT, PLAY_MEMBERS, USER_SPLITS
 from mvrec_dist.data.ingest.sources import detect_format, detect_labels, list_inputs, plan_ranges
 from mvrec_dist.data.ingest.validate import LABEL_COLUMN
@@ -84,6 +90,9 @@ class IngestResult:
     """Wall time of ``run_ingest``."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per stage (``read_group``, ``ids``, ``write``, ``items``, ``finish``)."""
+    resume: dict | None = None
+    """With ``ingest.resume``: ``work_dir``, ``resumed`` (it held an interrupted run's shards), ``reused``
+    and ``written`` user-split shard files (``resume.py``); None without."""
 
 
 def group_partitions(cfg: IngestConfig, input_bytes: int, cluster_cpus: int) -> int:
@@ -172,7 +181,8 @@ def run_ingest(cfg: IngestConfig, *, extra_config: dict | None = None) -> Ingest
     files, fmt, inputs, titles_info, ingest_dict, fp = (ident.files, ident.format, ident.inputs, ident.titles,
                                                         ident.config, ident.fingerprint)
     check_output_dir(cfg.output_dir, fp, cfg.overwrite)
-    tmp = temp_dir_for(cfg.output_dir)
+    work = _claim(cfg, fp, files)
+    tmp = work.path if work else temp_dir_for(cfg.output_dir)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = cfg.progress
     # An IngestError raised in a map task (grouping finds a user on two lines, say) reaches the job as
@@ -180,26 +190,58 @@ def run_ingest(cfg: IngestConfig, *, extra_config: dict | None = None) -> Ingest
     # did so when an earlier stage of the same process (video content, the trunk cache) had set it.
     ctx.raise_original_map_exception = True
     try:
-        parts, timings = _build(cfg, files, fmt, tmp, inputs, titles_info, ident.labels)
+        parts, timings, reuse = _build(cfg, files, fmt, tmp, inputs, titles_info, ident.labels,
+                                       work.key if work else None)
+        if work is not None and work.resumed:
+            print(f"ingest: resumed in {tmp}: reused {reuse['reused']} of {reuse['reused'] + reuse['written']} "
+                  "user-split shard files an interrupted run finished (size and sha256 checked against their "
+                  f"completion records), wrote {reuse['written']}", flush=True)
         manifest = build_manifest(fp=fp, config={"ingest": ingest_dict, **(extra_config or {})}, inputs=inputs,
                                   titles=titles_info, **parts)
         t = time.perf_counter()
+        if work is not None:
+            finish(work)
         publish(tmp, cfg.output_dir, manifest, overwrite=cfg.overwrite)
         timings["publish"] = time.perf_counter() - t
     except BaseException as exc:
-        remove_tree(tmp)
         original = find_ingest_error(exc)
+        # An interruption (Ctrl-C, a lost node, a full disk) leaves shards a rerun can reuse; bad data does
+        # not: the rerun must change the inputs or settings, which names another work directory.
+        if work is not None and original is None:
+            print(f"ingest stopped ({type(exc).__name__}): kept {tmp} for a rerun of the same command to reuse "
+                  "its finished shards (ingest.resume); delete it to start over", file=sys.stderr, flush=True)
+        else:
+            remove_tree(tmp)
+        if work is not None:
+            release(work)
         if original is not None and original is not exc:
             raise IngestError(str(original)) from None
         raise
+    if work is not None:
+        release(work, published=cfg.output_dir)
+        reuse = {"work_dir": work.path, "resumed": work.resumed, **reuse}
     return IngestResult(output_dir=cfg.output_dir, manifest=manifest, seconds=time.perf_counter() - t0,
-                        timings=timings)
+                        timings=timings, resume=reuse if work is not None else None)
+
+
+def _claim(cfg: IngestConfig, fp: str, files: list) -> WorkDir | None:
+    """The resumable work directory of this run (``resume.claim``), or None without ``ingest.resume`` or
+    when another live run of the same inputs and settings holds it (this run then starts from zero)."""
+    if not cfg.resume:
+        return None
+    key = resume_key(fp, files)
+    work = claim(cfg.output_dir, key)
+    if work is None:
+        print(f"ingest: another run of the same inputs and settings is writing {cfg.output_dir}.partial-{key[:16]}; "
+              "this one starts from zero in a temporary directory", file=sys.stderr, flush=True)
+    return work
 
 
 def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, inputs: list[dict],
-           titles_info: dict | None, labels: bool = False) -> tuple[dict, dict]:
-    """Run every stage into ``tmp``; return the manifest sections and the stage timings (``inputs`` and
-    ``titles_info`` get what reading found: stripped BOMs, titles rows)."""
+           titles_info: dict | None, labels: bool = False, key: str | None = None) -> tuple[dict, dict, dict]:
+    """Run every stage into ``tmp``; return the manifest sections, the stage timings and the reuse counts
+    (``reused``/``written`` user-split shard files; ``key``: the ``resume_key`` or None). ``inputs`` and
+    ``titles_info`` get what reading found: stripped BOMs, titles rows."""
     timings: dict[str, float] = {}
     t = time.perf_counter()
     titles: Titles | None = read_titles(cfg.titles, cfg.on_bad_rows) if cfg.titles else None
@@ -230,13 +272,15 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, inputs: list[dict
     t = time.perf_counter()
     S = cfg.shard_max_samples
     layout = {"root": tmp, "shard_size": S, "block_size": cfg.users_per_block, "num_users": len(summary.users),
-              "with_ts": with_ts, "labels": labels, "plays": plays}
+              "with_ts": with_ts, "labels": labels, "plays": plays, "resume_key": key}
     results = grouped.map_batches(write_ranges, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
                                   fn_kwargs={"maps": maps, **layout}).to_arrow_refs()
     user_entries, pieces = collect(ray.get(results))
     user_entries += write_pieces(pieces, **layout)
     del grouped, results
     timings["write"] = time.perf_counter() - t
+    reused = sum(1 for e in user_entries if e.get("reused"))
+    reuse = {"reused": reused, "written": len(user_entries) - reused}
 
     t = time.perf_counter()
     item_entries, without_title = write_item_shards(tmp, summary.items, summary.train_counts, titles, S,
@@ -268,7 +312,7 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, inputs: list[dict
              "quarantine": quarantine, "labels": label_section, "stats": stats, "item_labels": item_labels,
              "timestamps": {"splits": time_splits, "unit": TIMESTAMP_UNIT} if with_ts else None,
              "plays": {"splits": list(USER_SPLITS), "members": list(PLAY_MEMBERS), "unit": PLAY_UNIT} if plays else None}
-    return parts, timings
+    return parts, timings, reuse
 
 
 def _read_and_group(cfg: IngestConfig, files: list, fmt: str, partitions: int,

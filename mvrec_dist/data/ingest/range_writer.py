@@ -43,7 +43,8 @@ def _ipc(table: pa.Table) -> bytes:
 
 
 def write_ranges(grouped: pa.Table, *, maps: list, root: str, shard_size: int, block_size: int,
-                 num_users: int, with_ts: bool, labels: bool = False, plays: bool = False) -> pa.Table:
+                 num_users: int, with_ts: bool, labels: bool = False, plays: bool = False,
+                 resume_key: str | None = None) -> pa.Table:
     """Write the shards inside one grouped block's dense-id range; return entries and pieces.
 
     Args:
@@ -56,6 +57,7 @@ def write_ranges(grouped: pa.Table, *, maps: list, root: str, shard_size: int, b
         with_ts: Write the timestamps.
         labels: Write the exposures split.
         plays: Write the playing times and durations (``plays_csv``).
+        resume_key: Reuse shards an interrupted run finished (``shard_writer.write_user_shards``).
 
     Returns:
         ``result_schema`` rows: one with the JSON list of written shard entries, and one per
@@ -79,7 +81,7 @@ def write_ranges(grouped: pa.Table, *, maps: list, root: str, shard_size: int, b
     inside = (shard >= first_full) & (shard <= last_full)
     entries = write_user_shards(dense.filter(pa.array(inside)), root=root, shard_size=shard_size,
                                 block_size=block_size, num_users=num_users, with_ts=with_ts,
-                                labels=labels, plays=plays) if inside.any() else []
+                                labels=labels, plays=plays, resume_key=resume_key) if inside.any() else []
     rows = {"shard": [-1], "entries": [json.dumps(entries)], "piece": [None]}
     for j in np.unique(shard[~inside]).tolist():
         rows["shard"].append(j)
@@ -104,15 +106,16 @@ def collect(results: list[pa.Table]) -> tuple[list[dict], dict[int, list[bytes]]
 
 @ray.remote
 def _write_boundary(pieces: list[bytes], root: str, shard_size: int, block_size: int, num_users: int,
-                    with_ts: bool, labels: bool, plays: bool) -> list[dict]:
+                    with_ts: bool, labels: bool, plays: bool, resume_key: str | None) -> list[dict]:
     tables = [pa.ipc.open_stream(p).read_all() for p in pieces]
     table = pa.concat_tables(tables).cast(dense_schema(with_ts, labels, plays))
     return write_user_shards(table, root=root, shard_size=shard_size, block_size=block_size,
-                             num_users=num_users, with_ts=with_ts, labels=labels, plays=plays)
+                             num_users=num_users, with_ts=with_ts, labels=labels, plays=plays, resume_key=resume_key)
 
 
 def write_pieces(pieces: dict[int, list[bytes]], *, root: str, shard_size: int, block_size: int,
-                 num_users: int, with_ts: bool, labels: bool = False, plays: bool = False) -> list[dict]:
+                 num_users: int, with_ts: bool, labels: bool = False, plays: bool = False,
+                 resume_key: str | None = None) -> list[dict]:
     """Write every boundary shard from its pieces (Ray tasks; each checks its shard is whole).
 
     Args:
@@ -124,10 +127,11 @@ def write_pieces(pieces: dict[int, list[bytes]], *, root: str, shard_size: int, 
         with_ts: Write the timestamps.
         labels: Write the exposures split.
         plays: Write the playing times and durations.
+        resume_key: Reuse shards an interrupted run finished (``shard_writer.write_user_shards``).
 
     Returns:
-        The written shards' manifest entries.
+        The written (or reused) shards' manifest entries.
     """
-    refs = [_write_boundary.remote(p, root, shard_size, block_size, num_users, with_ts, labels, plays)
+    refs = [_write_boundary.remote(p, root, shard_size, block_size, num_users, with_ts, labels, plays, resume_key)
             for p in pieces.values()]
     return [e for part in ray.get(refs) for e in part]

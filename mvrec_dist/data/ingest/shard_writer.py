@@ -35,6 +35,7 @@ import pyarrow as pa
 
 from mvrec_dist.data.blocks import LAYOUTS, block_key, block_meta, block_sizes
 from mvrec_dist.data.ingest.errors import IngestError
+from mvrec_dist.data.ingest.resume import verified_entries, write_shard
 from mvrec_dist.data.ingest.tar_writer import Payload, tar_bytes, write_bytes
 
 __all__ = ["USER_SPLITS", "EXPOSURE_SPLIT", "UserShard", "npy_header", "npy_payload", "json_payload", "render_blocks",
@@ -246,7 +247,8 @@ def _shard_from_rows(index: int, rows: pa.Table, with_ts: bool, labels: bool = F
 
 
 def write_user_shards(table: pa.Table, *, root: str, shard_size: int, block_size: int, num_users: int,
-                      with_ts: bool, labels: bool = False, plays: bool = False) -> list[dict]:
+                      with_ts: bool, labels: bool = False, plays: bool = False,
+                      resume_key: str | None = None) -> list[dict]:
     """Render and write every shard whose users are in ``table``.
 
     Args:
@@ -258,10 +260,14 @@ def write_user_shards(table: pa.Table, *, root: str, shard_size: int, block_size
         with_ts: Write the timestamps (``ts.npy``, ``targets_ts.npy``).
         labels: Write the ``exposures`` split (``table`` has the ``exp_*`` columns).
         plays: Write ``play.npy``/``duration.npy`` and their ``targets_*`` (``table`` has the columns).
+        resume_key: With ``ingest.resume``: this run's ``resume.resume_key``; a shard an interrupted run
+            finished is reused when ``resume.verified_entries`` checks it, every file written gets a
+            completion record. None: every shard is written, without records.
 
     Returns:
-        One entry per written tar: ``split``, ``index``, ``path``, ``samples`` (users), ``blocks``,
-        ``bytes``, ``sha256``, ``interactions`` (in ``exposures``: the exposures).
+        One entry per tar: ``split``, ``index``, ``path``, ``samples`` (users), ``blocks``, ``bytes``,
+        ``sha256``, ``interactions`` (in ``exposures``: the exposures); ``reused: True`` on a shard taken
+        from an interrupted run instead of written.
 
     Raises:
         IngestError: when a shard's users are not exactly its id range (a grouping failure).
@@ -286,9 +292,18 @@ def write_user_shards(table: pa.Table, *, root: str, shard_size: int, block_size
         counted = {"train": int((s.n - 2).sum()), "valid": len(users), "test": len(users),
                    EXPOSURE_SPLIT: len(s.exp_items) if labels else 0}
         blocks = len(block_sizes(len(users), block_size))
+        expected = {split: {"split": split, "index": j, "path": shard_path(split, j), "samples": len(users),
+                            "blocks": blocks, "interactions": counted[split]}
+                    for split in USER_SPLITS + ((EXPOSURE_SPLIT,) if labels else ())}
+        reused = verified_entries(root, expected, resume_key) if resume_key else {}
+        out += [dict(entry, reused=True) for entry in reused.values()]
+        if len(reused) == len(expected):
+            continue  # nothing to render
         for split, data in render_user_shards(s, shard_size=shard_size, block_size=block_size).items():
-            path = shard_path(split, j)
-            info = write_bytes(f"{root.rstrip('/')}/{path}", data)
-            out.append({"split": split, "index": j, "path": path, "samples": len(users), "blocks": blocks, **info,
-                        "interactions": counted[split]})
+            if split in reused:
+                continue
+            entry = expected[split]
+            info = write_shard(root, entry, data, resume_key) if resume_key else \
+                write_bytes(f"{root.rstrip('/')}/{entry['path']}", data)
+            out.append({**entry, **info})
     return out

@@ -440,8 +440,9 @@ def derive_warm(parent_dir: str, n: int, output_dir: str, *, overwrite: bool = F
             users_per_block=parent.block_size("train"), items_per_block=parent.block_size("items"),
             read_block_bytes=int(settings.get("read_block_bytes", defaults.read_block_bytes)),
             group_partitions=int(settings.get("group_partitions", defaults.group_partitions)),
-            # The parent already applied its duplicates policy: its sequences are taken as they are.
-            on_bad_rows="error", duplicates="keep", overwrite=False, progress=progress,
+            # The parent already applied its duplicates policy: its sequences are taken as they are. No resume:
+            # the derived input is written anew by every derivation, so there is never anything to reuse.
+            on_bad_rows="error", duplicates="keep", overwrite=False, progress=progress, resume=False,
             # The popularity labels as the parent's: its counts file (a superset of the kept items) or the
             # interactions (of the derived sequences), split with the parent's settings.
             item_counts=settings.get("item_counts"),

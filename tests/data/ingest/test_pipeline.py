@@ -263,8 +263,14 @@ def test_an_interrupted_ingestion_leaves_no_manifest(ray_local, tmp_path, synthe
 
     monkeypatch.setattr(pipeline_module, "write_item_shards", boom)
     with pytest.raises(KeyboardInterrupt):
-        ingest(synthetic_input, tmp_path / "ds")
+        ingest(synthetic_input, tmp_path / "ds", resume=False)
     assert list(tmp_path.iterdir()) == []  # neither a manifest nor the temporary directory
+    # With ingest.resume (the default) the work directory stays for a rerun to reuse (test_resume.py), and
+    # still no dataset appears.
+    with pytest.raises(KeyboardInterrupt):
+        ingest(synthetic_input, tmp_path / "ds")
+    (work,) = tmp_path.iterdir()
+    assert work.name.startswith("ds.partial-") and not (work / "manifest.json").exists()
 
 
 def test_a_bom_at_the_start_of_each_input_is_stripped_and_counted(ray_local, tmp_path):
