@@ -63,6 +63,10 @@ class IngestConfig:
         "shards it finished, each checked by sha256 against its completion record (mvrec_dist.data.ingest.resume); "
         "the directory is kept when a run is interrupted, deleted when the data fails. false: a fresh temporary "
         "directory, deleted on any failure.")
+    check_free_space: bool = setting(
+        True, doc="Refuse to start when the filesystem of ingest.output_dir (or of Ray's spill directory, or of "
+        "synthetic.output) has less free space than the run's estimate (mvrec_dist.data.ingest.space: input "
+        "bytes x the measured shard ratio, plus spill headroom); false skips the check.")
 
     def __post_init__(self) -> None:
         p = Problems()

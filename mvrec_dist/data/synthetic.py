@@ -80,7 +80,7 @@ from mvrec_dist.data import synthetic_plays
 __all__ = ["SEQ_ALPHA", "SEQ_SCALE", "POP_EXPONENT", "POP_OFFSET_FRACTION", "POP_HEAD_BOOST",
            "POP_HEAD_FRACTION", "MIN_LEN", "fit_sequence_lengths",
            "fit_popularity", "length_distribution", "popularity", "item_clusters", "generate_part", "generate",
-           "part_path"]
+           "generated_bytes", "part_path"]
 
 # Fitted to MicroLens-50K by maximum likelihood (fit_* below, grid search); see the module doc.
 SEQ_ALPHA = 2.915
@@ -469,16 +469,11 @@ def generate(cfg: SyntheticConfig, *, use_ray: bool | None = None) -> str:
     """
     import ray
 
+    if generated_bytes(cfg) is not None:
+        return cfg.output
     desc = _describe(cfg)
     marker = f"{cfg.output.rstrip('/')}/_synthetic.json"
     parts = -(-cfg.users // cfg.chunk_users)
-    try:
-        with dfs.open_input_file(marker) as f:
-            done = json.loads(f.read().decode("utf-8"))
-        if done.get("config") == desc and all(_size(p["path"]) == p["bytes"] for p in done["parts"]):
-            return cfg.output
-    except (FileNotFoundError, OSError, ValueError, KeyError):
-        pass
     if use_ray if use_ray is not None else ray.is_initialized():
         task = ray.remote(_write_part)
         written = ray.get([task.remote(cfg, p) for p in range(parts)])
@@ -487,6 +482,25 @@ def generate(cfg: SyntheticConfig, *, use_ray: bool | None = None) -> str:
     with dfs.open_output_stream(marker) as f:
         f.write(json.dumps({"config": desc, "parts": written}, indent=1).encode("utf-8"))
     return cfg.output
+
+
+def generated_bytes(cfg: SyntheticConfig) -> int | None:
+    """Bytes of the identical generation already in ``cfg.output`` (which ``generate`` reuses), else None.
+
+    Args:
+        cfg: The synthetic settings.
+
+    Returns:
+        The parts' total size when ``cfg.output``'s marker describes ``cfg`` and every part has its size.
+    """
+    try:
+        with dfs.open_input_file(f"{cfg.output.rstrip('/')}/_synthetic.json") as f:
+            done = json.loads(f.read().decode("utf-8"))
+        if done.get("config") == _describe(cfg) and all(_size(p["path"]) == p["bytes"] for p in done["parts"]):
+            return sum(int(p["bytes"]) for p in done["parts"])
+    except (FileNotFoundError, OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
 
 
 def _size(path: str) -> int | None:

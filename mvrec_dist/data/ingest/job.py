@@ -19,6 +19,7 @@ from mvrec_dist.config.jobs import IngestJobConfig
 from mvrec_dist.config.load import config_to_dict
 from mvrec_dist.data.ingest.content import run_content_ingest
 from mvrec_dist.data.ingest.pipeline import IngestResult, dataset_identity, run_ingest
+from mvrec_dist.data.ingest.space import check_free_space
 from mvrec_dist.data.ingest.text_content import run_text_ingest
 from mvrec_dist.data.ingest.warm import derive_warm, warm_output_dir
 from mvrec_dist.data.manifest import ManifestError, load_manifest
@@ -33,6 +34,18 @@ def _existing_same_dataset(cfg) -> dict | None:
     except ManifestError:
         return None
     return manifest.data if manifest.data.get("fingerprint") == dataset_identity(cfg).fingerprint else None
+
+
+def _already_ingested(cfg: IngestJobConfig) -> bool:
+    """Whether ``cfg.ingest.output_dir`` holds the dataset these inputs make (checked before any generation)."""
+    from mvrec_dist.data.synthetic import generated_bytes
+
+    if not cfg.synthetic.enabled:
+        return _existing_same_dataset(cfg.ingest) is not None
+    if generated_bytes(cfg.synthetic) is None:
+        return False
+    fmt = "plays_csv" if cfg.synthetic.plays else "pairs_csv"
+    return _existing_same_dataset(dataclasses.replace(cfg.ingest, input=cfg.synthetic.output, format=fmt)) is not None
 
 
 def run_ingest_job(cfg: IngestJobConfig) -> IngestResult:
@@ -50,20 +63,24 @@ def run_ingest_job(cfg: IngestJobConfig) -> IngestResult:
         interactions were already there).
 
     Raises:
-        IngestError: as ``run_ingest`` and ``run_content_ingest``.
+        IngestError: as ``run_ingest`` and ``run_content_ingest``; before anything is written, when the
+            output's (or Ray's spill directory's, or ``synthetic.output``'s) filesystem has less free
+            space than the run needs (``space.check_free_space``; ``ingest.check_free_space=false`` skips it).
     """
     from mvrec_dist.data.synthetic import generate
 
     t0 = time.perf_counter()
     ingest, extra = cfg.ingest, {}
+    adds_content = cfg.video.enabled or cfg.text.enabled
+    # Content stages and Warm-N derivations work on the dataset these inputs make: reuse it when it is there.
+    reuse = (adds_content or bool(ingest.warm)) and not ingest.overwrite
+    if not (reuse and _already_ingested(cfg)):
+        check_free_space(cfg)
     if cfg.synthetic.enabled:
         ingest = dataclasses.replace(ingest, input=generate(cfg.synthetic),
                                      format="plays_csv" if cfg.synthetic.plays else "pairs_csv")
         extra["synthetic"] = config_to_dict(cfg.synthetic)
-    adds_content = cfg.video.enabled or cfg.text.enabled
-    # Content stages and Warm-N derivations work on the dataset these inputs make: reuse it when it is there.
-    reuse = adds_content or bool(ingest.warm)
-    existing = _existing_same_dataset(ingest) if reuse and not ingest.overwrite else None
+    existing = _existing_same_dataset(ingest) if reuse else None
     if existing is not None:
         result = IngestResult(output_dir=ingest.output_dir, manifest=existing, seconds=0.0, timings={"reused": 0.0})
     else:

@@ -1,0 +1,150 @@
+"""Measure the constants of the ingest job's free-space check (``mvrec_dist.data.ingest.space``).
+
+For each input format at about 1M interactions: the bytes of what grows with the interactions (the
+user-split shards and the user map) per input byte, and of what grows with the items (item shards,
+item map, stats) per item. For the read+group exchange: the bytes Ray spilled (in all, and the most
+on disk at once, sampled every 50 ms) per input byte, with an object store far smaller than the data.
+
+    python benchmarks/ingest_space.py --work /tmp/ingest-space [--microlens ../shared/data/microlens-50k]
+
+Prints one JSON object; the figures are copied, with the date, into ``space.py``'s constants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+FULL = {"users": 34_492_051, "items": 1_142_528, "interactions": 1_006_528_709}
+"""The full MicroLens shape (``bench_ingest_scale.FULL_TOTALS``): part k is that dataset's k-th part."""
+CHUNK_USERS = 34_268
+"""Users per generated part: about 1M interactions (as ``bench_ingest_scale``)."""
+
+
+USER_PARTS = ("train", "valid", "test", "exposures", "maps/users.npy")
+"""What grows with the interactions (and users); everything else grows with the items."""
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+class _SpillWatch:
+    """Peak bytes of Ray's spilled-object files on disk, sampled every 50 ms in a thread."""
+
+    def __init__(self, session_dir: str) -> None:
+        import threading
+
+        self.root, self.peak, self._stop = Path(session_dir), 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for d in self.root.glob("ray_spilled_objects*"):
+                for f in d.rglob("*"):
+                    try:
+                        total += f.stat().st_size
+                    except OSError:  # deleted while listed
+                        pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(0.05)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def _write_parts(cfg, parts: int, out: Path, plays: bool) -> int:
+    from mvrec_dist.data.synthetic import generate_part
+
+    out.mkdir(parents=True, exist_ok=True)
+    c = dataclasses.replace(cfg, plays=plays)
+    return sum((out / f"part-{p:05d}.csv").write_bytes(generate_part(c, p)) for p in range(parts))
+
+
+def _ingest(inp: Path, out: Path, fmt: str) -> dict:
+    from mvrec_dist.config import IngestConfig
+    from mvrec_dist.data.ingest import run_ingest
+
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    r = run_ingest(IngestConfig(input=str(inp), output_dir=str(out), format=fmt, progress=False,
+                                duplicates="keep"))
+    input_bytes = sum(i["bytes"] for i in r.manifest["inputs"])
+    total = _tree_bytes(out)
+    user = sum(_tree_bytes(out / p) if (out / p).is_dir() else (out / p).stat().st_size
+               for p in USER_PARTS if (out / p).exists())
+    items = r.manifest["counts"]["items"]
+    shutil.rmtree(out)
+    return {"format": fmt, "interactions": r.manifest["counts"]["input_interactions"], "input_bytes": input_bytes,
+            "dataset_bytes": total, "ratio": round(total / input_bytes, 4), "user_bytes": user,
+            "user_ratio": round(user / input_bytes, 4), "items": items,
+            "item_bytes_per_item": round((total - user) / items, 1), "seconds": round(time.perf_counter() - t, 1)}
+
+
+def _spilled_bytes() -> int:
+    import ray
+    from ray._private.internal_api import memory_summary
+
+    text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
+    m = re.search(r"Spilled (\d+) MiB", text)
+    return int(m.group(1)) << 20 if m else 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", required=True, help="scratch directory (deleted at the end)")
+    ap.add_argument("--microlens", default=None, help="MicroLens-50K directory (pairs_tsv ratio); skipped if absent")
+    ap.add_argument("--spill-parts", type=int, default=4, help="~1M-interaction parts for the spill run")
+    ap.add_argument("--store-mib", type=int, default=80, help="object store of the spill run (MiB)")
+    args = ap.parse_args()
+
+    import ray
+
+    from mvrec_dist.config import SyntheticConfig
+    from mvrec_dist.runtime.ray_cluster import LOOPBACK_ENV, apply_loopback_env
+
+    work = Path(args.work)
+    cfg = SyntheticConfig(users=FULL["users"], items=FULL["items"], interactions=FULL["interactions"], seed=0,
+                          chunk_users=CHUNK_USERS)
+    apply_loopback_env()
+    out: dict = {"date": time.strftime("%Y-%m-%d"), "ratios": [], "spill": None}
+    try:
+        ray.init(address="local", num_cpus=2, object_store_memory=args.store_mib << 20, include_dashboard=False,
+                 runtime_env={"env_vars": dict(LOOPBACK_ENV, OMP_NUM_THREADS="1")})
+        csv = work / "csv"
+        _write_parts(cfg, args.spill_parts, csv, plays=False)
+        before = _spilled_bytes()
+        watch = _SpillWatch(ray._private.worker._global_node.get_session_dir_path())
+        r = _ingest(csv, work / "ds", "pairs_csv")
+        peak = watch.stop()
+        spilled = _spilled_bytes() - before
+        out["spill"] = {**r, "object_store_bytes": args.store_mib << 20, "spilled_bytes": spilled,
+                        "spilled_per_input_byte": round(spilled / r["input_bytes"], 4),
+                        "peak_spill_on_disk_bytes": peak, "peak_on_disk_per_input_byte": round(peak / r["input_bytes"], 4)}
+        shutil.rmtree(csv)
+        for plays, fmt in ((False, "pairs_csv"), (True, "plays_csv")):
+            _write_parts(cfg, 1, work / fmt, plays=plays)
+            out["ratios"].append(_ingest(work / fmt, work / "ds", fmt))
+            shutil.rmtree(work / fmt)
+        tsv = Path(args.microlens or "") / "MicroLens-50k_pairs.tsv"
+        if args.microlens and tsv.exists():
+            out["ratios"].append({**_ingest(tsv, work / "ds", "pairs_tsv"), "input": "MicroLens-50K"})
+    finally:
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()
