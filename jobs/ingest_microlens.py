@@ -14,6 +14,9 @@ RAY_AUTH_MODE=disabled on a loopback-only dev machine):
 Decode the videos into content shards too (here: of MicroLens-50K ingested before; the interactions
 are not ingested again when output_dir already holds this dataset):
     python jobs/ingest_microlens.py --config jobs/configs/microlens-50k/ingest-video.yaml
+Interrupted (driver killed, Ctrl-C)? Run the same command again: the shards it finished are reused,
+each checked by sha256 (ingest.resume). It refuses to start when the disk will not hold the output
+(ingest.check_free_space=false skips that check; shards/README.md has both).
 Any setting can be overridden as section.key=value (ingest.shard_max_samples=5000); --help lists them.
 `mvrec ingest` is the same command, installed with the package.
 Then: mvrec shards verify <output_dir>, mvrec shards inspect <output_dir>.

@@ -11,6 +11,8 @@ per stage with its rates (rows/s, interactions/s, users/s, items/s); ingest.prog
 the bars off and keeps the summaries. Ray's and Ray Data's own log lines stay off the console (Ray Data
 keeps them in Ray's session directory, /tmp/ray/session_latest/logs/ray-data/); --verbose shows them. On a cluster of several nodes the inputs and ingest.output_dir
 must be on storage every node sees (a shared mount or an s3:// / gs:// URI).
+Before it starts, the job checks the disks it writes to have room (ingest.check_free_space); an
+interrupted ingest run again with the same command reuses the shards it finished (ingest.resume).
 Any setting can be overridden as section.key=value (ingest.shard_max_samples=5000).
 Then: mvrec shards verify <output_dir>, mvrec shards inspect <output_dir>.
 """
