@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.processes import kill_session
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -158,7 +160,8 @@ def test_driver_killed_after_pruning_and_job_resubmitted_resumes(straight):
     # The whole session of the job: the driver and the embedded cluster it started.
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
-    _kill_orphans_of(proc.pid)
+    kill_session(proc.pid)  # the Ray processes the SIGKILLed driver left in its session
+    time.sleep(1.0)
     out = _finish(_start(_args(straight, "driver-kill")))
     # status.json still says running with a fresh heartbeat: the dead driver's pid tells it is gone.
     assert f"taking over run {run}: its driver (pid {proc.pid} on this host) is not running any more" in out
@@ -235,14 +238,3 @@ def test_a_full_disk_ends_the_run_at_once_with_the_errno_and_path(straight, smal
     check_checkpoint(str(committed[-1].parent))  # the last committed checkpoint still verifies and loads
 
 
-def _kill_orphans_of(session_id: int) -> None:
-    """Ray processes a SIGKILLed driver left in its session (a real cluster's would be on other nodes)."""
-    out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        pid, sid = (int(x) for x in line.split())
-        if sid == session_id:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    time.sleep(1.0)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from mvrec_dist.data.ingest.resume import (RECORDS_DIR, claim, recorded_bytes, r
                                            work_dir_for, write_shard)
 from mvrec_dist.data.synthetic import generate
 from mvrec_dist.data.verify import verify_dataset
+from tests.helpers.processes import kill_session
 
 REPO = Path(__file__).resolve().parents[3]
 ENTRY = {"split": "train", "index": 3, "path": "train/train-00003.tar", "samples": 5, "blocks": 2, "interactions": 9}
@@ -171,22 +171,6 @@ def test_other_settings_or_a_rewritten_input_reuse_nothing(ray_local, small_inpu
     assert verify_dataset(str(out)) == []
 
 
-def _kill_session(session_id: int) -> None:
-    """SIGKILL every process of the session the killed job started (its driver and its Ray cluster)."""
-    try:
-        os.killpg(session_id, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    ps = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
-    for line in ps.splitlines():
-        pid, sid = (int(x) for x in line.split())
-        if sid == session_id:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
 def test_a_killed_ingest_rerun_reuses_finished_shards_and_ends_identical(ray_local, tmp_path, capsys):
     config = tmp_path / "ingest.yaml"
     out = tmp_path / "ds"
@@ -208,7 +192,7 @@ def test_a_killed_ingest_rerun_reuses_finished_shards_and_ends_identical(ray_loc
             assert time.time() < deadline, "the killed job never reached its write stage"
             time.sleep(0.01)
     finally:
-        _kill_session(proc.pid)
+        kill_session(proc.pid)
         proc.wait(timeout=60)
     time.sleep(1.0)  # nothing of the killed session writes any more
     at_kill = len(_records(out))
