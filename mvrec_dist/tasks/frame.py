@@ -120,7 +120,7 @@ class FRAMEData:
         self.manifest, self.seed, self.task = manifest, cfg.train.seed, t
         self.content_store = None
         self._graph_chunks: list[tuple[Bags, Bags]] | None = None
-        self._eval_rows: dict[str, UserRows | None] = {}
+        self._eval_graphs: dict[str, list[tuple[Bags, Bags]]] = {}
 
     # The stream (TaskData).
     def train_batches(self, epoch: int):
@@ -182,18 +182,23 @@ class FRAMEData:
         """This rank's slice of ``split``'s users (``EvalBatch``es, cached)."""
         return self.stream.eval_batches(split)
 
-    def eval_graph_rows(self, split: str, batch: Any) -> tuple[Bags, Bags]:
-        """The users' graph rows from their evaluation histories (with the stored play times, if any)."""
+    def eval_graph_chunks(self, split: str) -> list[tuple[Bags, Bags]]:
+        """Per ``eval_batches(split)`` batch, its users' graph rows from their evaluation histories (with the
+        stored play times, if any); built once per split (the histories do not change between evaluations)."""
+        if split not in self._eval_graphs:
+            rows = None
+            if self.plays:
+                chunks = eval_plan([s.samples for s in self.manifest.shards(split)],
+                                   num_consumers=self.world_size)[self.rank]
+                rows = UserRows(self.manifest, split, chunks, jagged_members=("play.npy", "duration.npy"))
+            self._eval_graphs[split] = [self._graph_rows(split, b, rows) for b in self.eval_batches(split)]
+        return self._eval_graphs[split]
+
+    def _graph_rows(self, split: str, batch: Any, rows: UserRows | None) -> tuple[Bags, Bags]:
         offsets = batch.history_offsets.numpy()
         values = batch.history_values.numpy()
         sequences = [values[offsets[b]:offsets[b + 1]] for b in range(len(batch.users))]
-        if self.plays:
-            if split not in self._eval_rows:
-                chunks = eval_plan([s.samples for s in self.manifest.shards(split)],
-                                   num_consumers=self.world_size)[self.rank]
-                self._eval_rows[split] = UserRows(self.manifest, split, chunks,
-                                                  jagged_members=("play.npy", "duration.npy"))
-            rows = self._eval_rows[split]
+        if rows is not None:
             users = batch.users.numpy()
             play, at = rows.gather(users, "play.npy")
             duration, _ = rows.gather(users, "duration.npy")
@@ -298,7 +303,7 @@ class FRAMETask(Task):
         cand: dict[str, float] = {}
         scored: list[Tensor] = []
         with model.evaluating():
-            chunks = [data.eval_graph_rows(split, b) for b in batches]
+            chunks = data.eval_graph_chunks(split)
             frame = model.dense.frame
             for i, (u_pos, _, _, _) in enumerate(self._lookup_chunks(model, chunks)):
                 if i >= len(batches):
