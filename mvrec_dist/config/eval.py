@@ -33,6 +33,12 @@ class EvalConfig:
         None, doc="K of MTIN's click metrics, also reported beside HR/NDCG: AUC and Precision/Recall/F1@K over the "
                   "same full-ranking list (mvrec_dist.eval.scored_ranking); null = the task's own (next_item: "
                   "not reported; mtin: 50, the paper's).")
+    candidate_negatives: int = setting(
+        0, doc="next_item only: with N > 0, also FRAME's metrics (frame/auc, user_auc, logloss, recall/ndcg/dcg@K) "
+               "over each user's target and N videos the user never played, drawn as task frame draws them (keyed "
+               "by train.seed, split and user), so that a next-item model and FRAME are compared on the same "
+               "candidates (eval.candidate_metrics); 0 = off.")
+    candidate_ks: tuple[int, ...] = setting((3, 5), doc="Cut-offs of the candidate metrics (FRAME: 3 and 5).")
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -43,6 +49,9 @@ class EvalConfig:
         p.check(self.content_batch_size >= 1, "content_batch_size", f"must be >= 1, got {self.content_batch_size}")
         p.check(self.click_cutoff is None or self.click_cutoff >= 1, "click_cutoff",
                 f"must be >= 1 or null, got {self.click_cutoff}")
+        p.check(self.candidate_negatives >= 0, "candidate_negatives", f"must be >= 0, got {self.candidate_negatives}")
+        p.check(bool(self.candidate_ks) and all(k >= 1 for k in self.candidate_ks), "candidate_ks",
+                f"must be cut-offs >= 1, got {list(self.candidate_ks)}")
         edges = self.popularity_buckets
         p.check(not edges or (edges[0] == 0 and all(b > a for a, b in zip(edges, edges[1:]))), "popularity_buckets",
                 f"must be empty or start at 0 and increase strictly, got {list(edges)}")

@@ -14,7 +14,7 @@ from mvrec_dist.config.model import ModelConfig
 from mvrec_dist.config.parallel import ParallelConfig
 from mvrec_dist.config.retrieval import RetrievalConfig
 from mvrec_dist.config.runtime import RayConfig
-from mvrec_dist.config.task import MetricSpec, NextItemTaskConfig, TaskConfig
+from mvrec_dist.config.task import MetricSpec, NextItemTaskConfig, TaskConfig, candidate_metric_specs
 from mvrec_dist.config.train import TrainConfig
 
 __all__ = ["IngestJobConfig", "TrainJobConfig"]
@@ -85,9 +85,18 @@ class TrainJobConfig:
                     f"retrieval.frame_features ({self.retrieval.frame_features!r}), got {self.data.content_features!r}")
             p.check(self.task.retrieved <= self.retrieval.k, "task.retrieved",
                     f"reads {self.task.retrieved} neighbours but the store keeps retrieval.k={self.retrieval.k}")
-        p.check(getattr(self.model.content_encoder, "frame_pool", "mean") == "mean" or self.task.name == "mmra",
-                "model.content_encoder.frame_pool", "'none' gives per-frame features [F, C], which only task mmra "
-                "reads (item towers take one vector per item): use 'mean'")
+        p.check(getattr(self.model.content_encoder, "frame_pool", "mean") == "mean" or self.task.name in ("mmra", "frame"),
+                "model.content_encoder.frame_pool", "'none' gives per-frame features [F, C], which only tasks mmra "
+                "and frame read (item towers take one vector per item): use 'mean'")
+        p.check(getattr(self.task, "clip_init", "random") == "random" or bool(self.data.content_features),
+                "data.content_features", "task.clip_init=features reads the clips' per-frame features from this "
+                "store (jobs/cache_trunk_features.py with model.content_encoder.frame_pool=none writes it)")
+        p.check(getattr(self.task, "clip_init", "random") == "random" or not self.trunk_cache.build_if_missing,
+                "trunk_cache.build_if_missing", "task.clip_init=features sizes the clip table from the feature store "
+                "before any worker starts: compute it first with jobs/cache_trunk_features.py")
+        p.check(not self.eval.candidate_negatives or self.task.name == "next_item", "eval.candidate_negatives",
+                f"is for task next_item (task frame draws its own candidates: task.eval_negatives); task "
+                f"{self.task.name!r} needs 0, got {self.eval.candidate_negatives}")
         names = [m.name for m in self.metrics]
         p.check(self.eval.select_metric is None or self.eval.select_metric in names, "eval.select_metric",
                 f"must be a metric of task '{self.task.name}': one of {names}, got {self.eval.select_metric!r}")
@@ -95,8 +104,12 @@ class TrainJobConfig:
 
     @property
     def metrics(self) -> tuple[MetricSpec, ...]:
-        """The task's validation/test metrics, in display order."""
-        return self.task.metrics(self.eval.ks, self.click_cutoff)
+        """The task's validation/test metrics, in display order (a next-item task's with the candidate metrics
+        when ``eval.candidate_negatives`` asks for them)."""
+        out = self.task.metrics(self.eval.ks, self.click_cutoff)
+        if self.eval.candidate_negatives:
+            out += candidate_metric_specs(self.eval.candidate_ks)
+        return out
 
     @property
     def click_cutoff(self) -> int | None:

@@ -14,7 +14,7 @@ from typing import Literal
 from mvrec_dist.config.fields import Problems, setting
 from mvrec_dist.config.mtin import MTINConfig
 
-__all__ = ["MetricSpec", "TaskConfig", "NextItemTaskConfig", "ItemPopularityTaskConfig", "MTINTaskConfig",
+__all__ = ["candidate_metric_specs", "MetricSpec", "TaskConfig", "NextItemTaskConfig", "ItemPopularityTaskConfig", "MTINTaskConfig",
            "MMRATaskConfig", "FRAMETaskConfig"]
 
 
@@ -42,6 +42,13 @@ def ranking_metrics(ks: tuple[int, ...], click_cutoff: int | None) -> tuple[Metr
         out += tuple(MetricSpec(n, True) for n in ("auc", f"precision@{click_cutoff}", f"recall@{click_cutoff}",
                                                    f"f1@{click_cutoff}"))
     return out
+
+
+def candidate_metric_specs(ks: tuple[int, ...]) -> tuple[MetricSpec, ...]:
+    """FRAME's metrics over each user's scored candidates (``eval.candidate_metrics``): ``frame/auc``,
+    ``frame/user_auc``, ``frame/logloss`` (lower is better), then ``frame/{recall,ndcg,dcg}@K`` for K in ``ks``."""
+    return ((MetricSpec("frame/auc", True), MetricSpec("frame/user_auc", True), MetricSpec("frame/logloss", False))
+            + tuple(MetricSpec(f"frame/{m}@{k}", True) for k in ks for m in ("recall", "ndcg", "dcg")))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -256,6 +263,11 @@ class FRAMETaskConfig(TaskConfig):
                        "user never played (as the evaluation's candidates); 'in_batch' = another play's video from "
                        "the rank's batch (popularity-distributed like the positives: it never learns popularity; "
                        "test AUC 0.50 on the synthetic demo).")
+    clip_init: Literal["random", "features"] = setting(
+        "random", doc="Where the clip table starts: 'random' (width model.embedding_dim, seeded normal) or "
+                      "'features' (as released: each clip's visual feature, the mean of its frames' vectors in the "
+                      "per-frame store data.content_features, width C, trained, then projected to D; the dataset's "
+                      "video content must be taken as 4 clips, data/clip_features.py).")
     refresh_every_steps: int = setting(
         1, doc="Recompute the clip aggregates A^T U from every user's interest every N steps (1: every step, the "
                "released forward; larger: cheaper, staler). One pass reads every user's graph row once.")
@@ -276,9 +288,7 @@ class FRAMETaskConfig(TaskConfig):
 
     def metrics(self, ks: tuple[int, ...], click_cutoff: int | None = None) -> tuple[MetricSpec, ...]:
         """HR/NDCG@K of full ranking, then FRAME's candidate metrics (log loss lower is better)."""
-        frame = tuple(MetricSpec(f"frame/{m}@{k}", True) for k in self.ks for m in ("recall", "ndcg", "dcg"))
-        return (ranking_metrics(ks, None) + (MetricSpec("frame/auc", True), MetricSpec("frame/user_auc", True),
-                                             MetricSpec("frame/logloss", False)) + frame)
+        return ranking_metrics(ks, None) + candidate_metric_specs(self.ks)
 
     def default_select_metric(self, ks: tuple[int, ...]) -> str:
         """NDCG@10 (or at the first cut-off), the MicroLens headline metric."""

@@ -28,15 +28,26 @@ adjacent. The score is a logit (FRAME: the sum of the video's clip logits, whose
 
 ``candidate_metric_sums`` returns sums and counts that add up across ranks when every user's candidates
 are on one rank; the global ``auc`` needs all candidates in one place (gather them first).
+
+**In the trainer** every ranking model is scored on the same candidates: ``draw_candidates`` gives each
+evaluation user its target and ``negatives`` videos the user never played (history and target excluded),
+keyed by ``(train.seed, split, user)`` so that any model, world size and run draws the same ones, and
+``CandidateScores`` collects one rank's scored candidates and combines every rank's into the ``frame/*``
+results. FRAME's task scores them with its video score (a logit); a next-item model (``eval.candidate_negatives``)
+with its dot product ``s_u . e_v``, which ranks like a logit but is trained by a softmax over items, so its
+``frame/logloss`` (of ``sigmoid(s_u . e_v)``) is reported but is not a calibrated probability's loss.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
+import torch
 
-__all__ = ["auc", "log_loss", "candidate_metric_sums", "candidate_metrics"]
+from mvrec_dist.data.negatives import row_keys, sample_non_interacted
+
+__all__ = ["auc", "log_loss", "candidate_metric_sums", "candidate_metrics", "draw_candidates", "CandidateScores"]
 
 
 def _check(logits: np.ndarray, labels: np.ndarray, users: np.ndarray | None = None) -> None:
@@ -178,3 +189,77 @@ def candidate_metrics(users: np.ndarray, logits: np.ndarray, labels: np.ndarray,
         count = sums[per.get(key, "users_ranked")]
         out[key] = value / count if count else float("nan")
     return out
+
+
+def draw_candidates(*, seed: int, split: str, users: np.ndarray, targets: np.ndarray, history_values: np.ndarray,
+                    history_offsets: np.ndarray, negatives: int, num_items: int) -> torch.Tensor:
+    """Each evaluation user's candidates: the target, then ``negatives`` videos the user never played (independent
+    uniform draws, ``negatives.sample_non_interacted``: a video may be drawn twice for a user).
+
+    Args:
+        seed: Run seed (``train.seed``): with ``split`` and the user, the key of the draws.
+        split: ``valid`` or ``test``.
+        users: int [B] dense user ids.
+        targets: int [B] held-out items.
+        history_values: int [H] every user's history, concatenated.
+        history_offsets: int [B+1]; user b's history is ``history_values[o[b]:o[b+1]]``.
+        negatives: Label-0 candidates per user.
+        num_items: N.
+
+    Returns:
+        ``LongTensor[B, 1 + negatives]``, the target in column 0.
+    """
+    excluded = [np.append(history_values[history_offsets[b]:history_offsets[b + 1]], targets[b])
+                for b in range(len(targets))]
+    drawn = sample_non_interacted(row_keys(seed, split, 0, users), negatives, excluded, num_items)
+    return torch.from_numpy(np.concatenate([targets[:, None], drawn], 1).astype(np.int64))
+
+
+class CandidateScores:
+    """One rank's scored candidates of a split, and their ``frame/*`` metrics over every rank.
+
+    Args:
+        ks: Cut-offs of Recall/NDCG/DCG (FRAME: 3 and 5).
+    """
+
+    def __init__(self, ks: Iterable[int]):
+        self.ks = tuple(ks)
+        self._sums: dict[str, float] = {}
+        self._scored: list[torch.Tensor] = []
+
+    def add(self, users: torch.Tensor, logits: torch.Tensor) -> None:
+        """Scores of a batch's candidates.
+
+        Args:
+            users: ``[B]`` the batch's users (each user's candidates on this rank only).
+            logits: ``[B, 1 + K]`` scores, the target's in column 0 (``draw_candidates``).
+        """
+        logits = logits.detach().double().cpu()
+        labels = torch.zeros(logits.shape, dtype=torch.float64)
+        labels[:, 0] = 1.0
+        part = candidate_metric_sums(users.cpu().repeat_interleave(logits.shape[1]).numpy(),
+                                     logits.reshape(-1).numpy(), labels.reshape(-1).numpy(), self.ks)
+        self._sums = {k: self._sums.get(k, 0.0) + v for k, v in part.items()}
+        self._scored.append(torch.stack([logits.reshape(-1), labels.reshape(-1)], 1))
+
+    def results(self, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor],
+                gather_rows: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
+        """``frame/auc`` (global, over every rank's candidates), ``frame/user_auc``, ``frame/logloss`` and
+        ``frame/{recall,ndcg,dcg}@K`` (collective: every rank calls it, and gets the same values).
+
+        Args:
+            sum_over_ranks: Adds a tensor over ranks.
+            gather_rows: Concatenates every rank's rows (variable counts).
+        """
+        names = sorted(candidate_metric_sums(np.zeros(2), np.zeros(2), np.array([1, 0]), self.ks))
+        totals = sum_over_ranks(torch.tensor([self._sums.get(n, 0.0) for n in names], dtype=torch.float64))
+        c = dict(zip(names, totals.cpu().tolist()))
+        mine = torch.cat(self._scored) if self._scored else torch.zeros(0, 2, dtype=torch.float64)
+        every = gather_rows(mine).cpu().numpy()
+        out = {"frame/auc": auc(every[:, 0], every[:, 1].astype(np.int64)) if len(every) else float("nan"),
+               "frame/user_auc": c["user_auc"] / max(c["users_auc"], 1),
+               "frame/logloss": c["logloss"] / max(c["candidates"], 1)}
+        for k in self.ks:
+            for m in ("recall", "ndcg", "dcg"):
+                out[f"frame/{m}@{k}"] = c[f"{m}@{k}"] / max(c["users_ranked"], 1)
+        return out

@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Protocol, Sequence
 import torch
 
 from mvrec_dist.eval.buckets import bucket_results, bucket_sums
+from mvrec_dist.eval.candidate_metrics import CandidateScores
 from mvrec_dist.eval.full_ranking import target_ranks
 from mvrec_dist.config.task import ranking_metrics
 from mvrec_dist.eval.metrics import metric_sums
@@ -31,11 +32,15 @@ class RankingModel(Protocol):
 
     def sum_over_ranks(self, values: torch.Tensor) -> torch.Tensor: ...
 
+    def gather_rows(self, rows: torch.Tensor) -> torch.Tensor: ...  # every rank's rows (candidate metrics only)
+
 
 def evaluate_ranking(model: RankingModel, batches: Iterable, *, num_items: int, ks: tuple[int, ...],
                      progress: Callable[[int, int], None] | None = None,
                      item_train_counts: torch.Tensor | None = None,
-                     bucket_edges: Sequence[int] = (), click_cutoff: int | None = None) -> dict[str, float]:
+                     bucket_edges: Sequence[int] = (), click_cutoff: int | None = None,
+                     candidates: Callable[[object], torch.Tensor] | None = None,
+                     candidate_ks: Sequence[int] = (3, 5)) -> dict[str, float]:
     """HR@K and NDCG@K (and the click metrics) over all users of a split, averaged over users of every rank.
 
     Call inside the model's ``evaluating()`` context.
@@ -52,6 +57,10 @@ def evaluate_ranking(model: RankingModel, batches: Iterable, *, num_items: int, 
             ``item_train_counts``, the result gets ``buckets``. Empty: none.
         click_cutoff: With K, also AUC and Precision/Recall/F1@K over the same ranks (MTIN's metrics,
             ``scored_ranking.click_metric_sums``: one target per user, its negatives every other unseen item).
+        candidates: With a function giving a batch's ``[B, 1 + K]`` candidates (target first,
+            ``candidate_metrics.draw_candidates``), also FRAME's metrics over them (``frame/*``, scored by
+            the same dot product; ``candidate_metrics.CandidateScores``).
+        candidate_ks: Cut-offs of the candidate metrics.
 
     Returns:
         ``{"hr@10": ..., "ndcg@10": ..., "users": U, "seconds": s}`` (identical on every rank), and
@@ -69,8 +78,12 @@ def evaluate_ranking(model: RankingModel, batches: Iterable, *, num_items: int, 
     if with_buckets:
         target_counts = torch.as_tensor(item_train_counts).cpu()
         per_bucket = torch.zeros(len(bucket_edges), 2 * len(ks) + 1, dtype=torch.float64)  # HR, NDCG per K; users
+    scored = CandidateScores(candidate_ks) if candidates is not None else None
     for batch in batches:
         states = model.user_states(batch.history, batch.lengths, item_repr)  # [B, D]
+        if scored is not None:
+            chosen = candidates(batch).to(item_repr.device)  # B,1+K
+            scored.add(batch.users, torch.einsum("bd,bkd->bk", states.float(), item_repr[chosen].float()))
         device = item_repr.device
         ranks = target_ranks(states, item_repr, batch.targets.to(device), batch.history_values.to(device),
                              batch.history_offsets.to(device))
@@ -92,6 +105,8 @@ def evaluate_ranking(model: RankingModel, batches: Iterable, *, num_items: int, 
     users = int(total[len(names)])
     result = {n: float(total[i]) / max(users, 1) for i, n in enumerate(names)}
     result["users"] = users
+    if scored is not None:
+        result.update(scored.results(model.sum_over_ranks, model.gather_rows))
     if with_buckets:
         result["buckets"] = bucket_results(total[len(names) + 1:].view(len(bucket_edges), -1), bucket_edges, ks)
     result["seconds"] = time.perf_counter() - start

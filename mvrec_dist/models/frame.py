@@ -1,7 +1,8 @@
 """FRAME (Learning Fine-grained User Interests for Micro-video Recommendation, SIGIR'23): the dense part.
 
 The released model (tsinghua-fib-lab/FRAME, ``modeling_gcn.py``), with C = 4 clips per video and ``E`` the
-clip embeddings (trainable, here the sharded table ``frame_clip``):
+clip embeddings (trainable, here the sharded table ``frame_clip``, started from the clips' visual features as
+released with ``task.clip_init=features``, ``data/clip_features.py``):
 
 * user interests ``u_pos = ReLU(A_pos E T W1)`` and ``u_neg = ReLU(A_neg E T W1)`` (``T`` the projection of
   the clip embeddings, ``W1`` the first graph layer);
@@ -41,7 +42,9 @@ class FRAME(nn.Module):
 
     Args:
         num_clips: Rows of the clip table, ``(N + 1) C``.
-        dim: Width D of clip embeddings and interests (the released 128).
+        dim: Width D of the interests and clip representations (the released 128).
+        clip_dim: Width of the clip table's rows, projected to D by ``T`` (the visual features' width when the
+            table starts from them; None: D).
         hidden: Hidden width of the clip scorer MLP (the released 256).
         clips: Clips per video C.
     """
@@ -49,10 +52,10 @@ class FRAME(nn.Module):
     identical_on_ranks = ("pos_aggregate", "neg_aggregate")
     """Buffers every rank computes identically (``parallel.facade`` does not average them per step)."""
 
-    def __init__(self, *, num_clips: int, dim: int, hidden: int, clips: int = 4):
+    def __init__(self, *, num_clips: int, dim: int, hidden: int, clips: int = 4, clip_dim: int | None = None):
         super().__init__()
         self.clips = clips
-        self.project = nn.Linear(dim, dim, bias=False)  # T (released trans_w)
+        self.project = nn.Linear(clip_dim or dim, dim, bias=False)  # T (released trans_w)
         self.user_layer = nn.Linear(dim, dim, bias=False)  # W1 (gcn_w1)
         self.clip_layer = nn.Linear(dim, dim, bias=False)  # W2 (gcn_w2)
         self.score_hidden = nn.Linear(2 * dim, hidden)  # w1, b1 over [clip; user]

@@ -19,8 +19,8 @@ sharding and world size. Row 0 of every table is zero (the padding id).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +30,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from mvrec_dist.models.embedding_init import init_table_block
 
-__all__ = ["TableSpec", "Bags", "EmbeddingTables", "init_rows_", "table_inputs"]
+__all__ = ["TableSpec", "Bags", "EmbeddingTables", "init_rows_", "initial_rows", "table_inputs"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,10 @@ class TableSpec:
     the tower returns the write-back as ``TaskOutput.write_back``, whose gradient on a row is minus
     its update, and ``parallel/`` gives the table plain SGD with learning rate 1 and no decay, so
     that a step moves each looked-up row by exactly the sum of its updates (on any world size)."""
+    init_rows: Callable[[int, int], Tensor] | None = field(default=None, compare=False, repr=False)
+    """Initial values from data instead of ``(seed, init_std)``: ``init_rows(r0, r1)`` gives rows ``[r0, r1)``,
+    every column, ``[r1 - r0, D]`` (FRAME's clip table from the clips' visual features); it must give the same
+    rows whoever asks, so that every sharding starts from the same table."""
 
     def __post_init__(self) -> None:
         if self.num_embeddings < 1 or self.embedding_dim < 1:
@@ -137,7 +141,33 @@ def table_inputs(specs: tuple[TableSpec, ...], features: dict[str, Tensor | Bags
     return out
 
 
-def init_rows_(weight: Tensor, *, std: float, num_rows: int, seed: int) -> Tensor:
+def initial_rows(spec: TableSpec, *, row_start: int, row_end: int, col_start: int, col_end: int,
+                 dtype: torch.dtype = torch.float32) -> Tensor:
+    """A rectangle of ``spec``'s initial table: ``spec.init_rows`` when it has one, else its seeded normal init.
+
+    Args:
+        spec: The table.
+        row_start: First row (inclusive).
+        row_end: Last row (exclusive).
+        col_start: First column (inclusive).
+        col_end: Last column (exclusive).
+        dtype: Result dtype.
+
+    Returns:
+        ``Tensor[row_end - row_start, col_end - col_start]``.
+    """
+    if spec.init_rows is None:
+        return init_table_block(row_start=row_start, row_end=row_end, col_start=col_start, col_end=col_end,
+                                dim=spec.embedding_dim, std=spec.init_std, seed=spec.seed, dtype=dtype)
+    rows = spec.init_rows(row_start, row_end)
+    if tuple(rows.shape) != (row_end - row_start, spec.embedding_dim):
+        raise ValueError(f"table {spec.name!r}: init_rows({row_start}, {row_end}) gave {tuple(rows.shape)}, expected "
+                         f"{(row_end - row_start, spec.embedding_dim)}")
+    return rows[:, col_start:col_end].to(dtype)
+
+
+def init_rows_(weight: Tensor, *, std: float, num_rows: int, seed: int,
+               spec: TableSpec | None = None) -> Tensor:
     """Initialise a table ~ N(0, std) with a zero padding row, exactly as its sharded version.
 
     Used as the TorchRec ``init_fn``. The whole table comes from ``embedding_init.init_table_block``
@@ -151,6 +181,7 @@ def init_rows_(weight: Tensor, *, std: float, num_rows: int, seed: int) -> Tenso
         std: Standard deviation.
         num_rows: Rows of the whole table.
         seed: Table seed.
+        spec: The table, when its rows come from ``spec.init_rows`` (then ``std`` and ``seed`` are unused).
 
     Returns:
         ``weight``.
@@ -158,7 +189,9 @@ def init_rows_(weight: Tensor, *, std: float, num_rows: int, seed: int) -> Tenso
     if weight.is_meta:  # shapes only (the trainer's meta build, the planner): drawing would allocate the table
         return weight
     with torch.no_grad():
-        if weight.shape[0] == num_rows:
+        if weight.shape[0] == num_rows and spec is not None and spec.init_rows is not None:
+            weight.copy_(initial_rows(spec, row_start=0, row_end=num_rows, col_start=0, col_end=weight.shape[1]))
+        elif weight.shape[0] == num_rows:
             dim = weight.shape[1]
             weight.copy_(init_table_block(row_start=0, row_end=num_rows, col_start=0, col_end=dim, dim=dim,
                                           std=std, seed=seed))
@@ -168,7 +201,7 @@ def init_rows_(weight: Tensor, *, std: float, num_rows: int, seed: int) -> Tenso
 
 
 def _init_fn(spec: TableSpec):
-    return functools.partial(init_rows_, std=spec.init_std, num_rows=spec.num_embeddings, seed=spec.seed)
+    return functools.partial(init_rows_, std=spec.init_std, num_rows=spec.num_embeddings, seed=spec.seed, spec=spec)
 
 
 class EmbeddingTables(nn.Module):

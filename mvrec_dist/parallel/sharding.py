@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mvrec_dist.config.parallel import ParallelConfig
-from mvrec_dist.models.embedding_init import init_table_block
+from mvrec_dist.models.tables import initial_rows
 from mvrec_dist.parallel.process_groups import DistContext
 
 __all__ = ["ShardedEmbeddings", "shard_tables", "describe_plan", "sparse_gradient_scale"]
@@ -104,14 +104,12 @@ def _init_table_shards(dmp: nn.Module, specs: dict) -> None:
         if not key.endswith(".weight"):
             continue
         spec = specs[key.split(".")[-2]]
-        # The width comes from the spec: ShardedTensor.size() is deprecated (FutureWarning, TorchRec's
-        # state dict still holds ShardedTensors); the shards' metadata below is not.
-        dim = spec.embedding_dim
+        # The width comes from the spec (initial_rows): ShardedTensor.size() is deprecated (FutureWarning,
+        # TorchRec's state dict still holds ShardedTensors); the shards' metadata below is not.
         for shard in value.local_shards():
             r0, c0 = shard.metadata.shard_offsets
             rows, cols = shard.metadata.shard_sizes
-            block = init_table_block(row_start=r0, row_end=r0 + rows, col_start=c0, col_end=c0 + cols,
-                                     dim=dim, std=spec.init_std, seed=spec.seed)
+            block = initial_rows(spec, row_start=r0, row_end=r0 + rows, col_start=c0, col_end=c0 + cols)
             shard.tensor.copy_(block.to(shard.tensor.device, shard.tensor.dtype))
 
 

@@ -33,13 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mvrec_dist.data.clip_features import ClipFeatureRows, clip_feature_dim, clip_feature_problems
 from mvrec_dist.data.clip_graphs import CLIPS, play_ratios
 from mvrec_dist.data.exposures import UserRows
 from mvrec_dist.data.loader import TrainData
-from mvrec_dist.data.negatives import row_keys, sample_non_interacted
 from mvrec_dist.data.plan import eval_plan
 from mvrec_dist.data.reader import ShardReader
-from mvrec_dist.eval.candidate_metrics import auc, candidate_metric_sums
+from mvrec_dist.eval.candidate_metrics import CandidateScores, draw_candidates
 from mvrec_dist.eval.metrics import metric_sums
 from mvrec_dist.eval.progress import EvalProgress
 from mvrec_dist.eval.scored_ranking import ranks_of_scores
@@ -212,13 +212,10 @@ class FRAMEData:
 
     def eval_candidates(self, split: str, batch: Any) -> Tensor:
         """``[B, 1 + eval_negatives]``: each user's target, then videos the user never played (keyed draws)."""
-        offsets = batch.history_offsets.numpy()
-        values = batch.history_values.numpy()
-        targets = batch.targets.numpy()
-        excluded = [np.append(values[offsets[b]:offsets[b + 1]], targets[b]) for b in range(len(targets))]
-        keys = row_keys(self.seed, split, 0, batch.users.numpy())
-        drawn = sample_non_interacted(keys, self.task.eval_negatives, excluded, self.num_items)
-        return torch.from_numpy(np.concatenate([targets[:, None], drawn], 1).astype(np.int64))
+        return draw_candidates(seed=self.seed, split=split, users=batch.users.numpy(), targets=batch.targets.numpy(),
+                               history_values=batch.history_values.numpy(),
+                               history_offsets=batch.history_offsets.numpy(), negatives=self.task.eval_negatives,
+                               num_items=self.num_items)
 
 
 def _empty_bags(device: torch.device) -> Bags:
@@ -232,12 +229,25 @@ class FRAMETask(Task):
 
     examples_key = "users"
 
+    def _clip_features(self) -> str | None:
+        return self.cfg.data.content_features if self.cfg.task.clip_init == "features" else None
+
     def table_specs(self, manifest: Any) -> tuple:
-        """The clip table only (FRAME has no item ID embeddings)."""
-        m = self.cfg.model
+        """The clip table only (FRAME has no item ID embeddings): ``model.embedding_dim`` wide and seeded, or the
+        clips' visual features (``task.clip_init=features``, ``data/clip_features.py``)."""
+        m, features = self.cfg.model, self._clip_features()
+        dim, rows = m.embedding_dim, None
+        if features is not None:
+            dim, rows = clip_feature_dim(features), ClipFeatureRows(features, CLIPS)
         return (TableSpec(name=CLIP_TABLE, num_embeddings=(manifest.num_items + 1) * CLIPS,
-                          embedding_dim=m.embedding_dim, features=(CLIP_POS_FEATURE, CLIP_NEG_FEATURE), pooled=True,
-                          weighted=True, keyed_by="clip", init_std=m.init_std, seed=self.cfg.train.seed + 2),)
+                          embedding_dim=dim, features=(CLIP_POS_FEATURE, CLIP_NEG_FEATURE), pooled=True,
+                          weighted=True, keyed_by="clip", init_std=m.init_std, seed=self.cfg.train.seed + 2,
+                          init_rows=rows),)
+
+    def dataset_problems(self, manifest: Any) -> list[str]:
+        """With ``task.clip_init=features``: the dataset's clips and their feature store (``clip_feature_problems``)."""
+        features = self._clip_features()
+        return [] if features is None else clip_feature_problems(features, manifest, CLIPS)
 
     def sparse_features(self, batch: FRAMEBatch) -> dict[str, Bags]:
         """The rows' ``A_pos`` and ``A_neg`` bags."""
@@ -250,8 +260,10 @@ class FRAMETask(Task):
         from mvrec_dist.models.tables import EmbeddingTables
 
         m, t = self.cfg.model, self.cfg.task
-        frame = FRAME(num_clips=(manifest.num_items + 1) * CLIPS, dim=m.embedding_dim, hidden=t.hidden)
-        return SequentialRecommender(tables=EmbeddingTables(self.table_specs(manifest), device=device),
+        specs = self.table_specs(manifest)
+        frame = FRAME(num_clips=(manifest.num_items + 1) * CLIPS, dim=m.embedding_dim, hidden=t.hidden,
+                      clip_dim=specs[0].embedding_dim)
+        return SequentialRecommender(tables=EmbeddingTables(specs, device=device),
                                      dense=FRAMETower(frame=frame, bpr_weight=t.bpr_weight),
                                      features=self.sparse_features)
 
@@ -300,8 +312,7 @@ class FRAMETask(Task):
         progress = EvalProgress(log, split, data.world_size, "users") if log is not None else None
         rank_names = [f"{m}@{k}" for k in ks for m in ("hr", "ndcg")]
         sums = torch.zeros(len(rank_names) + 1, dtype=torch.float64)
-        cand: dict[str, float] = {}
-        scored: list[Tensor] = []
+        candidates_scored = CandidateScores(t.ks)
         with model.evaluating():
             chunks = data.eval_graph_chunks(split)
             frame = model.dense.frame
@@ -318,31 +329,14 @@ class FRAMETask(Task):
                     part = metric_sums(ranks, ks)
                     sums[:-1] += torch.tensor([part[n] for n in rank_names], dtype=torch.float64)
                 candidates = data.eval_candidates(split, batch).to(u_pos.device)  # B,1+K
-                logits = frame.video_scores(candidates.reshape(-1),
-                                            u_pos.repeat_interleave(candidates.shape[1], 0)).cpu()
-                labels = torch.zeros(candidates.shape, dtype=torch.float64)
-                labels[:, 0] = 1.0
-                users = batch.users.repeat_interleave(candidates.shape[1])
-                part = candidate_metric_sums(users.numpy(), logits.double().numpy(), labels.reshape(-1).numpy(), t.ks)
-                cand = {k: cand.get(k, 0.0) + v for k, v in part.items()}
-                scored.append(torch.stack([logits.double(), labels.reshape(-1)], 1))
+                logits = frame.video_scores(candidates.reshape(-1), u_pos.repeat_interleave(candidates.shape[1], 0))
+                candidates_scored.add(batch.users, logits.reshape(candidates.shape))
                 sums[-1] += len(batch.users)
                 if progress is not None:
                     progress(int(sums[-1]), total)
         totals = model.sum_over_ranks(sums).cpu()
-        names = sorted(cand) if cand else sorted(candidate_metric_sums(np.zeros(2), np.zeros(2), np.array([1, 0]),
-                                                                      t.ks))
-        cand_totals = model.sum_over_ranks(torch.tensor([cand.get(n, 0.0) for n in names],
-                                                        dtype=torch.float64)).cpu().tolist()
-        c = dict(zip(names, cand_totals))
-        every = model.gather_rows(torch.cat(scored) if scored else torch.zeros(0, 2, dtype=torch.float64)).numpy()
         users = int(totals[-1])
         result: dict[str, Any] = {n: float(totals[i]) / max(users, 1) for i, n in enumerate(rank_names)}
-        result["frame/auc"] = auc(every[:, 0], every[:, 1].astype(np.int64)) if len(every) else float("nan")
-        result["frame/user_auc"] = c["user_auc"] / max(c["users_auc"], 1)
-        result["frame/logloss"] = c["logloss"] / max(c["candidates"], 1)
-        for k in t.ks:
-            for m in ("recall", "ndcg", "dcg"):
-                result[f"frame/{m}@{k}"] = c[f"{m}@{k}"] / max(c["users_ranked"], 1)
+        result.update(candidates_scored.results(model.sum_over_ranks, model.gather_rows))
         result.update(users=users, seconds=time.perf_counter() - start, plays=data.plays)
         return result

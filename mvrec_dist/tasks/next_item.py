@@ -15,6 +15,7 @@ from torch import nn
 
 from mvrec_dist.data.loader import TrainData, load_item_train_counts
 from mvrec_dist.eval.baselines import popularity_baseline
+from mvrec_dist.eval.candidate_metrics import draw_candidates
 from mvrec_dist.eval.progress import EvalProgress
 from mvrec_dist.eval.runner import evaluate_ranking
 from mvrec_dist.tasks.base import Task
@@ -23,7 +24,9 @@ __all__ = ["NextItemTask", "evaluate_split"]
 
 
 def evaluate_split(model: Any, data: Any, split: str, ks: tuple[int, ...], log: Any | None = None,
-                   popularity_buckets: tuple[int, ...] = (), click_cutoff: int | None = None) -> dict[str, float]:
+                   popularity_buckets: tuple[int, ...] = (), click_cutoff: int | None = None,
+                   candidate_negatives: int = 0, candidate_ks: tuple[int, ...] = (3, 5),
+                   seed: int = 0) -> dict[str, float]:
     """HR@K / NDCG@K of ``model`` on ``split`` (``valid`` or ``test``), full ranking (collective).
 
     Args:
@@ -35,6 +38,10 @@ def evaluate_split(model: Any, data: Any, split: str, ks: tuple[int, ...], log: 
         popularity_buckets: Lower edges of the target-popularity buckets (``eval.popularity_buckets``,
             by ``data.item_train_counts``); empty for none.
         click_cutoff: K of the click metrics (AUC, Precision/Recall/F1@K); None for none.
+        candidate_negatives: With N > 0, also FRAME's metrics over each user's target and N unplayed videos
+            (``eval.candidate_metrics.draw_candidates``, keyed by ``seed``, ``split`` and user); 0 for none.
+        candidate_ks: Cut-offs of the candidate metrics.
+        seed: Run seed (``train.seed``), the key of the candidates.
 
     Returns:
         What ``evaluate_ranking`` returns (identical on every rank; with ``buckets`` when asked for).
@@ -42,9 +49,17 @@ def evaluate_split(model: Any, data: Any, split: str, ks: tuple[int, ...], log: 
     progress = EvalProgress(log, split, data.world_size, "users") if log is not None else None
     counts = getattr(data, "item_train_counts", None) if popularity_buckets else None  # TrainData has them
     counts = torch.from_numpy(counts) if counts is not None else None
+    candidates = None
+    if candidate_negatives:
+        def candidates(batch: Any) -> torch.Tensor:
+            return draw_candidates(seed=seed, split=split, users=batch.users.numpy(), targets=batch.targets.numpy(),
+                                   history_values=batch.history_values.numpy(),
+                                   history_offsets=batch.history_offsets.numpy(), negatives=candidate_negatives,
+                                   num_items=data.num_items)
     with model.evaluating():
         return evaluate_ranking(model, data.eval_batches(split), num_items=data.num_items, ks=ks, progress=progress,
-                                item_train_counts=counts, bucket_edges=popularity_buckets, click_cutoff=click_cutoff)
+                                item_train_counts=counts, bucket_edges=popularity_buckets, click_cutoff=click_cutoff,
+                                candidates=candidates, candidate_ks=candidate_ks)
 
 
 class NextItemTask(Task):
@@ -75,8 +90,10 @@ class NextItemTask(Task):
         """Full-ranking HR@K / NDCG@K of ``split`` (``evaluate_split``); the test split also per
         popularity bucket of the targets (``eval.popularity_buckets``, result key ``buckets``)."""
         buckets = self.cfg.eval.popularity_buckets if split == "test" else ()
-        return evaluate_split(model, data, split, self.cfg.eval.ks, log, popularity_buckets=buckets,
-                              click_cutoff=self.cfg.click_cutoff)
+        e = self.cfg.eval
+        return evaluate_split(model, data, split, e.ks, log, popularity_buckets=buckets,
+                              click_cutoff=self.cfg.click_cutoff, candidate_negatives=e.candidate_negatives,
+                              candidate_ks=e.candidate_ks, seed=self.cfg.train.seed)
 
     def baselines(self, model: Any, data: Any, split: str) -> dict[str, dict[str, float]]:
         """``popularity``: items ranked by train interactions, same protocol (``eval.baselines``); none

@@ -104,9 +104,11 @@ def preflight(cfg: TrainJobConfig, *, resources: dict | None = None, num_nodes: 
                             "data.dataset_dir at an ingested dataset")
     # The model's own tables when the dataset is there (their sizes need it); else the item table.
     task = build_task(cfg)
-    problems[:0] = sharding_problems(cfg.parallel, task.table_specs(manifest) if manifest else None)
-    if manifest is not None:
-        problems.extend(task.dataset_problems(manifest))
+    data_problems = task.dataset_problems(manifest) if manifest is not None else []
+    # A table may take its width from the data (FRAME's clip features): only a usable dataset has specs.
+    specs = task.table_specs(manifest) if manifest is not None and not data_problems else None
+    problems[:0] = sharding_problems(cfg.parallel, specs)
+    problems.extend(data_problems)
     if evaluating is None and cfg.train.resume not in ("auto", "never"):
         try:
             check_checkpoint(cfg.train.resume, key="train.resume")

@@ -141,3 +141,122 @@ def test_frame_trains_through_the_job_with_its_preset(dataset, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "runs" / "job" / "logs" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if r["kind"] == "train"]
     assert len(losses) >= 4 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, losses
+
+
+CLIP_CNN = ["model.item_tower=content", "model.content_encoder.name=frame_cnn", "model.content_encoder.widths=[4,8]",
+            "model.content_encoder.layers=[1,1]", "model.content_encoder.stem_width=4",
+            "model.content_encoder.frames=8", "model.content_encoder.size=16", "model.content_encoder.finetune=frozen",
+            "model.content_encoder.frame_pool=none", "model.content_encoder.cached_trunk=true"]
+
+
+@pytest.fixture(scope="module")
+def clip_dataset(ray_local, tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny play-time dataset with every video as 4 clips of 2 (seeded noise) frames, and their per-frame
+    features from a tiny frozen frame CNN ([8, 8] per video)."""
+    from mvrec_dist.config import TrainJobConfig, load_config
+    from mvrec_dist.features.trunk_cache import run_trunk_cache
+    from tests.helpers.shards import ingest_synthetic
+
+    root = tmp_path_factory.mktemp("frame-clips")
+    (root / "videos").mkdir()
+    ds = ingest_synthetic(root, "ingest.shard_max_samples=16", "synthetic.users=60", "synthetic.items=40",
+                          "synthetic.interactions=700", "synthetic.chunk_users=30", "synthetic.plays=true",
+                          "video.enabled=true", f"video.videos={root / 'videos'}", "video.mode=clips", "video.clips=4",
+                          "video.frames_per_clip=2", "video.size=16", "video.synthetic_missing=true",
+                          "video.shard_max_samples=16")
+    features = root / "features"
+    run_trunk_cache(load_config(TrainJobConfig, PRESET, [
+        f"data.dataset_dir={ds}", f"data.content_features={features}", "data.prepare_with=null", *CLIP_CNN,
+        "parallel.num_workers=1", "trunk_cache.progress=false", "trunk_cache.batch_size=7"]))
+    return ds, features
+
+
+def _clip_overrides(clip_dataset, runs: Path, name: str, *extra: str) -> list[str]:
+    ds, features = clip_dataset
+    return _overrides(ds, runs, name, f"data.content_features={features}", "task.clip_init=features", *CLIP_CNN,
+                      *extra)
+
+
+def test_clip_rows_are_the_means_of_each_clips_frame_features(clip_dataset):
+    from mvrec_dist.data.clip_features import ClipFeatureRows, clip_feature_problems
+    from mvrec_dist.data.content_store import ContentStore
+    from mvrec_dist.data.manifest import load_manifest
+
+    ds, features = clip_dataset
+    store = ContentStore.from_features(str(features))
+    assert store.shape == (8, 8) and store.items_with_content == 40
+    frames = store.gather(np.arange(1, 41)).astype(np.float32)  # 40 videos x 8 frames x 8
+    want = np.zeros((41 * 4, 8), dtype=np.float32)
+    for v in range(1, 41):
+        for j in range(4):
+            want[v * 4 + j] = frames[v - 1, 2 * j:2 * j + 2].mean(0)  # clip j = frames 2j, 2j+1
+    rows = ClipFeatureRows(str(features), 4)
+    np.testing.assert_allclose(rows(0, 164).numpy(), want, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(rows(7, 33, block_items=3).numpy(), want[7:33], rtol=1e-6, atol=1e-7)  # any block
+    assert not want[:4].any() and (np.abs(want[4] - want[5]).max() > 0)  # padding video zero; clips differ
+    assert clip_feature_problems(str(features), load_manifest(str(ds)), 4) == []
+    assert "5 clips" in clip_feature_problems(str(features), load_manifest(str(ds)), 5)[0]
+
+
+def test_clip_features_are_refused_without_clips_or_from_another_dataset(dataset, clip_dataset, tmp_path):
+    from mvrec_dist.config import TrainJobConfig, load_config
+    from mvrec_dist.config.fields import ConfigError
+    from mvrec_dist.data.clip_features import clip_feature_problems
+    from mvrec_dist.data.manifest import load_manifest
+
+    ds, features = clip_dataset
+    assert "no video content" in clip_feature_problems(str(features), load_manifest(str(dataset)), 4)[0]
+    assert "not found" in clip_feature_problems(str(tmp_path / "none"), load_manifest(str(ds)), 4)[0]
+    with pytest.raises(ConfigError, match="content_features"):
+        load_config(TrainJobConfig, PRESET, ["task.clip_init=features"])
+    with pytest.raises(ConfigError, match="build_if_missing"):
+        load_config(TrainJobConfig, PRESET, ["task.clip_init=features", f"data.content_features={features}",
+                                             "trunk_cache.build_if_missing=true"])
+
+
+def _initial_table(ctx, overrides):
+    from mvrec_dist.config import TrainJobConfig, load_config
+    from mvrec_dist.models.tables import Bags
+    from mvrec_dist.train.worker import build_rank
+
+    cfg = load_config(TrainJobConfig, PRESET, overrides + [f"parallel.num_workers={ctx.world_size}"])
+    setup = build_rank(cfg, ctx)
+    pm = setup.parallel
+    rows = pm.dense.frame.pos_aggregate.shape[0]
+    unit = Bags(torch.arange(rows), torch.ones(rows, dtype=torch.long), torch.ones(rows))
+    with pm.evaluating():
+        table = pm.lookup_bags({"clip_pos": unit, "clip_neg": unit})["clip_pos"]
+    return {"table": table.detach().clone(), "project_in": pm.dense.frame.project.in_features}
+
+
+@pytest.mark.integration
+def test_the_sharded_clip_table_starts_from_the_clip_features_on_any_world_size(clip_dataset, tmp_path):
+    from mvrec_dist.data.clip_features import ClipFeatureRows
+
+    want = ClipFeatureRows(str(clip_dataset[1]), 4)(0, 41 * 4)
+    two = run_ranks(_initial_table, 2, _clip_overrides(clip_dataset, tmp_path, "init2"))
+    one = run_ranks(_initial_table, 1, _clip_overrides(clip_dataset, tmp_path, "init1"))[0]
+    for got in (one, *two):
+        assert got["project_in"] == 8  # T projects the 8-wide features to D = 16
+        torch.testing.assert_close(got["table"], want, rtol=0, atol=0)
+
+
+@pytest.mark.integration
+def test_frame_with_clip_features_trains_and_resumes_exactly(clip_dataset, tmp_path):
+    from mvrec_dist.data.clip_features import ClipFeatureRows
+    from mvrec_dist.parallel.checkpoint import load_full_state
+
+    base = _clip_overrides(clip_dataset, tmp_path, "straight", "train.epochs=2", "train.checkpoint_every_steps=3",
+                           "train.keep_checkpoints=10", "task.refresh_every_steps=2")
+    straight = run_ranks(_train, 2, base + ["train.max_steps=6"])
+    resumed = [o.replace("run_name=straight", "run_name=resumed") for o in base]
+    assert run_ranks(_train, 2, resumed + ["train.max_steps=3"])[0]["step"] == 3  # a step that is no refresh step
+    assert run_ranks(_train, 2, resumed + ["train.max_steps=6"])[0]["step"] == 6 == straight[0]["step"]
+    a = load_full_state(str(tmp_path / "straight" / "checkpoint-step000000006"))
+    b = load_full_state(str(tmp_path / "resumed" / "checkpoint-step000000006"))
+    table = next(k for k in a if "frame_clip" in k and k.endswith("weight"))
+    assert tuple(a[table].shape) == (41 * 4, 8)
+    initial = ClipFeatureRows(str(clip_dataset[1]), 4)(0, 41 * 4)
+    assert not torch.equal(a[table].float(), initial)  # the table trains from the features (as released)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)

@@ -217,6 +217,9 @@ def _section(video: VideoIngestConfig, results: list[ShardResult], content_dir: 
         "dtype": "uint8",
         "index": f"{content_dir}/index.npy",
         "videos": video.videos,
+        # How the frames were taken: FRAME reads 'clips' content as clips x frames_per_clip consecutive frames.
+        "sampling": ({"mode": "clips", "clips": video.clips, "frames_per_clip": video.frames_per_clip}
+                     if video.mode == "clips" else {"mode": "uniform", "frames": video.frames}),
         "counts": counts,
         "id_only_items": id_only,
         "seconds": round(seconds, 3),
