@@ -30,6 +30,24 @@ class DotModel:
         return values
 
 
+def _eval_batches(histories, targets, cuts):
+    """``EvalBatch``-shaped batches (users 1..U) of hand-made histories, split at ``cuts``, and the padded
+    history matrix and lengths they were built from."""
+    users = len(histories)
+    values, offsets = _jagged(histories)
+    history = torch.zeros(users, 8, dtype=torch.long)
+    for b, h in enumerate(histories):
+        history[b, :len(h)] = torch.tensor(h)
+    lengths = torch.tensor([len(h) for h in histories])
+    user_ids = torch.arange(1, users + 1)
+    bounds = [0, *cuts, users]
+    batches = [SimpleNamespace(history=history[s], lengths=lengths[s], targets=targets[s], users=user_ids[s],
+                               history_values=values[offsets[s.start]:offsets[s.stop]],
+                               history_offsets=offsets[s.start:s.stop + 1] - offsets[s.start])
+               for s in (slice(a, b) for a, b in zip(bounds, bounds[1:]))]
+    return batches, history, lengths
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_click_metrics_of_a_dot_product_model_match_their_definitions(seed):
     rng = np.random.default_rng(seed)
@@ -37,16 +55,7 @@ def test_click_metrics_of_a_dot_product_model_match_their_definitions(seed):
     items = torch.from_numpy(rng.normal(size=(n + 1, 4))).float()
     histories = [list(rng.integers(1, n + 1, size=rng.integers(1, 8))) for _ in range(users)]
     targets = torch.tensor([int(rng.integers(1, n + 1)) for _ in range(users)])
-    values, offsets = _jagged(histories)
-    history = torch.zeros(users, 8, dtype=torch.long)
-    for b, h in enumerate(histories):
-        history[b, :len(h)] = torch.tensor(h)
-    lengths = torch.tensor([len(h) for h in histories])
-    half = users // 2  # two batches: the sums add up over batches
-    batches = [SimpleNamespace(history=history[s], lengths=lengths[s], targets=targets[s],
-                               history_values=values[offsets[s.start]:offsets[s.stop]],
-                               history_offsets=offsets[s.start:s.stop + 1] - offsets[s.start])
-               for s in (slice(0, half), slice(half, users))]
+    batches, history, lengths = _eval_batches(histories, targets, [users // 2])  # the sums add up over batches
     model = DotModel(items)
     got = evaluate_ranking(model, batches, num_items=n, ks=(10,), click_cutoff=k)
     scores = model.user_states(history, lengths, items) @ items.T
@@ -90,16 +99,8 @@ def test_candidate_metrics_of_a_dot_product_model_match_frames_definitions_on_th
     items = torch.from_numpy(rng.normal(size=(n + 1, 4))).float()
     histories = [list(rng.choice(np.arange(1, n + 1), size=rng.integers(1, 8), replace=False)) for _ in range(users)]
     targets = torch.tensor([int(rng.integers(1, n + 1)) for _ in range(users)])
-    values, offsets = _jagged(histories)
-    history = torch.zeros(users, 8, dtype=torch.long)
-    for b, h in enumerate(histories):
-        history[b, :len(h)] = torch.tensor(h)
-    lengths = torch.tensor([len(h) for h in histories])
+    batches, history, lengths = _eval_batches(histories, targets, [4])
     user_ids = torch.arange(1, users + 1)
-    batches = [SimpleNamespace(history=history[s], lengths=lengths[s], targets=targets[s], users=user_ids[s],
-                               history_values=values[offsets[s.start]:offsets[s.stop]],
-                               history_offsets=offsets[s.start:s.stop + 1] - offsets[s.start])
-               for s in (slice(0, 4), slice(4, users))]
 
     def draw(batch):
         return draw_candidates(seed=7, split="test", users=batch.users.numpy(), targets=batch.targets.numpy(),
