@@ -85,7 +85,8 @@ class TrainJobConfig:
                     f"retrieval.frame_features ({self.retrieval.frame_features!r}), got {self.data.content_features!r}")
             p.check(self.task.retrieved <= self.retrieval.k, "task.retrieved",
                     f"reads {self.task.retrieved} neighbours but the store keeps retrieval.k={self.retrieval.k}")
-        p.check(getattr(self.model.content_encoder, "frame_pool", "mean") == "mean" or self.task.name in ("mmra", "frame"),
+        per_frame_ok = self.task.name in ("mmra", "frame")
+        p.check(getattr(self.model.content_encoder, "frame_pool", "mean") == "mean" or per_frame_ok,
                 "model.content_encoder.frame_pool", "'none' gives per-frame features [F, C], which only tasks mmra "
                 "and frame read (item towers take one vector per item): use 'mean'")
         p.check(getattr(self.task, "clip_init", "random") == "random" or bool(self.data.content_features),

@@ -14,8 +14,8 @@ from typing import Literal
 from mvrec_dist.config.fields import Problems, setting
 from mvrec_dist.config.mtin import MTINConfig
 
-__all__ = ["candidate_metric_specs", "MetricSpec", "TaskConfig", "NextItemTaskConfig", "ItemPopularityTaskConfig", "MTINTaskConfig",
-           "MMRATaskConfig", "FRAMETaskConfig"]
+__all__ = ["MetricSpec", "TaskConfig", "NextItemTaskConfig", "ItemPopularityTaskConfig", "MTINTaskConfig",
+           "MMRATaskConfig", "FRAMETaskConfig", "candidate_metric_specs"]
 
 
 @dataclass(frozen=True)

@@ -65,13 +65,14 @@ def clip_feature_problems(features_dir: str, manifest: Any, clips: int) -> list[
         out.append(f"data.content_features: {features_dir} holds {list(store.shape)} per item; clip features need "
                    f"one vector per frame, [{frames}, C] (model.content_encoder.frame_pool=none)")
     if store.num_items != manifest.num_items:
-        out.append(f"data.content_features: {features_dir} covers {store.num_items} items, the dataset {manifest.num_items}")
+        out.append(f"data.content_features: {features_dir} covers {store.num_items} items, the dataset "
+                   f"{manifest.num_items}")
     else:
         lacking = np.flatnonzero(~store.has(np.arange(1, manifest.num_items + 1))) + 1
         if len(lacking):
             out.append(f"data.content_features: {len(lacking)} videos have no features (first dense ids "
-                       f"{lacking[:5].tolist()}); FRAME's clip table needs every video's clips (video.synthetic_missing "
-                       "gives a missing video seeded noise frames)")
+                       f"{lacking[:5].tolist()}); FRAME's clip table needs every video's clips "
+                       "(video.synthetic_missing gives a missing video seeded noise frames)")
     return out
 
 

@@ -110,7 +110,8 @@ def _train(ctx, overrides):
 def test_training_resumes_exactly_with_the_aggregates(clip_init, request, tmp_path):
     from mvrec_dist.parallel.checkpoint import load_full_state
 
-    extra = ("train.epochs=2", "train.checkpoint_every_steps=3", "train.keep_checkpoints=10", "task.refresh_every_steps=2")
+    extra = ("train.epochs=2", "train.checkpoint_every_steps=3", "train.keep_checkpoints=10",
+             "task.refresh_every_steps=2")
     if clip_init == "features":
         base = _clip_overrides(request.getfixturevalue("clip_dataset"), tmp_path, "straight", *extra)
     else:
