@@ -105,9 +105,12 @@ def preflight(cfg: TrainJobConfig, *, resources: dict | None = None, num_nodes: 
     # The model's own tables when the dataset is there (their sizes need it); else the item table.
     task = build_task(cfg)
     data_problems = task.dataset_problems(manifest) if manifest is not None else []
-    # A table may take its width from the data (FRAME's clip features): only a usable dataset has specs.
-    specs = task.table_specs(manifest) if manifest is not None and not data_problems else None
-    problems[:0] = sharding_problems(cfg.parallel, specs)
+    # A table may take its width from the data (FRAME's clip features): only a usable dataset has specs, and the
+    # model's tables are checked once the dataset is.
+    if manifest is None:
+        problems[:0] = sharding_problems(cfg.parallel, None)
+    elif not data_problems:
+        problems[:0] = sharding_problems(cfg.parallel, task.table_specs(manifest))
     problems.extend(data_problems)
     if evaluating is None and cfg.train.resume not in ("auto", "never"):
         try:

@@ -220,6 +220,13 @@ def test_clip_features_are_refused_without_clips_or_from_another_dataset(dataset
     assert "not found" in clip_feature_problems(str(tmp_path / "none"), load_manifest(str(ds)), 4)[0]
     with pytest.raises(ConfigError, match="content_features"):
         load_config(TrainJobConfig, PRESET, ["task.clip_init=features"])
+    from mvrec_dist.train.launch import PreflightError, preflight
+
+    # The driver refuses it with the reason, before any table is sized from the (absent) store.
+    with pytest.raises(PreflightError, match="no video content"):
+        preflight(load_config(TrainJobConfig, PRESET, [*_overrides(dataset, tmp_path, "refused"), *CLIP_CNN,
+                                                       "task.clip_init=features",
+                                                       f"data.content_features={tmp_path / 'none'}"]))
     with pytest.raises(ConfigError, match="build_if_missing"):
         load_config(TrainJobConfig, PRESET, ["task.clip_init=features", f"data.content_features={features}",
                                              "trunk_cache.build_if_missing=true"])
