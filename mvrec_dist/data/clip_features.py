@@ -100,7 +100,7 @@ class ClipFeatureRows:
         store, c = self._store, self.clips
         frames, dim = store.shape
         out = torch.zeros(row_end - row_start, dim, dtype=torch.float32)
-        first, last = row_start // c, (row_end - 1) // c if row_end > row_start else row_start // c - 1
+        first, last = row_start // c, (row_end - 1) // c  # the videos of the rows (none when row_end <= row_start)
         for lo in range(max(first, 1), last + 1, block_items):  # video 0 (padding) keeps zero rows
             videos = np.arange(lo, min(lo + block_items, last + 1))
             x = store.gather(videos).astype(np.float32).reshape(len(videos), c, frames // c, dim).mean(2)
