@@ -215,6 +215,14 @@ class ModelConfig:
         "id", doc="IDRec ('id'), VideoRec ('content') or VIDRec ('id+content') item representations.")
     embedding_dim: int = setting(64, doc="Width D of item representations and user states.")
     fusion: Literal["sum", "concat"] = setting("sum", doc="How 'id+content' combines the two: sum, or concat then linear.")
+    id_dropout: float = setting(
+        0.0, doc="'id+content' only: in training, each unique item of a step that has content loses its ID "
+        "embedding with this probability (it is then represented by its content alone), so the fused tower "
+        "learns to stand on content for items whose ID rows carry nothing. 0 = off.")
+    cold_items: Literal["fused", "content"] = setting(
+        "fused", doc="'id+content' only: how items never seen in the train split are represented, in training "
+        "(as negatives) and evaluation alike: 'fused' like every other item, or 'content' by their content "
+        "alone (their ID rows never had a positive example, so they hold only noise pushed down as negatives).")
     init_std: float = setting(0.02, doc="Std of the normal init of ID embeddings and dense weights.")
     user_encoder: UserEncoderConfig = setting(factory=SASRecConfig, doc="User encoder; 'name' picks sasrec, gru4rec or nextitnet.")
     loss: LossConfig = setting(factory=FullSoftmaxConfig, doc="Training loss; 'name' picks full_softmax, inbatch_softmax or sampled_softmax.")
@@ -231,6 +239,13 @@ class ModelConfig:
                 f"item_tower '{self.item_tower}' needs a content_encoder")
         p.check(self.uses_content or self.content_encoder is None, "content_encoder",
                 "is set but item_tower is 'id'; set item_tower to 'content' or 'id+content'")
+        fallback = self.id_dropout > 0 or self.cold_items != "fused"
+        p.check(0.0 <= self.id_dropout < 1.0, "id_dropout", f"must be in [0, 1), got {self.id_dropout}")
+        p.check(self.cold_items in ("fused", "content"), "cold_items",
+                f"must be 'fused' or 'content', got {self.cold_items!r}")
+        p.check(not fallback or self.item_tower == "id+content", "id_dropout" if self.id_dropout > 0 else "cold_items",
+                f"falls back from the ID embedding to content, so it needs item_tower 'id+content', got "
+                f"{self.item_tower!r}")
         # Cached features make every item's representation one pass of the trainable head over stored
         # features (text frozen + adapter: a [384] vector an item), so the full softmax stays
         # affordable; a live encoder would run over all N items every step.

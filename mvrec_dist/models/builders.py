@@ -53,6 +53,13 @@ def _counts(item_train_counts: np.ndarray | Tensor, num_items: int) -> np.ndarra
     return counts
 
 
+def _never_trained(counts: np.ndarray) -> Tensor:
+    """``bool [N+1]``: the items without an interaction in the train split (never the padding id 0)."""
+    unseen = torch.from_numpy(counts == 0)
+    unseen[0] = False
+    return unseen
+
+
 def build_recommender(cfg: ModelConfig, *, num_items: int, item_train_counts: np.ndarray | Tensor,
                       max_seq_len: int, seed: int = 0, device: str = "cpu") -> SequentialRecommender:
     """Build the model a config describes.
@@ -81,7 +88,9 @@ def build_recommender(cfg: ModelConfig, *, num_items: int, item_train_counts: np
     dim = cfg.embedding_dim
     content_encoder = CONTENT_ENCODERS.build(cfg.content_encoder) if cfg.uses_content else None
     item_tower = ItemTower(mode=cfg.item_tower, embedding_dim=dim, content_encoder=content_encoder,
-                           fusion=cfg.fusion, init_std=cfg.init_std, cached_features=cfg.uses_cached_features)
+                           fusion=cfg.fusion, init_std=cfg.init_std, cached_features=cfg.uses_cached_features,
+                           id_dropout=cfg.id_dropout,
+                           content_only_items=_never_trained(counts) if cfg.cold_items == "content" else None)
     user_encoder = USER_ENCODERS.build(cfg.user_encoder, embedding_dim=dim, max_seq_len=max_seq_len,
                                        init_std=cfg.init_std)
     loss = LOSSES.build(cfg.loss, num_items=num_items, item_train_counts=counts)

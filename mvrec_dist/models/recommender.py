@@ -80,7 +80,7 @@ class DenseTower(nn.Module):
         return x if x.dtype == dtype else x.to(dtype)
 
     def item_representations(self, id_emb: Tensor | None, content: Tensor | None,
-                             content_mask: Tensor | None = None) -> Tensor:
+                             content_mask: Tensor | None = None, item_ids: Tensor | None = None) -> Tensor:
         """Represent items (training: the batch's unique items; evaluation: chunks of all items).
 
         Args:
@@ -88,11 +88,12 @@ class DenseTower(nn.Module):
             content: Content of the items that have it (``[U_c, ...]``, in item order), or None for an
                 ID-only tower; the item tower casts/normalises it.
             content_mask: ``bool [U]`` which items have content; None means all of them (U_c = U).
+            item_ids: ``LongTensor [U]`` the items' ids (the item tower's content fallback reads them).
 
         Returns:
             ``[U, D]`` in the tower's parameter dtype.
         """
-        return self.item_tower(self._cast(id_emb), content, content_mask)
+        return self.item_tower(self._cast(id_emb), content, content_mask, item_ids)
 
     def user_states(self, seq_repr: Tensor, lengths: Tensor) -> Tensor:
         """User state after each row's last valid item (evaluation).
@@ -120,7 +121,8 @@ class DenseTower(nn.Module):
             ``TaskOutput`` with the loss summed over every target of the batch.
         """
         id_emb = embeddings.get(ITEM_FEATURE)
-        return self.task(self.item_representations(id_emb, batch.content, batch.content_mask), batch)
+        return self.task(self.item_representations(id_emb, batch.content, batch.content_mask, batch.unique_items),
+                         batch)
 
     def task(self, item_repr: Tensor, batch: SequenceBatch) -> TaskOutput:
         """The loss of a step given the representations of its unique items (``forward`` after the item tower).

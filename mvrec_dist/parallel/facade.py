@@ -287,7 +287,7 @@ class ParallelModel:
                 if content_fn is not None:
                     content, mask = content_fn(ids.cpu())
                     content, mask = content.to(self.ctx.device), mask.to(self.ctx.device)
-                parts.append(self.dense.item_representations(id_emb, content, mask).float())
+                parts.append(self.dense.item_representations(id_emb, content, mask, ids).float())
         local = torch.cat(parts) if parts else torch.zeros(0, self.cfg.model.embedding_dim, device=self.ctx.device)
         return all_gather_variable(local, self.ctx)
 

@@ -192,11 +192,11 @@ class ItemRegressionTower(nn.Module):
         return next(self.parameters()).dtype
 
     def item_representations(self, id_emb: Tensor | None, content: Tensor | None,
-                             content_mask: Tensor | None = None) -> Tensor:
+                             content_mask: Tensor | None = None, item_ids: Tensor | None = None) -> Tensor:
         """``[U, D]`` representations (as ``DenseTower.item_representations``)."""
         if id_emb is not None and id_emb.is_floating_point():
             id_emb = id_emb.to(self._dtype())
-        return self.item_tower(id_emb, content, content_mask)
+        return self.item_tower(id_emb, content, content_mask, item_ids)
 
     def predict(self, item_repr: Tensor) -> Tensor:
         """``[K]`` predicted labels from ``[K, D]`` representations."""
@@ -206,7 +206,8 @@ class ItemRegressionTower(nn.Module):
         """Squared error summed over ``batch.items`` (each item's representation computed once)."""
         from mvrec_dist.models.recommender import ITEM_FEATURE
 
-        reprs = self.item_representations(embeddings.get(ITEM_FEATURE), batch.content, batch.content_mask)
+        reprs = self.item_representations(embeddings.get(ITEM_FEATURE), batch.content, batch.content_mask,
+                                          batch.unique_items)
         preds = self.predict(reprs)[batch.inverse]
         loss_sum = (preds.float() - batch.labels.float()).pow(2).sum()
         n = torch.tensor(batch.items.numel(), device=loss_sum.device)

@@ -87,11 +87,11 @@ class MTINTower(nn.Module):
         return self.mtin.scorer.combine.weight.dtype
 
     def item_representations(self, id_emb: Tensor | None, content: Tensor | None,
-                             content_mask: Tensor | None = None) -> Tensor:
+                             content_mask: Tensor | None = None, item_ids: Tensor | None = None) -> Tensor:
         """``[U, D]`` item representations (``DenseTower.item_representations``), in the tower's dtype."""
         if id_emb is not None and id_emb.is_floating_point():
             id_emb = id_emb.to(self.dtype)
-        return self.item_tower(id_emb, content, content_mask)
+        return self.item_tower(id_emb, content, content_mask, item_ids)
 
     def forward(self, embeddings: dict[str, Tensor], batch: MTINBatch) -> TaskOutput:
         """One step's loss (Eq. 12 summed over the batch's real candidates) and the memory's write-back.
@@ -105,7 +105,8 @@ class MTINTower(nn.Module):
             ``TaskOutput``: targets are the real (row, candidate) pairs; ``write_back`` as the module
             docstring says.
         """
-        items = self.item_representations(embeddings[ITEM_FEATURE], batch.content, batch.content_mask)  # U,D
+        items = self.item_representations(embeddings[ITEM_FEATURE], batch.content, batch.content_mask,
+                                          batch.unique_items)  # U,D
         rows = embeddings[USER_FEATURE].reshape(len(batch.users), -1)  # B,2sD (2s rows of D per user)
         positive = History(items[batch.positive_slots], batch.positive > 0, batch.positive_times)
         negative = History(items[batch.negative_slots], batch.negative > 0, batch.negative_times)

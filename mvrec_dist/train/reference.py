@@ -159,7 +159,7 @@ class PlainTrainer:
         id_emb = None
         if self.tables is not None:
             id_emb = self.tables(**table_inputs(self.tables.specs, {ITEM_FEATURE: ids}, partial=True))[ITEM_FEATURE]
-        return self.dense.item_representations(id_emb, None).float()
+        return self.dense.item_representations(id_emb, None, None, ids).float()
 
     def user_states(self, history: torch.Tensor, lengths: torch.Tensor, item_repr: torch.Tensor) -> torch.Tensor:
         """User states [B, D] from right-padded histories [B, L]."""

@@ -95,3 +95,29 @@ def test_dense_init_does_not_depend_on_where_the_table_is_built():
     expected = init_table_block(row_start=0, row_end=2001, col_start=0, col_end=cfg.embedding_dim,
                                 dim=cfg.embedding_dim, std=cfg.init_std, seed=9)
     torch.testing.assert_close(table, expected, rtol=0, atol=0)
+
+
+def test_cold_items_content_marks_the_items_without_train_interactions():
+    counts = COUNTS.copy()
+    counts[[5, 17, 1999]] = 0
+    cfg = ModelConfig(item_tower="id+content", content_encoder=TinyContentConfig(), cold_items="content",
+                      id_dropout=0.2, loss=InBatchSoftmaxConfig())
+    tower = build_recommender(cfg, num_items=2000, item_train_counts=counts, max_seq_len=10).dense.item_tower
+    expected = torch.from_numpy(counts == 0)
+    expected[0] = False  # the padding id is never content-only
+    assert torch.equal(tower.content_only_items, expected) and tower.id_dropout == 0.2
+    plain = build_recommender(ModelConfig(item_tower="id+content", content_encoder=TinyContentConfig(),
+                                          loss=InBatchSoftmaxConfig()),
+                              num_items=2000, item_train_counts=counts, max_seq_len=10).dense.item_tower
+    assert plain.content_only_items is None and plain.id_dropout == 0.0
+
+
+@pytest.mark.parametrize("kw", [{"id_dropout": 0.1}, {"cold_items": "content"}])
+def test_content_fallback_settings_are_refused_without_both_towers(kw):
+    with pytest.raises(ValueError, match="needs item_tower 'id\\+content', got 'id'"):
+        ModelConfig(**kw)
+    with pytest.raises(ValueError, match="needs item_tower 'id\\+content', got 'content'"):
+        ModelConfig(item_tower="content", content_encoder=TinyContentConfig(), loss=InBatchSoftmaxConfig(), **kw)
+    with pytest.raises(ValueError, match="id_dropout"):
+        ModelConfig(item_tower="id+content", content_encoder=TinyContentConfig(), loss=InBatchSoftmaxConfig(),
+                    id_dropout=-0.1)

@@ -176,3 +176,73 @@ def test_the_protocol_is_checked_when_the_tower_is_built():
                   cached_features=True)
     with pytest.raises(ValueError, match="cached_features needs a content encoder"):
         ItemTower(mode="id", embedding_dim=D, cached_features=True)
+
+
+# ---------------------------------------------------------------- falling back to content (cold items)
+def _fallback_tower(fusion: str = "sum", **kw) -> tuple[ItemTower, nn.Module]:
+    enc = CONTENT_ENCODERS.build(TinyContentConfig(out_dim=5))
+    return ItemTower(mode="id+content", embedding_dim=D, content_encoder=enc, fusion=fusion, **kw), enc
+
+
+@pytest.mark.parametrize("fusion", ["sum", "concat"])
+def test_content_only_items_are_represented_by_their_content_alone(fusion):
+    # ids 0..5 in slot order; ids 2, 3 and 4 never trained; id 3 has no content, so it keeps its ID row
+    unseen = torch.tensor([False, False, True, True, True, False, False, False])  # N+1 = 8
+    tower, _ = _fallback_tower(fusion, content_only_items=unseen)
+    ids = torch.tensor([0, 1, 2, 3, 4, 5])
+    full, emb = _content(), torch.randn(6, D)
+    content = full[MASK]
+    out = tower(emb, content, MASK, ids)
+    plain = ItemTower(mode="id+content", embedding_dim=D, content_encoder=tower.content_encoder, fusion=fusion)
+    plain.load_state_dict(tower.state_dict())
+    zeroed = emb.clone()
+    zeroed[[2, 4]] = 0.0  # the unseen items that have content (slots 2 and 4 of MASK)
+    torch.testing.assert_close(out, plain(zeroed, content, MASK), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out[[0, 1, 3, 5]], plain(emb, content, MASK)[[0, 1, 3, 5]], atol=1e-6, rtol=1e-6)
+    if fusion == "sum":  # content alone: the projection of the feature, nothing of the ID row
+        feature = tower.content_encoder.linear(full[[2, 4]].mean(1))
+        expected = feature @ tower.projection.weight.T + tower.projection.bias
+        torch.testing.assert_close(out[[2, 4]], expected, atol=1e-6, rtol=1e-6)
+    emb.requires_grad_(True)
+    tower(emb, content, MASK, ids).sum().backward()
+    assert emb.grad[[2, 4]].abs().sum() == 0 and emb.grad[[0, 1, 3, 5]].abs().min() > 0
+    tower.eval()  # the same in evaluation: it is the items' representation, not a regulariser
+    torch.testing.assert_close(tower(emb.detach(), content, MASK, ids), out.detach(), atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="needs the ids of the 6 items"):
+        tower(emb, content, MASK)
+    assert "content_only_items" not in tower.state_dict()  # derived from the train split, not state
+
+
+def test_id_dropout_drops_about_its_share_in_training_only():
+    p, u = 0.3, 4000
+    tower, enc = _fallback_tower(id_dropout=p)
+    content = torch.randn(u, 2, 3, generator=torch.Generator().manual_seed(1))
+    emb = torch.randn(u, D, generator=torch.Generator().manual_seed(2))
+    mask = torch.arange(u) % 4 != 0  # every 4th item has no content and must keep its ID row
+    projected = tower.projection(enc.linear(content[mask].mean(1)))  # U_c,D
+    torch.manual_seed(0)
+    out = tower(emb, content[mask], mask)
+    dropped = torch.zeros(u, dtype=torch.bool)
+    dropped[mask] = torch.isclose(out[mask], projected, atol=1e-6).all(1)
+    kept = torch.isclose(out[mask], emb[mask] + projected, atol=1e-6).all(1)
+    assert bool((dropped[mask] ^ kept).all())  # every row is exactly one of the two
+    share = float(dropped[mask].float().mean())
+    assert abs(share - p) < 0.03, share  # 3000 Bernoulli(0.3) draws: std 0.008
+    assert not dropped[~mask].any()
+    torch.testing.assert_close(out[~mask], emb[~mask])
+    torch.manual_seed(0)
+    torch.testing.assert_close(tower(emb, content[mask], mask), out)  # seeded: the same draw
+    tower.eval()
+    torch.testing.assert_close(tower(emb, content[mask], mask)[mask], emb[mask] + projected, atol=1e-6, rtol=1e-6)
+
+
+def test_fallback_settings_need_an_id_plus_content_tower():
+    enc = CONTENT_ENCODERS.build(TinyContentConfig(out_dim=5))
+    with pytest.raises(ValueError, match="need mode 'id\\+content'"):
+        ItemTower(mode="content", embedding_dim=D, content_encoder=enc, id_dropout=0.1)
+    with pytest.raises(ValueError, match="need mode 'id\\+content'"):
+        ItemTower(mode="id", embedding_dim=D, content_only_items=torch.zeros(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="id_dropout must be in"):
+        _fallback_tower(id_dropout=1.0)
+    with pytest.raises(ValueError, match="bool \\[N\\+1\\]"):
+        _fallback_tower(content_only_items=torch.zeros(3))

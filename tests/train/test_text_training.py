@@ -41,11 +41,13 @@ def _overrides(dataset: Path, runs: Path, name: str, *extra: str) -> list[str]:
 
 
 def test_two_ranks_id_plus_text_top_layer_live(dataset, tmp_path):
-    """ID+Text, the top BERT layer fine-tuned live with the in-batch softmax: only that layer moves."""
+    """ID+Text, the top BERT layer fine-tuned live with the in-batch softmax: only that layer moves.
+    With the content fallback on (ID dropout, never-trained items by their text alone): the item ids
+    reach the item tower in the sharded training step and in the ranks' split of evaluation."""
     runs = tmp_path / "runs"
     overrides = _overrides(dataset, runs, "idt", "model.item_tower=id+content", "model.loss.name=inbatch_softmax",
                            "model.content_encoder.finetune=top", "model.content_encoder.top_blocks=1",
-                           "train.epochs=2")
+                           "model.id_dropout=0.2", "model.cold_items=content", "train.epochs=2")
     out = run_ranks(train_rank, 2, overrides)
     assert out[0]["step"] == out[1]["step"] > 0
     assert out[0]["test"]["users"] == out[0]["valid"]["users"] == 200
