@@ -7,8 +7,12 @@ Reads the runs of ``jobs/train_videorec.py`` with the presets ``sasrec-id.yaml``
 under ``--runs``: their ``result.json`` (test figures of the best validation epoch, evaluated once),
 per-epoch validation from ``logs/metrics.jsonl`` and the test split per popularity bucket of the
 target (``test/buckets``). A run stopped before it finished is reported, flagged, from ``mvrec eval``
-of its best checkpoint on test (``<run>/evals/*-test.json``). Writes ``benchmarks/results/text_quality.{json,md}``, the per-bucket
-Text/ID and ID+Text/ID HR@10 ratios (the paper's Figure 6) and the validation curves.
+of its best checkpoint on test (``<run>/evals/*-test.json``). A model whose run directory is gone (runs
+are not committed) keeps its figures from the committed ``text_quality.json``, flagged as carried over.
+The ID+Text run with the cold-item fallback (``sasrec-idtext.yaml`` with ``model.cold_items=content
+model.id_dropout=0.1``, run name ``microlens-50k-sasrec-idtext-fallback``) is reported beside them
+when present. Writes ``benchmarks/results/text_quality.{json,md}``, the per-bucket content/ID HR@10
+ratios (the paper's Figure 6) and the validation curves.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ from benchmarks.warm_cold import bucket_ratios, load_buckets, markdown_table, pl
 
 RESULTS = REPO / "benchmarks" / "results"
 FIGURES = RESULTS / "figures"
-RUNS = {"ID": "microlens-50k-sasrec-id", "Text": "microlens-50k-sasrec-text", "ID+Text": "microlens-50k-sasrec-idtext"}
+RUNS = {"ID": "microlens-50k-sasrec-id", "Text": "microlens-50k-sasrec-text", "ID+Text": "microlens-50k-sasrec-idtext",
+        "ID+Text fallback": "microlens-50k-sasrec-idtext-fallback"}
+OPTIONAL = {"ID+Text fallback"}
+"""Models reported only when their run exists (never carried over, never listed as missing)."""
 TARGET = {"test/hr@10": 0.080, "test/ndcg@10": 0.045}
 
 
@@ -54,14 +61,17 @@ def _stopped(run: Path) -> tuple[dict, str] | None:
     return result, str(evals[-1])
 
 
-def collect(runs: Path, names: dict[str, str] | None = None, with_buckets: bool = True) -> dict:
+def collect(runs: Path, names: dict[str, str] | None = None, with_buckets: bool = True,
+            previous: dict | None = None) -> dict:
     """The runs' figures: a finished run's ``result.json``; a run stopped before it finished, its best
-    checkpoint's test evaluation (``_stopped``, flagged); a model with neither is named in ``missing``.
+    checkpoint's test evaluation (``_stopped``, flagged); a model with neither keeps its entry of
+    ``previous`` (flagged ``carried``) or is named in ``missing``.
 
     Args:
         runs: The storage path holding the runs.
         names: Model -> run name (default ``RUNS``, the MicroLens-50K presets' run names).
         with_buckets: Read the test split's popularity buckets (every run must have them).
+        previous: An earlier ``collect`` output (the committed ``text_quality.json``), or None.
     """
     out: dict = {"models": {}, "missing": []}
     for model, name in (names or RUNS).items():
@@ -70,8 +80,12 @@ def collect(runs: Path, names: dict[str, str] | None = None, with_buckets: bool 
             result, source = json.loads((run / "result.json").read_text()), str(run)
         elif (stopped := _stopped(run)) is not None:
             result, source = stopped
+        elif previous and model in previous.get("models", {}) and model not in OPTIONAL:
+            out["models"][model] = {**previous["models"][model], "carried": True}
+            continue
         else:
-            out["missing"].append(model)
+            if model not in OPTIONAL:
+                out["missing"].append(model)
             continue
         out["models"][model] = {"run": name, "result": {k: v for k, v in result.items() if k != "test/buckets"},
                                 "valid_curve": _curve(run), "buckets": load_buckets(source) if with_buckets else []}
@@ -93,6 +107,7 @@ def render(data: dict, notes: str) -> str:
         r = m["result"]
         to_best = "-" if r.get("seconds_to_best") is None else f"{r['seconds_to_best']:.0f}"
         flag = " (stopped, see notes)" if r.get("stopped") else ""
+        flag += " (carried over, see notes)" if m.get("carried") else ""
         lines.append(f"| {model}{flag} | {r['valid/hr@10']:.4f} | {r['valid/ndcg@10']:.4f} | {r['test/hr@10']:.4f} | "
                      f"{r['test/ndcg@10']:.4f} | {r['test/hr@20']:.4f} | {r['test/ndcg@20']:.4f} | "
                      f"{r['best_epoch'] + 1} | {r['epochs']} | {to_best} | {r['sequences_per_s']:.0f} |")
@@ -104,12 +119,12 @@ def render(data: dict, notes: str) -> str:
         lines += ["", f"Target ID+Text test HR@10 >= 0.080 and NDCG@10 >= 0.045: **{'met' if met else 'not met'}** "
                       f"({idt['test/hr@10']:.4f} / {idt['test/ndcg@10']:.4f})."]
     ids = data["models"].get("ID")
-    for model in ("Text", "ID+Text"):
+    for model in ("Text", "ID+Text", "ID+Text fallback"):
         m = data["models"].get(model)
         if not (m and ids):
             continue
         rows = bucket_ratios(m["buckets"], ids["buckets"], "hr@10")
-        slug = model.lower().replace("+", "")
+        slug = model.lower().replace("+", "").replace(" ", "_")
         plot_bucket_ratio(str(FIGURES / f"text_buckets_{slug}.png"), rows, metric="hr@10",
                           title=f"{model} / ID test HR@10 by the target's train popularity (MicroLens-50K)")
         lines += ["", f"## {model} vs ID per popularity bucket of the target (paper Figure 6)", "",
@@ -132,17 +147,33 @@ def render(data: dict, notes: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _carried_curves(model: dict):
+    """The validation curves of a carried-over model, rebuilt from its committed per-epoch figures
+    (no training loss: the report never stored it)."""
+    from mvrec_dist.train.curves import RunCurves
+
+    curve = model["valid_curve"]
+    names = [k for k in curve[0] if "@" in k] if curve else []
+    result = model["result"]
+    return RunCurves(name=model["run"], uri="(carried over)", status="finished", select_metric="ndcg@10",
+                     metric_names=names, valid={k: {c["epoch"]: c[k] for c in curve} for k in names},
+                     best_epoch=result.get("best_epoch"), epochs=int(result.get("epochs") or len(curve)),
+                     sequences_per_s=result.get("sequences_per_s"), seconds_to_best=result.get("seconds_to_best"))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default="runs/text-quality", help="directory holding the three runs")
     ap.add_argument("--notes", default=None, help="markdown file appended as the report's notes")
     args = ap.parse_args(argv)
-    data = collect(Path(args.runs))
+    committed = RESULTS / "text_quality.json"
+    data = collect(Path(args.runs), previous=json.loads(committed.read_text()) if committed.exists() else None)
     FIGURES.mkdir(parents=True, exist_ok=True)
     notes = Path(args.notes).read_text() if args.notes else ""
     from mvrec_dist.train.curves import load_curves, plot_curves
 
-    plot_curves([load_curves(str(Path(args.runs) / m["run"])) for m in data["models"].values()],
+    plot_curves([_carried_curves(m) if m.get("carried") else load_curves(str(Path(args.runs) / m["run"]))
+                 for m in data["models"].values()],
                 str(FIGURES / "text_quality_curves.png"), title="ID vs Text vs ID+Text SASRec, MicroLens-50K")
     (RESULTS / "text_quality.json").write_text(json.dumps(data, indent=1) + "\n")
     (RESULTS / "text_quality.md").write_text(render(data, notes))
