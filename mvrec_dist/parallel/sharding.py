@@ -97,20 +97,37 @@ def shard_tables(tables: nn.Module, cfg: ParallelConfig, ctx: DistContext, *, ba
                              sharding_types=chosen)
 
 
+INIT_CHUNK_ROWS = 65_536
+"""Rows of a table's initial values produced at once while filling its shards (bounds the memory of
+``TableSpec.init_rows`` tables, read from a feature store)."""
+
+
 @torch.no_grad()
-def _init_table_shards(dmp: nn.Module, specs: dict) -> None:
-    """Fill every local shard of every table from the table's global, sharding-invariant init."""
+def _init_table_shards(dmp: nn.Module, specs: dict, *, chunk_rows: int = INIT_CHUNK_ROWS) -> None:
+    """Fill every local shard of every table from the table's global, sharding-invariant init.
+
+    The local shards of a table that cover the same rows (column-wise sharding puts several on one
+    rank) are filled from one pass over those rows, in chunks of ``chunk_rows``: a table whose initial
+    values are read from a store (``TableSpec.init_rows``) is read once per rank, not once per shard.
+    """
+    by_rows: dict[tuple[str, int, int], list[tuple[int, int, torch.Tensor]]] = {}
     for key, value in dmp.state_dict().items():
         if not key.endswith(".weight"):
             continue
-        spec = specs[key.split(".")[-2]]
+        name = key.split(".")[-2]
         # The width comes from the spec (initial_rows): ShardedTensor.size() is deprecated (FutureWarning,
         # TorchRec's state dict still holds ShardedTensors); the shards' metadata below is not.
         for shard in value.local_shards():
             r0, c0 = shard.metadata.shard_offsets
             rows, cols = shard.metadata.shard_sizes
-            block = initial_rows(spec, row_start=r0, row_end=r0 + rows, col_start=c0, col_end=c0 + cols)
-            shard.tensor.copy_(block.to(shard.tensor.device, shard.tensor.dtype))
+            by_rows.setdefault((name, r0, r0 + rows), []).append((c0, c0 + cols, shard.tensor))
+    for (name, r0, r1), shards in by_rows.items():
+        lo, hi = min(c0 for c0, _, _ in shards), max(c1 for _, c1, _ in shards)
+        for a in range(r0, r1, chunk_rows):
+            b = min(r1, a + chunk_rows)
+            block = initial_rows(specs[name], row_start=a, row_end=b, col_start=lo, col_end=hi)  # b-a,hi-lo
+            for c0, c1, tensor in shards:
+                tensor[a - r0:b - r0].copy_(block[:, c0 - lo:c1 - lo].to(tensor.device, tensor.dtype))
 
 
 def describe_plan(plan: object) -> str:

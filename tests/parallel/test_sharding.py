@@ -65,3 +65,54 @@ def test_a_state_table_gets_plain_sgd_at_rate_one_whatever_the_defaults():
         "the update exactly); leave its embedding_optimizer and embedding_lr unset"]
     with pytest.raises(ValueError, match="a state table is written row by row; it cannot be pooled"):
         TableSpec(name="m", num_embeddings=2, embedding_dim=2, features=("f",), pooled=True, state=True)
+
+
+class _Shard:
+    def __init__(self, r0: int, c0: int, rows: int, cols: int) -> None:
+        from types import SimpleNamespace
+
+        import torch
+
+        self.metadata = SimpleNamespace(shard_offsets=[r0, c0], shard_sizes=[rows, cols])
+        self.tensor = torch.full((rows, cols), float("nan"))
+
+
+class _ShardedModule:
+    """What ``_init_table_shards`` reads of a sharded module: ``state_dict()`` of ShardedTensor-likes."""
+
+    def __init__(self, shards: dict[str, list[_Shard]]) -> None:
+        from types import SimpleNamespace
+
+        self.weights = {f"embedding_bags.{name}.weight": SimpleNamespace(local_shards=lambda s=s: s)
+                        for name, s in shards.items()}
+
+    def state_dict(self) -> dict:
+        return self.weights
+
+
+@pytest.mark.parametrize("chunk_rows", [3, 4, 1000])
+def test_a_tables_column_shards_on_one_rank_read_its_initial_rows_once(chunk_rows):
+    import torch
+
+    from mvrec_dist.parallel.sharding import _init_table_shards
+
+    full = torch.arange(10 * 8, dtype=torch.float32).reshape(10, 8)
+    calls: list[tuple[int, int]] = []
+
+    def rows(r0: int, r1: int) -> torch.Tensor:
+        calls.append((r0, r1))
+        return full[r0:r1]
+
+    spec = TableSpec(name="clip", num_embeddings=10, embedding_dim=8, features=("clips",), pooled=True,
+                     weighted=True, init_rows=rows)
+    cols = [_Shard(0, 0, 10, 2), _Shard(0, 4, 10, 4)]  # two column shards of this rank (2..4 is another's)
+    item_rows = [_Shard(0, 0, 6, 4), _Shard(6, 0, 4, 4)]  # a seeded table in row blocks
+    _init_table_shards(_ShardedModule({"clip": cols, "item": item_rows}), {"clip": spec, "item": ITEM},
+                       chunk_rows=chunk_rows)
+    assert torch.equal(cols[0].tensor, full[:, 0:2]) and torch.equal(cols[1].tensor, full[:, 4:8])
+    expected = [(a, min(10, a + chunk_rows)) for a in range(0, 10, chunk_rows)]
+    assert calls == expected  # every row once, in chunks: not once per column shard
+    from mvrec_dist.models.tables import initial_rows
+
+    seeded = initial_rows(ITEM, row_start=0, row_end=10, col_start=0, col_end=4)
+    assert torch.equal(torch.cat([item_rows[0].tensor, item_rows[1].tensor]), seeded)
