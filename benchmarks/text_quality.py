@@ -100,7 +100,10 @@ def render(data: dict, notes: str) -> str:
              "(MicroLens): leave-one-out, every item 1..N ranked, history excluded, 50,000 users; the test split "
              "evaluated once, with the weights of the best validation epoch. 2 CPU workers (Ray Train, TorchRec "
              "row-wise table, DeepSpeed ZeRO-1). Text tower: all-MiniLM-L6-v2 frozen, its sentence vectors cached "
-             "once by the Ray Data pass, full softmax. Single runs (seed 42).", "",
+             "once by the Ray Data pass, full softmax. Single runs (seed 42)."
+             + (" `ID+Text fallback`: the ID+Text preset with `model.cold_items=content model.id_dropout=0.1` (items "
+                "never seen in training represented by their title alone, 10% of ID embeddings dropped in training)."
+                if "ID+Text fallback" in data["models"] else ""), "",
              "| model | valid HR@10 | valid NDCG@10 | test HR@10 | test NDCG@10 | test HR@20 | test NDCG@20 | best epoch | "
              "epochs run | wall s to best | sequences/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for model, m in data["models"].items():
