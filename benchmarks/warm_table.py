@@ -59,17 +59,28 @@ def dataset_counts(n: int) -> dict:
     return {"users": manifest["counts"]["users"], "items": manifest["counts"]["items"]}
 
 
-def collect_all(runs: Path) -> dict:
-    """Regular (from text_quality.json) and Warm-N figures per model."""
+def collect_all(runs: Path, previous: dict | None = None) -> dict:
+    """Regular (from text_quality.json) and Warm-N figures per model.
+
+    Args:
+        runs: The storage path of the Warm-N runs.
+        previous: The committed ``warm_table.json``: a Warm-N model whose run directory is gone keeps
+            its figures from there (flagged ``carried``), as ``text_quality.collect`` does.
+    """
     out: dict = {"settings": {}}
     regular = json.loads((RESULTS / "text_quality.json").read_text())
     out["settings"]["Regular"] = {"counts": {"users": 50000, "items": 19220},
-                                  "models": {m: v["result"] for m, v in regular["models"].items()}}
+                                  "models": {m: {**v["result"], **({"carried": True} if v.get("carried") else {})}
+                                             for m, v in regular["models"].items() if m in MODELS}}
     for n in WARM:
-        data = collect(runs, {m: run_name(n, m) for m in MODELS})
+        before = ((previous or {}).get("settings", {}).get(f"Warm-{n}", {}).get("models", {}))
+        kept = {"models": {m: {"run": run_name(n, m), "result": r, "valid_curve": [], "buckets": []}
+                           for m, r in before.items()}}
+        data = collect(runs, {m: run_name(n, m) for m in MODELS}, previous=kept)
         counts = dataset_counts(n) if (REPO / f"data/shards/microlens-50k-warm{n}/manifest.json").exists() else {}
         out["settings"][f"Warm-{n}"] = {"counts": counts, "missing": data["missing"],
-                                        "models": {m: v["result"] for m, v in data["models"].items()}}
+                                        "models": {m: {**v["result"], **({"carried": True} if v.get("carried") else {})}
+                                                   for m, v in data["models"].items()}}
     return out
 
 
@@ -112,6 +123,8 @@ def render(data: dict) -> str:
             note = []
             if r.get("stopped"):
                 note.append("stopped early; best checkpoint evaluated by `mvrec eval` (text_quality.md)")
+            if r.get("carried"):
+                note.append("carried over from the committed report (run directory not present)")
             if not r.get("stopped") and r["best_epoch"] + 1 == r["epochs"]:
                 note.append(f"best at the last of {r['epochs']} epochs: still improving")
             to_best = "-" if r.get("seconds_to_best") is None else f"{r['seconds_to_best']:.0f}"
@@ -131,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             for model in MODELS:
                 if not (Path(args.runs) / run_name(n, model) / "result.json").exists():
                     subprocess.run(command(n, model, args.runs), cwd=REPO, check=True)
-    data = collect_all(Path(args.runs))
+    committed = RESULTS / "warm_table.json"
+    data = collect_all(Path(args.runs), previous=json.loads(committed.read_text()) if committed.exists() else None)
     text = render(data)
     if args.notes:
         text += "\n## Notes\n\n" + Path(args.notes).read_text().strip() + "\n"

@@ -52,3 +52,26 @@ def test_table_reads_every_setting_and_flags_a_run_still_improving(tmp_path, mon
     assert "| Text | - | - | - | - | - | - | 0.9300 | 0.4650 |" in text
     assert "| Warm-20 | ID | 12 | 12 | 10 | 100 | best at the last of 12 epochs: still improving |" in text
     assert "| Warm-50 | ID | - | - | - | - | not run |" in text
+
+
+def test_a_warm_run_whose_directory_is_gone_keeps_its_committed_figures(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "text_quality.json").write_text(json.dumps(
+        {"models": {"ID": {"result": _result(0.07, best=5, epochs=8), "carried": True},
+                    "ID+Text fallback": {"result": _result(0.08, best=5, epochs=8)}}}))
+    monkeypatch.setattr(warm_table, "RESULTS", results)
+    monkeypatch.setattr(warm_table, "dataset_counts", lambda n: {"users": 1000 // n, "items": 100 // n})
+    runs = tmp_path / "runs"
+    _write_run(runs, "warm20-sasrec-id", _result(0.11, best=11, epochs=12))
+    previous = {"settings": {"Warm-20": {"models": {"ID": _result(0.05, best=1, epochs=3)}},
+                             "Warm-50": {"models": {"Text": _result(0.25, best=1, epochs=3)}}}}
+    data = warm_table.collect_all(runs, previous=previous)
+    assert data["settings"]["Warm-20"]["models"]["ID"]["test/hr@10"] == pytest.approx(0.11)  # the run wins
+    assert "carried" not in data["settings"]["Warm-20"]["models"]["ID"]
+    assert data["settings"]["Warm-50"]["models"]["Text"]["carried"]
+    assert data["settings"]["Warm-50"]["missing"] == ["ID", "ID+Text"]
+    assert list(data["settings"]["Regular"]["models"]) == ["ID"]  # the table's three models only
+    text = warm_table.render(data)
+    assert "| Warm-50 | Text | 2 | 3 | 10 | 100 | carried over from the committed report" in text
+    assert "| Regular | ID | 6 | 8 | 10 | 100 | carried over from the committed report" in text
