@@ -66,7 +66,9 @@ def _aggregates(ctx, overrides):
     # Every row of the table, one bag each (collective: both ranks ask for all rows).
     unit = Bags(torch.arange(rows), torch.ones(rows, dtype=torch.long), torch.ones(rows))
     with pm.evaluating():
-        table = pm.lookup_bags({"clip_pos": unit, "clip_neg": unit})["clip_pos"]
+        # Wait for the lookup on every rank: a rank that returned without waiting would close its end of the
+        # collective while the other still reads (seen under load as gloo "Connection reset by peer").
+        table = torch.mul(pm.lookup_bags({"clip_pos": unit, "clip_neg": unit})["clip_pos"], 1.0)
         if ctx.rank == 0:
             users, items, ratios = [], [], []
             reader = ShardReader(str(cfg.data.dataset_dir), "train",
@@ -243,7 +245,9 @@ def _initial_table(ctx, overrides):
     rows = pm.dense.frame.pos_aggregate.shape[0]
     unit = Bags(torch.arange(rows), torch.ones(rows, dtype=torch.long), torch.ones(rows))
     with pm.evaluating():
-        table = pm.lookup_bags({"clip_pos": unit, "clip_neg": unit})["clip_pos"]
+        # Wait for the lookup on every rank: a rank that returned without waiting would close its end of the
+        # collective while the other still reads (seen under load as gloo "Connection reset by peer").
+        table = torch.mul(pm.lookup_bags({"clip_pos": unit, "clip_neg": unit})["clip_pos"], 1.0)
     return {"table": table.detach().clone(), "project_in": pm.dense.frame.project.in_features}
 
 
