@@ -59,6 +59,11 @@ def dataset_counts(n: int) -> dict:
     return {"users": manifest["counts"]["users"], "items": manifest["counts"]["items"]}
 
 
+def _flagged(model: dict) -> dict:
+    """A ``collect`` model entry's result, with ``carried`` kept when the figures were carried over."""
+    return {**model["result"], **({"carried": True} if model.get("carried") else {})}
+
+
 def collect_all(runs: Path, previous: dict | None = None) -> dict:
     """Regular (from text_quality.json) and Warm-N figures per model.
 
@@ -70,8 +75,7 @@ def collect_all(runs: Path, previous: dict | None = None) -> dict:
     out: dict = {"settings": {}}
     regular = json.loads((RESULTS / "text_quality.json").read_text())
     out["settings"]["Regular"] = {"counts": {"users": 50000, "items": 19220},
-                                  "models": {m: {**v["result"], **({"carried": True} if v.get("carried") else {})}
-                                             for m, v in regular["models"].items() if m in MODELS}}
+                                  "models": {m: _flagged(v) for m, v in regular["models"].items() if m in MODELS}}
     for n in WARM:
         before = ((previous or {}).get("settings", {}).get(f"Warm-{n}", {}).get("models", {}))
         kept = {"models": {m: {"run": run_name(n, m), "result": r, "valid_curve": [], "buckets": []}
@@ -79,8 +83,7 @@ def collect_all(runs: Path, previous: dict | None = None) -> dict:
         data = collect(runs, {m: run_name(n, m) for m in MODELS}, previous=kept)
         counts = dataset_counts(n) if (REPO / f"data/shards/microlens-50k-warm{n}/manifest.json").exists() else {}
         out["settings"][f"Warm-{n}"] = {"counts": counts, "missing": data["missing"],
-                                        "models": {m: {**v["result"], **({"carried": True} if v.get("carried") else {})}
-                                                   for m, v in data["models"].items()}}
+                                        "models": {m: _flagged(v) for m, v in data["models"].items()}}
     return out
 
 
