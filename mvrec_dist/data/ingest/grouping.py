@@ -1,8 +1,8 @@
 """Per-user sequences from a partition of interactions, vectorised over the whole block.
 
-The pipeline range-partitions interactions by raw user id (``partition.range_partition``), which
-puts every interaction of a user into the same single block, sorted by (user, timestamp, order
-key), and then calls ``group_users`` once per block. Instead of one Python call per user, group
+The pipeline range-partitions interactions by raw user id (``exchange.py``), which puts every
+interaction of a user into the same single block, sorted by (user, timestamp, order key), and then
+calls ``group_users`` once per block. Instead of one Python call per user, group
 boundaries come from comparing neighbours; a block that is not sorted yet (any other caller) is
 ordered with one ``lexsort`` first. The whole-groups property is checked again downstream: user
 lists of all blocks are merged and a user found in two blocks fails the job

@@ -3,7 +3,7 @@
 Dense id ``i`` is the ``i``-th smallest raw id (1-based; 0 is padding), so the maps are just the
 sorted unique raw ids. Each grouped block is summarised (its kept users, the unique items of
 their sequences with train-split counts, and its row/interaction counts); summaries are merged
-in a tree of Ray tasks, so no process ever sees more than the id arrays. The merged arrays go to
+in a tree of Ray tasks as they arrive (``MergeTree``), so no process ever sees more than the id arrays. The merged arrays go to
 the object store and every mapping task reads them zero-copy and maps with ``np.searchsorted``.
 
 The merge is also where the whole-groups guarantee of the range partitioning is checked: blocks
@@ -28,7 +28,7 @@ import ray
 from mvrec_dist.data.ingest.errors import IngestError
 from mvrec_dist.data.ingest.shard_writer import dense_schema
 
-__all__ = ["Summary", "summarize", "merge_summaries", "merge_tree", "lookup", "assign_dense", "COUNT_KEYS",
+__all__ = ["Summary", "summarize", "count_by_id", "merge_summaries", "MergeTree", "lookup", "assign_dense", "COUNT_KEYS",
            "EXPOSURE_COUNT_KEYS"]
 
 COUNT_KEYS = ("kept_users", "kept_rows", "kept_interactions", "filtered_users", "filtered_rows",
@@ -52,6 +52,61 @@ class Summary:
     """Kept interactions of each item over the kept users' full sequences (train + valid + test targets), int64 [N]."""
     counts: dict[str, int] = field(default_factory=dict)
     """``COUNT_KEYS`` totals."""
+
+
+_DENSE_SPAN = 1 << 26
+"""Id spans up to this many values (and up to 4x the ids counted) are counted with ``np.bincount`` over
+the span instead of sorting the ids: one pass, no sort (``count_by_id``, ``lookup``)."""
+
+
+def _dense_span(ids: np.ndarray, n: int) -> tuple[int, int] | None:
+    """``(lowest id, span)`` when ids this close together are cheaper to count over their span."""
+    if len(ids) == 0:
+        return None
+    lo, hi = int(ids.min()), int(ids.max())
+    span = hi - lo + 1
+    return (lo, span) if lo >= 0 and span <= min(_DENSE_SPAN, max(4 * n, 1 << 20)) else None
+
+
+def count_by_id(ids: np.ndarray, weights: list[np.ndarray | None], extra: np.ndarray | None = None
+                ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The sorted unique ids of ``ids`` (and ``extra``) and, per weight, its sum per unique id.
+
+    Args:
+        ids: Ids, int64 [M].
+        weights: Per entry a weight array [M] (int64), a boolean mask [M] (count the masked ids), or None
+            (count every id).
+        extra: Ids that join the unique ids but add nothing to the sums.
+
+    Returns:
+        ``(unique ids, [int64 sums])``. Equal to ``np.unique`` and ``np.bincount`` on its inverse; ids whose
+        range is small (item ids) take one counting pass instead of a sort.
+    """
+    every = ids if extra is None or len(extra) == 0 else np.concatenate([ids, extra])
+    dense = _dense_span(every, len(every))
+    if dense is None:
+        uniq, inverse = np.unique(every, return_inverse=True)
+        inverse = inverse[:len(ids)]
+        sums = []
+        for w in weights:
+            if w is not None and w.dtype == bool:
+                sums.append(np.bincount(inverse[w], minlength=len(uniq)).astype(np.int64))
+            else:
+                sums.append(_sum(inverse, w, len(uniq)))
+        return uniq, sums
+    lo, span = dense
+    present = np.bincount(every - lo, minlength=span) > 0
+    rel = ids - lo
+    sums = [(np.bincount(rel[w], minlength=span) if w is not None and w.dtype == bool
+             else _sum(rel, w, span))[present].astype(np.int64) for w in weights]
+    return np.flatnonzero(present) + lo, sums
+
+
+def _sum(index: np.ndarray, weights: np.ndarray | None, n: int) -> np.ndarray:
+    if weights is None:
+        return np.bincount(index, minlength=n).astype(np.int64)
+    # Exact in float64 below 2**53 (counts of interactions).
+    return np.rint(np.bincount(index, weights=weights, minlength=n)).astype(np.int64)
 
 
 def _flat(column: pa.ChunkedArray) -> np.ndarray:
@@ -83,8 +138,7 @@ def summarize(grouped: pa.Table) -> Summary:
     labels = "exposures" in grouped.column_names
     exp_items = _flat(grouped.column("exp_items")) if labels else np.zeros(0, np.int64)
     # Exposure items join the catalogue (they sort into the same unique ids) but add no train counts.
-    uniq, inverse = np.unique(np.concatenate([items, exp_items]), return_inverse=True)
-    inverse = inverse[:len(items)]
+    uniq, (train_counts, interaction_counts) = count_by_id(items, [in_train, None], extra=exp_items)
     counts = {
         "kept_users": int(kept.sum()), "kept_rows": int(rows[kept].sum()),
         "kept_interactions": int(n_kept.sum()), "filtered_users": int((~kept).sum()),
@@ -101,9 +155,8 @@ def summarize(grouped: pa.Table) -> Summary:
         counts["dropped_rows"] = int(dup_rows[(dropped > 0) | (exp_dropped > 0)].sum())
         counts.update(kept_exposures=int(n_exp[kept].sum()), filtered_exposures=int(n_exp[~kept].sum()),
                       dropped_exposures=int(exp_dropped.sum()), exposure_users=int((n_exp[kept] > 0).sum()))
-    return Summary(users=np.sort(user[kept]), items=uniq,
-                   train_counts=np.bincount(inverse[in_train], minlength=len(uniq)).astype(np.int64),
-                   interaction_counts=np.bincount(inverse, minlength=len(uniq)).astype(np.int64), counts=counts)
+    return Summary(users=np.sort(user[kept]), items=uniq, train_counts=train_counts,
+                   interaction_counts=interaction_counts, counts=counts)
 
 
 def merge_summaries(parts: list[Summary]) -> Summary:
@@ -128,11 +181,7 @@ def merge_summaries(parts: list[Summary]) -> Summary:
     all_items = np.concatenate([p.items for p in parts]) if parts else np.zeros(0, np.int64)
     all_counts = np.concatenate([p.train_counts for p in parts]) if parts else np.zeros(0, np.int64)
     all_inter = np.concatenate([p.interaction_counts for p in parts]) if parts else np.zeros(0, np.int64)
-    items, inverse = np.unique(all_items, return_inverse=True)
-    train_counts = np.zeros(len(items), dtype=np.int64)
-    np.add.at(train_counts, inverse, all_counts)
-    interaction_counts = np.zeros(len(items), dtype=np.int64)
-    np.add.at(interaction_counts, inverse, all_inter)
+    items, (train_counts, interaction_counts) = count_by_id(all_items, [all_counts, all_inter])
     keys = COUNT_KEYS + (EXPOSURE_COUNT_KEYS if any("kept_exposures" in p.counts for p in parts) else ())
     counts = {k: sum(p.counts.get(k, 0) for p in parts) for k in keys}
     return Summary(users=users, items=items, train_counts=train_counts, interaction_counts=interaction_counts,
@@ -140,31 +189,41 @@ def merge_summaries(parts: list[Summary]) -> Summary:
 
 
 @ray.remote
-def _summarize_task(block: pa.Table) -> Summary:
-    return summarize(block)
-
-
-@ray.remote
 def _merge_task(*parts: Summary) -> Summary:
     return merge_summaries(list(parts))
 
 
-def merge_tree(block_refs: list, fan_in: int = 8) -> Summary:
-    """Summarise grouped blocks and merge the summaries in a tree of Ray tasks.
+class MergeTree:
+    """Summaries merged in a tree of Ray tasks as they arrive, ``fan_in`` at a time per level.
 
-    Args:
-        block_refs: Object refs of the grouped blocks (``Dataset.to_arrow_refs()``).
-        fan_in: Summaries merged per task.
-
-    Returns:
-        The merged ``Summary`` (fetched to the caller).
+    A level's summaries are merged as soon as ``fan_in`` of them are there, so at most
+    ``fan_in - 1`` wait per level: the object store holds O(fan_in x levels) summaries however many
+    partitions there are, not all of them until the last one is done.
     """
-    level = [_summarize_task.remote(ref) for ref in block_refs]
-    if not level:
-        return merge_summaries([])
-    while len(level) > 1:
-        level = [_merge_task.remote(*level[i:i + fan_in]) for i in range(0, len(level), fan_in)]
-    return ray.get(level[0])
+
+    def __init__(self, fan_in: int = 8) -> None:
+        self._fan_in = fan_in
+        self._levels: list[list] = []
+
+    def add(self, summary: "ray.ObjectRef") -> None:
+        """Add one summary (an object ref of a ``Summary``)."""
+        level = 0
+        while True:
+            if len(self._levels) == level:
+                self._levels.append([])
+            self._levels[level].append(summary)
+            if len(self._levels[level]) < self._fan_in:
+                return
+            summary = _merge_task.remote(*self._levels[level])
+            self._levels[level] = []
+            level += 1
+
+    def result(self) -> Summary:
+        """The merge of every summary added (fetched to the caller)."""
+        rest = [s for level in self._levels for s in level]
+        if not rest:
+            return merge_summaries([])
+        return ray.get(rest[0] if len(rest) == 1 else _merge_task.remote(*rest))
 
 
 def lookup(sorted_ids: np.ndarray, raw: np.ndarray, what: str) -> np.ndarray:
@@ -181,9 +240,20 @@ def lookup(sorted_ids: np.ndarray, raw: np.ndarray, what: str) -> np.ndarray:
     Raises:
         IngestError: when an id is missing (the maps and the data disagree).
     """
-    pos = np.searchsorted(sorted_ids, raw)
-    bad = pos >= len(sorted_ids)
-    bad[~bad] = sorted_ids[pos[~bad]] != raw[~bad]
+    dense = _dense_span(sorted_ids, len(raw))
+    if dense is not None and len(raw) > len(sorted_ids) // 4:
+        # Many lookups into a compact id range (items): a position table over the range, then one gather.
+        lo, span = dense
+        table = np.full(span + 1, -1, dtype=np.int32)  # the last slot answers ids outside the range
+        table[sorted_ids - lo] = np.arange(len(sorted_ids), dtype=np.int32)
+        rel = raw - lo
+        rel[(rel < 0) | (rel >= span)] = span
+        pos = table[rel].astype(np.int64)
+        bad = pos < 0
+    else:
+        pos = np.searchsorted(sorted_ids, raw)
+        bad = pos >= len(sorted_ids)
+        bad[~bad] = sorted_ids[pos[~bad]] != raw[~bad]
     if bad.any():
         raise IngestError(f"raw {what} id {int(raw[np.argmax(bad)])} is missing from the merged id map: "
                           "the id maps and the grouped data disagree")

@@ -2,19 +2,21 @@
 
 Stages (no process holds the interactions; the driver holds only id arrays and counts):
 
-1. read: ``InteractionsDatasource``, one task per byte range, parsed and validated vectorised;
-2. group: ``partition.range_partition`` (a sort with boundaries from a sample of the users: each
-   output block holds every interaction of a contiguous raw-user range, sorted by user,
-   timestamp and order key) then ``map_batches(group_users, batch_size=None)`` over whole blocks
-   (no sort left to do there), which also finds a user's duplicate rows wherever they were read
-   (``duplicates.py``, ``ingest.duplicates``); materialised, because the ids need a global pass
-   before anything can be written;
-3. ids: per-block summaries merged in a tree of tasks (``ids.merge_tree``) into the sorted kept
-   users and items, which go to the object store;
-4. write: ``map_batches(range_writer.write_ranges)``: a block's users are a contiguous range of
-   dense ids, so it writes the shards inside its range itself and hands back the users of the
-   one or two shards it shares with its neighbours, which ``range_writer.write_pieces`` writes
-   (no second exchange). Shards are cut into blocks of ``ingest.users_per_block`` users
+1. read: ``InteractionsDatasource``, one Ray Data task per byte range, parsed and validated
+   vectorised, fused with ``exchange.spill_pieces``: each block's rows are written as one piece per
+   contiguous raw-user range (boundaries from a sample of the users, ``partition.user_boundaries``)
+   to the exchange directory on the dataset's filesystem, not to the object store (``exchange.py``);
+2. group: one task per user range (``exchange.group_partitions``) sorts its pieces by user,
+   timestamp and order key and runs ``grouping.group_users``, which also finds a user's duplicate
+   rows wherever they were read (``duplicates.py``, ``ingest.duplicates``); it writes the grouped
+   users back to the exchange directory, because the ids need a global pass before anything can be
+   written, and returns its summary;
+3. ids: the summaries, merged in a tree of tasks as they arrive (``ids.MergeTree``), are the sorted
+   kept users and items, which go to the object store;
+4. write: ``range_writer.write_ranges`` per grouped file (``exchange.write_grouped``): a
+   partition's users are a contiguous range of dense ids, so it writes the shards inside its range
+   itself and hands back the users of the one or two shards it shares with its neighbours, which
+   ``range_writer.write_pieces`` writes (no second exchange). Shards are cut into blocks of ``ingest.users_per_block`` users
    (``shards/README.md``, schema 2); items shards (blocks of ``ingest.items_per_block``), id
    maps and stats beside them;
 5. reconcile every count and publish atomically (``manifest_writer``).
@@ -35,6 +37,7 @@ with ``ingest.item_split_seed``), reconciled with the rest.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import sys
@@ -42,6 +45,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow.compute as pc
 import ray
 from ray.data import DataContext
 
@@ -50,14 +54,14 @@ from mvrec_dist.config.load import config_to_dict
 from mvrec_dist.data import fs as dfs
 from mvrec_dist.data.ingest.datasource import InteractionsDatasource, ReadLedger
 from mvrec_dist.data.ingest.errors import IngestError, find_ingest_error
-from mvrec_dist.data.ingest.grouping import group_users
-from mvrec_dist.data.ingest.ids import merge_tree
+from mvrec_dist.data.ingest.exchange import (ExchangeStats, group_pieces, remove_exchange,
+                                             spill_pieces, write_grouped)
 from mvrec_dist.data.ingest.item_labels import CountsFile, read_counts_file, write_item_labels
 from mvrec_dist.data.ingest.items import write_item_shards
 from mvrec_dist.data.ingest.manifest_writer import (build_manifest, check_output_dir, fingerprint, publish,
                                                     reconcile, remove_tree, temp_dir_for)
 from mvrec_dist.data.ingest.quarantine import merge_quarantine
-from mvrec_dist.data.ingest.partition import exchange_context, range_partition, sample_users, user_boundaries
+from mvrec_dist.data.ingest.partition import sample_users, user_boundaries
 from mvrec_dist.data.ingest.range_writer import collect, write_pieces, write_ranges
 from mvrec_dist.data.ingest.resume import WorkDir, claim, finish, release, resume_key
 from mvrec_dist.data.ingest.shard_writer import EXPOSURE_SPLIT, PLAY_MEMBERS, USER_SPLITS
@@ -89,7 +93,10 @@ class IngestResult:
     seconds: float
     """Wall time of ``run_ingest``."""
     timings: dict[str, float] = field(default_factory=dict)
-    """Seconds per stage (``read_group``, ``ids``, ``write``, ``items``, ``finish``)."""
+    """Seconds per stage (``read``, ``group`` and their sum ``read_group``, ``ids``, ``write``, ``items``,
+    ``finish``, ``publish``)."""
+    exchange: dict = field(default_factory=dict)
+    """What crossed the exchange (``exchange.ExchangeStats``: rows, pieces, compressed bytes)."""
     resume: dict | None = None
     """With ``ingest.resume``: ``work_dir``, ``resumed`` (it held an interrupted run's shards), ``reused``
     and ``written`` user-split shard files (``resume.py``); None without."""
@@ -190,7 +197,7 @@ def run_ingest(cfg: IngestConfig, *, extra_config: dict | None = None) -> Ingest
     # did so when an earlier stage of the same process (video content, the trunk cache) had set it.
     ctx.raise_original_map_exception = True
     try:
-        parts, timings, reuse = _build(cfg, files, fmt, tmp, inputs, titles_info, ident.labels,
+        parts, timings, reuse, exchange = _build(cfg, files, fmt, tmp, inputs, titles_info, ident.labels,
                                        work.key if work else None)
         if work is not None and work.resumed:
             print(f"ingest: resumed in {tmp}: reused {reuse['reused']} of {reuse['reused'] + reuse['written']} "
@@ -221,7 +228,7 @@ def run_ingest(cfg: IngestConfig, *, extra_config: dict | None = None) -> Ingest
         release(work, published=cfg.output_dir)
         reuse = {"work_dir": work.path, "resumed": work.resumed, **reuse}
     return IngestResult(output_dir=cfg.output_dir, manifest=manifest, seconds=time.perf_counter() - t0,
-                        timings=timings, resume=reuse if work is not None else None)
+                        timings=timings, resume=reuse if work is not None else None, exchange=exchange)
 
 
 def _claim(cfg: IngestConfig, fp: str, files: list) -> WorkDir | None:
@@ -238,10 +245,10 @@ def _claim(cfg: IngestConfig, fp: str, files: list) -> WorkDir | None:
 
 
 def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, inputs: list[dict],
-           titles_info: dict | None, labels: bool = False, key: str | None = None) -> tuple[dict, dict, dict]:
-    """Run every stage into ``tmp``; return the manifest sections, the stage timings and the reuse counts
-    (``reused``/``written`` user-split shard files; ``key``: the ``resume_key`` or None). ``inputs`` and
-    ``titles_info`` get what reading found: stripped BOMs, titles rows."""
+           titles_info: dict | None, labels: bool = False, key: str | None = None) -> tuple[dict, dict, dict, dict]:
+    """Run every stage into ``tmp``; return the manifest sections, the stage timings, the reuse counts
+    (``reused``/``written`` user-split shard files; ``key``: the ``resume_key`` or None) and the exchange's
+    figures. ``inputs`` and ``titles_info`` get what reading found: stripped BOMs, titles rows."""
     timings: dict[str, float] = {}
     t = time.perf_counter()
     titles: Titles | None = read_titles(cfg.titles, cfg.on_bad_rows) if cfg.titles else None
@@ -256,13 +263,21 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, inputs: list[dict
     cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
     partitions = group_partitions(cfg, sum(f.size for f in files), cpus)
     parts_dir = f"{tmp}/_quarantine_parts"
-    grouped, reports = _read_and_group(cfg, files, fmt, partitions, parts_dir, labels)
+    exchange_dir = f"{tmp}/_exchange"
+    remove_exchange(exchange_dir)  # an interrupted run's pieces: the read stage writes them again
+    partitions, exchange, reports = _read(cfg, files, fmt, partitions, parts_dir, exchange_dir, labels)
     for entry, f in zip(inputs, files):
         entry["bom_stripped"] = sum(r.bom for r in reports if r.file_index == f.index)
-    timings["read_group"] = time.perf_counter() - t
+    timings["read"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    summary = merge_tree(grouped.to_arrow_refs())
+    summary = group_pieces(exchange_dir, partitions, exchange, in_flight=2 * cpus, min_seq_len=cfg.min_seq_len,
+                             with_ts=fmt != "pairs_tsv", duplicates=cfg.duplicates, files=files, labels=labels,
+                             plays=plays)
+    timings["group"] = time.perf_counter() - t
+    timings["read_group"] = timings["read"] + timings["group"]
+
+    t = time.perf_counter()
     if len(summary.users) == 0:
         raise IngestError(f"no user has at least ingest.min_seq_len={cfg.min_seq_len} interactions; "
                           "nothing to write")
@@ -273,11 +288,11 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, inputs: list[dict
     S = cfg.shard_max_samples
     layout = {"root": tmp, "shard_size": S, "block_size": cfg.users_per_block, "num_users": len(summary.users),
               "with_ts": with_ts, "labels": labels, "plays": plays, "resume_key": key}
-    results = grouped.map_batches(write_ranges, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
-                                  fn_kwargs={"maps": maps, **layout}).to_arrow_refs()
-    user_entries, pieces = collect(ray.get(results))
+    results = write_grouped(exchange_dir, partitions, write_ranges, in_flight=2 * cpus, maps=maps, **layout)
+    user_entries, pieces = collect(results)
     user_entries += write_pieces(pieces, **layout)
-    del grouped, results
+    remove_exchange(exchange_dir)
+    del results
     timings["write"] = time.perf_counter() - t
     reused = sum(1 for e in user_entries if e.get("reused"))
     reuse = {"reused": reused, "written": len(user_entries) - reused}
@@ -312,24 +327,29 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, inputs: list[dict
              "quarantine": quarantine, "labels": label_section, "stats": stats, "item_labels": item_labels,
              "timestamps": {"splits": time_splits, "unit": TIMESTAMP_UNIT} if with_ts else None,
              "plays": {"splits": list(USER_SPLITS), "members": list(PLAY_MEMBERS), "unit": PLAY_UNIT} if plays else None}
-    return parts, timings, reuse
+    return parts, timings, reuse, dataclasses.asdict(exchange)
 
 
-def _read_and_group(cfg: IngestConfig, files: list, fmt: str, partitions: int,
-                    parts_dir: str, labels: bool = False) -> tuple[ray.data.Dataset, list]:
-    """Stages 1-2: the materialised per-user rows, and every read range's report."""
+def _read(cfg: IngestConfig, files: list, fmt: str, partitions: int, parts_dir: str, exchange_dir: str,
+          labels: bool = False) -> tuple[int, ExchangeStats, list]:
+    """Stage 1: parse every read range and write its pieces (``exchange.spill_pieces``); return the number
+    of user-range partitions, what the pieces hold, and every read range's report."""
     ranges = plan_ranges(files, cfg.read_block_bytes)
     boundaries = user_boundaries(sample_users(ranges, fmt, _SAMPLE_BYTES, labels), partitions)
     ledger = ReadLedger.remote()
     source = InteractionsDatasource(ranges, fmt, on_bad_rows=cfg.on_bad_rows, ledger=ledger,
                                     quarantine_dir=parts_dir, labels=labels)
-    with exchange_context():
-        grouped = (range_partition(ray.data.read_datasource(source), boundaries)
-                   .map_batches(group_users, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
-                                fn_kwargs={"min_seq_len": cfg.min_seq_len, "with_ts": fmt != "pairs_tsv",
-                                           "duplicates": cfg.duplicates, "files": files, "labels": labels,
-                                           "plays": fmt == "plays_csv"})
-                   .materialize())
+    # Fused into the read tasks by Ray Data: a parsed block goes to its pieces without leaving its task.
+    # One block per read range: Ray Data would otherwise split small inputs' read output into more
+    # blocks than tasks, and a split read is not fused with the map after it.
+    spilled = (ray.data.read_datasource(source, override_num_blocks=len(ranges))
+               .map_batches(spill_pieces, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
+                            fn_kwargs={"boundaries": boundaries, "exchange_dir": exchange_dir})
+               .to_arrow_refs())
+    pieces = [t for t in ray.get(spilled) if t.num_rows]
+    stats = ExchangeStats(piece_rows=sum(int(pc.sum(t.column("rows")).as_py()) for t in pieces),
+                          piece_bytes=sum(int(pc.sum(t.column("bytes")).as_py()) for t in pieces),
+                          pieces=sum(t.num_rows for t in pieces))
     reports = ray.get(ledger.reports.remote())
     if len(reports) != len(ranges):
         raise IngestError(f"{len(ranges) - len(reports)} of {len(ranges)} read ranges did not report; "
@@ -339,7 +359,11 @@ def _read_and_group(cfg: IngestConfig, files: list, fmt: str, partitions: int,
         if sum(r.rows + r.bad_rows for r in mine) == 0:
             after = " after the header" if any(r.header_rows for r in mine) else ""
             raise IngestError(f"{f.display}: empty input (no rows{after})")
-    return grouped, reports
+    parsed = sum(r.interactions + r.exposures for r in reports)
+    if stats.piece_rows != parsed:
+        raise IngestError(f"the exchange's pieces hold {stats.piece_rows} rows but the read tasks parsed {parsed}; "
+                          "refusing to write an incomplete dataset")
+    return len(boundaries) + 1, stats, reports
 
 
 def _quarantine(cfg: IngestConfig, titles: Titles | None, reports: list, files: list, parts_dir: str,

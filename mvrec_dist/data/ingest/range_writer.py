@@ -1,15 +1,15 @@
 """The write stage without a second exchange: each user-range block writes its own shards.
 
-After ``partition.range_partition`` every grouped block holds all users of a contiguous raw-id
+After the exchange (``exchange.py``) every grouped block holds all users of a contiguous raw-id
 range, so its kept users have contiguous dense ids ``[lo, hi]`` (dense ids follow the sorted raw
-ids). ``write_ranges`` (a ``map_batches`` UDF, one call per block) maps the block to dense ids,
+ids). ``write_ranges`` (one call per grouped block, ``exchange.write_grouped``) maps the block to dense ids,
 writes every shard that lies inside ``[lo, hi]`` (``shard_writer.write_user_shards``, which checks
 each shard is exactly its id range) and hands back the users of the one or two shards that reach
 past the block's range as *pieces*. ``write_pieces`` then writes those boundary shards, each from
 the pieces of the neighbouring blocks, in Ray tasks. Every shard is written exactly once; the
 reconciliation checks that shards ``0..ceil(U/S)-1`` all exist.
 
-The UDF's output rows carry the written shards' manifest entries (JSON) and the pieces
+Its output rows carry the written shards' manifest entries (JSON) and the pieces
 (Arrow IPC bytes): small next to the data.
 """
 

@@ -6,7 +6,7 @@ import pytest
 
 from mvrec_dist.data.ingest.errors import IngestError
 from mvrec_dist.data.ingest.grouping import group_users
-from mvrec_dist.data.ingest.ids import assign_dense, lookup, merge_summaries, summarize
+from mvrec_dist.data.ingest.ids import MergeTree, assign_dense, count_by_id, lookup, merge_summaries, summarize
 
 
 def grouped(users, items, min_seq_len=3):
@@ -69,3 +69,40 @@ def test_lookup_rejects_unknown_ids():
     assert lookup(np.array([3, 8, 9]), np.array([9, 3]), "item").tolist() == [2, 0]
     with pytest.raises(IngestError, match="raw item id 10 is missing"):
         lookup(np.array([3, 8, 9]), np.array([3, 10]), "item")
+
+
+def test_summaries_merged_as_they_arrive_equal_one_merge(ray_local):
+    import ray
+    rng = np.random.Generator(np.random.PCG64(8))
+    parts = []
+    for k in range(19):  # 19 partitions, fan-in 3: three levels and a remainder at each
+        users = np.arange(k * 50, k * 50 + 50, dtype=np.int64)
+        t = pa.table({"user": np.repeat(users, 4), "item": rng.integers(0, 300, 200),
+                      "ts": np.tile(np.arange(4, dtype=np.int64), 50), "order": np.arange(200, dtype=np.int64)})
+        parts.append(summarize(group_users(t, min_seq_len=3, with_ts=True)))
+    tree = MergeTree(fan_in=3)
+    for p in parts:
+        tree.add(ray.put(p))
+    got, want = tree.result(), merge_summaries(parts)
+    assert np.array_equal(got.users, want.users) and np.array_equal(got.items, want.items)
+    assert np.array_equal(got.train_counts, want.train_counts) and got.counts == want.counts
+    assert len(MergeTree().result().users) == 0
+
+
+@pytest.mark.parametrize("high", [50, 10 ** 12])  # a compact id range (counted over it) and a sparse one (sorted)
+def test_counting_by_id_and_lookup_equal_sorting(high):
+    rng = np.random.Generator(np.random.PCG64(high % 97))
+    ids = rng.integers(0, high, 20_000)
+    mask, weights, extra = rng.random(20_000) < 0.3, rng.integers(0, 9, 20_000), rng.integers(0, high, 50)
+    uniq, (masked, weighted, plain) = count_by_id(ids, [mask, weights, None], extra=extra)
+    want, inverse = np.unique(np.concatenate([ids, extra]), return_inverse=True)
+    inverse = inverse[:len(ids)]
+    assert np.array_equal(uniq, want)
+    assert np.array_equal(masked, np.bincount(inverse[mask], minlength=len(want)))
+    assert np.array_equal(weighted, np.bincount(inverse, weights=weights, minlength=len(want)).astype(np.int64))
+    assert np.array_equal(plain, np.bincount(inverse, minlength=len(want)))
+    assert np.array_equal(lookup(uniq, ids, "item"), np.searchsorted(uniq, ids))
+    absent = np.setdiff1d(np.arange(-1, high + 2) if high < 100 else rng.integers(0, high, 100), uniq)[:1]
+    for raw in (absent, np.array([uniq.max() + 1]), np.array([-5])):
+        with pytest.raises(IngestError, match=r"raw item id -?\d+ is missing from the merged id map"):
+            lookup(uniq, np.concatenate([ids, raw]), "item")
