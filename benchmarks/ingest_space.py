@@ -2,8 +2,9 @@
 
 For each input format at about 1M interactions: the bytes of what grows with the interactions (the
 user-split shards and the user map) per input byte, and of what grows with the items (item shards,
-item map, stats) per item. For the read+group exchange: the bytes Ray spilled (in all, and the most
-on disk at once, sampled every 50 ms) per input byte, with an object store far smaller than the data.
+item map, stats) per item. For the read+group exchange (``exchange.py``): its pieces' and grouped files'
+bytes per input byte, and the bytes Ray spilled (in all, and the most on disk at once, sampled every
+50 ms) with an object store far smaller than the data (none since the exchange left the object store).
 
     python benchmarks/ingest_space.py --work /tmp/ingest-space [--microlens ../shared/data/microlens-50k]
 
@@ -16,10 +17,13 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import shutil
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness.rss import ray_spilled_bytes  # noqa: E402
 
 FULL = {"users": 34_492_051, "items": 1_142_528, "interactions": 1_006_528_709}
 """The full MicroLens shape (``bench_ingest_scale.FULL_TOTALS``): part k is that dataset's k-th part."""
@@ -86,18 +90,12 @@ def _ingest(inp: Path, out: Path, fmt: str) -> dict:
     items = r.manifest["counts"]["items"]
     shutil.rmtree(out)
     return {"format": fmt, "interactions": r.manifest["counts"]["input_interactions"], "input_bytes": input_bytes,
+            "exchange_piece_bytes": r.exchange["piece_bytes"],
+            "exchange_ratio": round(r.exchange["piece_bytes"] / input_bytes, 4),
+            "exchange_grouped_ratio": round(r.exchange["grouped_bytes"] / input_bytes, 4),
             "dataset_bytes": total, "ratio": round(total / input_bytes, 4), "user_bytes": user,
             "user_ratio": round(user / input_bytes, 4), "items": items,
             "item_bytes_per_item": round((total - user) / items, 1), "seconds": round(time.perf_counter() - t, 1)}
-
-
-def _spilled_bytes() -> int:
-    import ray
-    from ray._private.internal_api import memory_summary
-
-    text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
-    m = re.search(r"Spilled (\d+) MiB", text)
-    return int(m.group(1)) << 20 if m else 0
 
 
 def main() -> None:
@@ -123,11 +121,11 @@ def main() -> None:
                  runtime_env={"env_vars": dict(LOOPBACK_ENV, OMP_NUM_THREADS="1")})
         csv = work / "csv"
         _write_parts(cfg, args.spill_parts, csv, plays=False)
-        before = _spilled_bytes()
+        before = ray_spilled_bytes()
         watch = _SpillWatch(ray._private.worker._global_node.get_session_dir_path())
         r = _ingest(csv, work / "ds", "pairs_csv")
         peak = watch.stop()
-        spilled = _spilled_bytes() - before
+        spilled = ray_spilled_bytes() - before
         out["spill"] = {**r, "object_store_bytes": args.store_mib << 20, "spilled_bytes": spilled,
                         "spilled_per_input_byte": round(spilled / r["input_bytes"], 4),
                         "peak_spill_on_disk_bytes": peak, "peak_on_disk_per_input_byte": round(peak / r["input_bytes"], 4)}

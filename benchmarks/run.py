@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=None, help="storage path of benchmark runs (shared on clusters)")
     p.add_argument("--global-batch", type=int, default=None, help="scaling: strong-scaling global batch")
     p.add_argument("--per-worker-batch", type=int, default=None, help="scaling: weak-scaling per-worker batch")
-    p.add_argument("--ingest-max", default=None, help="ingest: largest synthetic size, e.g. 100m or 200m")
+    p.add_argument("--ingest-max", default=None, help="ingest: largest synthetic size, e.g. 100m, 1b or full (the whole 1B-interaction shape)")
     p.add_argument("--ingest-budget-min", type=float, default=None,
                    help="ingest_scale: skip a size whose linearly projected finish is past this many minutes")
     p.add_argument("--train-batches", default=None,

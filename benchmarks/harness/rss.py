@@ -1,12 +1,15 @@
-"""Peak resident memory of this process tree (the driver and the local Ray cluster it started), sampled."""
+"""Peak resident memory of this process tree (the driver and the local Ray cluster it started), the peak
+disk use of a filesystem, both sampled, and the bytes Ray spilled from its object store."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import threading
 
 import psutil
 
-__all__ = ["TreeRss"]
+__all__ = ["TreeRss", "DiskPeak", "ray_spilled_bytes"]
 
 
 class TreeRss:
@@ -46,3 +49,38 @@ class TreeRss:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class DiskPeak:
+    """Samples the used bytes of the filesystem holding ``path`` every ``interval`` seconds; a context
+    manager. ``peak_growth_bytes``: the most used at one sample, less what was used on entry."""
+
+    def __init__(self, path: str, interval: float = 0.5):
+        self.path, self.interval = path, interval
+        self.peak_growth_bytes = 0
+        self._start = shutil.disk_usage(path).used
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_growth_bytes = max(self.peak_growth_bytes, shutil.disk_usage(self.path).used - self._start)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "DiskPeak":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def ray_spilled_bytes() -> int:
+    """Bytes the connected Ray cluster has spilled from its object store so far (its memory summary)."""
+    import ray
+    from ray._private.internal_api import memory_summary
+
+    text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
+    m = re.search(r"Spilled (\d+) MiB", text)
+    return int(m.group(1)) << 20 if m else 0

@@ -6,24 +6,27 @@ The estimate (``estimate_needs``), in bytes, for an input of ``I`` bytes and ``N
   N x ITEM_BYTES + FIXED_BYTES`` (``N``: ``synthetic.items``, else ``ASSUMED_ITEMS``: the item count
   is unknown before reading), less the shards an interrupted run of the same inputs and settings
   already finished there (``resume.recorded_bytes``: a resumed run writes only the rest);
-* **spill**, on the filesystem of Ray's object-spilling directory: ``max(0, I x SPILL_DEMAND_PER_INPUT_BYTE
-  - 0.8 x object store)``: the read+group exchange passes every parsed row through the object store,
-  and Ray spills what exceeds 80% of it (``object_spilling_threshold``);
+* **exchange**, on the same filesystem (the exchange's files live in the work directory beside the
+  shards, ``exchange.py``): ``max(0, I x EXCHANGE_BYTES_PER_INPUT_BYTE[format] - shards) + in flight``. The
+  pieces peak when the read stage ends; afterwards each partition's pieces are deleted once its grouped
+  file (smaller) is written, and each grouped file once its shards (larger) are, so pieces + grouped
+  files + shards never exceed the larger of the pieces and the shards, plus the files of the partitions
+  in flight (``EXCHANGE_IN_FLIGHT_BYTES``). No interaction passes through Ray's object store (it holds
+  the id maps and per-partition summaries), so nothing is estimated for Ray's spilling;
 * **synthetic csv**, on ``synthetic.output``'s filesystem, when ``synthetic.enabled`` and an identical
   generation is not already there: ``synthetic_csv_bytes`` (an upper bound from the config), which is
   then also ``I``.
 
 Needs that land on one filesystem add up. Inputs on an object store (``s3://``, ``gs://``) are sized
-from their listing and take no local space; an output or spill directory on an object store is not
+from their listing and take no local space; an output directory on an object store is not
 checked (the job prints so). Only the interactions are estimated: video frames and title tokens
 (``video``, ``text``) are not. ``ingest.check_free_space=false`` skips the check. The constants come
-from ``benchmarks/ingest_space.py`` (``benchmarks/results/ingest_space.json``, 2026-12-05).
+from ``benchmarks/ingest_space.py`` (``benchmarks/results/ingest_space.json``, 2026-12-05, after the exchange rework).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -31,8 +34,8 @@ from mvrec_dist.config.jobs import IngestJobConfig
 from mvrec_dist.data import fs as dfs
 from mvrec_dist.data.ingest.errors import IngestError
 
-__all__ = ["SHARD_BYTES_PER_INPUT_BYTE", "ITEM_BYTES", "ASSUMED_ITEMS", "SPILL_DEMAND_PER_INPUT_BYTE",
-           "SPILL_THRESHOLD", "FIXED_BYTES", "Need", "synthetic_csv_bytes", "estimate_needs", "free_bytes", "ray_spill",
+__all__ = ["SHARD_BYTES_PER_INPUT_BYTE", "ITEM_BYTES", "ASSUMED_ITEMS", "EXCHANGE_BYTES_PER_INPUT_BYTE",
+           "EXCHANGE_IN_FLIGHT_BYTES", "FIXED_BYTES", "Need", "synthetic_csv_bytes", "estimate_needs", "free_bytes",
            "check_free_space"]
 
 SHARD_BYTES_PER_INPUT_BYTE = {"pairs_csv": 1.44, "plays_csv": 2.25, "pairs_tsv": 3.77}
@@ -46,13 +49,13 @@ ITEM_BYTES = 70
 """Bytes per item of the item shards, item map and item stats (69.1-69.7 measured at 19K-889K items)."""
 ASSUMED_ITEMS = 1_142_528
 """Items assumed when the count is unknown before reading: the full MicroLens's (about 80 MB)."""
-SPILL_DEMAND_PER_INPUT_BYTE = 2.6
-"""Object-store bytes the read+group exchange needs per input byte: (spilled + 0.8 x store) / input,
-measured at 4M interactions (109 MB csv) with an 80 MiB store: 2.57 and 1.96 in two runs (Ray Data's
-backpressure let the read run ahead by different amounts); spilled files stayed on disk until the run
-ended (peak on disk = bytes spilled). Measured at one size only."""
-SPILL_THRESHOLD = 0.8
-"""Share of the object store Ray fills before spilling (its ``object_spilling_threshold`` default)."""
+EXCHANGE_BYTES_PER_INPUT_BYTE = {"pairs_csv": 0.80, "plays_csv": 0.80, "pairs_tsv": 1.5}
+"""Bytes of the exchange's pieces (LZ4 Arrow IPC) per input byte, by format, rounded up from
+``ingest_space.json``: pairs_csv 0.766 at 1M and 0.752 at 4M synthetic interactions (0.74 at 50M),
+plays_csv 0.756 at 1M, pairs_tsv 1.43 on MicroLens-50K. Their grouped files are smaller (0.46-0.83):
+below the shards for every format, so only the partitions in flight add to the dataset's peak."""
+EXCHANGE_IN_FLIGHT_BYTES = 4 * (128 << 20)
+"""Files of the partitions being grouped or written at once: a few partitions of ~128 MiB of input."""
 FIXED_BYTES = 1 << 20
 """Added to every dataset estimate: tiny inputs' shards are mostly tar headers and padding (10 KiB a tar)."""
 _TS_DIGITS = 13
@@ -116,38 +119,8 @@ def free_bytes(path: str) -> tuple[int, int]:
     return st.f_bavail * st.f_frsize, os.stat(p).st_dev
 
 
-def ray_spill() -> tuple[list[str], int | None]:
-    """Ray's object-spilling directories on this node and the cluster's object store bytes.
-
-    Returns:
-        ``([directories], object store bytes)``; ``([], None)`` when Ray is not initialised here or
-        spills to something other than a local directory.
-    """
-    import ray
-
-    if not ray.is_initialized():
-        return [], None
-    store = ray.cluster_resources().get("object_store_memory")
-    # Ray has no public call for this node's spill directory; its Node object holds the resolved config
-    # (ray.init / ray start's object_spilling_directory, RAY_object_spilling_config, or the session dir).
-    node = getattr(ray._private.worker, "_global_node", None)
-    try:
-        config = json.loads(getattr(node, "_object_spilling_config", None) or "{}")
-    except ValueError:
-        config = {}
-    if config.get("type") == "filesystem":
-        dirs = config.get("params", {}).get("directory_path")
-        dirs = [dirs] if isinstance(dirs, str) else list(dirs or [])
-    elif not config and node is not None:
-        dirs = [node.get_session_dir_path()]
-    else:
-        dirs = []
-    return [d for d in dirs if d and dfs.is_local(d)], int(store) if store else None
-
-
 def estimate_needs(cfg: IngestJobConfig, *, input_bytes: int, input_what: str, fmt: str, items: int | None,
-                   spill_dirs: list[str], object_store_bytes: int | None, done_bytes: int = 0,
-                   synthetic_bytes: int = 0) -> list[Need]:
+                   done_bytes: int = 0, synthetic_bytes: int = 0) -> list[Need]:
     """What each directory the run writes needs (``check_free_space`` adds up those on one filesystem).
 
     Args:
@@ -156,8 +129,6 @@ def estimate_needs(cfg: IngestJobConfig, *, input_bytes: int, input_what: str, f
         input_what: Where ``I`` came from, for the message.
         fmt: The input format (picks the shard ratio).
         items: The item count when known before reading (synthetic input), else None (``ASSUMED_ITEMS``).
-        spill_dirs: Ray's spill directories on this node (``ray_spill``).
-        object_store_bytes: The object store's capacity, or None when unknown (no spill estimate).
         done_bytes: Shards an interrupted run already finished in the work directory (``resume``).
         synthetic_bytes: The synthetic csv still to be generated (0 when there is none to generate).
 
@@ -178,12 +149,14 @@ def estimate_needs(cfg: IngestJobConfig, *, input_bytes: int, input_what: str, f
         needs.append(Need(path=cfg.synthetic.output, key="synthetic.output", needed=synthetic_bytes,
                           what=[f"synthetic csv {_fmt(synthetic_bytes)} (upper bound from synthetic.users, "
                                 f"items and interactions)"]))
-    if object_store_bytes is not None and spill_dirs:
-        spill = max(0, int(input_bytes * SPILL_DEMAND_PER_INPUT_BYTE - SPILL_THRESHOLD * object_store_bytes))
-        needs.append(Need(path=spill_dirs[0], key="Ray's object spilling directory (ray start "
-                          "--object-spilling-directory)", needed=spill,
-                          what=[f"Ray spill headroom {_fmt(spill)} = input x {SPILL_DEMAND_PER_INPUT_BYTE} (measured "
-                                f"object-store demand) - {SPILL_THRESHOLD} x object store {_fmt(object_store_bytes)}"]))
+    pieces = int(input_bytes * EXCHANGE_BYTES_PER_INPUT_BYTE[fmt])
+    shards = int(input_bytes * ratio)
+    in_flight = min(EXCHANGE_IN_FLIGHT_BYTES, pieces)
+    exchange = max(0, pieces - shards) + in_flight
+    needs.append(Need(path=cfg.ingest.output_dir, key="ingest.output_dir", needed=exchange,
+                      what=[f"exchange {_fmt(exchange)} = pieces {_fmt(pieces)} (input x "
+                            f"{EXCHANGE_BYTES_PER_INPUT_BYTE[fmt]}, measured) beyond the shards' {_fmt(shards)}, plus "
+                            f"{_fmt(in_flight)} in flight"]))
     return needs
 
 
@@ -232,10 +205,8 @@ def check_free_space(cfg: IngestJobConfig) -> list[Need]:
         ingest = cfg.ingest if not cfg.synthetic.enabled else \
             dataclasses.replace(cfg.ingest, input=cfg.synthetic.output, format=fmt)
         done = recorded_bytes(ingest.output_dir, resume_key(dataset_identity(ingest).fingerprint, files))
-    spill_dirs, store = ray_spill()
     needs = estimate_needs(cfg, input_bytes=input_bytes, input_what=input_what, fmt=fmt, items=items,
-                           spill_dirs=spill_dirs, object_store_bytes=store, done_bytes=done,
-                           synthetic_bytes=synthetic_bytes)
+                           done_bytes=done, synthetic_bytes=synthetic_bytes)
     by_device: dict[int, list[Need]] = {}
     for need in needs:
         if not dfs.is_local(need.path):

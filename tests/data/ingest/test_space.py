@@ -13,9 +13,9 @@ import pytest
 from mvrec_dist.config import IngestJobConfig, load_config
 from mvrec_dist.config.ingest import SyntheticConfig
 from mvrec_dist.data.ingest import IngestError, run_ingest_job
-from mvrec_dist.data.ingest.space import (ASSUMED_ITEMS, FIXED_BYTES, ITEM_BYTES, SHARD_BYTES_PER_INPUT_BYTE,
-                                          SPILL_DEMAND_PER_INPUT_BYTE, check_free_space, estimate_needs,
-                                          synthetic_csv_bytes)
+from mvrec_dist.data.ingest.space import (ASSUMED_ITEMS, EXCHANGE_BYTES_PER_INPUT_BYTE, EXCHANGE_IN_FLIGHT_BYTES,
+                                          FIXED_BYTES, ITEM_BYTES, SHARD_BYTES_PER_INPUT_BYTE, check_free_space,
+                                          estimate_needs, synthetic_csv_bytes)
 from mvrec_dist.data.synthetic import generate
 from mvrec_dist.data.verify import verify_dataset
 
@@ -34,19 +34,26 @@ def test_the_synthetic_csv_estimate_is_a_close_upper_bound(tmp_path, extra):
     assert 0.85 * synthetic_csv_bytes(cfg) <= written <= synthetic_csv_bytes(cfg)
 
 
-def test_the_estimate_is_input_times_the_measured_ratio_plus_items_and_spill(tmp_path):
+def test_the_estimate_is_input_times_the_measured_ratio_plus_items_and_the_exchange(tmp_path, monkeypatch):
     cfg = load_config(IngestJobConfig, None, ["ingest.input=/d/a.csv", f"ingest.output_dir={tmp_path / 'ds'}"])
-    dataset, spill = estimate_needs(cfg, input_bytes=10**9, input_what="1 GB", fmt="pairs_csv", items=None,
-                                    spill_dirs=["/spill"], object_store_bytes=1 << 30)
+    dataset, exchange = estimate_needs(cfg, input_bytes=10**9, input_what="1 GB", fmt="pairs_csv", items=None)
     assert dataset.needed == int(10**9 * SHARD_BYTES_PER_INPUT_BYTE["pairs_csv"]) + ASSUMED_ITEMS * ITEM_BYTES \
         + FIXED_BYTES and dataset.key == "ingest.output_dir"
-    assert spill.path == "/spill" and spill.needed == int(10**9 * SPILL_DEMAND_PER_INPUT_BYTE - 0.8 * (1 << 30))
-    # A resumed run needs only what is not written yet; a small input spills nothing.
-    (resumed, spill) = estimate_needs(cfg, input_bytes=10**6, input_what="1 MB", fmt="pairs_tsv", items=10,
-                                      spill_dirs=["/spill"], object_store_bytes=1 << 30, done_bytes=10**6)
+    # csv pieces are smaller than the shards they become: only the partitions in flight add to the peak.
+    assert EXCHANGE_BYTES_PER_INPUT_BYTE["pairs_csv"] < SHARD_BYTES_PER_INPUT_BYTE["pairs_csv"]
+    assert exchange.path == dataset.path and exchange.needed == EXCHANGE_IN_FLIGHT_BYTES
+    # A small input: every partition is in flight at once. A resumed run needs only what is not written yet.
+    (resumed, exchange) = estimate_needs(cfg, input_bytes=10**6, input_what="1 MB", fmt="pairs_tsv", items=10,
+                                         done_bytes=10**6)
     assert resumed.needed == int(10**6 * SHARD_BYTES_PER_INPUT_BYTE["pairs_tsv"]) + 10 * ITEM_BYTES + FIXED_BYTES \
-        - 10**6 and spill.needed == 0
-    assert "interrupted run" in resumed.what[-1]
+        - 10**6
+    assert exchange.needed == int(10**6 * EXCHANGE_BYTES_PER_INPUT_BYTE["pairs_tsv"])
+    assert "interrupted run" in resumed.what[-1] and "beyond the shards'" in exchange.what[0]
+    # Pieces larger than the shards would add their excess.
+    monkeypatch.setitem(EXCHANGE_BYTES_PER_INPUT_BYTE, "pairs_csv", 2.0)
+    (_, big) = estimate_needs(cfg, input_bytes=10**10, input_what="10 GB", fmt="pairs_csv", items=None)
+    assert big.path == str(tmp_path / "ds") and big.needed == int(10**10 * 2.0) - int(10**10 * SHARD_BYTES_PER_INPUT_BYTE["pairs_csv"]) \
+        + EXCHANGE_IN_FLIGHT_BYTES
 
 
 @pytest.fixture
