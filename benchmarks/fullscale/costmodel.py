@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["a2a_bytes", "a2a_seconds", "step_seconds", "epoch_seconds", "ingest_seconds", "eval_seconds"]
+__all__ = ["a2a_bytes", "a2a_seconds", "step_seconds", "epoch_seconds", "INGEST_STAGES", "ingest_seconds",
+           "eval_seconds"]
 
 
 def a2a_bytes(*, unique_ids: float, dim: int, out_bytes: int, world: int, id_bytes: int = 8) -> dict:
@@ -98,20 +99,47 @@ def eval_seconds(*, users: int, items: int, dim: int, world: int, flops_per_s: f
     return (flops / flops_per_s + traffic / mem_bytes_per_s) / world
 
 
-def ingest_seconds(*, interactions: float, core_seconds_per_interaction: float, nodes: int, cores_per_node: int,
-                   parallel_efficiency: float, input_bytes: float, output_bytes: float, network_gb_s: float,
-                   storage_gb_s: float, fixed_s: float) -> dict:
-    """Ingestion time on ``nodes`` CPU nodes: CPU work, the shuffle over the network and the shard writes.
+INGEST_STAGES = ("read", "group", "write")
+"""The ingestion's parallel stages, in order (``mvrec_dist.data.ingest.pipeline``); each ends at a barrier."""
 
-    CPU work spreads over every core at ``parallel_efficiency`` (1.0 on one node's own cores); the
-    group-by-user shuffle moves ``(nodes-1)/nodes`` of the input between nodes; shards are written at
-    the storage rate of every node. The stages overlap in Ray Data's streaming execution, so the
-    slowest bounds the run.
+
+def ingest_seconds(*, stage_core_seconds: dict, stage_bytes: dict, serial_s: float, nodes: int, cores_per_node: int,
+                   parallel_efficiency: float, network_gb_s: float, storage_gb_s: float, fixed_s: float) -> dict:
+    """Ingestion time on ``nodes`` CPU nodes, stage by stage.
+
+    The stages run one after another (``INGEST_STAGES``: the group stage needs every piece, the write stage
+    every partition's ids). Each is bounded by the slowest of its CPU work spread over every core at
+    ``parallel_efficiency`` (1.0 on one node), its bytes through the shared storage at every node's rate,
+    and, on more than one node, the share ``(nodes-1)/nodes`` of those bytes that crosses the NICs (a
+    task reads pieces other nodes wrote). ``serial_s`` (the driver's id maps, item shards and manifest)
+    does not spread.
+
+    Args:
+        stage_core_seconds: Core-seconds of CPU work per stage.
+        stage_bytes: Bytes each stage reads and writes on shared storage (read: the input and the pieces;
+            group: the pieces and the grouped files; write: the grouped files and the shards).
+        serial_s: Seconds of work on the driver alone.
+        nodes: CPU nodes.
+        cores_per_node: Cores of each.
+        parallel_efficiency: Share of the cores' work that counts across nodes (stragglers, scheduling).
+        network_gb_s: NIC rate per node.
+        storage_gb_s: Shared-storage rate per node.
+        fixed_s: Start-up and commit.
+
+    Returns:
+        Per stage ``{cpu, io, network, total, bound}``, and ``serial``, ``fixed``, ``total`` and ``bound`` (the
+        longest stage and what bounds it).
     """
     eff = 1.0 if nodes == 1 else parallel_efficiency
-    cpu = interactions * core_seconds_per_interaction / (nodes * cores_per_node * eff)
-    shuffle = input_bytes * (nodes - 1) / nodes / (nodes * network_gb_s * 1e9)
-    write = output_bytes / (nodes * storage_gb_s * 1e9)
-    parts = {"cpu": cpu, "shuffle": shuffle, "write": write}
-    bound = max(parts, key=parts.get)
-    return {**parts, "fixed": fixed_s, "total": fixed_s + parts[bound], "bound": bound}
+    stages = {}
+    for name in INGEST_STAGES:
+        moved = stage_bytes.get(name, 0.0)
+        parts = {"cpu": stage_core_seconds.get(name, 0.0) / (nodes * cores_per_node * eff),
+                 "io": moved / (nodes * storage_gb_s * 1e9),
+                 "network": moved * (nodes - 1) / nodes / (nodes * network_gb_s * 1e9)}
+        bound = max(parts, key=parts.get)
+        stages[name] = {**parts, "total": parts[bound], "bound": bound}
+    longest = max(stages, key=lambda k: stages[k]["total"])
+    return {"stages": stages, "serial": serial_s, "fixed": fixed_s,
+            "total": fixed_s + serial_s + sum(st["total"] for st in stages.values()),
+            "bound": f"{longest}: {stages[longest]['bound']}"}

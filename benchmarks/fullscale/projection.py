@@ -92,9 +92,19 @@ def _ingest_check(ctx: Any, res: dict) -> dict | None:
     cores = scale["machine"]["cores"]
     # The marginal cost over all of this machine's cores, as core-seconds per interaction.
     overall = (last["seconds"] - a["seconds"]) / (last["interactions"] - a["interactions"])
-    return {"marginal_s": marginal, "fixed_s": fixed, "predicted_s": predicted, "measured_s": last["seconds"],
-            "interactions": last["interactions"], "core_seconds_per_interaction": overall * cores,
-            "bytes_per_interaction": last["bytes_per_interaction"], "cores": cores}
+    out = {"marginal_s": marginal, "fixed_s": fixed, "predicted_s": predicted, "measured_s": last["seconds"],
+           "interactions": last["interactions"], "core_seconds_per_interaction": overall * cores,
+           "bytes_per_interaction": last["bytes_per_interaction"], "cores": cores}
+    if "exchange" in last:
+        # Per stage at the largest size: this machine's cores were busy for the stage's wall time (it is
+        # CPU-bound here; the exchange's files and the shards stream at disk speed or stay in the page cache).
+        n, st, ex = last["interactions"], last["stages_s"], last["exchange"]
+        out["stage_core_seconds_per_interaction"] = {k: st.get(k, 0.0) * cores / n for k in cm.INGEST_STAGES}
+        out["serial_seconds_per_interaction"] = sum(st.get(k, 0.0) for k in ("ids", "items", "finish", "publish")) / n
+        out["stage_bytes_per_interaction"] = {
+            "read": (last["csv_bytes"] + ex["piece_bytes"]) / n, "group": (ex["piece_bytes"] + ex["grouped_bytes"]) / n,
+            "write": (ex["grouped_bytes"] + last["shard_bytes"]) / n}
+    return out
 
 
 def project_step(*, a: dict, world: int, dim: int, batch: int, unique_ids: float, imbalance: float,
@@ -175,15 +185,20 @@ def check_and_project(ctx: Any, res: dict, a: dict, cfg: Any, batch: int, dims: 
 def _ingest_projection(res: dict, a: dict, ingest: dict | None) -> None:
     if ingest is None:
         return
+    if "stage_core_seconds_per_interaction" not in ingest:
+        res["notes"].append("ingestion projection skipped: the ingest_scale result has no stage breakdown (re-run it)")
+        return
     d, ic = a["dataset"], a["ingest_cluster"]
+    n_int, speed = d["interactions"], a["node"]["cpu_core_speed_vs_this_machine"]
     rows = {}
     for n in ic["nodes"]:
         rows[str(n)] = cm.ingest_seconds(
-            interactions=d["interactions"], core_seconds_per_interaction=ingest["core_seconds_per_interaction"]
-            * 1.0 / a["node"]["cpu_core_speed_vs_this_machine"], nodes=n, cores_per_node=ic["cores_per_node"],
-            parallel_efficiency=ic["parallel_efficiency"], input_bytes=d["interactions"] * d["csv_bytes_per_interaction"],
-            output_bytes=d["interactions"] * ingest["bytes_per_interaction"], network_gb_s=ic["network_gb_s_per_node"],
-            storage_gb_s=ic["storage_write_gb_s_per_node"], fixed_s=ic["fixed_seconds"])
+            stage_core_seconds={k: v * n_int / speed for k, v in ingest["stage_core_seconds_per_interaction"].items()},
+            stage_bytes={k: v * n_int for k, v in ingest["stage_bytes_per_interaction"].items()},
+            serial_s=ingest["serial_seconds_per_interaction"] * n_int / speed, nodes=n,
+            cores_per_node=ic["cores_per_node"], parallel_efficiency=ic["parallel_efficiency"],
+            network_gb_s=ic["network_gb_s_per_node"], storage_gb_s=ic["storage_write_gb_s_per_node"],
+            fixed_s=ic["fixed_seconds"])
     res["data"]["ingest_projection"] = rows
 
 

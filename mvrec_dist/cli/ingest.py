@@ -142,8 +142,9 @@ def stage_lines(result) -> list[str]:
         lines.append("interactions: already ingested with these inputs; reused")
     if "read_group" in t:
         s = t["read_group"]
+        split = f" (read {t['read']:.1f} s, group {t['group']:.1f} s)" if "read" in t and "group" in t else ""
         lines.append(f"read+group: {s:7.1f} s  {c['input_rows']:,} rows ({_rate(c['input_rows'], s)} rows/s), "
-                     f"{c['input_interactions']:,} interactions ({_rate(c['input_interactions'], s)}/s)")
+                     f"{c['input_interactions']:,} interactions ({_rate(c['input_interactions'], s)}/s){split}")
     inputs = _input_notes(c)
     if inputs:
         lines.append(f"inputs:     {inputs}")

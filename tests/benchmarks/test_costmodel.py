@@ -48,13 +48,19 @@ def test_epoch_and_eval():
     assert t == pytest.approx((2 * 10 * 100 * 4 / 8000 + 4 * 10 * 100 * 3 / 12000) / 2)
 
 
-def test_ingest_is_bounded_by_its_slowest_stage():
-    kw = dict(interactions=1e9, core_seconds_per_interaction=1e-6, cores_per_node=100, parallel_efficiency=0.5,
-              input_bytes=27e9, output_bytes=10e9, network_gb_s=10, storage_gb_s=1, fixed_s=30)
+def test_ingest_stages_add_up_each_bounded_by_its_slowest_resource():
+    kw = dict(stage_core_seconds={"read": 1000.0, "group": 400.0, "write": 200.0},
+              stage_bytes={"read": 50e9, "group": 30e9, "write": 40e9}, serial_s=12.0, cores_per_node=100,
+              parallel_efficiency=0.5, network_gb_s=10, storage_gb_s=1, fixed_s=30)
     one = cm.ingest_seconds(nodes=1, **kw)
-    assert one["cpu"] == pytest.approx(10.0) and one["shuffle"] == 0 and one["write"] == pytest.approx(10.0)
+    assert one["stages"]["read"]["cpu"] == pytest.approx(10.0) and one["stages"]["read"]["network"] == 0
+    assert one["stages"]["read"]["io"] == pytest.approx(50.0) and one["stages"]["read"]["bound"] == "io"
+    assert one["total"] == pytest.approx(30 + 12 + 50 + 30 + 40) and one["bound"] == "read: io"
     four = cm.ingest_seconds(nodes=4, **kw)
-    assert four["cpu"] == pytest.approx(1e3 / (4 * 100 * 0.5)) and four["total"] == pytest.approx(30 + four[four["bound"]])
+    assert four["stages"]["read"]["cpu"] == pytest.approx(1000 / (4 * 100 * 0.5))
+    assert four["stages"]["group"]["network"] == pytest.approx(30e9 * 3 / 4 / (4 * 10e9))
+    assert four["total"] == pytest.approx(30 + 12 + sum(st["total"] for st in four["stages"].values()))
+    assert four["serial"] == one["serial"]  # the driver's work does not spread
 
 
 def test_workload_windows_match_the_closed_form():

@@ -17,6 +17,9 @@ def test_each_stage_has_its_rates():
     assert "2,000 rows (1,000 rows/s), 2,000 interactions (1,000/s)" in lines[0]
     assert "100 users (25/s), 1,900 interactions (475/s)" in lines[2]
     assert lines[3].endswith("50 items (100/s)") and lines[4].startswith("finish:         0.5 s")
+    split = stage_lines(SimpleNamespace(manifest={"counts": COUNTS}, timings={"read_group": 2.0, "read": 1.5,
+                                                                              "group": 0.5}))
+    assert split[0].endswith("2,000 interactions (1,000/s) (read 1.5 s, group 0.5 s)")
 
 
 def test_a_reused_dataset_with_new_videos():
