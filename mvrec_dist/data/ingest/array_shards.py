@@ -12,15 +12,17 @@ without parsing the tar (``mvrec_dist.data.content_store``).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from typing import Sequence
 
 import numpy as np
 
+from mvrec_dist.data import fs as dfs
 from mvrec_dist.data.ingest.tar_writer import tar_frame
 
-__all__ = ["npy_prefix", "render_array_shard", "build_index", "npy_bytes", "item_key"]
+__all__ = ["npy_prefix", "render_array_shard", "build_index", "npy_bytes", "write_npy", "item_key"]
 
 
 def item_key(dense: int) -> str:
@@ -49,6 +51,30 @@ def npy_bytes(array: np.ndarray) -> bytes:
     bio = io.BytesIO()
     np.save(bio, array, allow_pickle=False)
     return bio.getvalue()
+
+
+def write_npy(path: str, array: np.ndarray) -> dict:
+    """Write ``np.save`` of ``array`` (never pickled) to ``path`` and describe it for the manifest,
+    streaming the array's memory: no copy of it is made (the id maps of 34.5M users are 276 MB).
+
+    Args:
+        path: Destination; parent directories are created.
+        array: The array (made C-contiguous when it is not).
+
+    Returns:
+        ``{"bytes": size, "sha256": hex digest}``, as ``write_bytes(path, npy_bytes(array))`` would.
+    """
+    array = np.ascontiguousarray(array)
+    header = npy_prefix(array.shape, array.dtype)
+    body = memoryview(array.reshape(-1).view(np.uint8))
+    digest = hashlib.sha256(header)
+    with dfs.open_output_stream(path) as f:
+        f.write(header)
+        for start in range(0, len(body), 64 << 20):
+            chunk = body[start:start + (64 << 20)]
+            digest.update(chunk)
+            f.write(chunk)
+    return {"bytes": len(header) + len(body), "sha256": digest.hexdigest()}
 
 
 def render_array_shard(dense_ids: Sequence[int], member: str, arrays: Sequence[np.ndarray],

@@ -26,7 +26,7 @@ import numpy as np
 from mvrec_dist.config.ingest import IngestConfig
 from mvrec_dist.data import fs as dfs
 from mvrec_dist.data.ingest.errors import IngestError
-from mvrec_dist.data.ingest.tar_writer import write_bytes
+from mvrec_dist.data.ingest.array_shards import write_npy
 from mvrec_dist.data.item_split import SECTION, item_split, split_codes, split_sha256
 
 __all__ = ["CountsFile", "read_counts_file", "write_item_labels", "INTERACTIONS_FILE", "LABEL_COUNTS_FILE",
@@ -159,12 +159,6 @@ def _file_counts(items: np.ndarray, cf: CountsFile) -> tuple[np.ndarray, dict]:
     return cf.counts[order[pos]], entry
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    bio = io.BytesIO()
-    np.save(bio, array, allow_pickle=False)
-    return bio.getvalue()
-
-
 def write_item_labels(root: str, cfg: IngestConfig, items: np.ndarray, interaction_counts: np.ndarray,
                       kept_interactions: int, counts_file: CountsFile | None) -> tuple[dict, dict, dict, dict]:
     """Write the label counts and the item split into ``root``; return what the manifest says about them.
@@ -186,7 +180,7 @@ def write_item_labels(root: str, cfg: IngestConfig, items: np.ndarray, interacti
     """
     n = len(items)
     interactions = np.concatenate([[0], interaction_counts]).astype(np.int64)
-    files = {INTERACTIONS_FILE: write_bytes(f"{root}/{INTERACTIONS_FILE}", _npy_bytes(interactions))}
+    files = {INTERACTIONS_FILE: write_npy(f"{root}/{INTERACTIONS_FILE}", interactions)}
     stats = {"item_interactions": INTERACTIONS_FILE, "item_split": SPLIT_FILE}
     if counts_file is None:
         label_counts, counts_rel = interactions, INTERACTIONS_FILE
@@ -194,7 +188,7 @@ def write_item_labels(root: str, cfg: IngestConfig, items: np.ndarray, interacti
     else:
         from_file, entry = _file_counts(items, counts_file)
         label_counts, counts_rel = np.concatenate([[0], from_file]).astype(np.int64), LABEL_COUNTS_FILE
-        files[counts_rel] = write_bytes(f"{root}/{counts_rel}", _npy_bytes(label_counts))
+        files[counts_rel] = write_npy(f"{root}/{counts_rel}", label_counts)
         stats["item_label_counts"] = counts_rel
         section = {"source": "file", "rule": RULE_FILE.format(column=counts_file.column), "counts": counts_rel,
                    "file": entry}
@@ -202,7 +196,7 @@ def write_item_labels(root: str, cfg: IngestConfig, items: np.ndarray, interacti
     split = item_split(n, valid_fraction=cfg.item_valid_fraction, test_fraction=cfg.item_test_fraction,
                        seed=cfg.item_split_seed, items=labelled)
     codes = split_codes(n, split)
-    files[SPLIT_FILE] = write_bytes(f"{root}/{SPLIT_FILE}", _npy_bytes(codes))
+    files[SPLIT_FILE] = write_npy(f"{root}/{SPLIT_FILE}", codes)
     section.update({
         "interactions": INTERACTIONS_FILE, "labelled_items": int(len(labelled)),
         "unlabelled_items": int(n - len(labelled)),

@@ -38,7 +38,6 @@ with ``ingest.item_split_seed``), reconciled with the rest.
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import sys
 import time
@@ -52,6 +51,7 @@ from ray.data import DataContext
 from mvrec_dist.config.ingest import IngestConfig
 from mvrec_dist.config.load import config_to_dict
 from mvrec_dist.data import fs as dfs
+from mvrec_dist.data.ingest.array_shards import write_npy
 from mvrec_dist.data.ingest.datasource import InteractionsDatasource, ReadLedger
 from mvrec_dist.data.ingest.errors import IngestError, find_ingest_error
 from mvrec_dist.data.ingest.exchange import (ExchangeStats, group_pieces, remove_exchange,
@@ -67,7 +67,6 @@ from mvrec_dist.data.ingest.resume import WorkDir, claim, finish, release, resum
 from mvrec_dist.data.ingest.shard_writer import EXPOSURE_SPLIT, PLAY_MEMBERS, USER_SPLITS
 from mvrec_dist.data.ingest.sources import detect_format, detect_labels, list_inputs, plan_ranges
 from mvrec_dist.data.ingest.validate import LABEL_COLUMN
-from mvrec_dist.data.ingest.tar_writer import write_bytes
 from mvrec_dist.data.ingest.titles import Titles, read_titles
 from mvrec_dist.data.manifest import BLOCK_SIZE_KEYS
 
@@ -160,12 +159,6 @@ def dataset_identity(cfg: IngestConfig) -> DatasetIdentity:
     return DatasetIdentity(files=files, format=fmt, inputs=inputs, titles=titles_info, config=ingest_dict,
                            fingerprint=fingerprint(ingest_dict, inputs, titles_info, labels, counts_info),
                            labels=labels, item_counts=counts_info)
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    bio = io.BytesIO()
-    np.save(bio, array, allow_pickle=False)
-    return bio.getvalue()
 
 
 def run_ingest(cfg: IngestConfig, *, extra_config: dict | None = None) -> IngestResult:
@@ -302,10 +295,10 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, inputs: list[dict
                                                     cfg.items_per_block, tasks=cpus,
                                                     interactions=summary.interaction_counts)
     files_section = {
-        "maps/items.npy": write_bytes(f"{tmp}/maps/items.npy", _npy_bytes(np.concatenate([[-1], summary.items]))),
-        "maps/users.npy": write_bytes(f"{tmp}/maps/users.npy", _npy_bytes(np.concatenate([[-1], summary.users]))),
-        "stats/item_train_counts.npy": write_bytes(f"{tmp}/stats/item_train_counts.npy",
-                                                   _npy_bytes(np.concatenate([[0], summary.train_counts]))),
+        "maps/items.npy": write_npy(f"{tmp}/maps/items.npy", np.concatenate([[-1], summary.items])),
+        "maps/users.npy": write_npy(f"{tmp}/maps/users.npy", np.concatenate([[-1], summary.users])),
+        "stats/item_train_counts.npy": write_npy(f"{tmp}/stats/item_train_counts.npy",
+                                                 np.concatenate([[0], summary.train_counts])),
     }
     label_files, stats, item_labels, label_checks = write_item_labels(
         tmp, cfg, summary.items, summary.interaction_counts, summary.counts["kept_interactions"], counts_file)

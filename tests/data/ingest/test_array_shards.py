@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -9,7 +10,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from mvrec_dist.data.ingest.array_shards import build_index, npy_prefix, render_array_shard
+from mvrec_dist.data.ingest.array_shards import build_index, npy_bytes, npy_prefix, render_array_shard, write_npy
 
 
 def _arrays(k: int, shape=(2, 4, 4, 3), dtype=np.uint8) -> list[np.ndarray]:
@@ -81,3 +82,14 @@ def test_index_places_every_item_once():
         build_index(6, [(0, [1], [512]), (1, [1], [512])])
     with pytest.raises(ValueError, match="outside 1..6"):
         build_index(6, [(0, [7], [512])])
+
+
+@pytest.mark.parametrize("array", [np.arange(-1, 70_000, dtype=np.int64), np.zeros((3, 0), np.float32),
+                                   np.arange(12, dtype=np.int32).reshape(3, 4).T])  # the last one is not contiguous
+def test_write_npy_streams_exactly_what_np_save_writes(tmp_path, array):
+    entry = write_npy(str(tmp_path / "d" / "a.npy"), array)
+    data = (tmp_path / "d" / "a.npy").read_bytes()
+    # np.save writes a Fortran-ordered array as such; write_npy writes C order (what every map here is).
+    assert data == npy_bytes(np.ascontiguousarray(array))
+    assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert np.array_equal(np.load(tmp_path / "d" / "a.npy"), array)
