@@ -121,14 +121,7 @@ def _projection(res: dict, rctx: RenderContext) -> str:
     out.append(f"Step anatomy, {first_label} on {g} GPUs (ms): "
                + ", ".join(f"{k} {fmt(1e3 * v)}" for k, v in step.items() if k not in ("bound",)) + ".\n")
     ing = res["data"].get("ingest_projection")
-    if ing and "stages" not in next(iter(ing.values())):
-        # A plan result from before the staged ingestion model (one bound over the whole run).
-        out.append("Projected ingestion of the full MicroLens (minutes; bound; the model before the exchange left "
-                   "the object store: re-run the plan part for the staged one):\n")
-        out.append(table(["CPU nodes", "minutes", "bound", "cpu s", "shuffle s", "write s"],
-                         [[n, fmt(x["total"] / 60), x["bound"], fmt(x["cpu"]), fmt(x["shuffle"]), fmt(x["write"])]
-                          for n, x in _by_int(ing)]))
-    elif ing:
+    if ing:
         out.append("Projected ingestion of the full MicroLens (minutes; the longest stage and what bounds it; seconds "
                    "per stage, each the slowest of its CPU work, storage I/O and network share; the driver's serial "
                    "work; from the largest ingest_scale run's stage breakdown on this machine):\n")
