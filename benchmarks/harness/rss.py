@@ -19,12 +19,15 @@ class TreeRss:
         peak_total_mib: Largest sum over the tree at one sample.
         peak_process_mib: Largest single process (private memory: RSS minus shared pages, since Ray
             workers map object-store blocks they read and those pages are not theirs).
+        peak_private_by_kind_mib: The same per kind of process: ``driver`` (this process), else its
+            title (``ray::_group_partition``, ``raylet``, ...).
     """
 
     def __init__(self, interval: float = 0.5):
         self.interval = interval
         self.peak_total_mib = 0.0
         self.peak_process_mib = 0.0
+        self.peak_private_by_kind_mib: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -35,10 +38,13 @@ class TreeRss:
             for p in [me, *me.children(recursive=True)]:
                 try:
                     info = p.memory_info()
+                    kind = "driver" if p.pid == me.pid else ((p.cmdline() or [p.name()])[0].split(" ")[0] or p.name())
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
                 total += info.rss
-                self.peak_process_mib = max(self.peak_process_mib, (info.rss - info.shared) / 2**20)
+                private = (info.rss - info.shared) / 2**20
+                self.peak_process_mib = max(self.peak_process_mib, private)
+                self.peak_private_by_kind_mib[kind] = max(self.peak_private_by_kind_mib.get(kind, 0.0), private)
             self.peak_total_mib = max(self.peak_total_mib, total / 2**20)
             self._stop.wait(self.interval)
 
