@@ -257,7 +257,7 @@ def _memory_bound(a: dict, b: dict) -> str:
     """The memory bound from the two largest sizes: what grows is per user, not per interaction."""
     per_user = (b["peak_process_private_mib"] - a["peak_process_private_mib"]) * 2**20 / (b["users"] - a["users"])
     base = b["peak_process_private_mib"] - per_user * b["users"] / 2**20
-    kinds = b.get("peak_private_by_kind_mib") or {}
+    kinds = dict(sorted((b.get("peak_private_by_kind_mib") or {}).items(), key=lambda kv: -kv[1]))
     which = (f" (the largest: {', '.join(f'{k} {fmt(v)} MiB' for k, v in list(kinds.items())[:3])})" if kinds else "")
     return (f"Memory: no process holds the interactions. A read task holds one read block and a group or write task "
             f"one user range (about 128 MiB of csv, whatever the input's size); what grows is the id maps, O(users + "
