@@ -189,7 +189,7 @@ def _bounded(submit: Callable, n: int, limit: int, done: Callable) -> None:
 
 
 def group_pieces(exchange_dir: str, partitions: int, stats: ExchangeStats, *, in_flight: int,
-                     **group_kwargs) -> Summary:
+                 **group_kwargs) -> Summary:
     """Reduce side: group every partition (Ray tasks, at most ``in_flight`` at once) and merge their
     summaries as they finish.
 
