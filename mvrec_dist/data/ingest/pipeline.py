@@ -6,7 +6,7 @@ Stages (no process holds the interactions; the driver holds only id arrays and c
    vectorised, fused with ``exchange.spill_pieces``: each block's rows are written as one piece per
    contiguous raw-user range (boundaries from a sample of the users, ``partition.user_boundaries``)
    to the exchange directory on the dataset's filesystem, not to the object store (``exchange.py``);
-2. group: one task per user range (``exchange.group_partitions``) sorts its pieces by user,
+2. group: one task per user range (``exchange.group_pieces``) sorts its pieces by user,
    timestamp and order key and runs ``grouping.group_users``, which also finds a user's duplicate
    rows wherever they were read (``duplicates.py``, ``ingest.duplicates``); it writes the grouped
    users back to the exchange directory, because the ids need a global pass before anything can be
@@ -16,7 +16,8 @@ Stages (no process holds the interactions; the driver holds only id arrays and c
 4. write: ``range_writer.write_ranges`` per grouped file (``exchange.write_grouped``): a
    partition's users are a contiguous range of dense ids, so it writes the shards inside its range
    itself and hands back the users of the one or two shards it shares with its neighbours, which
-   ``range_writer.write_pieces`` writes (no second exchange). Shards are cut into blocks of ``ingest.users_per_block`` users
+   ``range_writer.write_pieces`` writes (no second exchange). Shards are cut into blocks of
+   ``ingest.users_per_block`` users
    (``shards/README.md``, schema 2); items shards (blocks of ``ingest.items_per_block``), id
    maps and stats beside them;
 5. reconcile every count and publish atomically (``manifest_writer``).
@@ -265,8 +266,8 @@ def _build(cfg: IngestConfig, files: list, fmt: str, tmp: str, inputs: list[dict
 
     t = time.perf_counter()
     summary = group_pieces(exchange_dir, partitions, exchange, in_flight=2 * cpus, min_seq_len=cfg.min_seq_len,
-                             with_ts=fmt != "pairs_tsv", duplicates=cfg.duplicates, files=files, labels=labels,
-                             plays=plays)
+                           with_ts=fmt != "pairs_tsv", duplicates=cfg.duplicates, files=files, labels=labels,
+                           plays=plays)
     timings["group"] = time.perf_counter() - t
     timings["read_group"] = timings["read"] + timings["group"]
 
